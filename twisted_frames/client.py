@@ -1,0 +1,333 @@
+"""
+The client library: Deferred-based, usable from C{async}/C{await} code with
+C{Deferred.fromCoroutine} / C{ensureDeferred}.
+
+    client = await connect(reactor, "127.0.0.1:8007")
+    echoed = await client.ping(b"hello")
+    await client.close()
+
+Requests may be pipelined: each gets a fresh id, and replies are matched by id
+whatever order they come back in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from . import wire
+from .protocol import BodySink, BufferSink, DiscardSink, FrameProtocol, IBodySource
+from .wire import ErrorCode, FramesError, Limits, ProtocolViolation
+
+#: Makes the sink for a streamed reply body: C{(header, length) -> BodySink}.
+SinkFactory = Callable[[dict[str, Any], int], BodySink]
+#: Receives an intermediate message: C{(header, body)}.
+EventHandler = Callable[[dict[str, Any], bytes], None]
+
+#: What a client accepts in memory by default: a reply body without a sink
+#: factory is gathered, so the server's own body limit is the bound.
+CLIENT_LIMITS = Limits(maxBody=wire.MAX_FRAME, bufferThreshold=wire.MAX_FRAME)
+
+
+@dataclass
+class Reply:
+    """
+    A final success reply.
+
+    @ivar header: its header (C{id}, C{ok} and the op's fields).
+    @ivar body: its body, unless it was streamed to a sink (then C{b""}).
+    @ivar sink: the sink a streamed body went to, if any.
+    """
+
+    header: dict[str, Any]
+    body: bytes = b""
+    sink: BodySink | None = None
+
+
+@dataclass
+class _Pending:
+    op: str
+    result: defer.Deferred[Reply]
+    onEvent: EventHandler | None = None
+    replySink: SinkFactory | None = None
+    eventSink: SinkFactory | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _FinalSink(BodySink):
+    """
+    Wraps the caller's sink for a final reply body and resolves the request
+    when the body is complete.
+    """
+
+    def __init__(self, inner: BodySink, done: Callable[[], None]) -> None:
+        self._inner = inner
+        self._done = done
+
+    def bodyStarted(self, length: int, producer: Any) -> None:
+        self._inner.bodyStarted(length, producer)
+
+    def bodyData(self, data: bytes) -> None:
+        self._inner.bodyData(data)
+
+    def bodyFinished(self) -> None:
+        self._inner.bodyFinished()
+        self._done()
+
+    def bodyFailed(self, reason: Failure) -> None:
+        self._inner.bodyFailed(reason)
+
+
+class ClientProtocol(FrameProtocol):
+    """
+    The client side of a connection: checks the greeting, numbers requests,
+    routes replies and events back to their callers.
+
+    @ivar greeted: fires with the greeting header (or fails on a mismatch).
+    """
+
+    limits = CLIENT_LIMITS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.greeting: dict[str, Any] | None = None
+        self.greeted: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self.isClosed = False
+        self._closeWaiters: list[defer.Deferred[None]] = []
+        self._pending: dict[int, _Pending] = {}
+        self._nextId = 1
+        self.serverError: FramesError | None = None
+
+    def messageStarted(self, header: dict[str, Any], bodyLength: int) -> BodySink:
+        if self.greeting is None:
+            return self._greetingReceived(header, bodyLength)
+        rid = header.get("id")
+        pending = self._pending.get(rid) if isinstance(rid, int) else None
+        if pending is None:
+            if header.get("ok") is False:
+                # The server is closing this connection for a violation.
+                self.serverError = FramesError.fromJSON(header.get("error"))
+                return DiscardSink()
+            raise ProtocolViolation(ErrorCode.BAD_REQUEST, f"reply for unknown request id {rid!r}")
+        if "event" in header:
+            if pending.eventSink is not None:
+                return pending.eventSink(header, bodyLength)
+            onEvent = pending.onEvent
+            if onEvent is None:
+                return DiscardSink()
+            return BufferSink(lambda body: onEvent(header, body))
+        del self._pending[rid]  # type: ignore[arg-type]
+        if header.get("ok") is True:
+            if pending.replySink is not None and bodyLength:
+                inner = pending.replySink(header, bodyLength)
+                return _FinalSink(inner, lambda: pending.result.callback(Reply(header, b"", inner)))
+            return BufferSink(lambda body: pending.result.callback(Reply(header, body)))
+        error = FramesError.fromJSON(header.get("error"))
+        return BufferSink(lambda body: pending.result.errback(Failure(error)))
+
+    def _greetingReceived(self, header: dict[str, Any], bodyLength: int) -> BodySink:
+        if header.get("event") != "hello" or header.get("protocol") != wire.PROTOCOL_NAME:
+            error = ProtocolViolation(ErrorCode.BAD_HEADER, "the server did not greet as twisted-frames")
+            self.greeted.errback(Failure(error))
+            raise error
+        version = header.get("version")
+        if version != wire.PROTOCOL_VERSION:
+            error = ProtocolViolation(
+                "version_mismatch",
+                f"server speaks protocol version {version!r}, this client {wire.PROTOCOL_VERSION}",
+            )
+            self.greeted.errback(Failure(error))
+            raise error
+        self.greeting = header
+        self.greeted.callback(header)
+        return DiscardSink()
+
+    def violationReply(self, error: Any, requestId: Any) -> dict[str, Any] | None:
+        # A client never sends error replies: it just hangs up.
+        return None
+
+    def request(
+        self,
+        op: str,
+        fields: dict[str, Any] | None = None,
+        body: bytes | IBodySource = b"",
+        onEvent: EventHandler | None = None,
+        replySink: SinkFactory | None = None,
+        eventSink: SinkFactory | None = None,
+    ) -> defer.Deferred[Reply]:
+        """
+        Send one request.
+
+        @param body: bytes, or a source for a streamed body of known length.
+        @param onEvent: called with each intermediate message's header and body.
+        @param replySink: makes the sink for a non-empty final reply body
+            (else it is gathered in memory).
+        @param eventSink: makes the sink for each intermediate message's body
+            (else it is gathered and passed to C{onEvent}).
+        @return: a Deferred firing with the L{Reply}, or failing with
+            L{FramesError} for an error reply.
+        """
+        rid = self._nextId
+        self._nextId += 1
+        header = {"op": op, "id": rid}
+        if fields:
+            header.update(fields)
+        d: defer.Deferred[Reply] = defer.Deferred()
+        if self._closing or self.transport is None:
+            d.errback(Failure(ConnectionDone("connection is closed")))
+            return d
+        self._pending[rid] = _Pending(op, d, onEvent, replySink, eventSink)
+        if isinstance(body, bytes | bytearray | memoryview):
+            self.sendMessage(header, bytes(body))
+        else:
+            sent = self.sendStreamedMessage(header, body)
+            sent.addErrback(lambda f: self._requestSendFailed(rid, f))
+        return d
+
+    def _requestSendFailed(self, rid: int, failure: Failure) -> None:
+        pending = self._pending.pop(rid, None)
+        if pending is not None and not pending.result.called:
+            pending.result.errback(failure)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        super().connectionLost(reason)
+        if not self.greeted.called:
+            self.greeted.errback(reason)
+        failure = Failure(self.serverError) if self.serverError is not None else reason
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if not p.result.called:
+                p.result.errback(failure)
+        self.isClosed = True
+        waiters, self._closeWaiters = self._closeWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def whenClosed(self) -> defer.Deferred[None]:
+        """
+        @return: a Deferred firing once the connection is closed.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        if self.isClosed:
+            d.callback(None)
+        else:
+            self._closeWaiters.append(d)
+        return d
+
+
+class FramesClient:
+    """
+    A connected client.  Every method returns a Deferred.
+
+    @ivar greeting: the server's greeting header.
+    """
+
+    def __init__(self, protocol: ClientProtocol) -> None:
+        self.protocol = protocol
+        assert protocol.greeting is not None
+        self.greeting: dict[str, Any] = protocol.greeting
+
+    def request(
+        self,
+        op: str,
+        fields: dict[str, Any] | None = None,
+        body: bytes | IBodySource = b"",
+        onEvent: EventHandler | None = None,
+        replySink: SinkFactory | None = None,
+        eventSink: SinkFactory | None = None,
+    ) -> defer.Deferred[Reply]:
+        """
+        Send any request: see L{ClientProtocol.request}.
+        """
+        return self.protocol.request(op, fields, body, onEvent, replySink, eventSink)
+
+    def ping(self, body: bytes | IBodySource = b"") -> defer.Deferred[bytes]:
+        """
+        Health check: the server echoes C{body}.
+
+        @return: a Deferred firing with the echoed bytes.
+        """
+        return self.request("ping", body=body).addCallback(lambda r: r.body)
+
+    def close(self) -> defer.Deferred[None]:
+        """
+        Close the connection.
+
+        @return: a Deferred firing once it is closed.
+        """
+        d = self.protocol.whenClosed()
+        if self.protocol.transport is not None and not self.protocol.isClosed:
+            self.protocol.transport.loseConnection()
+        return d
+
+
+def parseServer(server: str, default_port: int = 8007) -> tuple[str, int]:
+    """
+    Parse C{HOST:PORT}, C{HOST}, C{[V6]:PORT} or C{:PORT}.
+
+    @raise ValueError: on a malformed address or port.
+    """
+    host, port = server, str(default_port)
+    if server.startswith("["):
+        end = server.find("]")
+        if end < 0:
+            raise ValueError(f"malformed server address {server!r}")
+        host, rest = server[1:end], server[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"malformed server address {server!r}")
+            port = rest[1:]
+    elif server.count(":") == 1:
+        host, port = server.split(":")
+    if not host:
+        host = "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in server address {server!r}")
+    return host, int(port)
+
+
+def connect(
+    reactor: Any,
+    server: str | IStreamClientEndpoint = "127.0.0.1:8007",
+    timeout: float = 30.0,
+) -> defer.Deferred[FramesClient]:
+    """
+    Connect and wait for the server's greeting.
+
+    @param server: C{HOST:PORT}, a Twisted client endpoint string (with a
+        C{:} after its type, e.g. C{tcp:host=...:port=...}, C{unix:path=...})
+        or an endpoint.
+    @param timeout: seconds for connecting and greeting together.
+    @return: a Deferred firing with a L{FramesClient}.
+    """
+    if isinstance(server, str):
+        endpoint = _endpointFor(reactor, server, timeout)
+    else:
+        endpoint = server
+    factory = Factory.forProtocol(ClientProtocol)
+
+    async def go() -> FramesClient:
+        protocol = await endpoint.connect(factory)
+        assert isinstance(protocol, ClientProtocol)
+        await protocol.greeted
+        return FramesClient(protocol)
+
+    d = defer.Deferred.fromCoroutine(go())
+    clock: IReactorTime = reactor
+    return d.addTimeout(timeout, clock)
+
+
+def _endpointFor(reactor: Any, server: str, timeout: float) -> IStreamClientEndpoint:
+    prefix = server.split(":", 1)[0]
+    if prefix in ("tcp", "unix", "ssl", "tls", "tcp6"):
+        return clientFromString(reactor, server)
+    host, port = parseServer(server)
+    return HostnameEndpoint(reactor, host, port, timeout=timeout)

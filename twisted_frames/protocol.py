@@ -1,0 +1,689 @@
+"""
+L{FrameProtocol}: frames to messages and back, with streamed bodies.
+
+Receiving is linear in the bytes received (the stock
+C{IntNStringReceiver.dataReceived} re-copies a partial frame on every read,
+Twisted ticket #6358, which makes one large frame quadratic).  The header frame
+has its own limit, checked as soon as its 4 prefix bytes arrive.  After the
+header is parsed, L{FrameProtocol.messageStarted} chooses where the body goes
+(a L{BodySink}); body bytes flow there as they arrive, and the sink may pause
+reading through the producer it is given.
+
+Sending: L{FrameProtocol.sendMessage} writes a whole message at once;
+L{FrameProtocol.sendStreamedMessage} sends a body of known length from an
+L{IBodySource}, registered as the transport's streaming producer so that a slow
+peer pauses the source instead of growing a buffer.  Messages are queued
+behind a body in progress, so frames never interleave.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Protocol, cast
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import wire
+from .wire import ErrorCode, Limits, ProtocolViolation
+
+_HEADER_PREFIX, _HEADER, _BODY_PREFIX, _BODY = range(4)
+
+
+class BodySink:
+    """
+    Where one incoming body goes.  Subclass and override; every hook is
+    called at most once except L{bodyData}.
+
+    The sink may call C{producer.pauseProducing()} to stop the connection
+    reading (because its destination is busy) and C{resumeProducing()} later.
+    """
+
+    def bodyStarted(self, length: int, producer: IPushProducer) -> None:
+        """
+        The body's length is known; its bytes follow.
+        """
+
+    def bodyData(self, data: bytes) -> None:
+        """
+        Some of the body's bytes, in order.
+        """
+
+    def bodyFinished(self) -> None:
+        """
+        All C{length} bytes have been delivered.
+        """
+
+    def bodyFailed(self, reason: Failure) -> None:
+        """
+        The connection was lost before the body was complete.
+        """
+
+
+class BufferSink(BodySink):
+    """
+    Gather a (small) body in memory and hand it over whole.
+    """
+
+    def __init__(self, done: Any) -> None:
+        self._chunks: list[bytes] = []
+        self._done = done
+
+    def bodyData(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def bodyFinished(self) -> None:
+        chunks, self._chunks = self._chunks, []
+        self._done(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+
+class DiscardSink(BodySink):
+    """
+    Read a body and throw it away: used after a request-level error, so that
+    the connection stays in step and usable.
+    """
+
+
+class IBodySource(Protocol):
+    """
+    A body of known length to send, in the shape of Twisted's
+    C{IBodyProducer}: it writes exactly C{length} bytes to the consumer it is
+    given, honours pause/resume, and fires the returned Deferred when done.
+    """
+
+    length: int
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[Any]: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def stopProducing(self) -> None: ...
+
+
+class BodyOverrun(Exception):
+    """
+    A body source wrote more or fewer bytes than it declared: the frame on the
+    wire is corrupt and the connection must close.
+    """
+
+
+@implementer(IPushProducer)
+class _ReceiveProducer:
+    """
+    The handle a sink uses to pause the connection's reading.  It remembers
+    whether its own sink paused, so a finished sink can never leave the
+    connection paused for ever.
+    """
+
+    def __init__(self, protocol: FrameProtocol) -> None:
+        self._protocol = protocol
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self._protocol.pauseReceiving()
+
+    def resumeProducing(self) -> None:
+        if self.paused:
+            self.paused = False
+            self._protocol.resumeReceiving()
+
+    def stopProducing(self) -> None:
+        self.release()
+        if self._protocol.transport is not None:
+            self._protocol.transport.abortConnection()
+
+    def release(self) -> None:
+        self.resumeProducing()
+
+
+class _BodyConsumer:
+    """
+    The consumer a body source writes to: counts bytes so that a source that
+    lies about its length cannot corrupt the framing silently.
+    """
+
+    def __init__(self, protocol: FrameProtocol, length: int) -> None:
+        self._protocol = protocol
+        self.remaining = length
+
+    def write(self, data: bytes) -> None:
+        if len(data) > self.remaining:
+            raise BodyOverrun(f"body source wrote {len(data) - self.remaining} bytes too many")
+        self.remaining -= len(data)
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.write(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """
+        Sources are registered with the transport by the protocol itself.
+        """
+
+    def unregisterProducer(self) -> None:
+        """
+        See L{registerProducer}.
+        """
+
+
+class FrameProtocol(Int32StringReceiver):
+    """
+    Two frames make a message: a UTF-8 JSON header, then a body.
+
+    Subclasses override L{messageStarted} (to stream bodies) or
+    L{messageReceived} (for whole messages), and L{violationReceived} for
+    the way a violation is reported.
+
+    @ivar limits: the hard limits applied to what is received.
+    @ivar MAX_LENGTH: the header frame limit, as in C{IntNStringReceiver}.
+    @ivar closeTimeout: seconds to let an error reply drain before aborting a
+        connection being closed for a violation (a peer that never reads must
+        not pin it open).
+    """
+
+    limits: Limits = Limits()
+    closeTimeout: float = 10.0
+    clock: IReactorTime | None = None
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self._state = _HEADER_PREFIX
+        self._prefix = bytearray()
+        self._headerBuf = bytearray()
+        self._remaining = 0
+        self._header: dict[str, Any] = {}
+        self._sink: BodySink | None = None
+        self._sinkProducer: _ReceiveProducer | None = None
+        self._pauseCount = 0
+        self._unread: deque[bytes] = deque()
+        self._draining = False
+        self._closing = False
+        self._sendQueue: deque[Any] = deque()
+        self._activeSource: tuple[IBodySource, _BodyConsumer, defer.Deferred[None]] | None = None
+        self._closeTimer: IDelayedCall | None = None
+        self.bytesReceived = 0
+        self.bytesSent = 0
+
+    @property
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]
+        return self.limits.maxHeader
+
+    def _clock(self) -> IReactorTime:
+        if self.clock is None:
+            from twisted.internet import reactor
+
+            return cast(IReactorTime, reactor)
+        return self.clock
+
+    # -- receiving ---------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Split the stream into frames in time linear in its length.
+        """
+        if self._closing:
+            return
+        self.bytesReceived += len(data)
+        if self._pauseCount or self._unread:
+            self._unread.append(data)
+            return
+        self._consume(data)
+
+    def _consume(self, data: bytes) -> None:
+        view = memoryview(data)
+        end = len(data)
+        pos = 0
+        while pos < end:
+            if self._closing:
+                return
+            if self._pauseCount:
+                self._unread.appendleft(bytes(view[pos:]))
+                return
+            state = self._state
+            if state == _BODY:
+                take = min(self._remaining, end - pos)
+                chunk = data if take == end else bytes(view[pos : pos + take])
+                pos += take
+                self._remaining -= take
+                sink = self._sink
+                assert sink is not None
+                if self._remaining == 0:
+                    self._finishBody(sink, chunk)
+                else:
+                    sink.bodyData(chunk)
+            elif state == _HEADER:
+                take = min(self._remaining, end - pos)
+                self._headerBuf += view[pos : pos + take]
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    header = bytes(self._headerBuf)
+                    self._headerBuf = bytearray()
+                    self._state = _BODY_PREFIX
+                    self.stringReceived(header)
+            else:
+                if not self._prefix and end - pos >= 4:
+                    (length,) = wire.PREFIX.unpack_from(data, pos)
+                    pos += 4
+                else:
+                    take = min(4 - len(self._prefix), end - pos)
+                    self._prefix += view[pos : pos + take]
+                    pos += take
+                    if len(self._prefix) < 4:
+                        return
+                    (length,) = wire.PREFIX.unpack(self._prefix)
+                    self._prefix.clear()
+                if state == _HEADER_PREFIX:
+                    if length > self.MAX_LENGTH:
+                        self.lengthLimitExceeded(length)
+                        return
+                    self._state = _HEADER
+                    self._remaining = length
+                    if length == 0:
+                        self._state = _BODY_PREFIX
+                        self.stringReceived(b"")
+                else:
+                    # Fast path: a small body entirely in this read is handed
+                    # over without a sink's bookkeeping.
+                    self._startBody(length, data, pos, view)
+                    if self._state == _HEADER_PREFIX:
+                        pos += length
+
+    def _startBody(self, length: int, data: bytes, pos: int, view: memoryview) -> None:
+        header = self._header
+        self._header = {}
+        if length > self.limits.maxBody:
+            self.protocolViolation(
+                wire.ProtocolViolation(
+                    ErrorCode.BODY_TOO_LARGE,
+                    f"body of {length} bytes is over the limit of {self.limits.maxBody}",
+                ),
+                header,
+            )
+            return
+        try:
+            sink = self.messageStarted(header, length)
+        except ProtocolViolation as e:
+            self.protocolViolation(e, header)
+            return
+        if self._closing:
+            return
+        if type(sink) is BufferSink and len(data) - pos >= length:
+            self._state = _HEADER_PREFIX
+            sink._done(bytes(view[pos : pos + length]))
+            return
+        producer = _ReceiveProducer(self)
+        self._sink = sink
+        self._sinkProducer = producer
+        self._state = _BODY
+        self._remaining = length
+        sink.bodyStarted(length, producer)
+        if length == 0 and self._state == _BODY and self._sink is sink:
+            self._finishBody(sink, None)
+
+    def _finishBody(self, sink: BodySink, lastChunk: bytes | None) -> None:
+        self._state = _HEADER_PREFIX
+        self._sink = None
+        producer, self._sinkProducer = self._sinkProducer, None
+        if lastChunk:
+            sink.bodyData(lastChunk)
+        sink.bodyFinished()
+        if producer is not None:
+            producer.release()
+
+    def stringReceived(self, string: bytes) -> None:
+        """
+        A header frame: parse it and keep it until its body's prefix arrives.
+        """
+        try:
+            self._header = wire.decodeHeader(string)
+        except ProtocolViolation as e:
+            self.protocolViolation(e, None)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        """
+        A header prefix over L{MAX_LENGTH}: refuse before buffering a byte.
+        """
+        self.protocolViolation(
+            ProtocolViolation(
+                ErrorCode.HEADER_TOO_LARGE,
+                f"header frame of {length} bytes is over the limit of {self.MAX_LENGTH}",
+            ),
+            None,
+        )
+
+    def messageStarted(self, header: dict[str, Any], bodyLength: int) -> BodySink:
+        """
+        A header has arrived and its body of C{bodyLength} bytes follows:
+        return where it goes.  By default bodies up to the buffer threshold
+        are gathered and passed to L{messageReceived}; larger ones are a
+        violation, since nothing here would stream them.
+
+        @raise ProtocolViolation: to refuse the message and close.
+        """
+        if bodyLength > self.limits.bufferThreshold:
+            raise ProtocolViolation(
+                ErrorCode.BODY_TOO_LARGE,
+                f"body of {bodyLength} bytes is over the in-memory limit of "
+                f"{self.limits.bufferThreshold}",
+            )
+        return BufferSink(lambda body: self.messageReceived(header, body))
+
+    def messageReceived(self, header: dict[str, Any], body: bytes) -> None:
+        """
+        A whole message, for subclasses that do not stream.
+        """
+        raise NotImplementedError
+
+    def pauseReceiving(self) -> None:
+        """
+        Stop delivering body bytes (and reading from the socket) until a
+        matching L{resumeReceiving}.  Calls nest.
+        """
+        self._pauseCount += 1
+        if self._pauseCount == 1 and self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeReceiving(self) -> None:
+        """
+        Undo one L{pauseReceiving}; deliver what arrived meanwhile.
+        """
+        if self._pauseCount == 0:
+            return
+        self._pauseCount -= 1
+        if self._pauseCount:
+            return
+        if self.transport is not None and not self._closing:
+            self.transport.resumeProducing()
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._unread and not self._pauseCount and not self._closing:
+                self._consume(self._unread.popleft())
+        finally:
+            self._draining = False
+
+    # -- violations and closing ----------------------------------------------
+
+    def protocolViolation(self, error: FramesErrorLike, header: dict[str, Any] | None) -> None:
+        """
+        Tell the peer what it broke, once, and close this connection.
+        """
+        if self._closing:
+            return
+        self._log.info(
+            "protocol violation from {peer}: {code}: {message}",
+            peer=self.peerName(),
+            code=error.code,
+            message=error.message,
+        )
+        rid = header.get("id") if header else None
+        reply = self.violationReply(error, rid)
+        self._closing = True
+        self._failSink(Failure(error))
+        if reply is not None and self._activeSource is None and self.transport is not None:
+            self._write(wire.encodeMessage(reply))
+        self.loseConnectionSoon()
+
+    def violationReply(self, error: FramesErrorLike, requestId: Any) -> dict[str, Any] | None:
+        """
+        The header of the error message sent before closing, or C{None} to
+        send nothing.
+        """
+        return {
+            "id": requestId if _jsonId(requestId) else None,
+            "ok": False,
+            "error": error.toJSON(),
+            "closing": True,
+        }
+
+    def loseConnectionSoon(self) -> None:
+        """
+        Close after what is written has drained, or abort if it does not
+        drain within L{closeTimeout}.
+        """
+        self._closing = True
+        if self.transport is None:
+            return
+        self.transport.loseConnection()
+        if self._closeTimer is None and self.closeTimeout is not None:
+            self._closeTimer = self._clock().callLater(self.closeTimeout, self._abort)
+
+    def _abort(self) -> None:
+        self._closeTimer = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _failSink(self, reason: Failure) -> None:
+        sink, self._sink = self._sink, None
+        producer, self._sinkProducer = self._sinkProducer, None
+        if producer is not None:
+            producer.paused = False
+        if sink is not None:
+            sink.bodyFailed(reason)
+
+    def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+        self._closing = True
+        if self._closeTimer is not None and self._closeTimer.active():
+            self._closeTimer.cancel()
+        self._closeTimer = None
+        self._unread.clear()
+        self._failSink(reason)
+        active, self._activeSource = self._activeSource, None
+        if active is not None:
+            source, _, d = active
+            source.stopProducing()
+            if not d.called:
+                d.errback(reason)
+        queue, self._sendQueue = self._sendQueue, deque()
+        for item in queue:
+            if isinstance(item, tuple):
+                item[3].errback(reason)
+
+    def peerName(self) -> str:
+        """
+        The peer's address as C{host:port}, for logs.
+        """
+        if self.transport is None:
+            return "-"
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", None)
+        if host is None:
+            return str(peer)
+        return f"{host}:{getattr(peer, 'port', '')}"
+
+    # -- sending -------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self.bytesSent += len(data)
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def sendMessage(self, header: dict[str, Any], body: bytes = b"") -> None:
+        """
+        Send a whole message; it is queued behind a streamed body in progress.
+        """
+        if len(body) > wire.MAX_FRAME:
+            raise ValueError("body is over 4 GiB - 1: send it as several messages")
+        h = wire.encodeHeader(header)
+        if len(body) <= 65536:
+            data = wire.PREFIX.pack(len(h)) + h + wire.PREFIX.pack(len(body)) + body
+            if self._activeSource is None and not self._sendQueue:
+                if self.transport is not None:
+                    self._write(data)
+            else:
+                self._sendQueue.append(data)
+        else:
+            head = wire.PREFIX.pack(len(h)) + h + wire.PREFIX.pack(len(body))
+            if self._activeSource is None and not self._sendQueue:
+                if self.transport is not None:
+                    self._write(head)
+                    self._write(body)
+            else:
+                self._sendQueue.append(head)
+                self._sendQueue.append(body)
+
+    def sendStreamedMessage(
+        self, header: dict[str, Any], source: IBodySource
+    ) -> defer.Deferred[None]:
+        """
+        Send C{header}, then a body of C{source.length} bytes produced by
+        C{source}, with the transport's backpressure.
+
+        @return: a Deferred that fires when the whole body has been handed to
+            the transport, or fails if the source fails or the connection is
+            lost (the connection is closed, since the frame is then broken).
+        """
+        if not 0 <= source.length <= wire.MAX_FRAME:
+            raise ValueError(f"body length {source.length} out of range")
+        d: defer.Deferred[None] = defer.Deferred()
+        item = (wire.encodeHeader(header), source, None, d)
+        if self._closing:
+            d.errback(Failure(ConnectionError("connection is closing")))
+        elif self._activeSource is None and not self._sendQueue:
+            self._startSource(item)
+        else:
+            self._sendQueue.append(item)
+        return d
+
+    def _startSource(self, item: tuple[bytes, IBodySource, None, defer.Deferred[None]]) -> None:
+        h, source, _, d = item
+        transport = self.transport
+        assert transport is not None
+        self._write(wire.PREFIX.pack(len(h)) + h + wire.PREFIX.pack(source.length))
+        consumer = _BodyConsumer(self, source.length)
+        self._activeSource = (source, consumer, d)
+        self.bytesSent += source.length
+        transport.registerProducer(source, True)
+        try:
+            started = source.startProducing(consumer)
+        except BaseException:
+            started = defer.fail()
+        started.addCallbacks(
+            lambda _: self._sourceDone(source, None),
+            lambda f: self._sourceDone(source, f),
+        )
+
+    def _sourceDone(self, source: IBodySource, failure: Failure | None) -> None:
+        active = self._activeSource
+        if active is None or active[0] is not source:
+            return None
+        _, consumer, d = active
+        self._activeSource = None
+        if self.transport is not None:
+            self.transport.unregisterProducer()
+        if failure is None and consumer.remaining:
+            failure = Failure(BodyOverrun(f"body source stopped {consumer.remaining} bytes short"))
+        if failure is not None:
+            # Half a frame is on the wire: nothing after it could be parsed.
+            self._log.failure("streamed body failed; closing {peer}", failure, peer=self.peerName())
+            self._closing = True
+            if self.transport is not None:
+                self.transport.abortConnection()
+            d.errback(failure)
+            return None
+        self._flushQueue()
+        d.callback(None)
+        return None
+
+    def _flushQueue(self) -> None:
+        while self._sendQueue and self._activeSource is None and self.transport is not None:
+            item = self._sendQueue.popleft()
+            if isinstance(item, tuple):
+                self._startSource(item)
+            else:
+                self._write(item)
+
+
+class FramesErrorLike(Protocol):
+    code: str
+    message: str
+
+    def toJSON(self) -> dict[str, Any]: ...
+
+
+def _jsonId(value: Any) -> bool:
+    try:
+        wire.checkRequestId(value)
+    except ProtocolViolation:
+        return False
+    return True
+
+
+@implementer(IPushProducer)
+class Pipe(BodySink):
+    """
+    A sink that is also a body source: what is received is sent on as it
+    arrives (the C{ping} echo).  When the sending side is paused, the
+    receiving side is paused too, so nothing piles up in between.
+    """
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self._consumer: Any = None
+        self._receive: IPushProducer | None = None
+        self._held: list[bytes] = []
+        self._sendPaused = False
+        self._finished = False
+        self._done: defer.Deferred[None] = defer.Deferred()
+
+    # BodySink side
+    def bodyStarted(self, length: int, producer: IPushProducer) -> None:
+        self._receive = producer
+        if self._consumer is None or self._sendPaused:
+            producer.pauseProducing()
+
+    def bodyData(self, data: bytes) -> None:
+        if self._consumer is None or self._sendPaused or self._held:
+            self._held.append(data)
+            if self._receive is not None:
+                self._receive.pauseProducing()
+        else:
+            self._consumer.write(data)
+
+    def bodyFinished(self) -> None:
+        self._finished = True
+        self._maybeDone()
+
+    def bodyFailed(self, reason: Failure) -> None:
+        if not self._done.called:
+            self._done.errback(reason)
+
+    # body source side
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        self._consumer = consumer
+        self._flush()
+        return self._done
+
+    def pauseProducing(self) -> None:
+        self._sendPaused = True
+        if self._receive is not None:
+            self._receive.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._sendPaused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        self._held = []
+        if not self._done.called:
+            self._done.errback(Failure(ConnectionError("stopped")))
+
+    def _flush(self) -> None:
+        while self._held and not self._sendPaused and self._consumer is not None:
+            self._consumer.write(self._held.pop(0))
+        if not self._held and not self._sendPaused and self._receive is not None:
+            self._receive.resumeProducing()
+        self._maybeDone()
+
+    def _maybeDone(self) -> None:
+        if self._finished and not self._held and self._consumer and not self._done.called:
+            self._done.callback(None)

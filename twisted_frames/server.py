@@ -1,0 +1,462 @@
+"""
+The server side: requests dispatched to services by their C{op}.
+
+Services never see framing.  A service is an object with methods marked by
+L{operation}; each receives a L{Request} and answers through it.  How the
+request body reaches the method is part of the mark:
+
+  - C{body="none"}: no body is allowed (a non-empty one is a violation);
+    the method runs once the (empty) body has arrived.
+  - C{body="buffer"}: the body, up to C{maxBody} bytes, is gathered and put
+    in C{request.body} before the method runs.
+  - C{body="stream"}: the method runs as soon as the body's length is known
+    (C{request.bodyLength}) and returns the L{BodySink} the body flows into.
+
+A method of the first two kinds may return a dict (the fields of a success
+reply), a L{Reply}, C{None} (it replies by itself through the request), or a
+Deferred or coroutine of one of those.  Raising L{FramesError} sends an error
+reply with its code; any other exception is logged and sent as C{internal}.
+"""
+
+from __future__ import annotations
+
+import inspect
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import wire
+from .protocol import BodySink, BufferSink, DiscardSink, FrameProtocol, IBodySource, Pipe
+from .wire import ErrorCode, FramesError, Limits, ProtocolViolation, RequestId
+
+BodyPolicy = Literal["none", "buffer", "stream"]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+log = Logger(namespace="twisted_frames")
+
+
+@dataclass(frozen=True)
+class Operation:
+    """
+    One op a server answers.
+
+    @ivar public: allowed before login (only the greeting's ops: C{ping},
+        C{auth}).
+    """
+
+    name: str
+    handler: Callable[[Request], Any]
+    body: BodyPolicy = "none"
+    maxBody: int | None = None
+    public: bool = False
+
+
+def operation(
+    name: str, body: BodyPolicy = "none", maxBody: int | None = None, public: bool = False
+) -> Callable[[_F], _F]:
+    """
+    Mark a service method as the handler of op C{name}.
+    """
+
+    def mark(f: _F) -> _F:
+        f.__frames_operation__ = (name, body, maxBody, public)  # type: ignore[attr-defined]
+        return f
+
+    return mark
+
+
+class Service:
+    """
+    A group of operations.  Subclasses mark methods with L{operation}.
+    """
+
+    def operations(self) -> Iterable[Operation]:
+        """
+        @return: the operations of this service, bound to it.
+        """
+        for attr in dir(type(self)):
+            method = getattr(type(self), attr, None)
+            mark = getattr(method, "__frames_operation__", None)
+            if mark is not None:
+                name, body, maxBody, public = mark
+                yield Operation(name, getattr(self, attr), body, maxBody, public)
+
+    def connectionLost(self, connection: ServerProtocol) -> None:
+        """
+        A connection closed: release what this service holds for it.
+        """
+
+
+@dataclass
+class Reply:
+    """
+    A success reply: extra header fields and a body (bytes, or a source for a
+    streamed body).
+    """
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    body: bytes | IBodySource = b""
+
+
+class Request:
+    """
+    One request in flight, and the only way a service talks back.
+
+    @ivar id: the client's request id, repeated in every message for it.
+    @ivar header: the whole request header.
+    @ivar bodyLength: the request body's length.
+    @ivar body: the gathered body (for C{buffer} ops), else C{b""}.
+    @ivar finished: whether the final reply has been sent.
+    """
+
+    def __init__(
+        self, connection: ServerProtocol, rid: RequestId, op: str, header: dict[str, Any], bodyLength: int
+    ) -> None:
+        self.connection = connection
+        self.id = rid
+        self.op = op
+        self.header = header
+        self.bodyLength = bodyLength
+        self.body = b""
+        self.finished = False
+        self.started = time.monotonic()
+        self.bytesOut = 0
+        self.outcome = ""
+        self.cancelled = False
+        self._cancelWaiters: list[defer.Deferred[None]] = []
+
+    def notifyCancelled(self) -> defer.Deferred[None]:
+        """
+        @return: a Deferred that fires if the connection is lost before the
+            final reply (so that a service can stop work nobody will read).
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        if self.cancelled:
+            d.callback(None)
+        else:
+            self._cancelWaiters.append(d)
+        return d
+
+    def cancel(self) -> None:
+        """
+        The connection was lost: later replies are dropped silently.
+        """
+        if self.cancelled or self.finished:
+            return
+        self.cancelled = True
+        self.outcome = "disconnected"
+        waiters, self._cancelWaiters = self._cancelWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+    @property
+    def peer(self) -> IAddress | None:
+        """
+        The peer's address.
+        """
+        t = self.connection.transport
+        return t.getPeer() if t is not None else None
+
+    @property
+    def user(self) -> str | None:
+        """
+        The logged-in user's name, or C{None}.
+        """
+        return self.connection.user
+
+    def event(self, name: str, fields: dict[str, Any] | None = None, body: bytes = b"") -> None:
+        """
+        Send an intermediate message (e.g. a chunk of a process's stdout).
+        """
+        if self.cancelled:
+            return
+        if self.finished:
+            raise RuntimeError(f"request {self.id!r} already finished")
+        header = {"id": self.id, "event": name}
+        if fields:
+            header.update(fields)
+        self.bytesOut += len(body)
+        self.connection.sendMessage(header, body)
+
+    def eventStream(
+        self, name: str, fields: dict[str, Any], source: IBodySource
+    ) -> defer.Deferred[None]:
+        """
+        Send an intermediate message whose body is streamed from C{source}.
+        """
+        if self.cancelled:
+            return defer.fail(ConnectionError("connection lost"))
+        if self.finished:
+            raise RuntimeError(f"request {self.id!r} already finished")
+        header = {"id": self.id, "event": name}
+        header.update(fields)
+        self.bytesOut += source.length
+        return self.connection.sendStreamedMessage(header, source)
+
+    def reply(self, fields: dict[str, Any] | None = None, body: bytes | IBodySource = b"") -> defer.Deferred[None]:
+        """
+        Send the final success reply.
+
+        @return: a Deferred firing when a streamed body has been sent.
+        """
+        if self.cancelled:
+            if isinstance(body, bytes | bytearray | memoryview):
+                return defer.succeed(None)
+            body.stopProducing()
+            return defer.fail(ConnectionError("connection lost"))
+        header = {"id": self.id, "ok": True}
+        if fields:
+            header.update(fields)
+        self._finish("ok")
+        if isinstance(body, bytes | bytearray | memoryview):
+            body = bytes(body)
+            self.bytesOut += len(body)
+            self.connection.sendMessage(header, body)
+            return defer.succeed(None)
+        self.bytesOut += body.length
+        return self.connection.sendStreamedMessage(header, body)
+
+    def fail(self, error: FramesError) -> None:
+        """
+        Send the final error reply.
+        """
+        if self.cancelled:
+            return
+        header = {"id": self.id, "ok": False, "error": error.toJSON()}
+        self._finish(error.code)
+        self.connection.sendMessage(header)
+
+    def _finish(self, outcome: str) -> None:
+        if self.finished:
+            raise RuntimeError(f"request {self.id!r} already finished")
+        self.finished = True
+        self.outcome = outcome
+        self.connection.requestFinished(self)
+
+
+class ServerProtocol(FrameProtocol):
+    """
+    One server connection: greet, then dispatch requests to operations.
+    """
+
+    factory: FramesServerFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inFlight: dict[RequestId, Request] = {}
+        self.user: str | None = None
+        self.nonce = secrets.token_hex(16)
+        self.requests = 0
+        self.connectedAt = time.monotonic()
+
+    @property
+    def operations(self) -> dict[str, Operation]:
+        return self.factory.operations
+
+    def connectionMade(self) -> None:
+        self.limits = self.factory.limits
+        self.clock = self.factory.clock
+        log.info("connection from {peer}", peer=self.peerName())
+        self.sendMessage(self.greeting())
+
+    def greeting(self) -> dict[str, Any]:
+        """
+        The first message the server sends: who it is and what it expects.
+        """
+        return {
+            "event": "hello",
+            "protocol": wire.PROTOCOL_NAME,
+            "version": wire.PROTOCOL_VERSION,
+            "server": self.factory.serverName,
+            "auth": {"required": self.factory.authRequired, "mechanisms": self.factory.authMechanisms},
+            "nonce": self.nonce,
+            "limits": self.limits.toJSON(),
+            "ops": sorted(self.operations),
+        }
+
+    def messageStarted(self, header: dict[str, Any], bodyLength: int) -> BodySink:
+        rid, opName = wire.checkRequest(header)
+        if rid in self.inFlight:
+            raise ProtocolViolation(
+                ErrorCode.DUPLICATE_ID, f"request id {rid!r} is already in flight"
+            )
+        request = Request(self, rid, opName, header, bodyLength)
+        self.requests += 1
+        self.inFlight[rid] = request
+        op = self.operations.get(opName)
+        if op is not None and op.body == "none" and bodyLength:
+            raise ProtocolViolation(
+                ErrorCode.BODY_NOT_ALLOWED, f"op {opName!r} takes no body ({bodyLength} bytes sent)"
+            )
+        if op is not None and op.body == "buffer":
+            limit = min(
+                op.maxBody if op.maxBody is not None else self.limits.bufferThreshold,
+                self.limits.maxBody,
+            )
+            if bodyLength > limit:
+                raise ProtocolViolation(
+                    ErrorCode.BODY_TOO_LARGE,
+                    f"op {opName!r} takes a body of at most {limit} bytes ({bodyLength} sent)",
+                )
+        try:
+            if op is None:
+                raise FramesError(ErrorCode.UNKNOWN_OP, f"unknown op {opName!r}")
+            if not op.public and self.factory.authRequired and self.user is None:
+                raise FramesError(ErrorCode.AUTH_REQUIRED, f"op {opName!r} needs a login first")
+            if op.body == "stream":
+                sink = op.handler(request)
+                if not isinstance(sink, BodySink):
+                    raise TypeError(f"stream op {opName!r} returned {sink!r}, not a BodySink")
+                return sink
+        except FramesError as e:
+            request.fail(e)
+            return DiscardSink()
+        except Exception:
+            self._internalError(request, Failure())
+            return DiscardSink()
+        return BufferSink(lambda body: self._run(op, request, body))
+
+    def _run(self, op: Operation, request: Request, body: bytes) -> None:
+        request.body = body
+        try:
+            result = op.handler(request)
+        except FramesError as e:
+            request.fail(e)
+            return
+        except Exception:
+            self._internalError(request, Failure())
+            return
+        if inspect.iscoroutine(result):
+            result = defer.Deferred.fromCoroutine(result)
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(
+                lambda r: self._answer(request, r),
+                lambda f: self._answerFailure(request, f),
+            )
+        else:
+            self._answer(request, result)
+
+    def _answer(self, request: Request, result: Any) -> None:
+        if result is None or request.finished:
+            return
+        if isinstance(result, Reply):
+            request.reply(result.fields, result.body)
+        elif isinstance(result, dict):
+            request.reply(result)
+        else:
+            self._internalError(request, Failure(TypeError(f"handler returned {result!r}")))
+
+    def _answerFailure(self, request: Request, failure: Failure) -> None:
+        if request.finished or self._closing:
+            return
+        if failure.check(FramesError):
+            request.fail(failure.value)
+        else:
+            self._internalError(request, failure)
+
+    def _internalError(self, request: Request, failure: Failure) -> None:
+        log.failure(
+            "internal error in op {op} for {peer}", failure, op=request.op, peer=self.peerName()
+        )
+        if not request.finished and not self._closing:
+            request.fail(FramesError(ErrorCode.INTERNAL, "internal server error (logged)"))
+
+    def requestFinished(self, request: Request) -> None:
+        """
+        Called by L{Request} when its final reply is sent: log one line.
+        """
+        self.inFlight.pop(request.id, None)
+        self._logRequest(request)
+
+    def _logRequest(self, request: Request) -> None:
+        log.info(
+            "{peer} {user} op={op} id={rid} in={bytesIn} out={bytesOut} "
+            "time={ms:.1f}ms outcome={outcome}",
+            peer=self.peerName(),
+            user=self.user or "-",
+            op=request.op,
+            rid=request.id,
+            bytesIn=request.bodyLength,
+            bytesOut=request.bytesOut,
+            ms=(time.monotonic() - request.started) * 1000,
+            outcome=request.outcome,
+        )
+
+    def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+        super().connectionLost(reason)
+        inFlight, self.inFlight = self.inFlight, {}
+        for request in inFlight.values():
+            request.cancel()
+            self._logRequest(request)
+        for service in self.factory.services:
+            service.connectionLost(self)
+        log.info(
+            "connection closed {peer}: {requests} requests, in={bytesIn} out={bytesOut} "
+            "time={s:.1f}s",
+            peer=self.peerName(),
+            requests=self.requests,
+            bytesIn=self.bytesReceived,
+            bytesOut=self.bytesSent,
+            s=time.monotonic() - self.connectedAt,
+        )
+
+
+class PingService(Service):
+    """
+    The health check: C{ping} echoes its body, of any size up to the body
+    limit, streamed straight back (so it also exercises the whole path).
+    """
+
+    @operation("ping", body="stream", public=True)
+    def ping(self, request: Request) -> BodySink:
+        threshold = request.connection.limits.bufferThreshold
+        if request.bodyLength <= threshold:
+            return BufferSink(lambda body: request.reply({}, body))
+        pipe = Pipe(request.bodyLength)
+        # A failure here (connection lost mid-echo) is already handled by the
+        # connection; nobody else waits for this Deferred.
+        request.reply({}, pipe).addErrback(lambda _: None)
+        return pipe
+
+
+class FramesServerFactory(Factory):
+    """
+    Builds L{ServerProtocol}s sharing the services and limits.
+
+    @ivar operations: op name to L{Operation}, from all services.
+    """
+
+    protocol = ServerProtocol
+
+    def __init__(
+        self,
+        services: Iterable[Service] = (),
+        limits: Limits | None = None,
+        serverName: str = "twisted-frames",
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.services: list[Service] = [PingService(), *services]
+        self.limits = limits or Limits()
+        self.serverName = serverName
+        self.clock = clock
+        self.authRequired = False
+        self.authMechanisms: list[str] = []
+        self.operations: dict[str, Operation] = {}
+        for service in self.services:
+            for op in service.operations():
+                if op.name in self.operations:
+                    raise ValueError(f"two services define op {op.name!r}")
+                self.operations[op.name] = op
+
+    def buildProtocol(self, addr: IAddress) -> ServerProtocol:
+        p = ServerProtocol()
+        p.factory = self
+        return p

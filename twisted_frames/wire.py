@@ -1,0 +1,272 @@
+"""
+The wire format, as pure functions: no reactor, no sockets.
+
+A frame is a 4-byte unsigned big-endian length followed by that many bytes.  A
+message is exactly two frames: a header (a UTF-8 JSON object) and a body (any
+bytes, possibly empty).  This module encodes and decodes headers, checks
+request headers, and names every error code the protocol can send.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+#: Name and version announced in the greeting.  A client refuses to talk to a
+#: server whose major version it does not know.
+PROTOCOL_NAME = "twisted-frames"
+PROTOCOL_VERSION = 1
+
+#: The length prefix: unsigned, big-endian, 32 bits, as in C{Int32StringReceiver}.
+PREFIX = struct.Struct("!I")
+PREFIX_LENGTH = PREFIX.size
+#: The largest length a 32-bit prefix can say.  Bigger payloads (files over
+#: 4 GiB) travel as several messages with offsets.
+MAX_FRAME = 2**32 - 1
+
+#: Header frames are small JSON objects; anything bigger is an attack or a bug,
+#: and is refused as soon as its prefix arrives, before a byte is buffered.
+DEFAULT_MAX_HEADER = 64 * 1024
+#: The largest body a single message may carry by default.  Streamed bodies are
+#: never held in memory, so this bounds time and disk, not RAM.
+DEFAULT_MAX_BODY = MAX_FRAME
+#: Bodies up to this size are gathered in memory and handed over whole; larger
+#: ones are streamed to the destination the operation chooses.
+DEFAULT_BUFFER_THRESHOLD = 256 * 1024
+
+#: Request ids: a JSON integer in this range, or a short string.
+MAX_ID_INT = 2**53 - 1
+MAX_ID_STR = 128
+MAX_OP_NAME = 64
+
+
+class ErrorCode(StrEnum):
+    """
+    Stable, machine-readable error codes.  Clients branch on these, humans
+    read the message that travels beside them.  Never renumber or rename one.
+    """
+
+    # Protocol violations: one error message, then the connection closes.
+    HEADER_TOO_LARGE = "header_too_large"
+    BODY_TOO_LARGE = "body_too_large"
+    BAD_HEADER = "bad_header"
+    BAD_REQUEST = "bad_request"
+    BODY_NOT_ALLOWED = "body_not_allowed"
+    DUPLICATE_ID = "duplicate_id"
+    TIMEOUT = "timeout"
+    # Request-level errors: a reply with this code; the connection stays usable.
+    UNKNOWN_OP = "unknown_op"
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    NOT_A_DIRECTORY = "not_a_directory"
+    IS_A_DIRECTORY = "is_a_directory"
+    NOT_EMPTY = "not_empty"
+    FORBIDDEN_PATH = "forbidden_path"
+    PERMISSION_DENIED = "permission_denied"
+    NO_SPACE = "no_space"
+    IO_ERROR = "io_error"
+    INTEGRITY_ERROR = "integrity_error"
+    COMMAND_NOT_ALLOWED = "command_not_allowed"
+    BUSY = "busy"
+    CANCELLED = "cancelled"
+    AUTH_REQUIRED = "auth_required"
+    AUTH_FAILED = "auth_failed"
+    INTERNAL = "internal"
+
+
+#: Codes after which the server closes the connection.
+VIOLATIONS = frozenset(
+    {
+        ErrorCode.HEADER_TOO_LARGE,
+        ErrorCode.BODY_TOO_LARGE,
+        ErrorCode.BAD_HEADER,
+        ErrorCode.BAD_REQUEST,
+        ErrorCode.BODY_NOT_ALLOWED,
+        ErrorCode.DUPLICATE_ID,
+        ErrorCode.TIMEOUT,
+    }
+)
+
+
+class FramesError(Exception):
+    """
+    An error with a stable code, as carried in an error reply.
+
+    @ivar code: one of L{ErrorCode}, or a code this version does not know.
+    @ivar message: a one-line explanation for a human.
+    @ivar details: extra JSON-able fields (e.g. the path concerned).
+    """
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = str(code)
+        self.message = message
+        self.details = details
+
+    def toJSON(self) -> dict[str, Any]:
+        """
+        @return: the C{error} member of an error reply header.
+        """
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        out.update(self.details)
+        return out
+
+    @classmethod
+    def fromJSON(cls, error: Any) -> FramesError:
+        """
+        Rebuild an error from the C{error} member of a reply, tolerating a peer
+        that sends something malformed.
+        """
+        if not isinstance(error, dict):
+            return cls(ErrorCode.BAD_HEADER, f"malformed error member: {error!r}")
+        code = str(error.get("code", ErrorCode.INTERNAL))
+        message = str(error.get("message", ""))
+        details = {k: v for k, v in error.items() if k not in ("code", "message")}
+        return cls(code, message, **details)
+
+
+class ProtocolViolation(FramesError):
+    """
+    The peer broke the framing rules; the connection must be closed after
+    telling it why.
+    """
+
+
+def encodeHeader(header: dict[str, Any]) -> bytes:
+    """
+    Serialise a header object as compact UTF-8 JSON.
+
+    @raise ValueError: if C{header} is not a dict or is not JSON-serialisable.
+    """
+    if not isinstance(header, dict):
+        raise ValueError("a header must be a JSON object (dict)")
+    return json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def decodeHeader(data: bytes) -> dict[str, Any]:
+    """
+    Parse a header frame.
+
+    @raise ProtocolViolation: C{bad_header} if the bytes are not UTF-8, not
+        JSON, or not a JSON object.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolViolation(ErrorCode.BAD_HEADER, f"header is not valid UTF-8: {e}") from e
+    try:
+        value = json.loads(text, parse_constant=_refuseConstant)
+    except ValueError as e:
+        raise ProtocolViolation(ErrorCode.BAD_HEADER, f"header is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise ProtocolViolation(
+            ErrorCode.BAD_HEADER, f"header must be a JSON object, not {type(value).__name__}"
+        )
+    return value
+
+
+def _refuseConstant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def encodeFrame(payload: bytes) -> bytes:
+    """
+    Prefix C{payload} with its length.
+
+    @raise ValueError: if the payload is longer than a 32-bit prefix can say.
+    """
+    return encodePrefix(len(payload)) + payload
+
+
+def encodePrefix(length: int) -> bytes:
+    """
+    The 4-byte big-endian prefix for a frame of C{length} bytes.
+
+    @raise ValueError: if C{length} is negative or over L{MAX_FRAME}.
+    """
+    if not 0 <= length <= MAX_FRAME:
+        raise ValueError(f"frame length {length} out of range 0..{MAX_FRAME}")
+    return PREFIX.pack(length)
+
+
+def encodeMessage(header: dict[str, Any], body: bytes = b"") -> bytes:
+    """
+    A whole message, both frames, as one byte string.
+    """
+    h = encodeHeader(header)
+    return PREFIX.pack(len(h)) + h + encodePrefix(len(body)) + body
+
+
+RequestId = int | str
+
+
+def checkRequestId(value: Any) -> RequestId:
+    """
+    Check a client-chosen request id: an integer in 0..2**53-1 or a non-empty
+    string of at most 128 characters.
+
+    @raise ProtocolViolation: C{bad_request} otherwise.
+    """
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int) and 0 <= value <= MAX_ID_INT:
+        return value
+    elif isinstance(value, str) and 0 < len(value) <= MAX_ID_STR:
+        return value
+    raise ProtocolViolation(
+        ErrorCode.BAD_REQUEST,
+        "request 'id' must be an integer 0..2**53-1 or a string of 1..128 characters",
+    )
+
+
+def checkRequest(header: dict[str, Any]) -> tuple[RequestId, str]:
+    """
+    Check the two fields every request must have.
+
+    @return: C{(id, op)}.
+    @raise ProtocolViolation: C{bad_request} if either is missing or malformed.
+    """
+    if "id" not in header:
+        raise ProtocolViolation(ErrorCode.BAD_REQUEST, "request header has no 'id'")
+    rid = checkRequestId(header["id"])
+    op = header.get("op")
+    if not isinstance(op, str) or not 0 < len(op) <= MAX_OP_NAME:
+        raise ProtocolViolation(
+            ErrorCode.BAD_REQUEST, "request header has no 'op' (a string of 1..64 characters)"
+        )
+    return rid, op
+
+
+@dataclass(frozen=True)
+class Limits:
+    """
+    The hard limits of one side of a connection.
+
+    @ivar maxHeader: largest header frame accepted, in bytes.
+    @ivar maxBody: largest body frame accepted, in bytes.
+    @ivar bufferThreshold: bodies up to this size are gathered in memory.
+    """
+
+    maxHeader: int = DEFAULT_MAX_HEADER
+    maxBody: int = DEFAULT_MAX_BODY
+    bufferThreshold: int = DEFAULT_BUFFER_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.maxHeader <= MAX_FRAME:
+            raise ValueError(f"maxHeader must be in 2..{MAX_FRAME}")
+        if not 0 <= self.maxBody <= MAX_FRAME:
+            raise ValueError(f"maxBody must be in 0..{MAX_FRAME}")
+        if self.bufferThreshold < 0:
+            raise ValueError("bufferThreshold must not be negative")
+
+    def toJSON(self) -> dict[str, int]:
+        """
+        @return: the C{limits} member of the greeting.
+        """
+        return {"header": self.maxHeader, "body": self.maxBody}
