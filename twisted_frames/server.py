@@ -215,13 +215,14 @@ class Request:
         header = {"id": self.id, "ok": True}
         if fields:
             header.update(fields)
-        self._finish("ok")
         if isinstance(body, bytes | bytearray | memoryview):
             body = bytes(body)
             self.bytesOut += len(body)
+            self._finish("ok")
             self.connection.sendMessage(header, body)
             return defer.succeed(None)
         self.bytesOut += body.length
+        self._finish("ok")
         return self.connection.sendStreamedMessage(header, body)
 
     def fail(self, error: FramesError) -> None:
@@ -435,6 +436,7 @@ class FramesServerFactory(Factory):
     """
 
     protocol = ServerProtocol
+    noisy = False
 
     def __init__(
         self,

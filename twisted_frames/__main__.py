@@ -1,0 +1,7 @@
+"""
+C{python -m twisted_frames} runs the C{frames} client.
+"""
+
+from .cli import main
+
+main()

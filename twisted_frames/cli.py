@@ -1,0 +1,261 @@
+"""
+The C{frames} command-line client.
+
+    frames [--server HOST:PORT] [--json] [--timeout S] COMMAND ...
+
+Exit status: 0 success; 1 the server answered with an error; 2 bad usage;
+3 could not connect (or the connection broke); 4 timed out; 128+N for a
+remote command killed by signal N (C{frames run}).  Errors are one line on
+stderr.
+
+Subcommands live in modules that each export C{register(subparsers)}; every
+subcommand sets C{run}, an C{async} function C{(reactor, args, ui) -> int}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TextIO
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
+
+from . import __version__
+from .client import FramesClient, connect, parseServer
+from .wire import FramesError
+
+EXIT_OK = 0
+EXIT_REMOTE = 1
+EXIT_USAGE = 2
+EXIT_CONNECT = 3
+EXIT_TIMEOUT = 4
+
+Runner = Callable[[Any, argparse.Namespace, "UI"], Awaitable[int]]
+
+
+class UI:
+    """
+    Where results and errors go: plain text for people, one JSON object per
+    result with C{--json}.
+    """
+
+    def __init__(self, jsonOutput: bool, out: TextIO | None = None, err: TextIO | None = None):
+        self.json = jsonOutput
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+
+    def result(self, text: str, data: dict[str, Any]) -> None:
+        """
+        Report one result: C{text} for people, C{data} with C{--json}.
+        """
+        if self.json:
+            self.out.write(json.dumps(data, sort_keys=True) + "\n")
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def error(self, message: str, data: dict[str, Any] | None = None) -> None:
+        """
+        Report a failure as one line on stderr (and as JSON on stdout with
+        C{--json}, so that scripts see every outcome in one stream).
+        """
+        self.err.write(f"frames: {message}\n")
+        self.err.flush()
+        if self.json:
+            payload = {"ok": False, "error": data or {"message": message}}
+            self.out.write(json.dumps(payload, sort_keys=True) + "\n")
+            self.out.flush()
+
+
+async def openClient(reactor: Any, args: argparse.Namespace) -> FramesClient:
+    """
+    Connect to C{args.server}, within C{args.timeout}.
+    """
+    return await connect(reactor, args.server, timeout=args.timeout)
+
+
+async def _ping(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    client = await openClient(reactor, args)
+    try:
+        payload = os.urandom(args.size) if args.size else b""
+        greeting = client.greeting
+        rtts = []
+        for _ in range(args.count):
+            started = time.perf_counter()
+            echoed = await client.ping(payload).addTimeout(args.timeout, reactor)
+            rtts.append((time.perf_counter() - started) * 1000)
+            if echoed != payload:
+                ui.error("ping: the echoed body differs from what was sent")
+                return EXIT_REMOTE
+        best, worst = min(rtts), max(rtts)
+        ui.result(
+            f"pong from {greeting.get('server')} (protocol {greeting.get('protocol')} "
+            f"v{greeting.get('version')}): {len(payload)} bytes, "
+            + (
+                f"time={rtts[0]:.2f} ms"
+                if len(rtts) == 1
+                else f"{len(rtts)} round trips, min/avg/max = {best:.2f}/"
+                f"{sum(rtts) / len(rtts):.2f}/{worst:.2f} ms"
+            ),
+            {
+                "ok": True,
+                "server": greeting.get("server"),
+                "version": greeting.get("version"),
+                "bytes": len(payload),
+                "count": len(rtts),
+                "rtt_ms": rtts,
+            },
+        )
+        return EXIT_OK
+    finally:
+        await client.close()
+
+
+async def _udpEcho(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    from .udp import EchoTimeout, udpEcho
+
+    host, port = parseServer(args.server)
+    if args.port is not None:
+        port = args.port
+    message = args.message.encode("utf-8")
+    started = time.perf_counter()
+    try:
+        reply = await udpEcho(
+            reactor, host, port, message, timeout=args.udp_timeout, retries=args.retries
+        )
+    except EchoTimeout as e:
+        ui.error(f"udp-echo: {e}", {"code": "timeout", "message": str(e)})
+        return EXIT_TIMEOUT
+    elapsed = (time.perf_counter() - started) * 1000
+    text = reply.decode("utf-8", "replace")
+    ui.result(
+        text,
+        {"ok": True, "reply": text, "bytes": len(reply), "sent": len(message), "rtt_ms": elapsed},
+    )
+    return EXIT_OK
+
+
+def _registerCore(sub: Any) -> None:
+    p = sub.add_parser("ping", help="check the server is alive (echoes a body)")
+    p.add_argument("--size", type=_nonNegative, default=0, help="body size in bytes (random)")
+    p.add_argument("-c", "--count", type=_positive, default=1, help="round trips to make")
+    p.set_defaults(run=_ping)
+
+    u = sub.add_parser("udp-echo", help="send one UDP datagram to the echo service")
+    u.add_argument("message", help="text to send (UTF-8)")
+    u.add_argument("--port", type=int, default=None, help="UDP port (default: the server's)")
+    u.add_argument(
+        "--udp-timeout", type=float, default=1.0, help="seconds to wait for each try (default 1)"
+    )
+    u.add_argument("--retries", type=_nonNegative, default=3, help="re-sends on loss (default 3)")
+    u.set_defaults(run=_udpEcho)
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _nonNegative(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {n}")
+    return n
+
+
+#: Modules adding subcommands: each has C{register(subparsers)}.
+REGISTRARS: list[Callable[[Any], None]] = [_registerCore]
+
+
+def buildParser() -> argparse.ArgumentParser:
+    """
+    The whole command line, subcommands included.
+    """
+    parser = argparse.ArgumentParser(
+        prog="frames",
+        description="Client for a twisted-frames server (twistd frameserver).",
+        epilog="Exit status: 0 ok, 1 server error, 2 usage, 3 connection, 4 timeout.",
+    )
+    parser.add_argument(
+        "--server",
+        "-s",
+        default=os.environ.get("FRAMES_SERVER", "127.0.0.1:8007"),
+        help="HOST:PORT of the server (env FRAMES_SERVER; default 127.0.0.1:8007)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per result")
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds for connecting and each reply"
+    )
+    parser.add_argument("--version", action="version", version=f"frames {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Entry point of the C{frames} console script.
+    """
+    parser = buildParser()
+    args = parser.parse_args(argv)
+    ui = UI(args.json)
+
+    from twisted.internet.task import react
+
+    def run(reactor: Any) -> defer.Deferred[None]:
+        async def go() -> None:
+            code = await runCommand(reactor, args, ui)
+            raise SystemExit(code)
+
+        return defer.Deferred.fromCoroutine(go())
+
+    react(run)
+
+
+async def runCommand(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    """
+    Run one parsed subcommand, mapping failures to one line and an exit
+    status.
+    """
+    try:
+        code: int = await args.run(reactor, args, ui)
+        return code
+    except FramesError as e:
+        ui.error(f"{args.command}: {e.message} [{e.code}]", e.toJSON())
+        return EXIT_REMOTE
+    except defer.TimeoutError:
+        ui.error(
+            f"{args.command}: no answer from {args.server} within {args.timeout:g} s",
+            {"code": "timeout"},
+        )
+        return EXIT_TIMEOUT
+    except (ConnectError, DNSLookupError) as e:
+        ui.error(
+            f"cannot connect to {args.server}: {_reason(e)}",
+            {"code": "connect_failed", "message": _reason(e)},
+        )
+        return EXIT_CONNECT
+    except (ConnectionDone, ConnectionLost) as e:
+        ui.error(f"{args.command}: connection to {args.server} lost: {_reason(e)}")
+        return EXIT_CONNECT
+    except ValueError as e:
+        ui.error(f"{args.command}: {e}", {"code": "usage"})
+        return EXIT_USAGE
+    except OSError as e:
+        ui.error(f"{args.command}: {e.strerror or e}", {"code": "local_error"})
+        return EXIT_REMOTE
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip()
+    if isinstance(e, ConnectError) and e.osError is not None:
+        text = os.strerror(e.osError) if isinstance(e.osError, int) else str(e.osError)
+    return text.rstrip(".") or type(e).__name__

@@ -1,0 +1,254 @@
+"""
+C{twistd frameserver}: options and service construction.
+
+    twistd -n frameserver --listen tcp:8007:interface=127.0.0.1 --root ./srv
+
+The plugin in C{twisted/plugins/} is one line pointing here; everything a
+test needs (L{Options}, L{makeService}) is importable without twistd.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
+from twisted.python import usage
+
+from . import wire
+from .server import FramesServerFactory, Service
+from .wire import Limits
+
+DEFAULT_LISTEN = "tcp:8007:interface=127.0.0.1"
+DEFAULT_UDP = 8007
+DEFAULT_BACKLOG = 128
+
+
+def _positiveInt(name: str, low: int, high: int) -> Any:
+    def coerce(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+        if not low <= n <= high:
+            raise ValueError(f"{name} must be in {low}..{high}, not {n}")
+        return n
+
+    coerce.coerceDoc = f"An integer in {low}..{high}."  # type: ignore[attr-defined]
+    return coerce
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd frameserver}.
+    """
+
+    synopsis = "[frameserver options]"
+    longdesc = (
+        "Serve the twisted-frames protocol (4-byte length prefix, JSON header "
+        "frame, body frame): ping, and the services configured below; plus a "
+        "UDP echo service."
+    )
+
+    optFlags = [
+        ["udp-upper", None, "UDP echo replies in upper case, like the classic example."],
+    ]
+
+    optParameters = [
+        ["root", "r", "srv", "Directory the file and command services are confined to."],
+        ["udp", "u", DEFAULT_UDP, "UDP echo port (0 disables).", _positiveInt("--udp", 0, 65535)],
+        ["udp-interface", None, "127.0.0.1", "Address the UDP echo binds to."],
+        [
+            "udp-max",
+            None,
+            8192,
+            "Largest UDP datagram echoed; bigger ones are dropped and counted.",
+            _positiveInt("--udp-max", 1, 65507),
+        ],
+        [
+            "udp-rate",
+            None,
+            50,
+            "UDP datagrams per second allowed per source address.",
+            _positiveInt("--udp-rate", 1, 1_000_000),
+        ],
+        [
+            "backlog",
+            None,
+            DEFAULT_BACKLOG,
+            "listen() backlog of TCP/SSL endpoints that do not set their own.",
+            _positiveInt("--backlog", 1, 65535),
+        ],
+        [
+            "max-header",
+            None,
+            wire.DEFAULT_MAX_HEADER,
+            "Largest header frame accepted, in bytes.",
+            _positiveInt("--max-header", 2, wire.MAX_FRAME),
+        ],
+        [
+            "max-body",
+            None,
+            wire.DEFAULT_MAX_BODY,
+            "Largest body frame accepted, in bytes.",
+            _positiveInt("--max-body", 0, wire.MAX_FRAME),
+        ],
+        ["name", None, None, "Server name announced in the greeting (default: host name)."],
+    ]
+
+    compData = usage.Completions(
+        optActions={"root": usage.CompleteDirs(descr="root directory")}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse, turning a usage error into one line on stderr and exit
+        status 1 (twistd would otherwise print its whole usage text).
+
+        @raise SystemExit: on any usage error.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"twistd frameserver: {e} (see: twistd frameserver --help)") from None
+
+    def opt_listen(self, endpoint: str) -> None:
+        """
+        Listen on a Twisted server endpoint string (repeatable), e.g.
+        tcp:8007:interface=127.0.0.1, tcp6:8007:interface=\\:\\:1,
+        unix:/run/frames.sock, ssl:8443:privateKey=key.pem:certKey=cert.pem.
+        Default: tcp:8007:interface=127.0.0.1.
+        """
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        self["listen"] = [_withBacklog(e, self["backlog"]) for e in self["listen"]]
+        if self["name"] is None:
+            self["name"] = socket.gethostname()
+        try:
+            self["limits"] = Limits(maxHeader=self["max-header"], maxBody=self["max-body"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from e
+
+
+def _withBacklog(endpoint: str, backlog: int) -> str:
+    """
+    Add an explicit C{backlog=} to TCP and SSL endpoint strings that have
+    none, so the listen queue is a choice, not Twisted's default of 50.
+    """
+    kind = endpoint.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={backlog}"
+    return endpoint
+
+
+class FrameServerService(service.MultiService):
+    """
+    The whole server.  A port that cannot be bound stops start-up with a
+    one-line message (C{SystemExit}) instead of a traceback.
+    """
+
+    def __init__(self, factory: FramesServerFactory, udp: Any = None) -> None:
+        super().__init__()
+        self.factory = factory
+        self.udp = udp
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(f"twistd frameserver: cannot listen: {_describe(e)}") from None
+        except OSError as e:
+            raise SystemExit(f"twistd frameserver: cannot listen: {e}") from None
+
+
+def _describe(e: CannotListenError) -> str:
+    reason = e.socketError
+    detail = getattr(reason, "strerror", None) or str(reason)
+    return f"{e.interface or '*'}:{e.port}: {detail}"
+
+
+class _EndpointService(StreamServerEndpointService):
+    _raiseSynchronously = True
+
+
+def makeService(config: Options, reactor: Any = None) -> FrameServerService:
+    """
+    Build the server from parsed L{Options}.
+
+    @param reactor: the reactor to listen with (tests pass a
+        C{MemoryReactor}); the global one by default.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    root = os.path.abspath(config["root"])
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"twistd frameserver: cannot use --root {root}: {e.strerror}") from None
+    services: list[Service] = []
+    factory = FramesServerFactory(
+        services, limits=config["limits"], serverName=config["name"], clock=reactor
+    )
+    top = FrameServerService(factory)
+    for description in config["listen"]:
+        try:
+            endpoint = endpoints.serverFromString(reactor, description)
+        except (ValueError, TypeError, KeyError) as e:
+            raise SystemExit(f"twistd frameserver: bad --listen {description!r}: {e}") from None
+        _EndpointService(endpoint, factory).setServiceParent(top)
+    if config["udp"]:
+        _UDPService(
+            reactor,
+            config["udp"],
+            config["udp-interface"],
+            upper=config["udp-upper"],
+            maxDatagram=config["udp-max"],
+            rate=float(config["udp-rate"]),
+        ).setServiceParent(top)
+    return top
+
+
+class _UDPService(service.Service):
+    """
+    The UDP echo port, as a service.
+    """
+
+    def __init__(self, reactor: Any, port: int, interface: str, **kwargs: Any) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.interface = interface
+        self.kwargs = kwargs
+        self.listening: Any = None
+
+    def privilegedStartService(self) -> None:
+        from .udp import listenEcho
+
+        super().privilegedStartService()
+        self.listening = listenEcho(self.reactor, self.port, self.interface, **self.kwargs)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.listening is None:
+            self.privilegedStartService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        listening, self.listening = self.listening, None
+        if listening is not None:
+            return listening.stopListening()
+        return None
