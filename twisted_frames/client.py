@@ -110,7 +110,8 @@ class ClientProtocol(FrameProtocol):
         if self.greeting is None:
             return self._greetingReceived(header, bodyLength)
         rid = header.get("id")
-        pending = self._pending.get(rid) if isinstance(rid, int) else None
+        # type(), not isinstance(): "id": true must not match request 1.
+        pending = self._pending.get(rid) if type(rid) is int else None
         if pending is None:
             if header.get("ok") is False:
                 # The server is closing this connection for a violation.
@@ -124,14 +125,24 @@ class ClientProtocol(FrameProtocol):
             if onEvent is None:
                 return DiscardSink()
             return BufferSink(lambda body: onEvent(header, body))
-        del self._pending[rid]  # type: ignore[arg-type]
+        # The request stays pending until its final body is complete, so that
+        # a connection lost mid-body fails it (connectionLost) instead of
+        # leaving its Deferred unfired.
+        assert type(rid) is int
         if header.get("ok") is True:
             if pending.replySink is not None and bodyLength:
                 inner = pending.replySink(header, bodyLength)
-                return _FinalSink(inner, lambda: pending.result.callback(Reply(header, b"", inner)))
-            return BufferSink(lambda body: pending.result.callback(Reply(header, body)))
+                return _FinalSink(inner, lambda: self._resolve(rid, Reply(header, b"", inner)))
+            return BufferSink(lambda body: self._resolve(rid, Reply(header, body)))
         error = FramesError.fromJSON(header.get("error"))
-        return BufferSink(lambda body: pending.result.errback(Failure(error)))
+        return BufferSink(lambda body: self._resolve(rid, Failure(error)))
+
+    def _resolve(self, rid: int, result: Reply | Failure) -> None:
+        pending = self._pending.pop(rid)
+        if isinstance(result, Failure):
+            pending.result.errback(result)
+        else:
+            pending.result.callback(result)
 
     def _greetingReceived(self, header: dict[str, Any], bodyLength: int) -> BodySink:
         if header.get("event") != "hello" or header.get("protocol") != wire.PROTOCOL_NAME:

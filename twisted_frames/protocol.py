@@ -429,8 +429,13 @@ class FrameProtocol(Int32StringReceiver):
         reply = self.violationReply(error, rid)
         self._closing = True
         self._failSink(Failure(error))
-        if reply is not None and self._activeSource is None and self.transport is not None:
-            self._write(wire.encodeMessage(reply))
+        if reply is not None and self.transport is not None:
+            if self._activeSource is None:
+                self._write(wire.encodeMessage(reply))
+            else:
+                # Behind the body in progress, so that frames never interleave;
+                # loseConnectionSoon waits for it (or for closeTimeout).
+                self._sendQueue.append(wire.encodeMessage(reply))
         self.loseConnectionSoon()
 
     def violationReply(self, error: FramesErrorLike, requestId: Any) -> dict[str, Any] | None:
@@ -453,9 +458,12 @@ class FrameProtocol(Int32StringReceiver):
         self._closing = True
         if self.transport is None:
             return
-        self.transport.loseConnection()
         if self._closeTimer is None and self.closeTimeout is not None:
             self._closeTimer = self._clock().callLater(self.closeTimeout, self._abort)
+        if self._activeSource is None:
+            self.transport.loseConnection()
+        # Else a streamed body is in progress: closing now would cut its frame
+        # (and drop the error queued behind it); _flushQueue calls us again.
 
     def _abort(self) -> None:
         self._closeTimer = None
@@ -510,7 +518,11 @@ class FrameProtocol(Int32StringReceiver):
     def sendMessage(self, header: dict[str, Any], body: bytes = b"") -> None:
         """
         Send a whole message; it is queued behind a streamed body in progress.
+        Once the connection is closing (after a violation, or lost) nothing
+        more is sent: a violation's error is the last message.
         """
+        if self._closing:
+            return
         if len(body) > wire.MAX_FRAME:
             raise ValueError("body is over 4 GiB - 1: send it as several messages")
         h = wire.encodeHeader(header)
@@ -601,6 +613,8 @@ class FrameProtocol(Int32StringReceiver):
                 self._startSource(item)
             else:
                 self._write(item)
+        if self._closing and self._activeSource is None and not self._sendQueue:
+            self.loseConnectionSoon()
 
 
 class FramesErrorLike(Protocol):
@@ -633,6 +647,7 @@ class Pipe(BodySink):
         self._held: list[bytes] = []
         self._sendPaused = False
         self._finished = False
+        self._failure: Failure | None = None
         self._done: defer.Deferred[None] = defer.Deferred()
 
     # BodySink side
@@ -654,11 +669,21 @@ class Pipe(BodySink):
         self._maybeDone()
 
     def bodyFailed(self, reason: Failure) -> None:
-        if not self._done.called:
+        self._fail(reason)
+
+    def _fail(self, reason: Failure) -> None:
+        self._held = []
+        if self._consumer is None:
+            # Not started: nobody waits on _done yet (failing it now would be
+            # an unhandled error); startProducing, if it comes, reports this.
+            self._failure = reason
+        elif not self._done.called:
             self._done.errback(reason)
 
     # body source side
     def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        if self._failure is not None:
+            return defer.fail(self._failure)
         self._consumer = consumer
         self._flush()
         return self._done
@@ -673,9 +698,7 @@ class Pipe(BodySink):
         self._flush()
 
     def stopProducing(self) -> None:
-        self._held = []
-        if not self._done.called:
-            self._done.errback(Failure(ConnectionError("stopped")))
+        self._fail(Failure(ConnectionError("stopped")))
 
     def _flush(self) -> None:
         while self._held and not self._sendPaused and self._consumer is not None:

@@ -212,18 +212,24 @@ class Request:
                 return defer.succeed(None)
             body.stopProducing()
             return defer.fail(ConnectionError("connection lost"))
+        if self.finished:
+            raise RuntimeError(f"request {self.id!r} already finished")
         header = {"id": self.id, "ok": True}
         if fields:
             header.update(fields)
+        # Sent before being marked finished: a header that is not JSON-able
+        # raises ValueError here, before anything is written, and the request
+        # can still be answered with an error.
         if isinstance(body, bytes | bytearray | memoryview):
             body = bytes(body)
+            self.connection.sendMessage(header, body)
             self.bytesOut += len(body)
             self._finish("ok")
-            self.connection.sendMessage(header, body)
             return defer.succeed(None)
+        sent = self.connection.sendStreamedMessage(header, body)
         self.bytesOut += body.length
         self._finish("ok")
-        return self.connection.sendStreamedMessage(header, body)
+        return sent
 
     def fail(self, error: FramesError) -> None:
         """
@@ -348,12 +354,17 @@ class ServerProtocol(FrameProtocol):
     def _answer(self, request: Request, result: Any) -> None:
         if result is None or request.finished:
             return
-        if isinstance(result, Reply):
-            request.reply(result.fields, result.body)
-        elif isinstance(result, dict):
-            request.reply(result)
-        else:
-            self._internalError(request, Failure(TypeError(f"handler returned {result!r}")))
+        try:
+            if isinstance(result, Reply):
+                # A failed streamed body is logged and closes the connection
+                # (FrameProtocol._sourceDone); nobody else waits for it.
+                request.reply(result.fields, result.body).addErrback(lambda _: None)
+            elif isinstance(result, dict):
+                request.reply(result)
+            else:
+                raise TypeError(f"handler returned {result!r}")
+        except Exception:
+            self._internalError(request, Failure())
 
     def _answerFailure(self, request: Request, failure: Failure) -> None:
         if request.finished or self._closing:

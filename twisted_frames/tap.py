@@ -17,6 +17,7 @@ from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
 from . import wire
@@ -26,6 +27,8 @@ from .wire import Limits
 DEFAULT_LISTEN = "tcp:8007:interface=127.0.0.1"
 DEFAULT_UDP = 8007
 DEFAULT_BACKLOG = 128
+
+log = Logger(namespace="twisted_frames.tap")
 
 
 def _positiveInt(name: str, low: int, high: int) -> Any:
@@ -181,7 +184,26 @@ def _describe(e: CannotListenError) -> str:
 
 
 class _EndpointService(StreamServerEndpointService):
+    """
+    Listens on one endpoint; fails start-up synchronously when it cannot, and
+    logs the address it got (so C{tcp:0} tells its port).
+    """
+
     _raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        address = port.getHost()
+        if hasattr(address, "port"):
+            kind, where = str(address.type).lower(), f"{address.host}:{address.port}"
+        else:
+            name = getattr(address, "name", address)
+            kind, where = "unix", name.decode() if isinstance(name, bytes) else str(name)
+        log.info("frameserver listening on {kind} {where}", kind=kind, where=where)
+        return port
 
 
 def makeService(config: Options, reactor: Any = None) -> FrameServerService:
@@ -240,6 +262,8 @@ class _UDPService(service.Service):
 
         super().privilegedStartService()
         self.listening = listenEcho(self.reactor, self.port, self.interface, **self.kwargs)
+        address = self.listening.getHost()
+        log.info("udp echo listening on {host}:{port}", host=address.host, port=address.port)
 
     def startService(self) -> None:
         super().startService()

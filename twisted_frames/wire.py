@@ -10,6 +10,7 @@ request headers, and names every error code the protocol can send.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from enum import StrEnum
@@ -125,8 +126,10 @@ class FramesError(Exception):
             return cls(ErrorCode.BAD_HEADER, f"malformed error member: {error!r}")
         code = str(error.get("code", ErrorCode.INTERNAL))
         message = str(error.get("message", ""))
-        details = {k: v for k, v in error.items() if k not in ("code", "message")}
-        return cls(code, message, **details)
+        # Not passed as keywords: a member named "self" would be a TypeError.
+        rebuilt = cls(code, message)
+        rebuilt.details = {k: v for k, v in error.items() if k not in ("code", "message")}
+        return rebuilt
 
 
 class ProtocolViolation(FramesError):
@@ -144,9 +147,11 @@ def encodeHeader(header: dict[str, Any]) -> bytes:
     """
     if not isinstance(header, dict):
         raise ValueError("a header must be a JSON object (dict)")
-    return json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    try:
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except TypeError as e:
+        raise ValueError(f"header is not JSON-serialisable: {e}") from e
+    return text.encode("utf-8")
 
 
 def decodeHeader(data: bytes) -> dict[str, Any]:
@@ -154,7 +159,7 @@ def decodeHeader(data: bytes) -> dict[str, Any]:
     Parse a header frame.
 
     @raise ProtocolViolation: C{bad_header} if the bytes are not UTF-8, not
-        JSON, or not a JSON object.
+        JSON, not a JSON object, or hold an unpaired surrogate escape.
     """
     try:
         text = data.decode("utf-8")
@@ -162,13 +167,26 @@ def decodeHeader(data: bytes) -> dict[str, Any]:
         raise ProtocolViolation(ErrorCode.BAD_HEADER, f"header is not valid UTF-8: {e}") from e
     try:
         value = json.loads(text, parse_constant=_refuseConstant)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
+        # RecursionError: a 64 KiB header of "[[[[..." nests too deep to parse.
         raise ProtocolViolation(ErrorCode.BAD_HEADER, f"header is not valid JSON: {e}") from e
     if not isinstance(value, dict):
         raise ProtocolViolation(
             ErrorCode.BAD_HEADER, f"header must be a JSON object, not {type(value).__name__}"
         )
+    if _SURROGATE_ESCAPE.search(text):
+        # A "\ud800" escape without its pair decodes to a lone surrogate: not
+        # Unicode, so it could never be echoed back (encodeHeader would fail).
+        try:
+            encodeHeader(value)
+        except ValueError as e:
+            raise ProtocolViolation(
+                ErrorCode.BAD_HEADER, "header has an unpaired surrogate escape"
+            ) from e
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _refuseConstant(name: str) -> Any:

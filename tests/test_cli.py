@@ -1,0 +1,160 @@
+"""
+End-to-end tests of the C{frames} CLI against the real C{twistd frameserver},
+both as subprocesses on ports the kernel chose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_frames.cli import EXIT_CONNECT, EXIT_TIMEOUT, EXIT_USAGE, buildParser
+
+from .serverprocess import ServerProcess, frames, freeUDPPort
+
+
+class ParserTests(SynchronousTestCase):
+    """
+    The argument parser.
+    """
+
+    def test_serverFromEnvironment(self) -> None:
+        """
+        C{FRAMES_SERVER} sets the default server; C{--server} overrides it.
+        """
+        old = os.environ.get("FRAMES_SERVER")
+        os.environ["FRAMES_SERVER"] = "example.invalid:1234"
+        try:
+            self.assertEqual(buildParser().parse_args(["ping"]).server, "example.invalid:1234")
+            self.assertEqual(
+                buildParser().parse_args(["--server", "h:1", "ping"]).server, "h:1"
+            )
+        finally:
+            if old is None:
+                del os.environ["FRAMES_SERVER"]
+            else:
+                os.environ["FRAMES_SERVER"] = old
+
+    def test_defaultServer(self) -> None:
+        """
+        Without C{FRAMES_SERVER} the default is the server's default address.
+        """
+        old = os.environ.pop("FRAMES_SERVER", None)
+        try:
+            self.assertEqual(buildParser().parse_args(["ping"]).server, "127.0.0.1:8007")
+        finally:
+            if old is not None:
+                os.environ["FRAMES_SERVER"] = old
+
+
+class EndToEndTests(SynchronousTestCase):
+    """
+    C{frames ping} and C{frames udp-echo} against a real server.
+    """
+
+    def setUp(self) -> None:
+        root = self.mktemp()
+        os.makedirs(root)
+        self.server = ServerProcess(root, udp=True).__enter__()
+        self.addCleanup(self.server.stop)
+
+    def test_ping(self) -> None:
+        """
+        C{frames ping} prints a pong line naming the server and exits 0.
+        """
+        result = frames("ping", server=self.server.address)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout.decode(), r"^pong from .+ \(protocol twisted-frames v1\)")
+
+    def test_pingJSON(self) -> None:
+        """
+        C{--json ping --size N --count C} prints one JSON object with the
+        round-trip times of C{C} echoes of C{N} random bytes.
+        """
+        result = frames("--json", "ping", "--size", "300000", "-c", "3", server=self.server.address)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [line] = result.stdout.decode().splitlines()
+        data = json.loads(line)
+        self.assertEqual((data["ok"], data["bytes"], data["count"]), (True, 300000, 3))
+        self.assertEqual(len(data["rtt_ms"]), 3)
+
+    def test_udpEcho(self) -> None:
+        """
+        C{frames udp-echo} sends one datagram and prints the one that comes
+        back.
+        """
+        assert self.server.udpPort is not None
+        result = frames(
+            "udp-echo", "hi there", "--port", str(self.server.udpPort), server=self.server.address
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.decode(), "hi there\n")
+
+    def test_udpEchoNoAnswer(self) -> None:
+        """
+        With nobody answering, C{udp-echo} retries, then exits with the
+        timeout status and one line on stderr.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            port = silent.getsockname()[1]
+            result = frames(
+                "udp-echo", "x", "--port", str(port), "--udp-timeout", "0.05", "--retries", "1",
+                server="127.0.0.1:1",
+            )
+        self.assertEqual(result.returncode, EXIT_TIMEOUT)
+        [line] = result.stderr.decode().splitlines()
+        self.assertTrue(line.startswith("frames: udp-echo: "), line)
+
+
+class FailureTests(SynchronousTestCase):
+    """
+    Failures are one line on stderr and a distinct exit status.
+    """
+
+    def test_connectionRefused(self) -> None:
+        """
+        Nobody listening: exit 3, one line naming the server.
+        """
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        result = frames("ping", server=f"127.0.0.1:{port}")
+        self.assertEqual(result.returncode, EXIT_CONNECT)
+        self.assertEqual(
+            result.stderr.decode(), f"frames: cannot connect to 127.0.0.1:{port}: Connection refused\n"
+        )
+
+    def test_badServerAddress(self) -> None:
+        """
+        A malformed C{--server}: exit 2, one line.
+        """
+        result = frames("ping", server="host:notaport")
+        self.assertEqual(result.returncode, EXIT_USAGE)
+        self.assertEqual(len(result.stderr.decode().splitlines()), 1)
+
+    def test_silentServerTimesOut(self) -> None:
+        """
+        A server that accepts but never greets: exit 4 after C{--timeout}.
+        """
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+            port = s.getsockname()[1]
+            result = frames("--timeout", "0.3", "ping", server=f"127.0.0.1:{port}")
+        self.assertEqual(result.returncode, EXIT_TIMEOUT, result.stderr)
+        self.assertIn("no answer", result.stderr.decode())
+
+    def test_jsonError(self) -> None:
+        """
+        With C{--json}, a failure is also one JSON object on stdout.
+        """
+        result = frames("--json", "udp-echo", "x", "--port", str(freeUDPPort()),
+                        "--udp-timeout", "0.05", "--retries", "0", server="127.0.0.1:1")
+        self.assertEqual(result.returncode, EXIT_TIMEOUT)
+        data = json.loads(result.stdout)
+        self.assertEqual(data["ok"], False)
+        self.assertEqual(data["error"]["code"], "timeout")

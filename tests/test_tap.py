@@ -1,0 +1,235 @@
+"""
+Tests for L{twisted_frames.tap}, the C{twistd frameserver} plugin, and the
+real server started by C{twistd}.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactor
+from twisted.plugin import getPlugins
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_frames import tap, wire
+from twisted_frames.server import FramesServerFactory
+
+from .serverprocess import TWISTD, ServerProcess, childEnv, frames
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Parsing C{twistd frameserver} options.
+    """
+
+    def parse(self, *args: str) -> tap.Options:
+        options = tap.Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaults(self) -> None:
+        """
+        With no options the server listens on loopback port 8007 with an
+        explicit backlog, runs UDP echo on 8007, and uses the default limits.
+        """
+        options = self.parse()
+        self.assertEqual(options["listen"], ["tcp:8007:interface=127.0.0.1:backlog=128"])
+        self.assertEqual(options["udp"], 8007)
+        self.assertEqual(options["limits"], wire.Limits())
+        self.assertTrue(options["name"])
+
+    def test_listenRepeatable(self) -> None:
+        """
+        C{--listen} may be given several times; TCP endpoints get the
+        C{--backlog}, other kinds are left as they are.
+        """
+        options = self.parse(
+            "--listen", "tcp:9000", "-l", "unix:/tmp/x.sock", "--backlog", "7"
+        )
+        self.assertEqual(options["listen"], ["tcp:9000:backlog=7", "unix:/tmp/x.sock"])
+
+    def test_explicitBacklogKept(self) -> None:
+        """
+        An endpoint string that sets its own backlog keeps it.
+        """
+        options = self.parse("--listen", "tcp:9000:backlog=3")
+        self.assertEqual(options["listen"], ["tcp:9000:backlog=3"])
+
+    def test_limits(self) -> None:
+        """
+        C{--max-header} and C{--max-body} set the limits.
+        """
+        options = self.parse("--max-header", "1024", "--max-body", "5")
+        self.assertEqual(options["limits"].maxHeader, 1024)
+        self.assertEqual(options["limits"].maxBody, 5)
+
+    def test_badValueIsOneLine(self) -> None:
+        """
+        A bad value is a one-line C{SystemExit} naming the option, not
+        twistd's whole usage text or a traceback.
+        """
+        for args in (["--max-header", "1"], ["--udp", "70000"], ["--backlog", "x"], ["--nope"]):
+            with self.assertRaises(SystemExit) as e:
+                self.parse(*args)
+            message = str(e.exception.code)
+            self.assertNotIn("\n", message)
+            self.assertTrue(message.startswith("twistd frameserver: "), message)
+
+
+class UDPMemoryReactor(MemoryReactor):
+    """
+    A L{MemoryReactor} that also records C{listenUDP} calls.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpServers: list[tuple[int, object, str, int]] = []
+
+    def listenUDP(
+        self, port: int, protocol: object, interface: str = "", maxPacketSize: int = 8192
+    ) -> object:
+        self.udpServers.append((port, protocol, interface, maxPacketSize))
+        return _FakeUDPPort(port, interface)
+
+
+class _FakeUDPPort:
+    def __init__(self, port: int, interface: str) -> None:
+        self.port = port
+        self.interface = interface
+        self.stopped = False
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", self.interface, self.port)
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    L{tap.makeService} with a L{MemoryReactor}.
+    """
+
+    def test_listensOnEveryEndpoint(self) -> None:
+        """
+        Every C{--listen} endpoint is listened on with the one factory and
+        the backlog; UDP is off with C{--udp 0}.
+        """
+        reactor = UDPMemoryReactor()
+        options = tap.Options()
+        options.parseOptions(
+            ["--listen", "tcp:0:interface=127.0.0.1", "--listen", "tcp:0", "--udp", "0",
+             "--root", self.mktemp()]
+        )
+        service = tap.makeService(options, reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual(len(reactor.tcpServers), 2)
+        port, factory, backlog, interface = reactor.tcpServers[0]
+        self.assertIsInstance(factory, FramesServerFactory)
+        self.assertEqual((port, backlog, interface), (0, 128, "127.0.0.1"))
+        self.assertIs(reactor.tcpServers[1][1], factory)
+        self.assertEqual(reactor.udpServers, [])
+        service.stopService()
+
+    def test_udp(self) -> None:
+        """
+        C{--udp PORT} listens for UDP echo on the UDP interface.
+        """
+        reactor = UDPMemoryReactor()
+        options = tap.Options()
+        options.parseOptions(["--udp", "9999", "--udp-upper", "--root", self.mktemp()])
+        service = tap.makeService(options, reactor)
+        service.privilegedStartService()
+        service.startService()
+        [(port, protocol, interface, maxPacketSize)] = reactor.udpServers
+        self.assertEqual((port, interface), (9999, "127.0.0.1"))
+        self.assertTrue(protocol.upper)
+        self.assertGreater(maxPacketSize, protocol.maxDatagram)
+        service.stopService()
+
+    def test_rootCreated(self) -> None:
+        """
+        A missing C{--root} directory is created.
+        """
+        root = self.mktemp()
+        options = tap.Options()
+        options.parseOptions(["--root", root, "--udp", "0"])
+        tap.makeService(options, UDPMemoryReactor())
+        self.assertTrue(os.path.isdir(root))
+
+    def test_badEndpointIsOneLine(self) -> None:
+        """
+        A malformed C{--listen} string is reported in one line.
+        """
+        options = tap.Options()
+        options.parseOptions(["--listen", "nosuchkind:1", "--udp", "0", "--root", self.mktemp()])
+        with self.assertRaises(SystemExit) as e:
+            tap.makeService(options, UDPMemoryReactor())
+        self.assertIn("bad --listen", str(e.exception.code))
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    The plugin that C{twistd} finds.
+    """
+
+    def test_found(self) -> None:
+        """
+        C{getPlugins(IServiceMaker)} finds C{frameserver}, pointing at the
+        tap module's options and service.
+        """
+        makers = {m.tapname: m for m in getPlugins(IServiceMaker)}
+        self.assertIn("frameserver", makers)
+        maker = makers["frameserver"]
+        self.assertIs(maker.options, tap.Options)
+        self.assertEqual(maker.makeService.__func__ if hasattr(maker.makeService, "__func__")
+                         else maker.makeService, tap.makeService)
+
+
+class TwistdTests(SynchronousTestCase):
+    """
+    The real C{twistd frameserver} in a subprocess.
+    """
+
+    def test_portInUseIsOneLine(self) -> None:
+        """
+        A port already in use stops the server with one clear line and a
+        non-zero status, not a traceback.
+        """
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            port = busy.getsockname()[1]
+            result = subprocess.run(
+                [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
+                 "frameserver", "--udp", "0", "--root", self.mktemp(),
+                 "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                capture_output=True, text=True, timeout=60, env=childEnv(),
+            )
+        output = result.stdout + result.stderr
+        self.assertNotEqual(result.returncode, 0, output)
+        self.assertIn(f"cannot listen: 127.0.0.1:{port}: Address already in use", output)
+        self.assertNotIn("Traceback", output)
+
+    def test_logsConnectionsAndRequests(self) -> None:
+        """
+        The server logs one line per connection and one per request, with
+        peer, op, bytes, duration and outcome.
+        """
+        root = self.mktemp()
+        os.makedirs(root)
+        with ServerProcess(root) as server:
+            result = frames("ping", "--size", "10", server=server.address)
+            self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(server.log, r"connection from 127\.0\.0\.1:\d+")
+        self.assertRegex(
+            server.log,
+            r"127\.0\.0\.1:\d+ - op=ping id=1 in=10 out=10 time=[\d.]+ms outcome=ok",
+        )
+        self.assertRegex(server.log, r"connection closed 127\.0\.0\.1:\d+: 1 requests")
