@@ -34,9 +34,7 @@ def childEnv(extra: dict[str, str] | None = None) -> dict[str, str]:
     so an uninstalled tree is tested as it is.
     """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("FRAMES_SERVER", None)
     env["PYTHONUNBUFFERED"] = "1"
     if extra:

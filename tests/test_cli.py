@@ -29,9 +29,7 @@ class ParserTests(SynchronousTestCase):
         os.environ["FRAMES_SERVER"] = "example.invalid:1234"
         try:
             self.assertEqual(buildParser().parse_args(["ping"]).server, "example.invalid:1234")
-            self.assertEqual(
-                buildParser().parse_args(["--server", "h:1", "ping"]).server, "h:1"
-            )
+            self.assertEqual(buildParser().parse_args(["--server", "h:1", "ping"]).server, "h:1")
         finally:
             if old is None:
                 del os.environ["FRAMES_SERVER"]
@@ -74,7 +72,9 @@ class EndToEndTests(SynchronousTestCase):
         C{--json ping --size N --count C} prints one JSON object with the
         round-trip times of C{C} echoes of C{N} random bytes.
         """
-        result = frames("--json", "ping", "--size", "300000", "-c", "3", server=self.server.address)
+        result = frames(
+            "--json", "ping", "--size", "300000", "-c", "3", server=self.server.address
+        )
         self.assertEqual(result.returncode, 0, result.stderr)
         [line] = result.stdout.decode().splitlines()
         data = json.loads(line)
@@ -102,7 +102,14 @@ class EndToEndTests(SynchronousTestCase):
             silent.bind(("127.0.0.1", 0))
             port = silent.getsockname()[1]
             result = frames(
-                "udp-echo", "x", "--port", str(port), "--udp-timeout", "0.05", "--retries", "1",
+                "udp-echo",
+                "x",
+                "--port",
+                str(port),
+                "--udp-timeout",
+                "0.05",
+                "--retries",
+                "1",
                 server="127.0.0.1:1",
             )
         self.assertEqual(result.returncode, EXIT_TIMEOUT)
@@ -125,7 +132,8 @@ class FailureTests(SynchronousTestCase):
         result = frames("ping", server=f"127.0.0.1:{port}")
         self.assertEqual(result.returncode, EXIT_CONNECT)
         self.assertEqual(
-            result.stderr.decode(), f"frames: cannot connect to 127.0.0.1:{port}: Connection refused\n"
+            result.stderr.decode(),
+            f"frames: cannot connect to 127.0.0.1:{port}: Connection refused\n",
         )
 
     def test_badServerAddress(self) -> None:
@@ -152,8 +160,18 @@ class FailureTests(SynchronousTestCase):
         """
         With C{--json}, a failure is also one JSON object on stdout.
         """
-        result = frames("--json", "udp-echo", "x", "--port", str(freeUDPPort()),
-                        "--udp-timeout", "0.05", "--retries", "0", server="127.0.0.1:1")
+        result = frames(
+            "--json",
+            "udp-echo",
+            "x",
+            "--port",
+            str(freeUDPPort()),
+            "--udp-timeout",
+            "0.05",
+            "--retries",
+            "0",
+            server="127.0.0.1:1",
+        )
         self.assertEqual(result.returncode, EXIT_TIMEOUT)
         data = json.loads(result.stdout)
         self.assertEqual(data["ok"], False)

@@ -48,9 +48,7 @@ class OptionsTests(SynchronousTestCase):
         C{--listen} may be given several times; TCP endpoints get the
         C{--backlog}, other kinds are left as they are.
         """
-        options = self.parse(
-            "--listen", "tcp:9000", "-l", "unix:/tmp/x.sock", "--backlog", "7"
-        )
+        options = self.parse("--listen", "tcp:9000", "-l", "unix:/tmp/x.sock", "--backlog", "7")
         self.assertEqual(options["listen"], ["tcp:9000:backlog=7", "unix:/tmp/x.sock"])
 
     def test_explicitBacklogKept(self) -> None:
@@ -123,8 +121,16 @@ class MakeServiceTests(SynchronousTestCase):
         reactor = UDPMemoryReactor()
         options = tap.Options()
         options.parseOptions(
-            ["--listen", "tcp:0:interface=127.0.0.1", "--listen", "tcp:0", "--udp", "0",
-             "--root", self.mktemp()]
+            [
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--listen",
+                "tcp:0",
+                "--udp",
+                "0",
+                "--root",
+                self.mktemp(),
+            ]
         )
         service = tap.makeService(options, reactor)
         service.privilegedStartService()
@@ -188,8 +194,12 @@ class PluginTests(SynchronousTestCase):
         self.assertIn("frameserver", makers)
         maker = makers["frameserver"]
         self.assertIs(maker.options, tap.Options)
-        self.assertEqual(maker.makeService.__func__ if hasattr(maker.makeService, "__func__")
-                         else maker.makeService, tap.makeService)
+        self.assertEqual(
+            maker.makeService.__func__
+            if hasattr(maker.makeService, "__func__")
+            else maker.makeService,
+            tap.makeService,
+        )
 
 
 class TwistdTests(SynchronousTestCase):
@@ -207,10 +217,24 @@ class TwistdTests(SynchronousTestCase):
             busy.listen(1)
             port = busy.getsockname()[1]
             result = subprocess.run(
-                [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
-                 "frameserver", "--udp", "0", "--root", self.mktemp(),
-                 "--listen", f"tcp:{port}:interface=127.0.0.1"],
-                capture_output=True, text=True, timeout=60, env=childEnv(),
+                [
+                    sys.executable,
+                    "-c",
+                    TWISTD,
+                    "-n",
+                    "--pidfile=",
+                    "frameserver",
+                    "--udp",
+                    "0",
+                    "--root",
+                    self.mktemp(),
+                    "--listen",
+                    f"tcp:{port}:interface=127.0.0.1",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=childEnv(),
             )
         output = result.stdout + result.stderr
         self.assertNotEqual(result.returncode, 0, output)

@@ -103,9 +103,7 @@ class Options(usage.Options):
         ["name", None, None, "Server name announced in the greeting (default: host name)."],
     ]
 
-    compData = usage.Completions(
-        optActions={"root": usage.CompleteDirs(descr="root directory")}
-    )
+    compData = usage.Completions(optActions={"root": usage.CompleteDirs(descr="root directory")})
 
     def __init__(self) -> None:
         super().__init__()
@@ -193,7 +191,9 @@ class _EndpointService(StreamServerEndpointService):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._waitingForPort.addCallback(self._listening)
+        waiting = self._waitingForPort
+        assert waiting is not None
+        waiting.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
         address = port.getHost()
