@@ -202,7 +202,7 @@ class FrameProtocol(Int32StringReceiver):
         self._sink: BodySink | None = None
         self._sinkProducer: _ReceiveProducer | None = None
         self._pauseCount = 0
-        self._unread: deque[bytes] = deque()
+        self._unread: deque[bytes | memoryview] = deque()
         self._draining = False
         self._closing = False
         self._sendQueue: deque[Any] = deque()
@@ -236,7 +236,7 @@ class FrameProtocol(Int32StringReceiver):
             return
         self._consume(data)
 
-    def _consume(self, data: bytes) -> None:
+    def _consume(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         end = len(data)
         pos = 0
@@ -244,12 +244,18 @@ class FrameProtocol(Int32StringReceiver):
             if self._closing:
                 return
             if self._pauseCount:
-                self._unread.appendleft(bytes(view[pos:]))
+                # A view, not a copy: a sink pausing at every message of one
+                # large read must not make the rest of the read be re-copied
+                # each time (quadratic, like ticket #6358).
+                self._unread.appendleft(view[pos:])
                 return
             state = self._state
             if state == _BODY:
                 take = min(self._remaining, end - pos)
-                chunk = data if take == end else bytes(view[pos : pos + take])
+                if take == end and type(data) is bytes:
+                    chunk = data
+                else:
+                    chunk = bytes(view[pos : pos + take])
                 pos += take
                 self._remaining -= take
                 sink = self._sink
@@ -296,7 +302,9 @@ class FrameProtocol(Int32StringReceiver):
                     if self._state == _HEADER_PREFIX:
                         pos += length
 
-    def _startBody(self, length: int, data: bytes, pos: int, view: memoryview) -> None:
+    def _startBody(
+        self, length: int, data: bytes | memoryview, pos: int, view: memoryview
+    ) -> None:
         header = self._header
         self._header = {}
         if length > self.limits.maxBody:
@@ -484,8 +492,10 @@ class FrameProtocol(Int32StringReceiver):
             self._closeTimer.cancel()
         self._closeTimer = None
         self._unread.clear()
-        self._failSink(reason)
+        # Detach the active source before failing the sink: a Pipe is both,
+        # and its failure must not be logged as a broken streamed body.
         active, self._activeSource = self._activeSource, None
+        self._failSink(reason)
         if active is not None:
             source, _, d = active
             source.stopProducing()

@@ -470,6 +470,7 @@ class FramesServerFactory(Factory):
                 self.operations[op.name] = op
 
     def buildProtocol(self, addr: IAddress) -> ServerProtocol:
-        p = ServerProtocol()
+        # self.protocol, not ServerProtocol: a subclass may set its own.
+        p = self.protocol()
         p.factory = self
         return p
