@@ -300,7 +300,7 @@ def parseServer(server: str, default_port: int = 8007) -> tuple[str, int]:
         host, port = server.split(":")
     if not host:
         host = "127.0.0.1"
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"bad port in server address {server!r}")
     return host, int(port)
 
