@@ -1,5 +1,5 @@
 """
-The C{frames} command-line client.
+The C{frames} command-line client::
 
     frames [--server HOST:PORT] [--json] [--timeout S] COMMAND ...
 

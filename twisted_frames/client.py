@@ -1,6 +1,6 @@
 """
 The client library: Deferred-based, usable from C{async}/C{await} code with
-C{Deferred.fromCoroutine} / C{ensureDeferred}.
+C{Deferred.fromCoroutine} / C{ensureDeferred}::
 
     client = await connect(reactor, "127.0.0.1:8007")
     echoed = await client.ping(b"hello")

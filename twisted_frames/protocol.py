@@ -178,7 +178,7 @@ class FrameProtocol(Int32StringReceiver):
     Two frames make a message: a UTF-8 JSON header, then a body.
 
     Subclasses override L{messageStarted} (to stream bodies) or
-    L{messageReceived} (for whole messages), and L{violationReceived} for
+    L{messageReceived} (for whole messages), and L{violationReply} for
     the way a violation is reported.
 
     @ivar limits: the hard limits applied to what is received.

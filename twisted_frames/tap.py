@@ -1,5 +1,5 @@
 """
-C{twistd frameserver}: options and service construction.
+C{twistd frameserver}: options and service construction::
 
     twistd -n frameserver --listen tcp:8007:interface=127.0.0.1 --root ./srv
 

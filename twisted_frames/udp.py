@@ -168,7 +168,7 @@ class EchoProtocol(DatagramProtocol):
         @param maxDatagram: Drop datagrams larger than this many bytes.
         @param rate: Token-bucket refill rate per source host, datagrams/second.
         @param burst: Token-bucket size per source host, in datagrams.
-        @param clock: The clock for the rate limit; the global reactor if L{None}
+        @param clock: The clock for the rate limit; the global reactor if C{None}
             (looked up when first needed, not at construction).
         @raise ValueError: If C{maxDatagram} is negative, C{rate} is not positive
             or C{burst} is less than 1.
@@ -403,7 +403,7 @@ class EchoClientProtocol(DatagramProtocol):
         @param message: The request datagram.
         @param timeout: Seconds to wait for a reply to each try.
         @param retries: How many times to re-send after the first try.
-        @param clock: The clock for the timeouts; the global reactor if L{None}.
+        @param clock: The clock for the timeouts; the global reactor if C{None}.
         @raise ValueError: If the address is not an IP literal, C{timeout} is not
             positive or C{retries} is negative.
         """
