@@ -308,7 +308,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         still being worked on (a quiet long-running request is not idle).
         """
         if self.inFlight:
-            self.resetTimeout()  # type: ignore[no-untyped-call]
+            self.setTimeout(self.factory.idleTimeout)  # type: ignore[no-untyped-call]
             return
         self.refuse(
             FramesError(ErrorCode.TIMEOUT, f"idle for {self.factory.idleTimeout:g} s, closing")
