@@ -20,12 +20,12 @@ from twisted.internet import reactor, threads
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tests.inmemory import Credentials, makeCredentials, makeServer
-
-# The TLS 1.1 client is deliberately obsolete.
-pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 from twisted_frames.auth import login
 from twisted_frames.client import connect
 from twisted_frames.tls import clientOptions, serverOptions
+
+# The TLS 1.1 client is deliberately obsolete.
+pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")

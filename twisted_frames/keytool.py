@@ -230,9 +230,7 @@ def register(sub: Any) -> None:
     k.add_argument(
         "-o", "--output", metavar="FILE", help="write the client's secret file here (0600)"
     )
-    k.add_argument(
-        "--replace", action="store_true", help="replace an existing user / secret file"
-    )
+    k.add_argument("--replace", action="store_true", help="replace an existing user / secret file")
     k.set_defaults(run=_keygen)
 
     c = sub.add_parser(

@@ -134,10 +134,10 @@ class SecurityOptions:
     ]
 
     optParameters = [
-        ["users", None, None, "Users file (made by 'frames keygen'); login is required when given."],
+        ["users", None, None, "Users file (from 'frames keygen'); login required when given."],
         ["tls-cert", None, None, "PEM certificate (+ chain): serve every --listen over TLS."],
-        ["tls-key", None, None, "PEM private key for --tls-cert (default: in the --tls-cert file)."],
-        ["tls-ca", None, None, "PEM CA file: require client certificates signed by it (mutual TLS)."],
+        ["tls-key", None, None, "PEM private key of --tls-cert (default: the --tls-cert file)."],
+        ["tls-ca", None, None, "PEM CA file: require client certificates it signed (mutual TLS)."],
         [
             "max-connections",
             None,

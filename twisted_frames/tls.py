@@ -11,7 +11,7 @@ certificate.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -73,16 +73,15 @@ def loadPrivateKey(path: str) -> Any:
 
 
 def _twistedCertificate(cert: x509.Certificate) -> Certificate:
-    return Certificate(crypto.X509.from_cryptography(cert))
+    return Certificate(crypto.X509.from_cryptography(cert))  # type: ignore[no-untyped-call]
 
 
 def trustRootFromFile(path: str) -> Any:
     """
     A Twisted trust root made of every CA certificate in a PEM file.
     """
-    return trustRootFromCertificates(
-        [_twistedCertificate(c) for c in loadCertificates(path, "CA file")]
-    )
+    certificates = [_twistedCertificate(c) for c in loadCertificates(path, "CA file")]
+    return trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]
 
 
 def privateCertificate(certFile: str, keyFile: str | None = None) -> PrivateCertificate:
@@ -100,9 +99,11 @@ def privateCertificate(certFile: str, keyFile: str | None = None) -> PrivateCert
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ):
         raise TLSConfigError(f"the key in {keyFile or certFile} does not match {certFile}")
-    return PrivateCertificate.fromCertificateAndKeyPair(
-        _twistedCertificate(cert), KeyPair(pkey)
+    pair = KeyPair(pkey)  # type: ignore[no-untyped-call]
+    leaf = PrivateCertificate.fromCertificateAndKeyPair(  # type: ignore[no-untyped-call]
+        _twistedCertificate(cert), pair
     )
+    return cast(PrivateCertificate, leaf)
 
 
 def serverOptions(certFile: str, keyFile: str | None = None, caFile: str | None = None) -> Any:
