@@ -48,15 +48,15 @@ class OptionsTests(SynchronousTestCase):
         C{--listen} may be given several times; TCP endpoints get the
         C{--backlog}, other kinds are left as they are.
         """
-        options = self.parse("--listen", "tcp:9000", "-l", "unix:/tmp/x.sock", "--backlog", "7")
-        self.assertEqual(options["listen"], ["tcp:9000:backlog=7", "unix:/tmp/x.sock"])
+        options = self.parse("--listen", "tcp:9000:interface=127.0.0.1", "-l", "unix:/tmp/x.sock", "--backlog", "7")
+        self.assertEqual(options["listen"], ["tcp:9000:interface=127.0.0.1:backlog=7", "unix:/tmp/x.sock"])
 
     def test_explicitBacklogKept(self) -> None:
         """
         An endpoint string that sets its own backlog keeps it.
         """
-        options = self.parse("--listen", "tcp:9000:backlog=3")
-        self.assertEqual(options["listen"], ["tcp:9000:backlog=3"])
+        options = self.parse("--listen", "tcp:9000:backlog=3:interface=127.0.0.1")
+        self.assertEqual(options["listen"], ["tcp:9000:backlog=3:interface=127.0.0.1"])
 
     def test_limits(self) -> None:
         """
@@ -125,7 +125,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "--listen",
                 "tcp:0:interface=127.0.0.1",
                 "--listen",
-                "tcp:0",
+                "tcp:0:interface=localhost",
                 "--udp",
                 "0",
                 "--root",
@@ -174,7 +174,7 @@ class MakeServiceTests(SynchronousTestCase):
         A malformed C{--listen} string is reported in one line.
         """
         options = tap.Options()
-        options.parseOptions(["--listen", "nosuchkind:1", "--udp", "0", "--root", self.mktemp()])
+        options.parseOptions(["--listen", "nosuchkind:1", "--insecure-no-auth-on-public-interface", "--udp", "0", "--root", self.mktemp()])
         with self.assertRaises(SystemExit) as e:
             tap.makeService(options, UDPMemoryReactor())
         self.assertIn("bad --listen", str(e.exception.code))

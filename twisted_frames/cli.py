@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
 
-from . import __version__
+from . import __version__, keytool
 from .client import FramesClient, connect, parseServer
 from .wire import FramesError
 
@@ -74,9 +74,20 @@ class UI:
 
 async def openClient(reactor: Any, args: argparse.Namespace) -> FramesClient:
     """
-    Connect to C{args.server}, within C{args.timeout}.
+    Connect to C{args.server}, within C{args.timeout}, with TLS and login
+    as the security flags say.
     """
-    return await connect(reactor, args.server, timeout=args.timeout)
+    security = keytool.clientSecurity(args)
+    try:
+        return await connect(reactor, args.server, timeout=args.timeout, **security)
+    except FramesError as e:
+        secret = security["secret"]
+        raise keytool.explainLoginFailure(e, secret.user) if secret else e from None
+    except Exception as e:
+        explained = keytool.explainTLSFailure(e, args.server)
+        if explained is None:
+            raise
+        raise explained from None
 
 
 async def _ping(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
@@ -172,6 +183,7 @@ def _nonNegative(value: str) -> int:
 
 #: Modules adding subcommands: each has C{register(subparsers)}.
 REGISTRARS: list[Callable[[Any], None]] = [_registerCore]
+REGISTRARS.append(keytool.register)
 
 
 def buildParser() -> argparse.ArgumentParser:
@@ -194,6 +206,7 @@ def buildParser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30.0, help="seconds for connecting and each reply"
     )
     parser.add_argument("--version", action="version", version=f"frames {__version__}")
+    keytool.addArguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in REGISTRARS:
         register(sub)
@@ -229,8 +242,20 @@ async def runCommand(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         code: int = await args.run(reactor, args, ui)
         return code
     except FramesError as e:
-        ui.error(f"{args.command}: {e.message} [{e.code}]", e.toJSON())
+        hint = ""
+        if e.code == "auth_required":
+            hint = " (log in with --user and --secret-file)"
+        ui.error(f"{args.command}: {e.message}{hint} [{e.code}]", e.toJSON())
         return EXIT_REMOTE
+    except keytool.TLSFailure as e:
+        ui.error(f"TLS with {args.server} failed: {e}", {"code": "tls_failed", "message": str(e)})
+        return EXIT_CONNECT
+    except keytool.AuthError as e:
+        ui.error(f"login to {args.server} failed: {e}", {"code": "auth_failed", "message": str(e)})
+        return EXIT_REMOTE
+    except FileExistsError as e:
+        ui.error(f"{args.command}: {e}", {"code": "exists", "message": str(e)})
+        return EXIT_USAGE
     except defer.TimeoutError:
         ui.error(
             f"{args.command}: no answer from {args.server} within {args.timeout:g} s",

@@ -14,18 +14,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from . import wire
 from .protocol import BodySink, BufferSink, DiscardSink, FrameProtocol, IBodySource
 from .wire import ErrorCode, FramesError, Limits, ProtocolViolation
+
+if TYPE_CHECKING:
+    from .auth import ClientSecret
 
 #: Makes the sink for a streamed reply body: C{(header, length) -> BodySink}.
 SinkFactory = Callable[[dict[str, Any], int], BodySink]
@@ -145,6 +152,11 @@ class ClientProtocol(FrameProtocol):
             pending.result.callback(result)
 
     def _greetingReceived(self, header: dict[str, Any], bodyLength: int) -> BodySink:
+        if header.get("ok") is False and header.get("closing") is True:
+            # Refused instead of greeted (a connection limit): say why.
+            self.serverError = FramesError.fromJSON(header.get("error"))
+            self.greeted.errback(Failure(self.serverError))
+            return DiscardSink()
         if header.get("event") != "hello" or header.get("protocol") != wire.PROTOCOL_NAME:
             error = ProtocolViolation(ErrorCode.BAD_HEADER, "the server did not greet as twisted-frames")
             self.greeted.errback(Failure(error))
@@ -309,6 +321,8 @@ def connect(
     reactor: Any,
     server: str | IStreamClientEndpoint = "127.0.0.1:8007",
     timeout: float = 30.0,
+    tls: IOpenSSLClientConnectionCreator | None = None,
+    secret: ClientSecret | None = None,
 ) -> defer.Deferred[FramesClient]:
     """
     Connect and wait for the server's greeting.
@@ -316,20 +330,35 @@ def connect(
     @param server: C{HOST:PORT}, a Twisted client endpoint string (with a
         C{:} after its type, e.g. C{tcp:host=...:port=...}, C{unix:path=...})
         or an endpoint.
-    @param timeout: seconds for connecting and greeting together.
+    @param timeout: seconds for connecting, greeting and login together.
+    @param tls: TLS options (e.g. from C{optionsForClientTLS}, which checks
+        the server's host name) to wrap the connection in; C{None} for none.
+    @param secret: log in with this secret (and check the server's proof)
+        before returning.
     @return: a Deferred firing with a L{FramesClient}.
     """
     if isinstance(server, str):
         endpoint = _endpointFor(reactor, server, timeout)
     else:
         endpoint = server
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
     factory = Factory.forProtocol(ClientProtocol)
 
     async def go() -> FramesClient:
         protocol = await endpoint.connect(factory)
         assert isinstance(protocol, ClientProtocol)
         await protocol.greeted
-        return FramesClient(protocol)
+        client = FramesClient(protocol)
+        if secret is not None:
+            from .auth import login
+
+            try:
+                await login(client, secret)
+            except BaseException:
+                client.close()
+                raise
+        return client
 
     d = defer.Deferred.fromCoroutine(go())
     clock: IReactorTime = reactor

@@ -186,10 +186,16 @@ class FrameProtocol(Int32StringReceiver):
     @ivar closeTimeout: seconds to let an error reply drain before aborting a
         connection being closed for a violation (a peer that never reads must
         not pin it open).
+    @ivar frameTimeout: the slowloris deadline, or C{None} for none.  A
+        message's header part (length prefix, header, body prefix) must
+        arrive within this many seconds of its first byte, and while a body
+        is being read (not paused by its sink) each read must come within this
+        many seconds of the previous one.
     """
 
     limits: Limits = Limits()
     closeTimeout: float = 10.0
+    frameTimeout: float | None = None
     clock: IReactorTime | None = None
     _log = Logger()
 
@@ -208,6 +214,9 @@ class FrameProtocol(Int32StringReceiver):
         self._sendQueue: deque[Any] = deque()
         self._activeSource: tuple[IBodySource, _BodyConsumer, defer.Deferred[None]] | None = None
         self._closeTimer: IDelayedCall | None = None
+        self._frameTimer: IDelayedCall | None = None
+        self._frameMark = -1
+        self._messagesStarted = 0
         self.bytesReceived = 0
         self.bytesSent = 0
 
@@ -235,6 +244,42 @@ class FrameProtocol(Int32StringReceiver):
             self._unread.append(data)
             return
         self._consume(data)
+        if self.frameTimeout is not None:
+            self._watchFrame()
+
+    def _watchFrame(self) -> None:
+        """
+        After a read: arm, push back or cancel the L{frameTimeout} deadline.
+        Called once per read, not per frame, so it costs nothing per byte.
+        """
+        timer = self._frameTimer
+        idle = self._state == _HEADER_PREFIX and not self._prefix
+        if idle or self._pauseCount or self._closing or self.frameTimeout is None:
+            if timer is not None:
+                if timer.active():
+                    timer.cancel()
+                self._frameTimer = None
+            return
+        if timer is not None and timer.active():
+            if self._state == _BODY:
+                timer.reset(self.frameTimeout)
+                return
+            if self._frameMark == self._messagesStarted:
+                # Still the same header: its deadline runs from its first byte.
+                return
+            timer.cancel()
+        self._frameMark = self._messagesStarted
+        self._frameTimer = self._clock().callLater(self.frameTimeout, self._frameExpired)
+
+    def _frameExpired(self) -> None:
+        self._frameTimer = None
+        what = "body data" if self._state == _BODY else "the rest of a message header"
+        self.protocolViolation(
+            ProtocolViolation(
+                ErrorCode.TIMEOUT, f"waited {self.frameTimeout:g} s for {what}, closing"
+            ),
+            None,
+        )
 
     def _consume(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -305,6 +350,7 @@ class FrameProtocol(Int32StringReceiver):
     def _startBody(
         self, length: int, data: bytes | memoryview, pos: int, view: memoryview
     ) -> None:
+        self._messagesStarted += 1
         header = self._header
         self._header = {}
         if length > self.limits.maxBody:
@@ -398,6 +444,9 @@ class FrameProtocol(Int32StringReceiver):
         self._pauseCount += 1
         if self._pauseCount == 1 and self.transport is not None:
             self.transport.pauseProducing()
+        if self._frameTimer is not None:
+            # Not reading is our choice, not the peer's stalling.
+            self._watchFrame()
 
     def resumeReceiving(self) -> None:
         """
@@ -418,6 +467,8 @@ class FrameProtocol(Int32StringReceiver):
                 self._consume(self._unread.popleft())
         finally:
             self._draining = False
+        if self.frameTimeout is not None:
+            self._watchFrame()
 
     # -- violations and closing ----------------------------------------------
 
@@ -491,6 +542,9 @@ class FrameProtocol(Int32StringReceiver):
         if self._closeTimer is not None and self._closeTimer.active():
             self._closeTimer.cancel()
         self._closeTimer = None
+        if self._frameTimer is not None and self._frameTimer.active():
+            self._frameTimer.cancel()
+        self._frameTimer = None
         self._unread.clear()
         # Detach the active source before failing the sink: a Pipe is both,
         # and its failure must not be logged as a broken streamed body.

@@ -31,6 +31,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from . import wire
@@ -92,6 +93,18 @@ class Service:
     def connectionLost(self, connection: ServerProtocol) -> None:
         """
         A connection closed: release what this service holds for it.
+        """
+
+    def connectionMade(self, connection: ServerProtocol) -> None:
+        """
+        A connection opened, before the greeting.  A service may refuse it
+        with C{connection.refuse(error)}; then no greeting is sent and later
+        services are not told.
+        """
+
+    def userLoggedIn(self, connection: ServerProtocol) -> None:
+        """
+        The connection logged in as C{connection.user}.
         """
 
 
@@ -249,9 +262,13 @@ class Request:
         self.connection.requestFinished(self)
 
 
-class ServerProtocol(FrameProtocol):
+class ServerProtocol(FrameProtocol, TimeoutMixin):
     """
     One server connection: greet, then dispatch requests to operations.
+
+    The idle timeout (L{TimeoutMixin}, C{factory.idleTimeout}) closes a
+    connection that has received nothing for that long while no request is
+    in flight.
     """
 
     factory: FramesServerFactory
@@ -271,8 +288,59 @@ class ServerProtocol(FrameProtocol):
     def connectionMade(self) -> None:
         self.limits = self.factory.limits
         self.clock = self.factory.clock
+        self.frameTimeout = self.factory.frameTimeout
         log.info("connection from {peer}", peer=self.peerName())
+        for service in self.factory.services:
+            service.connectionMade(self)
+            if self._closing:
+                return
         self.sendMessage(self.greeting())
+        self.setTimeout(self.factory.idleTimeout)  # type: ignore[no-untyped-call]
+
+    def callLater(self, period: float, func: Callable[[], Any]) -> Any:
+        """
+        L{TimeoutMixin}'s scheduler: the factory's clock, so tests can use a
+        C{Clock}.
+        """
+        return self._clock().callLater(period, func)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()  # type: ignore[no-untyped-call]
+        super().dataReceived(data)
+
+    def timeoutConnection(self) -> None:
+        """
+        Idle for C{factory.idleTimeout} seconds: close, unless a request is
+        still being worked on (a quiet long-running request is not idle).
+        """
+        if self.inFlight:
+            self.setTimeout(self.factory.idleTimeout)  # type: ignore[no-untyped-call]
+            return
+        self.refuse(
+            FramesError(ErrorCode.TIMEOUT, f"idle for {self.factory.idleTimeout:g} s, closing")
+        )
+
+    def refuse(self, error: FramesError) -> None:
+        """
+        Send one error message (id C{null}, C{closing: true}) and close the
+        connection: for limits, deadlines and refused connections.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self.setTimeout(None)  # type: ignore[no-untyped-call]
+        if self._activeSource is None and self.transport is not None:
+            refusal = {"id": None, "ok": False, "error": error.toJSON(), "closing": True}
+            self._write(wire.encodeMessage(refusal))
+        self.loseConnectionSoon()
+
+    def logIn(self, user: str) -> None:
+        """
+        The connection is now logged in as C{user}: tell the services.
+        """
+        self.user = user
+        for service in self.factory.services:
+            service.userLoggedIn(self)
 
     def greeting(self) -> dict[str, Any]:
         """
@@ -294,6 +362,15 @@ class ServerProtocol(FrameProtocol):
         if rid in self.inFlight:
             raise ProtocolViolation(
                 ErrorCode.DUPLICATE_ID, f"request id {rid!r} is already in flight"
+            )
+        if (
+            self.user is None
+            and self.factory.authRequired
+            and bodyLength > self.factory.preAuthMaxBody
+        ):
+            raise ProtocolViolation(
+                ErrorCode.BODY_TOO_LARGE,
+                f"body of {bodyLength} bytes before login (limit {self.factory.preAuthMaxBody})",
             )
         request = Request(self, rid, opName, header, bodyLength)
         self.requests += 1
@@ -404,6 +481,7 @@ class ServerProtocol(FrameProtocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
         super().connectionLost(reason)
+        self.setTimeout(None)  # type: ignore[no-untyped-call]
         inFlight, self.inFlight = self.inFlight, {}
         for request in inFlight.values():
             request.cancel()
@@ -444,7 +522,16 @@ class FramesServerFactory(Factory):
     Builds L{ServerProtocol}s sharing the services and limits.
 
     @ivar operations: op name to L{Operation}, from all services.
+    @ivar idleTimeout: seconds without input (and no request in flight)
+        before a connection is closed; C{None}: never.
+    @ivar frameTimeout: see L{FrameProtocol.frameTimeout}.
+    @ivar preAuthMaxBody: largest body accepted before login, when login is
+        required.
     """
+
+    idleTimeout: float | None = None
+    frameTimeout: float | None = None
+    preAuthMaxBody: int = 64 * 1024
 
     protocol = ServerProtocol
     noisy = False

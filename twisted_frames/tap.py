@@ -20,7 +20,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import wire
+from . import security, wire
 from .server import FramesServerFactory, Service
 from .wire import Limits
 
@@ -45,9 +45,10 @@ def _positiveInt(name: str, low: int, high: int) -> Any:
     return coerce
 
 
-class Options(usage.Options):
+class Options(security.SecurityOptions, usage.Options):
     """
-    Command-line options of C{twistd frameserver}.
+    Command-line options of C{twistd frameserver} (the security ones come
+    from L{security.SecurityOptions}).
     """
 
     synopsis = "[frameserver options]"
@@ -142,6 +143,7 @@ class Options(usage.Options):
             self["limits"] = Limits(maxHeader=self["max-header"], maxBody=self["max-body"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
+        self.securityPostOptions()
 
 
 def _withBacklog(endpoint: str, backlog: int) -> str:
@@ -223,16 +225,19 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
     except OSError as e:
         raise SystemExit(f"twistd frameserver: cannot use --root {root}: {e.strerror}") from None
     services: list[Service] = []
+    services[0:0] = security.makeSecurityServices(config, reactor)
     factory = FramesServerFactory(
         services, limits=config["limits"], serverName=config["name"], clock=reactor
     )
+    security.configureFactory(factory, config)
+    listenFactory = security.listeningFactory(factory, config)
     top = FrameServerService(factory)
     for description in config["listen"]:
         try:
             endpoint = endpoints.serverFromString(reactor, description)
         except (ValueError, TypeError, KeyError) as e:
             raise SystemExit(f"twistd frameserver: bad --listen {description!r}: {e}") from None
-        _EndpointService(endpoint, factory).setServiceParent(top)
+        _EndpointService(endpoint, listenFactory).setServiceParent(top)
     if config["udp"]:
         _UDPService(
             reactor,

@@ -1,0 +1,151 @@
+"""
+TLS options for both ends, from PEM files.
+
+Server: L{serverOptions} builds a C{CertificateOptions} with TLS 1.2 as the
+minimum and, given a CA file, client certificates required and verified
+(mutual TLS: the C{ssl:} endpoint string cannot ask for that).  Client:
+L{clientOptions} checks the server's certificate against a CA file (or the
+platform's trust store) and its host name, and can present a client
+certificate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import crypto
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    KeyPair,
+    PrivateCertificate,
+    TLSVersion,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
+
+#: The oldest protocol either end accepts.
+MINIMUM_TLS = TLSVersion.TLSv1_2
+
+
+class TLSConfigError(ValueError):
+    """
+    A certificate, key or CA file is missing, unreadable or malformed.
+    """
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def loadCertificates(path: str, what: str = "certificate file") -> list[x509.Certificate]:
+    """
+    All certificates in a PEM file, in order.
+
+    @raise TLSConfigError: if there are none or the file is not PEM.
+    """
+    data = _read(path, what)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise TLSConfigError(f"{what} {path} holds no PEM certificate: {e}") from None
+    return certs
+
+
+def loadPrivateKey(path: str) -> Any:
+    """
+    The first private key in a PEM file (unencrypted).
+
+    @raise TLSConfigError: if there is none, or it is encrypted.
+    """
+    data = _read(path, "private key")
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise TLSConfigError(f"private key {path} is not an unencrypted PEM key: {e}") from None
+
+
+def _twistedCertificate(cert: x509.Certificate) -> Certificate:
+    return Certificate(crypto.X509.from_cryptography(cert))  # type: ignore[no-untyped-call]
+
+
+def trustRootFromFile(path: str) -> Any:
+    """
+    A Twisted trust root made of every CA certificate in a PEM file.
+    """
+    certificates = [_twistedCertificate(c) for c in loadCertificates(path, "CA file")]
+    return trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]
+
+
+def privateCertificate(certFile: str, keyFile: str | None = None) -> PrivateCertificate:
+    """
+    A certificate and its key (the key may be in the certificate's file).
+
+    @raise TLSConfigError: if the key does not match the certificate.
+    """
+    cert = loadCertificates(certFile)[0]
+    key = loadPrivateKey(keyFile or certFile)
+    pkey = crypto.PKey.from_cryptography_key(key)
+    if cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
+        raise TLSConfigError(f"the key in {keyFile or certFile} does not match {certFile}")
+    pair = KeyPair(pkey)  # type: ignore[no-untyped-call]
+    leaf = PrivateCertificate.fromCertificateAndKeyPair(  # type: ignore[no-untyped-call]
+        _twistedCertificate(cert), pair
+    )
+    return cast(PrivateCertificate, leaf)
+
+
+def serverOptions(certFile: str, keyFile: str | None = None, caFile: str | None = None) -> Any:
+    """
+    Server TLS options: TLS 1.2 or newer; with C{caFile}, a client
+    certificate signed by one of its CAs is required.
+
+    @param certFile: the server's certificate, followed by any intermediate
+        certificates (sent along as the chain).
+    @raise TLSConfigError: on a bad file.
+    """
+    certs = loadCertificates(certFile)
+    leaf = privateCertificate(certFile, keyFile)
+    kwargs: dict[str, Any] = {}
+    if caFile is not None:
+        kwargs["trustRoot"] = trustRootFromFile(caFile)
+    return CertificateOptions(
+        privateKey=leaf.privateKey.original,
+        certificate=leaf.original,
+        extraCertChain=[crypto.X509.from_cryptography(c) for c in certs[1:]],
+        raiseMinimumTo=MINIMUM_TLS,
+        **kwargs,
+    )
+
+
+def clientOptions(
+    hostname: str,
+    caFile: str | None = None,
+    certFile: str | None = None,
+    keyFile: str | None = None,
+) -> IOpenSSLClientConnectionCreator:
+    """
+    Client TLS options: the server's certificate must chain to C{caFile}
+    (or the platform's trust store) and name C{hostname} in its
+    subjectAltName; C{certFile}/C{keyFile} are presented to a server that
+    asks for a client certificate.
+    """
+    trustRoot = trustRootFromFile(caFile) if caFile is not None else None
+    clientCertificate = privateCertificate(certFile, keyFile) if certFile is not None else None
+    return optionsForClientTLS(
+        hostname,
+        trustRoot=trustRoot,
+        clientCertificate=clientCertificate,
+        extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS},
+    )
