@@ -174,6 +174,15 @@ def _nonNegative(value: str) -> int:
 REGISTRARS: list[Callable[[Any], None]] = [_registerCore]
 
 
+def _registerCommands(sub: Any) -> None:
+    from .commandcli import register
+
+    register(sub)
+
+
+REGISTRARS.append(_registerCommands)
+
+
 def buildParser() -> argparse.ArgumentParser:
     """
     The whole command line, subcommands included.

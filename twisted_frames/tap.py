@@ -20,6 +20,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from . import wire
+from .commands import CommandService, commandOptionParameters, configureCommands
 from .server import FramesServerFactory, Service
 from .wire import Limits
 
@@ -98,6 +99,8 @@ class Options(usage.Options):
             _positiveInt("--max-body", 0, wire.MAX_FRAME),
         ],
         ["name", None, None, "Server name announced in the greeting (default: host name)."],
+        ["commands", None, None, "TOML (or .json) file of allowed commands and their limits."],
+        *commandOptionParameters,
     ]
 
     compData = usage.Completions(
@@ -131,6 +134,13 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def opt_allow_command(self, name: str) -> None:
+        """
+        Allow a command (repeatable): a name resolved on the server's PATH
+        now, or an absolute path; clients may give it any arguments.
+        """
+        self.setdefault("allow-command", []).append(name)
+
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
@@ -141,6 +151,7 @@ class Options(usage.Options):
             self["limits"] = Limits(maxHeader=self["max-header"], maxBody=self["max-body"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
+        configureCommands(self)
 
 
 def _withBacklog(endpoint: str, backlog: int) -> str:
@@ -201,10 +212,15 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
     except OSError as e:
         raise SystemExit(f"twistd frameserver: cannot use --root {root}: {e.strerror}") from None
     services: list[Service] = []
+    commandService = CommandService(
+        reactor, root, config["command-specs"], config["command-limits"]
+    )
+    services.append(commandService)
     factory = FramesServerFactory(
         services, limits=config["limits"], serverName=config["name"], clock=reactor
     )
     top = FrameServerService(factory)
+    commandService.setServiceParent(top)
     for description in config["listen"]:
         try:
             endpoint = endpoints.serverFromString(reactor, description)
