@@ -359,36 +359,32 @@ class _StdinPressure:
 class _StdinSink(BodySink):
     """
     A body (the C{run} body, or one C{stdin} message) flowing into a
-    process's stdin.
+    process's stdin.  Past L{STDIN_BACKLOG} bytes not yet taken by the
+    pipe, the connection's reading is paused (for as long as the pipe stays
+    full, even past the end of this body) instead of buffering more.
     """
 
-    def __init__(self, run: RunningCommand, finished: Callable[[], None]) -> None:
+    def __init__(
+        self, run: RunningCommand, connection: ServerProtocol, finished: Callable[[], None]
+    ) -> None:
         self._run = run
+        self._connection = connection
         self._finished = finished
-        self._producer: Any = None
-        self._paused = False
-
-    def bodyStarted(self, length: int, producer: IPushProducer) -> None:
-        self._producer = producer
 
     def bodyData(self, data: bytes) -> None:
         run = self._run
         run.writeStdin(data)
-        if run.stdinFull and run.stdinBacklog > STDIN_BACKLOG and not self._paused:
-            self._paused = True
-            self._producer.pauseProducing()
+        if run.stdinFull and run.stdinBacklog > STDIN_BACKLOG and not run.throttling:
+            run.throttling = True
+            self._connection.pauseReceiving()
             run.whenStdinDrained(self._resume)
 
     def _resume(self) -> None:
-        if self._paused:
-            self._paused = False
-            self._producer.resumeProducing()
+        self._run.throttling = False
+        self._connection.resumeReceiving()
 
     def bodyFinished(self) -> None:
         self._finished()
-
-    def bodyFailed(self, reason: Failure) -> None:
-        self._paused = False
 
 
 class RunningCommand(ProcessProtocol):
@@ -426,6 +422,7 @@ class RunningCommand(ProcessProtocol):
         self.stdinOpen = True
         self.stdinFull = False
         self.stdinBacklog = 0
+        self.throttling = False
         self._drainWaiters: list[Callable[[], None]] = []
         self._pendingChunks = 0
         self._timer: Any = None
@@ -778,8 +775,8 @@ class CommandService(Service, appservice.Service):
         )
         request.event("started", {"pid": run.pid, "timeout": timeout, "maxOutput": maxOutput})
         if stdinMode == "close":
-            return _StdinSink(run, run.closeStdin)
-        return _StdinSink(run, lambda: None)
+            return _StdinSink(run, request.connection, run.closeStdin)
+        return _StdinSink(run, request.connection, lambda: None)
 
     @operation("stdin", body="stream", maxBody=MAX_STDIN_CHUNK)
     def stdin(self, request: Request) -> BodySink:
@@ -808,7 +805,7 @@ class CommandService(Service, appservice.Service):
             else:
                 run.whenStdinDrained(acknowledge)
 
-        return _StdinSink(run, finished)
+        return _StdinSink(run, request.connection, finished)
 
     @operation("cancel")
     def cancel(self, request: Request) -> dict[str, Any]:
