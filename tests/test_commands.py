@@ -153,6 +153,7 @@ class CommandServiceMixin:
             environ={"PATH": "/secret/bin", "SECRET": "x", "LANG": "C.UTF-8", "TZ": "UTC"},
             killGroup=lambda pgid, sig: self.kills.append((pgid, sig)),
             launcher=["/usr/bin/setsid"],
+            outputPipes=False,
         )
 
     def connect(self) -> tuple[FramesClient, Any, iosim.IOPump]:

@@ -28,6 +28,7 @@ connection's transport, the process's pipes are not read.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application import service as appservice
-from twisted.internet import defer
+from twisted.internet import abstract, defer, fdesc, main
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ProcessProtocol
@@ -79,6 +80,11 @@ MAX_STDIN_CHUNK = 4 * 1024 * 1024
 #: for stdin and a C{cancel} can always be read; one that does not is
 #: throttled instead of growing the server's memory.
 STDIN_BACKLOG = 2 * MAX_STDIN_CHUNK
+
+#: Bytes read from a command's stdout or stderr pipe at a time, and the
+#: pipe's size.  Every read becomes one message: Twisted's own process
+#: pipes read 8 KiB at a time, which makes the per-message cost dominate.
+OUTPUT_READ_SIZE = 256 * 1024
 
 KillGroup = Callable[[int, int], None]
 
@@ -332,6 +338,67 @@ class _OutputChunk:
         self._done = None
 
 
+class _OutputPipe(abstract.FileDescriptor):
+    """
+    The read end of a command's stdout or stderr pipe, read in chunks of
+    L{OUTPUT_READ_SIZE}; data and EOF go to the run's C{childDataReceived}
+    and C{childConnectionLost}, as from Twisted's own process pipes.
+    """
+
+    def __init__(self, reactor: Any, fd: int, run: RunningCommand, childFD: int) -> None:
+        super().__init__(reactor)
+        fdesc.setNonBlocking(fd)  # type: ignore[no-untyped-call]
+        self.fd = fd
+        self.run = run
+        self.childFD = childFD
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> Any:
+        try:
+            data = os.read(self.fd, OUTPUT_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.run.childDataReceived(self.childFD, data)
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        os.close(self.fd)
+        self.run.childConnectionLost(self.childFD)
+
+    def pause(self) -> None:
+        """
+        Stop reading (the pipe fills and the command blocks writing).
+        """
+        if not self.disconnected:
+            self.stopReading()  # type: ignore[no-untyped-call]
+
+    def resume(self) -> None:
+        """
+        Read again.
+        """
+        if not self.disconnected:
+            self.startReading()  # type: ignore[no-untyped-call]
+
+
+def _openOutputPipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    setSize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setSize is not None:
+        try:
+            fcntl.fcntl(w, setSize, OUTPUT_READ_SIZE)
+        except OSError:
+            # Over the user's pipe quota: the default size still works.
+            pass
+    return r, w
+
+
 @implementer(IPushProducer)
 class _StdinPressure:
     """
@@ -425,6 +492,9 @@ class RunningCommand(ProcessProtocol):
         self.throttling = False
         self._drainWaiters: list[Callable[[], None]] = []
         self._pendingChunks = 0
+        self._outputPipes: list[_OutputPipe] = []
+        self._outputOpen: set[int] = set()
+        self._endReason: Failure | None = None
         self._timer: Any = None
         self._killTimer: Any = None
         self.ended: defer.Deferred[None] = defer.Deferred()
@@ -515,6 +585,19 @@ class RunningCommand(ProcessProtocol):
     def childConnectionLost(self, childFD: int) -> None:
         if childFD == 0:
             self.stdinLost()
+        elif childFD in self._outputOpen:
+            self._outputOpen.discard(childFD)
+            self._maybeFinish()
+
+    def attachOutput(self, pipes: list[_OutputPipe]) -> None:
+        """
+        Read the command's output from the service's own pipes (the final
+        reply then also waits for their EOF).
+        """
+        self._outputPipes = pipes
+        for pipe in pipes:
+            self._outputOpen.add(pipe.childFD)
+            pipe.startReading()  # type: ignore[no-untyped-call]
 
     # -- output ---------------------------------------------------------------
 
@@ -546,13 +629,25 @@ class RunningCommand(ProcessProtocol):
         # The chunk waits for the transport: stop reading the pipes, so
         # output waits in the kernel, not in this process.
         self._pendingChunks += 1
-        if self._pendingChunks == 1 and self.transport is not None:
-            self.process.pauseProducing()
+        if self._pendingChunks == 1:
+            self._pauseOutput()
         sent.addBoth(self._chunkSent)
 
     def _chunkSent(self, result: Any) -> None:
         self._pendingChunks -= 1
-        if self._pendingChunks == 0 and self.transport is not None:
+        if self._pendingChunks == 0:
+            self._resumeOutput()
+
+    def _pauseOutput(self) -> None:
+        for pipe in self._outputPipes:
+            pipe.pause()
+        if self.transport is not None:
+            self.process.pauseProducing()
+
+    def _resumeOutput(self) -> None:
+        for pipe in self._outputPipes:
+            pipe.resume()
+        if self.transport is not None:
             self.process.resumeProducing()
 
     # -- stopping ----------------------------------------------------------------
@@ -627,6 +722,17 @@ class RunningCommand(ProcessProtocol):
         self.closeStdin()
 
     def processEnded(self, reason: Failure) -> None:
+        self._endReason = reason
+        self._maybeFinish()
+
+    def _maybeFinish(self) -> None:
+        """
+        Send the final reply once the process has been reaped and all its
+        output has been read.
+        """
+        reason = self._endReason
+        if reason is None or self._outputOpen or self.finished:
+            return
         self.finished = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -684,6 +790,7 @@ class CommandService(Service, appservice.Service):
         environ: Mapping[str, str] | None = None,
         killGroup: KillGroup = _killGroup,
         launcher: list[str] | None = None,
+        outputPipes: bool = True,
     ) -> None:
         self.reactor = reactor
         self.root = os.path.realpath(root)
@@ -696,6 +803,7 @@ class CommandService(Service, appservice.Service):
         self.environ = dict(os.environ if environ is None else environ)
         self.killGroup = killGroup
         self.launcher = sessionLauncher() if launcher is None else launcher
+        self.outputPipes = outputPipes
         self.runs: dict[ServerProtocol, dict[RequestId, RunningCommand]] = {}
         self.ended: list[RunningCommand] = []
         self.count = 0
@@ -753,7 +861,7 @@ class CommandService(Service, appservice.Service):
         command = [*self.launcher, spec.path, *spec.args, *argv[1:]]
         env = scrubbedEnvironment(self.environ, self.root, spec.env)
         try:
-            transport = self.reactor.spawnProcess(run, command[0], command, env=env, path=cwd)
+            transport = self._spawn(run, command, env, cwd)
         except OSError as e:
             log.warn("cannot start {name}: {e}", name=spec.name, e=e)
             raise FramesError(
@@ -831,6 +939,38 @@ class CommandService(Service, appservice.Service):
         )
         run.cancel(CANCEL_SIGNALS[name])
         return {"run": run.request.id, "signal": name}
+
+    def _spawn(
+        self, run: RunningCommand, command: list[str], env: dict[str, str], cwd: str
+    ) -> Any:
+        if not self.outputPipes:
+            return self.reactor.spawnProcess(run, command[0], command, env=env, path=cwd)
+        outRead, outWrite = _openOutputPipe()
+        errRead, errWrite = _openOutputPipe()
+        try:
+            transport = self.reactor.spawnProcess(
+                run,
+                command[0],
+                command,
+                env=env,
+                path=cwd,
+                childFDs={0: "w", 1: outWrite, 2: errWrite},
+            )
+        except BaseException:
+            os.close(outRead)
+            os.close(errRead)
+            raise
+        finally:
+            # Only the child may hold the write ends, or EOF never comes.
+            os.close(outWrite)
+            os.close(errWrite)
+        run.attachOutput(
+            [
+                _OutputPipe(self.reactor, outRead, run, 1),
+                _OutputPipe(self.reactor, errRead, run, 2),
+            ]
+        )
+        return transport
 
     # -- request checks ---------------------------------------------------------
 
