@@ -109,6 +109,7 @@ class ProcessClock(Clock):
     def __init__(self) -> None:
         super().__init__()
         self.spawned: list[dict[str, Any]] = []
+        self.exitAtOnce: int | None = None
 
     def spawnProcess(
         self, proto: Any, executable: str, args: list[str], env: Any = None, path: Any = None
@@ -118,6 +119,10 @@ class ProcessClock(Clock):
             {"executable": executable, "args": args, "env": env, "path": path, "process": process}
         )
         proto.makeConnection(process)
+        if self.exitAtOnce is not None:
+            # Twisted may reap a quick child before spawnProcess returns.
+            process.end(self.exitAtOnce)
+            process.pid = None  # type: ignore[assignment]
         return process
 
 
@@ -370,6 +375,20 @@ class RunTests(CommandServiceMixin, SynchronousTestCase):
         self.pump.flush()
         h = outcome[0].header
         self.assertEqual((h["exit"], h["signal"], h["signum"]), (None, "SIGSEGV", 11))
+
+    def test_exitDuringSpawn(self) -> None:
+        """
+        A process reaped before C{spawnProcess} returns still gets its
+        C{started} event first, then its reply; its group (not the
+        server's: never pgid 0) is signalled, and the run is forgotten.
+        """
+        self.clock.exitAtOnce = 5
+        outcome, events = self.request("run", {"argv": ["sh"]})
+        self.assertEqual([h["event"] for h, _ in events], ["started"])
+        self.assertEqual(events[0][0]["pid"], 4000)
+        self.assertEqual(outcome[0].header["exit"], 5)
+        self.assertEqual(self.kills, [(4000, signal.SIGTERM)])
+        self.assertEqual((self.service.count, self.service.runs), (0, {}))
 
     def test_leftoversKilledAtExit(self) -> None:
         """

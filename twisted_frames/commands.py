@@ -290,6 +290,20 @@ def sessionLauncher() -> list[str]:
     return [sys.executable, "-c", "import os,sys;os.setsid();os.execv(sys.argv[1],sys.argv[1:])"]
 
 
+def _noDelay(connection: ServerProtocol) -> None:
+    """
+    Output is interactive: a run sends several small messages (C{started},
+    chunks, the reply) without the client answering, and Nagle's algorithm
+    would hold each one back until the client's delayed ACK (40 ms).
+    """
+    setTcpNoDelay = getattr(connection.transport, "setTcpNoDelay", None)
+    if setTcpNoDelay is not None:
+        try:
+            setTcpNoDelay(True)
+        except OSError:
+            pass
+
+
 def _killGroup(pgid: int, signum: int) -> None:
     os.killpg(pgid, signum)
 
@@ -495,6 +509,8 @@ class RunningCommand(ProcessProtocol):
         self._outputPipes: list[_OutputPipe] = []
         self._outputOpen: set[int] = set()
         self._endReason: Failure | None = None
+        self._ready = False
+        self._early: list[tuple[Callable[[Failure], None], Failure]] = []
         self._timer: Any = None
         self._killTimer: Any = None
         self.ended: defer.Deferred[None] = defer.Deferred()
@@ -522,7 +538,20 @@ class RunningCommand(ProcessProtocol):
     # -- starting ------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # Read the pid now: Twisted forgets it once the process is reaped,
+        # which can happen before spawnProcess returns.
+        self.pid = self.process.pid
         self.process.registerProducer(_StdinPressure(self), True)
+
+    def setReady(self) -> None:
+        """
+        The service has registered this run: handle an exit that came
+        while it was being set up.
+        """
+        self._ready = True
+        early, self._early = self._early, []
+        for handler, reason in early:
+            handler(reason)
 
     def startTimer(self) -> None:
         """
@@ -657,7 +686,9 @@ class RunningCommand(ProcessProtocol):
         Signal the whole process group, and kill it after the grace period
         (unless C{signum} already is C{SIGKILL}).
         """
-        if self.finished and signum != signal.SIGKILL:
+        if (self.finished and signum != signal.SIGKILL) or self.pid <= 0:
+            # Never 0 or negative: killpg(0) would signal the server's own
+            # process group.
             return
         try:
             self.commands.killGroup(self.pid, signum)
@@ -712,6 +743,9 @@ class RunningCommand(ProcessProtocol):
         self.terminate(signal.SIGTERM)
 
     def processExited(self, reason: Failure) -> None:
+        if not self._ready:
+            self._early.append((self.processExited, reason))
+            return
         self.exited = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -722,6 +756,9 @@ class RunningCommand(ProcessProtocol):
         self.closeStdin()
 
     def processEnded(self, reason: Failure) -> None:
+        if not self._ready:
+            self._early.append((self.processEnded, reason))
+            return
         self._endReason = reason
         self._maybeFinish()
 
@@ -857,18 +894,18 @@ class CommandService(Service, appservice.Service):
             raise FramesError(
                 ErrorCode.BUSY, f"the server is running its maximum of {self.limits.maxProcs}"
             )
+        _noDelay(request.connection)
         run = RunningCommand(self, request, spec, argv, timeout, maxOutput)
+        run.started = self.reactor.seconds()
         command = [*self.launcher, spec.path, *spec.args, *argv[1:]]
         env = scrubbedEnvironment(self.environ, self.root, spec.env)
         try:
-            transport = self._spawn(run, command, env, cwd)
+            self._spawn(run, command, env, cwd)
         except OSError as e:
             log.warn("cannot start {name}: {e}", name=spec.name, e=e)
             raise FramesError(
                 ErrorCode.IO_ERROR, f"cannot start {spec.name!r}: {e.strerror or e}"
             ) from e
-        run.pid = transport.pid
-        run.started = self.reactor.seconds()
         self.runs.setdefault(request.connection, {})[request.id] = run
         self.count += 1
         run.startTimer()
@@ -882,6 +919,7 @@ class CommandService(Service, appservice.Service):
             user=request.user or "-",
         )
         request.event("started", {"pid": run.pid, "timeout": timeout, "maxOutput": maxOutput})
+        run.setReady()
         if stdinMode == "close":
             return _StdinSink(run, request.connection, run.closeStdin)
         return _StdinSink(run, request.connection, lambda: None)
