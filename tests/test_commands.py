@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import tempfile
 from typing import Any
@@ -838,9 +839,13 @@ class ConfigTests(SynchronousTestCase):
     The allowlist: C{--allow-command}, C{--commands FILE}, limits.
     """
 
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory, True)
+
     def write(self, name: str, text: str) -> str:
-        path = os.path.join(self.mktemp() + name)
-        with open(path, "w") as f:
+        fd, path = tempfile.mkstemp(suffix=name, dir=self.directory)
+        with os.fdopen(fd, "w") as f:
             f.write(text)
         return path
 
@@ -995,7 +1000,7 @@ class ConfigTests(SynchronousTestCase):
         from twisted_frames.tap import makeService
 
         options = Options()
-        root = self.mktemp()
+        root = os.path.join(self.directory, "root")
         options.parseOptions(["--allow-command", "sh", "--root", root, "--udp", "0"])
         top = makeService(options, MemoryReactor())
         self.assertIn("run", top.factory.operations)
