@@ -257,3 +257,30 @@ class TwistdTests(SynchronousTestCase):
             r"127\.0\.0\.1:\d+ - op=ping id=1 in=10 out=10 time=[\d.]+ms outcome=ok",
         )
         self.assertRegex(server.log, r"connection closed 127\.0\.0\.1:\d+: 1 requests")
+
+
+class CommandSecurityDefaultsTests(SynchronousTestCase):
+    """
+    The command service's secure default.
+    """
+
+    def test_commandsOffLoopbackNeedLogin(self) -> None:
+        """
+        Allowing a command on a non-loopback listen without C{--users} is
+        refused, even with the insecure flag that allows anonymous pings.
+        """
+        options = tap.Options()
+        with self.assertRaises(SystemExit) as e:
+            options.parseOptions(
+                ["--listen", "tcp:0", "--insecure-no-auth-on-public-interface",
+                 "--allow-command", "true"]
+            )
+        self.assertIn("command service needs --users", str(e.exception.code))
+
+    def test_commandsOnLoopbackAllowed(self) -> None:
+        """
+        On loopback, an allowlist alone is enough.
+        """
+        options = tap.Options()
+        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--allow-command", "true"])
+        self.assertEqual([s.name for s in options["command-specs"]], ["true"])

@@ -186,6 +186,15 @@ REGISTRARS: list[Callable[[Any], None]] = [_registerCore]
 REGISTRARS.append(keytool.register)
 
 
+def _registerCommands(sub: Any) -> None:
+    from .commandcli import register
+
+    register(sub)
+
+
+REGISTRARS.append(_registerCommands)
+
+
 def buildParser() -> argparse.ArgumentParser:
     """
     The whole command line, subcommands included.

@@ -111,6 +111,9 @@ class ClientProtocol(FrameProtocol):
         self._closeWaiters: list[defer.Deferred[None]] = []
         self._pending: dict[int, _Pending] = {}
         self._nextId = 1
+        #: The id given to the latest request, for ops that refer to an
+        #: earlier request (e.g. C{cancel}).
+        self.lastRequestId = 0
         self.serverError: FramesError | None = None
 
     def messageStarted(self, header: dict[str, Any], bodyLength: int) -> BodySink:
@@ -200,6 +203,7 @@ class ClientProtocol(FrameProtocol):
         """
         rid = self._nextId
         self._nextId += 1
+        self.lastRequestId = rid
         header = {"op": op, "id": rid}
         if fields:
             header.update(fields)

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import security, wire
+from .commands import CommandService, commandOptionParameters, configureCommands
 from .server import FramesServerFactory, Service
 from .wire import Limits
 
@@ -102,6 +103,8 @@ class Options(security.SecurityOptions, usage.Options):
             _positiveInt("--max-body", 0, wire.MAX_FRAME),
         ],
         ["name", None, None, "Server name announced in the greeting (default: host name)."],
+        ["commands", None, None, "TOML (or .json) file of allowed commands and their limits."],
+        *commandOptionParameters,
     ]
 
     compData = usage.Completions(optActions={"root": usage.CompleteDirs(descr="root directory")})
@@ -133,6 +136,13 @@ class Options(security.SecurityOptions, usage.Options):
 
     opt_l = opt_listen
 
+    def opt_allow_command(self, name: str) -> None:
+        """
+        Allow a command (repeatable): a name resolved on the server's PATH
+        now, or an absolute path; clients may give it any arguments.
+        """
+        self.setdefault("allow-command", []).append(name)
+
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
@@ -144,6 +154,14 @@ class Options(security.SecurityOptions, usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
         self.securityPostOptions()
+        configureCommands(self)
+        if self["command-specs"] and not self["localOnly"] and self["usersFile"] is None:
+            # Running programs for anyone who can reach the port is never a
+            # default, not even with the insecure flag: commands need a login.
+            raise usage.UsageError(
+                "the command service needs --users when listening off loopback "
+                "(commands are never run for anonymous remote peers)"
+            )
 
 
 def _withBacklog(endpoint: str, backlog: int) -> str:
@@ -226,12 +244,17 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
         raise SystemExit(f"twistd frameserver: cannot use --root {root}: {e.strerror}") from None
     services: list[Service] = []
     services[0:0] = security.makeSecurityServices(config, reactor)
+    commandService = CommandService(
+        reactor, root, config["command-specs"], config["command-limits"]
+    )
+    services.append(commandService)
     factory = FramesServerFactory(
         services, limits=config["limits"], serverName=config["name"], clock=reactor
     )
     security.configureFactory(factory, config)
     listenFactory = security.listeningFactory(factory, config)
     top = FrameServerService(factory)
+    commandService.setServiceParent(top)
     for description in config["listen"]:
         try:
             endpoint = endpoints.serverFromString(reactor, description)
