@@ -48,8 +48,12 @@ class OptionsTests(SynchronousTestCase):
         C{--listen} may be given several times; TCP endpoints get the
         C{--backlog}, other kinds are left as they are.
         """
-        options = self.parse("--listen", "tcp:9000:interface=127.0.0.1", "-l", "unix:/tmp/x.sock", "--backlog", "7")
-        self.assertEqual(options["listen"], ["tcp:9000:interface=127.0.0.1:backlog=7", "unix:/tmp/x.sock"])
+        options = self.parse(
+            "--listen", "tcp:9000:interface=127.0.0.1", "-l", "unix:/tmp/x.sock", "--backlog", "7"
+        )
+        self.assertEqual(
+            options["listen"], ["tcp:9000:interface=127.0.0.1:backlog=7", "unix:/tmp/x.sock"]
+        )
 
     def test_explicitBacklogKept(self) -> None:
         """
@@ -174,7 +178,17 @@ class MakeServiceTests(SynchronousTestCase):
         A malformed C{--listen} string is reported in one line.
         """
         options = tap.Options()
-        options.parseOptions(["--listen", "nosuchkind:1", "--insecure-no-auth-on-public-interface", "--udp", "0", "--root", self.mktemp()])
+        options.parseOptions(
+            [
+                "--listen",
+                "nosuchkind:1",
+                "--insecure-no-auth-on-public-interface",
+                "--udp",
+                "0",
+                "--root",
+                self.mktemp(),
+            ]
+        )
         with self.assertRaises(SystemExit) as e:
             tap.makeService(options, UDPMemoryReactor())
         self.assertIn("bad --listen", str(e.exception.code))
@@ -272,8 +286,13 @@ class CommandSecurityDefaultsTests(SynchronousTestCase):
         options = tap.Options()
         with self.assertRaises(SystemExit) as e:
             options.parseOptions(
-                ["--listen", "tcp:0", "--insecure-no-auth-on-public-interface",
-                 "--allow-command", "true"]
+                [
+                    "--listen",
+                    "tcp:0",
+                    "--insecure-no-auth-on-public-interface",
+                    "--allow-command",
+                    "true",
+                ]
             )
         self.assertIn("command service needs --users", str(e.exception.code))
 

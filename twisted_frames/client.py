@@ -24,7 +24,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 
 from . import wire
@@ -161,7 +161,9 @@ class ClientProtocol(FrameProtocol):
             self.greeted.errback(Failure(self.serverError))
             return DiscardSink()
         if header.get("event") != "hello" or header.get("protocol") != wire.PROTOCOL_NAME:
-            error = ProtocolViolation(ErrorCode.BAD_HEADER, "the server did not greet as twisted-frames")
+            error = ProtocolViolation(
+                ErrorCode.BAD_HEADER, "the server did not greet as twisted-frames"
+            )
             self.greeted.errback(Failure(error))
             raise error
         version = header.get("version")
@@ -224,7 +226,7 @@ class ClientProtocol(FrameProtocol):
         if pending is not None and not pending.result.called:
             pending.result.errback(failure)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if not self.greeted.called:
             self.greeted.errback(reason)
@@ -372,6 +374,7 @@ def connect(
 def _endpointFor(reactor: Any, server: str, timeout: float) -> IStreamClientEndpoint:
     prefix = server.split(":", 1)[0]
     if prefix in ("tcp", "unix", "ssl", "tls", "tcp6"):
-        return clientFromString(reactor, server)
+        endpoint: IStreamClientEndpoint = clientFromString(reactor, server)
+        return endpoint
     host, port = parseServer(server)
     return HostnameEndpoint(reactor, host, port, timeout=timeout)

@@ -23,6 +23,7 @@ from typing import Any, Protocol, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
@@ -192,6 +193,11 @@ class FrameProtocol(Int32StringReceiver):
         is being read (not paused by its sink) each read must come within this
         many seconds of the previous one.
     """
+
+    #: A stream transport is also a push producer (pause/resume reading), a
+    #: consumer (registerProducer) and abortable; zope interfaces cannot say
+    #: "all of these" to a type checker, so it is typed loosely here.
+    transport: Any
 
     limits: Limits = Limits()
     closeTimeout: float = 10.0
@@ -537,7 +543,7 @@ class FrameProtocol(Int32StringReceiver):
         if sink is not None:
             sink.bodyFailed(reason)
 
-    def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
         if self._closeTimer is not None and self._closeTimer.active():
             self._closeTimer.cancel()
@@ -660,7 +666,9 @@ class FrameProtocol(Int32StringReceiver):
             failure = Failure(BodyOverrun(f"body source stopped {consumer.remaining} bytes short"))
         if failure is not None:
             # Half a frame is on the wire: nothing after it could be parsed.
-            self._log.failure("streamed body failed; closing {peer}", failure, peer=self.peerName())
+            self._log.failure(
+                "streamed body failed; closing {peer}", failure, peer=self.peerName()
+            )
             self._closing = True
             if self.transport is not None:
                 self.transport.abortConnection()

@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -131,7 +131,12 @@ class Request:
     """
 
     def __init__(
-        self, connection: ServerProtocol, rid: RequestId, op: str, header: dict[str, Any], bodyLength: int
+        self,
+        connection: ServerProtocol,
+        rid: RequestId,
+        op: str,
+        header: dict[str, Any],
+        bodyLength: int,
     ) -> None:
         self.connection = connection
         self.id = rid
@@ -214,7 +219,9 @@ class Request:
         self.bytesOut += source.length
         return self.connection.sendStreamedMessage(header, source)
 
-    def reply(self, fields: dict[str, Any] | None = None, body: bytes | IBodySource = b"") -> defer.Deferred[None]:
+    def reply(
+        self, fields: dict[str, Any] | None = None, body: bytes | IBodySource = b""
+    ) -> defer.Deferred[None]:
         """
         Send the final success reply.
 
@@ -351,7 +358,10 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             "protocol": wire.PROTOCOL_NAME,
             "version": wire.PROTOCOL_VERSION,
             "server": self.factory.serverName,
-            "auth": {"required": self.factory.authRequired, "mechanisms": self.factory.authMechanisms},
+            "auth": {
+                "required": self.factory.authRequired,
+                "mechanisms": self.factory.authMechanisms,
+            },
             "nonce": self.nonce,
             "limits": self.limits.toJSON(),
             "ops": sorted(self.operations),
@@ -378,7 +388,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         op = self.operations.get(opName)
         if op is not None and op.body == "none" and bodyLength:
             raise ProtocolViolation(
-                ErrorCode.BODY_NOT_ALLOWED, f"op {opName!r} takes no body ({bodyLength} bytes sent)"
+                ErrorCode.BODY_NOT_ALLOWED,
+                f"op {opName!r} takes no body ({bodyLength} bytes sent)",
             )
         if op is not None and op.body == "buffer":
             limit = min(
@@ -446,8 +457,9 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
     def _answerFailure(self, request: Request, failure: Failure) -> None:
         if request.finished or self._closing:
             return
-        if failure.check(FramesError):
-            request.fail(failure.value)
+        error = failure.value
+        if isinstance(error, FramesError):
+            request.fail(error)
         else:
             self._internalError(request, failure)
 
@@ -479,7 +491,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             outcome=request.outcome,
         )
 
-    def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.setTimeout(None)  # type: ignore[no-untyped-call]
         inFlight, self.inFlight = self.inFlight, {}
@@ -533,7 +545,7 @@ class FramesServerFactory(Factory):
     frameTimeout: float | None = None
     preAuthMaxBody: int = 64 * 1024
 
-    protocol = ServerProtocol
+    protocol: type[ServerProtocol] = ServerProtocol  # type: ignore[assignment]
     noisy = False
 
     def __init__(
@@ -556,7 +568,7 @@ class FramesServerFactory(Factory):
                     raise ValueError(f"two services define op {op.name!r}")
                 self.operations[op.name] = op
 
-    def buildProtocol(self, addr: IAddress) -> ServerProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> ServerProtocol:  # type: ignore[override]
         # self.protocol, not ServerProtocol: a subclass may set its own.
         p = self.protocol()
         p.factory = self
