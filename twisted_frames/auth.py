@@ -2,7 +2,7 @@
 Login: an HMAC-SHA256 challenge-response in which both sides prove the key.
 
 The construction is SCRAM's (RFC 5802 / RFC 7677) with HMAC-SHA256, adapted
-to one round trip because the salt travels in the client's secret file:
+to one round trip because the salt travels in the client's secret file::
 
     salted    = HMAC(salt, secret)                 # secret: 32 random bytes
     clientKey = HMAC(salted, "twisted-frames client key")
@@ -12,7 +12,7 @@ to one round trip because the salt travels in the client's secret file:
 The server's users file holds only C{storedKey} and C{serverKey}: a copy of
 it does not let anyone log in (it lets them impersonate the server to
 clients, which is why it is kept private too).  The client proves it holds
-C{clientKey} without sending it:
+C{clientKey} without sending it::
 
     message   = authMessage(version, user, serverNonce, clientNonce,
                             bindingType, binding)
@@ -527,7 +527,7 @@ def writePrivate(path: str, text: str, replaceExisting: bool = False) -> None:
 # -- twisted.cred ------------------------------------------------------------------
 
 
-class IHMACCredentials(ICredentials):
+class IHMACCredentials(ICredentials, Interface):
     """
     A login attempt: a user name and a proof over an auth message, which can
     check itself against the keys of a users-file record.

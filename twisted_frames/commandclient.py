@@ -1,5 +1,5 @@
 """
-Client side of the command service: run an allowed command on the server.
+Client side of the command service: run an allowed command on the server::
 
     result = await run(client, ["sh", "-c", "echo hi; exit 3"])
     result.exit, result.stdout      # 3, b"hi\\n"
