@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
@@ -98,6 +98,13 @@ class Options(usage.Options):
             _positiveInt("--max-body", 0, wire.MAX_FRAME),
         ],
         ["name", None, None, "Server name announced in the greeting (default: host name)."],
+        [
+            "partial-ttl",
+            None,
+            24 * 3600,
+            "Seconds an interrupted upload is kept for resuming before it is deleted.",
+            _positiveInt("--partial-ttl", 1, 10 * 365 * 24 * 3600),
+        ],
     ]
 
     compData = usage.Completions(
@@ -200,11 +207,17 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
         os.makedirs(root, exist_ok=True)
     except OSError as e:
         raise SystemExit(f"twistd frameserver: cannot use --root {root}: {e.strerror}") from None
-    services: list[Service] = []
+    from .files import FileService
+
+    files = FileService(root, partialTTL=float(config["partial-ttl"]), clock=reactor)
+    services: list[Service] = [files]
     factory = FramesServerFactory(
         services, limits=config["limits"], serverName=config["name"], clock=reactor
     )
     top = FrameServerService(factory)
+    expiry = TimerService(min(config["partial-ttl"], 3600), files.expirePartials)
+    expiry.clock = reactor
+    expiry.setServiceParent(top)
     for description in config["listen"]:
         try:
             endpoint = endpoints.serverFromString(reactor, description)
