@@ -365,7 +365,7 @@ class Root:
         fd = self.openDir([], display)
         created = False
         try:
-            for segment in segments:
+            for index, segment in enumerate(segments):
                 try:
                     os.mkdir(segment, dir_fd=fd)
                     created = True
@@ -376,7 +376,8 @@ class Root:
                 except OSError as e:
                     if e.errno in (errno.ENOTDIR, errno.ELOOP):
                         self._whyNotDir(fd, segment, display, e)
-                        e = OSError(errno.EEXIST, "exists and is not a directory")
+                        if index == len(segments) - 1:
+                            raise OSError(errno.EEXIST, "exists and is not a directory") from None
                     raise
                 os.close(fd)
                 fd = nfd
