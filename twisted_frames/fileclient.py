@@ -33,7 +33,7 @@ from .filestore import (
     hashPrefix,
     newHash,
     readExact,
-    setNoDelay,
+    tuneTransport,
 )
 from .protocol import BodySink
 from .wire import ErrorCode, FramesError, ProtocolViolation
@@ -193,7 +193,7 @@ class FileClient:
         segmentSize: int | None = None,
     ) -> None:
         self.client = client
-        setNoDelay(client.protocol.transport)
+        tuneTransport(client.protocol.transport)
         self.run: ThreadRunner = runInThread or defaultRunner()
         limit = client.greeting.get("limits", {}).get("body", DEFAULT_SEGMENT)
         if not isinstance(limit, int) or limit <= 0:

@@ -48,7 +48,7 @@ from .filestore import (
     errorFromOSError,
     hashPrefix,
     newHash,
-    setNoDelay,
+    tuneTransport,
 )
 from .protocol import BodySink
 from .server import Request, Service, operation
@@ -482,7 +482,7 @@ class FileService(Service):
         connection = request.connection
         if not getattr(connection, "_framesNoDelay", False):
             connection._framesNoDelay = True  # type: ignore[attr-defined]
-            setNoDelay(connection.transport)
+            tuneTransport(connection.transport)
 
     def _now(self) -> float:
         return self.clock.seconds() if self.clock is not None else time.time()
