@@ -41,6 +41,8 @@ import time
 from typing import Any
 
 CHUNK = 1024 * 1024
+#: Runs twistd from this interpreter (its module has no C{__main__} guard).
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
 def makeFile(path: str, size: int) -> str:
@@ -173,7 +175,7 @@ class Server:
             [
                 sys.executable,
                 "-c",
-                "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+                TWISTD,
                 "-n",
                 "--pidfile=",
                 "-l",
