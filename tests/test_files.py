@@ -1039,3 +1039,41 @@ class FileSourceTests(SynchronousTestCase):
 
         self.successResultOf(source.startProducing(Consumer()))
         self.assertEqual(b"".join(out), b"\x00" * 2500)
+
+
+class TapTests(SynchronousTestCase):
+    """
+    C{twistd frameserver} wiring of the file service.
+    """
+
+    def test_fileServiceAndExpiry(self) -> None:
+        """
+        The server answers the file ops on C{--root}, and expires partials
+        every C{min(--partial-ttl, 3600)} seconds on the reactor's clock.
+        """
+        from twisted.application.internet import TimerService
+        from twisted.internet.testing import MemoryReactorClock
+
+        from twisted_frames import tap
+
+        root = self.mktemp()
+        config = tap.Options()
+        config.parseOptions(["--root", root, "--partial-ttl", "60", "--udp", "0"])
+        reactor = MemoryReactorClock()
+        top = tap.makeService(config, reactor=reactor)
+        for op in ALL_OPS:
+            self.assertIn(op, top.factory.operations)
+        (files,) = [s for s in top.factory.services if isinstance(s, FileService)]
+        self.assertEqual((files.root.path, files.partialTTL), (os.path.abspath(root), 60.0))
+        (timer,) = [s for s in top if isinstance(s, TimerService)]
+        self.assertEqual(timer.step, 60)
+        self.assertIs(timer.clock, reactor)
+
+    def test_badTTL(self) -> None:
+        """
+        A non-positive C{--partial-ttl} is a usage error.
+        """
+        from twisted_frames import tap
+
+        with self.assertRaises(SystemExit):
+            tap.Options().parseOptions(["--partial-ttl", "0"])
