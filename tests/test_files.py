@@ -1077,3 +1077,31 @@ class TapTests(SynchronousTestCase):
 
         with self.assertRaises(SystemExit):
             tap.Options().parseOptions(["--partial-ttl", "0"])
+
+
+class WriteVectorsTests(SynchronousTestCase):
+    """
+    L{filestore.writeVectors}: every byte, in order, across short writes and
+    more buffers than one call takes.
+    """
+
+    def test_shortWritesAndManyBuffers(self) -> None:
+        """
+        Short C{writev} results and over-long buffer lists still write every
+        byte once, in order.
+        """
+        written = bytearray()
+        calls: list[int] = []
+
+        def shortWritev(fd: int, buffers: Any) -> int:
+            calls.append(len(buffers))
+            data = b"".join(bytes(b) for b in buffers)[:7]
+            written.extend(data)
+            return len(data)
+
+        self.patch(filestore, "IOV_MAX", 3)
+        self.patch(os, "writev", shortWritev)
+        chunks = [bytes([65 + i]) * (i + 1) for i in range(10)]
+        filestore.writeVectors(-1, chunks)
+        self.assertEqual(bytes(written), b"".join(chunks))
+        self.assertLessEqual(max(calls), 3)

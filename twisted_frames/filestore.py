@@ -34,6 +34,8 @@ ThreadRunner = Callable[..., "defer.Deferred[Any]"]
 READ_CHUNK = 1024 * 1024
 #: Chunks read ahead of the network.
 READ_AHEAD = 2
+#: Most buffers one C{writev} call accepts (POSIX guarantees 16; Linux 1024).
+IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 #: Socket read size and send slice of connections doing file transfers.
 TRANSPORT_IO_SIZE = 1024 * 1024
 #: Bytes a writer may hold queued before it pauses its feeder.
@@ -95,6 +97,25 @@ def writeAll(fd: int, data: bytes | memoryview) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def writeVectors(fd: int, chunks: list[bytes]) -> None:
+    """
+    Write all of C{chunks} to C{fd} with as few C{writev} calls as the OS
+    allows (no copy into one buffer first), looping over short writes.
+    """
+    views = [memoryview(c) for c in chunks if c]
+    start = 0
+    while start < len(views):
+        batch = views[start : start + IOV_MAX]
+        n = os.writev(fd, batch)
+        for view in batch:
+            if n >= len(view):
+                n -= len(view)
+                start += 1
+            else:
+                views[start] = view[n:]
+                break
 
 
 class FileWriter:
@@ -175,10 +196,15 @@ class FileWriter:
             self._resume()
 
     def _writeBatch(self, batch: list[bytes]) -> int:
-        data = batch[0] if len(batch) == 1 else b"".join(batch)
-        self.hasher.update(data)
-        writeAll(self.fd, data)
-        return len(data)
+        total = 0
+        for chunk in batch:
+            self.hasher.update(chunk)
+            total += len(chunk)
+        if len(batch) == 1:
+            writeAll(self.fd, batch[0])
+        else:
+            writeVectors(self.fd, batch)
+        return total
 
     def _batchDone(self, n: int) -> None:
         self.written += n
