@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 from typing import Any
 
 from twisted.internet import defer
@@ -615,8 +616,40 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
         an error while its body is still being sent; the body is drained
         and the connection stays usable.
         """
+        data = os.urandom(300_000)
+        result = self.request("put", {"path": "nope/big", "sha256": sha(data)}, data)
+        self.assertEqual(result.code, ErrorCode.NOT_FOUND)
+        self.assertEqual(self.go(self.files.list("")), [])
+
+    def test_largeUploadRefusedBeforeStreaming(self) -> None:
+        """
+        The client asks with an empty message before streaming a large
+        file, so a refused upload costs no body bytes.
+        """
         src = self.writeLocal("big", os.urandom(3 * 1024 * 1024))
+        before = self.clientProtocol.bytesSent
         self.goFails(self.files.putFile(src, "nope/big"), ErrorCode.NOT_FOUND)
+        self.assertLess(self.clientProtocol.bytesSent - before, 1000)
+        self.assertEqual(self.go(self.files.list("")), [])
+
+    def test_refusedSegmentKeepsConnection(self) -> None:
+        """
+        If a streamed segment is refused while being sent, the client
+        completes the frame without reading the file further and the
+        connection stays usable.
+        """
+        src = self.writeLocal("big", os.urandom(3 * 1024 * 1024))
+        self.go(self.files.mkdir("d"))
+        original = self.clientProtocol.request
+
+        def dropDirFirst(op: str, fields: Any = None, *a: Any, **kw: Any) -> Any:
+            if op == "put" and fields.get("final") is False and not isinstance(a[0], bytes):
+                shutil.rmtree(self.rootFile("d"))
+                self.clientProtocol.request = original  # type: ignore[method-assign]
+            return original(op, fields, *a, **kw)
+
+        self.clientProtocol.request = dropDirFirst  # type: ignore[method-assign]
+        self.goFails(self.files.putFile(src, "d/big"), ErrorCode.NOT_FOUND)
         self.assertEqual(self.go(self.files.list("")), [])
 
     def test_freeSpaceChecked(self) -> None:
@@ -849,8 +882,8 @@ class SegmentedTransferTests(FilesTestMixin, SynchronousTestCase):
         self.clientProtocol.request = spy  # type: ignore[method-assign]
         put = self.go(self.files.putFile(src, "a"))
         puts = [s for s in seen if s["op"] == "put"]
-        self.assertEqual([p["offset"] for p in puts[:3]], [0, 300_000, 600_000])
-        self.assertEqual(len(puts), 8)
+        self.assertEqual([p["offset"] for p in puts[:4]], [0, 0, 300_000, 600_000])
+        self.assertEqual(len(puts), 9)
         self.assertEqual(puts[-1]["final"], True)
         self.assertEqual(put["sha256"], sha(data))
         events: list[dict[str, Any]] = []

@@ -307,6 +307,10 @@ class FileClient:
             if progress is not None:
                 progress(size)
         else:
+            # An empty first message lets the server refuse (exists, no
+            # space, bad path, ...) before gigabytes are streamed: once a
+            # body is announced it must be sent in full, even if refused.
+            await self.client.request("put", {**fields, "offset": offset, "final": False})
             pos = offset
             while pos < size:
                 n = min(self.segmentSize, size - pos)
