@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from typing import Any
 
 from twisted.internet import defer
@@ -44,6 +45,16 @@ from twisted_frames.server import FramesServerFactory, Request, operation
 from twisted_frames.wire import ErrorCode, FramesError
 
 
+def tempPath(case: Any) -> str:
+    """
+    A fresh path in a temporary directory removed after the test (C{mktemp}
+    would put it under the current directory when run by pytest).
+    """
+    base = tempfile.mkdtemp(prefix="frames-files-test-")
+    case.addCleanup(shutil.rmtree, base, True)
+    return os.path.join(base, "t")
+
+
 def sha(data: bytes) -> str:
     """
     @return: the hex SHA-256 of C{data}.
@@ -61,7 +72,7 @@ class FilesTestMixin:
     serverSegment = 1 << 30
 
     def setUp(self) -> None:
-        base = self.mktemp()  # type: ignore[attr-defined]
+        base = tempPath(self)
         self.root = os.path.join(base, "root")
         self.local = os.path.join(base, "local")
         self.outside = os.path.join(base, "outside")
@@ -978,7 +989,7 @@ class FileWriterTests(SynchronousTestCase):
             d.callback(f(*args))
 
         events: list[str] = []
-        path = self.mktemp()
+        path = tempPath(self)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         hasher = hashlib.sha256()
         writer = FileWriter(
@@ -1030,7 +1041,7 @@ class FileSourceTests(SynchronousTestCase):
         While the consumer is paused the source reads at most
         C{READ_AHEAD} chunks; on resume it sends everything in order.
         """
-        path = self.mktemp()
+        path = tempPath(self)
         data = os.urandom(10_000)
         with open(path, "wb") as f:
             f.write(data)
@@ -1089,7 +1100,7 @@ class TapTests(SynchronousTestCase):
 
         from twisted_frames import tap
 
-        root = self.mktemp()
+        root = tempPath(self)
         config = tap.Options()
         config.parseOptions(["--root", root, "--partial-ttl", "60", "--udp", "0"])
         reactor = MemoryReactorClock()
