@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -65,15 +66,22 @@ async def harness(tmp_path: Any) -> AsyncIterator[Harness]:
 
 def alive(pid: int) -> bool:
     """
-    Whether C{pid} is a live process (a zombie counts as dead: it has
-    exited and only waits for its parent to reap it).
+    Whether C{pid} is still running, a moment after it was killed.
+
+    A signalled process closes its files (which is what lets the server
+    reply) a little before it becomes a zombie, so this waits for the exit
+    itself, on a pidfd (readable once the process has exited), for at most
+    5 s: no sleep, no polling.
     """
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except FileNotFoundError:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    try:
+        readable, _, _ = select.select([fd], [], [], 5.0)
+        return not readable
+    finally:
+        os.close(fd)
 
 
 async def runningCommand(h: Harness) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -169,10 +169,10 @@ class MakeServiceTests(SynchronousTestCase):
     What L{makeService} builds from the security options.
     """
 
-    def build(self, *argv: str) -> tuple[Any, MemoryReactor]:
+    def build(self, *argv: str) -> tuple[Any, MemoryReactorClock]:
         options = Options()
         options.parseOptions(["--root", self.mktemp(), "--udp", "0", *argv])
-        reactor = MemoryReactor()
+        reactor = MemoryReactorClock()
         top = makeService(options, reactor)
         top.startService()
         self.addCleanup(top.stopService)

@@ -12,7 +12,7 @@ import sys
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -83,9 +83,9 @@ class OptionsTests(SynchronousTestCase):
             self.assertTrue(message.startswith("twistd frameserver: "), message)
 
 
-class UDPMemoryReactor(MemoryReactor):
+class UDPMemoryReactor(MemoryReactorClock):
     """
-    A L{MemoryReactor} that also records C{listenUDP} calls.
+    A L{MemoryReactorClock} that also records C{listenUDP} calls.
     """
 
     def __init__(self) -> None:
@@ -114,7 +114,7 @@ class _FakeUDPPort:
 
 class MakeServiceTests(SynchronousTestCase):
     """
-    L{tap.makeService} with a L{MemoryReactor}.
+    L{tap.makeService} with a L{MemoryReactorClock}.
     """
 
     def test_listensOnEveryEndpoint(self) -> None:

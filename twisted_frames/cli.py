@@ -181,8 +181,15 @@ def _nonNegative(value: str) -> int:
     return n
 
 
+def _registerFiles(sub: Any) -> None:
+    # Imported late: the file commands import this module.
+    from .filecli import register
+
+    register(sub)
+
+
 #: Modules adding subcommands: each has C{register(subparsers)}.
-REGISTRARS: list[Callable[[Any], None]] = [_registerCore]
+REGISTRARS: list[Callable[[Any], None]] = [_registerCore, _registerFiles]
 REGISTRARS.append(keytool.register)
 
 

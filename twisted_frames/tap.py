@@ -14,7 +14,7 @@ import socket
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -105,6 +105,13 @@ class Options(security.SecurityOptions, usage.Options):
         ["name", None, None, "Server name announced in the greeting (default: host name)."],
         ["commands", None, None, "TOML (or .json) file of allowed commands and their limits."],
         *commandOptionParameters,
+        [
+            "partial-ttl",
+            None,
+            24 * 3600,
+            "Seconds an interrupted upload is kept for resuming before it is deleted.",
+            _positiveInt("--partial-ttl", 1, 10 * 365 * 24 * 3600),
+        ],
     ]
 
     compData = usage.Completions(optActions={"root": usage.CompleteDirs(descr="root directory")})
@@ -242,7 +249,10 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
         os.makedirs(root, exist_ok=True)
     except OSError as e:
         raise SystemExit(f"twistd frameserver: cannot use --root {root}: {e.strerror}") from None
-    services: list[Service] = []
+    from .files import FileService
+
+    files = FileService(root, partialTTL=float(config["partial-ttl"]), clock=reactor)
+    services: list[Service] = [files]
     services[0:0] = security.makeSecurityServices(config, reactor)
     commandService = CommandService(
         reactor, root, config["command-specs"], config["command-limits"]
@@ -255,6 +265,9 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
     listenFactory = security.listeningFactory(factory, config)
     top = FrameServerService(factory)
     commandService.setServiceParent(top)
+    expiry = TimerService(min(config["partial-ttl"], 3600), files.expirePartials)
+    expiry.clock = reactor
+    expiry.setServiceParent(top)
     for description in config["listen"]:
         try:
             endpoint = endpoints.serverFromString(reactor, description)

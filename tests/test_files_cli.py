@@ -1,0 +1,269 @@
+"""
+End to end: the real C{twistd -n frameserver} and the real C{frames} CLI as
+subprocesses, for every file command, including a killed upload resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from twisted_frames.files import partialName
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+TIMEOUT = 60
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH")) if p)
+    env.pop("FRAMES_SERVER", None)
+    return env
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def frameserver(tmp_path: Path) -> Any:
+    """
+    A real server on a free loopback port, its root, and a function running
+    the CLI against it.
+    """
+    root = tmp_path / "root"
+    port = _freePort()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "-l",
+            str(tmp_path / "server.log"),
+            "frameserver",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--udp",
+            "0",
+            "--root",
+            str(root),
+        ],
+        env=_env(),
+        cwd=str(tmp_path),
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError("twistd frameserver did not start") from None
+            time.sleep(0.05)
+
+    def frames(*args: str, stdin: bytes | None = None, cwd: Path = tmp_path) -> Any:
+        return subprocess.run(
+            [sys.executable, "-m", "twisted_frames", "-s", f"127.0.0.1:{port}", *args],
+            input=stdin,
+            capture_output=True,
+            timeout=TIMEOUT,
+            env=_env(),
+            cwd=str(cwd),
+        )
+
+    try:
+        yield {"root": root, "port": port, "frames": frames, "tmp": tmp_path}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _lines(out: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+
+
+def test_fileCommands(frameserver: Any) -> None:
+    """
+    mkdir, put, ls, stat, get (to a file and to stdout), put from stdin,
+    --force, rm, and the errors of each, through the real CLI.
+    """
+    frames, root, tmp = frameserver["frames"], frameserver["root"], frameserver["tmp"]
+    data = os.urandom(3 * 1024 * 1024 + 11)
+    (tmp / "f.bin").write_bytes(data)
+
+    r = frames("mkdir", "a/b")
+    assert r.returncode == 0, r.stderr
+    assert (root / "a" / "b").is_dir()
+
+    r = frames("--json", "put", "f.bin", "a/b/")
+    assert r.returncode == 0, r.stderr
+    (result,) = _lines(r.stdout)
+    assert result["path"] == "a/b/f.bin"
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (root / "a" / "b" / "f.bin").read_bytes() == data
+    assert r.stderr == b""  # no progress bar when stderr is not a terminal
+
+    r = frames("--json", "ls", "a/b")
+    assert r.returncode == 0, r.stderr
+    assert [(e["name"], e["type"], e["size"]) for e in _lines(r.stdout)] == [
+        ("f.bin", "file", len(data))
+    ]
+    r = frames("ls", "a")
+    assert b"b/" in r.stdout
+
+    r = frames("--json", "stat", "a/b/f.bin")
+    assert _lines(r.stdout)[0]["size"] == len(data)
+
+    r = frames("get", "a/b/f.bin", "copy.bin")
+    assert r.returncode == 0, r.stderr
+    assert b"verified" in r.stdout
+    assert (tmp / "copy.bin").read_bytes() == data
+
+    r = frames("get", "a/b/f.bin", "-")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == data
+
+    r = frames("put", "-", "a/stdin.txt", stdin=b"from a pipe\n")
+    assert r.returncode == 0, r.stderr
+    assert (root / "a" / "stdin.txt").read_bytes() == b"from a pipe\n"
+
+    r = frames("put", "f.bin", "a/b/f.bin")
+    assert r.returncode == 1
+    assert b"already_exists" in r.stderr
+    r = frames("get", "a/b/f.bin", "copy.bin")
+    assert r.returncode == 1
+    assert b"already exists" in r.stderr
+    (tmp / "f.bin").write_bytes(b"new")
+    r = frames("put", "--force", "f.bin", "a/b/f.bin")
+    assert r.returncode == 0, r.stderr
+    assert (root / "a" / "b" / "f.bin").read_bytes() == b"new"
+
+    r = frames("rm", "a")
+    assert r.returncode == 1
+    assert b"not_empty" in r.stderr
+    r = frames("rm", "a/b/f.bin", "a/stdin.txt")
+    assert r.returncode == 0, r.stderr
+    r = frames("rm", "a/b", "a")
+    assert r.returncode == 0, r.stderr
+    assert list(root.iterdir()) == []
+
+    for args in (["ls", "../"], ["get", "/etc/passwd", "x"], ["stat", "a/../.."]):
+        r = frames(*args)
+        assert r.returncode == 1, args
+        assert b"forbidden_path" in r.stderr, args
+    r = frames("get", "missing", "x")
+    assert r.returncode == 1
+    assert b"not_found" in r.stderr
+    assert not (tmp / "x").exists()
+
+
+def test_recursive(frameserver: Any) -> None:
+    """
+    put -r and get -r copy a tree; links are reported and skipped.
+    """
+    frames, tmp = frameserver["frames"], frameserver["tmp"]
+    tree = tmp / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "top.txt").write_bytes(b"top")
+    (tree / "sub" / "deeper" / "x.bin").write_bytes(os.urandom(70000))
+    os.symlink("/etc", tree / "link")
+    r = frames("put", "-r", "tree", "backup/tree")
+    assert r.returncode == 0, r.stderr
+    assert b"skipped" in r.stderr and b"link" in r.stderr
+    r = frames("get", "-r", "backup/tree", "restored")
+    assert r.returncode == 0, r.stderr
+    assert (tmp / "restored" / "top.txt").read_bytes() == b"top"
+    assert (tmp / "restored" / "sub" / "deeper" / "x.bin").read_bytes() == (
+        tree / "sub" / "deeper" / "x.bin"
+    ).read_bytes()
+    assert not (tmp / "restored" / "link").exists()
+
+
+def test_killedUploadResumes(frameserver: Any) -> None:
+    """
+    An upload killed mid-way leaves nothing under the final name and a
+    hidden partial; C{put --resume} sends only the rest and the result
+    matches the file's SHA-256.
+    """
+    frames, root, tmp = frameserver["frames"], frameserver["root"], frameserver["tmp"]
+    data = os.urandom(12 * 1024 * 1024)
+    (tmp / "big").write_bytes(data)
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "twisted_frames",
+            "-s",
+            f"127.0.0.1:{frameserver['port']}",
+            "put",
+            "-",
+            "big",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+    )
+    assert client.stdin is not None
+    # From a pipe the client sends 8 MiB messages; give it one and a bit,
+    # then kill it while it waits for more.
+    client.stdin.write(data[: 9 * 1024 * 1024])
+    client.stdin.flush()
+    partial = root / partialName("big")
+    deadline = time.monotonic() + TIMEOUT
+    while not (partial.exists() and partial.stat().st_size == 8 * 1024 * 1024):
+        assert time.monotonic() < deadline, "no partial upload appeared"
+        time.sleep(0.02)
+    client.kill()
+    client.wait(timeout=TIMEOUT)
+    assert not (root / "big").exists()
+    r = frames("ls")
+    assert r.stdout == b""
+
+    r = frames("--json", "stat", "big")
+    assert r.returncode == 1
+    r = frames("--json", "put", "--resume", "big", "big")
+    assert r.returncode == 0, r.stderr
+    (result,) = _lines(r.stdout)
+    assert result["resumed_from"] == 8 * 1024 * 1024
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (root / "big").read_bytes() == data
+    assert sorted(p.name for p in root.iterdir()) == ["big"]
+
+
+def test_killedDownloadResumes(frameserver: Any) -> None:
+    """
+    A download's partial file is hidden beside the target, and
+    C{get --resume} continues it and verifies the whole file.
+    """
+    frames, root, tmp = frameserver["frames"], frameserver["root"], frameserver["tmp"]
+    root.mkdir(exist_ok=True)
+    data = os.urandom(5 * 1024 * 1024)
+    (root / "f").write_bytes(data)
+    (tmp / ".f.frames-partial").write_bytes(data[:1_000_000])
+    r = frames("--json", "get", "--resume", "f", "f")
+    assert r.returncode == 0, r.stderr
+    (result,) = _lines(r.stdout)
+    assert result["resumed_from"] == 1_000_000
+    assert (tmp / "f").read_bytes() == data
+    assert not (tmp / ".f.frames-partial").exists()

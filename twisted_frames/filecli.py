@@ -1,0 +1,371 @@
+"""
+The file commands of the C{frames} client: C{ls}, C{stat}, C{put}, C{get},
+C{rm}, C{mkdir}.
+
+    frames put big.iso isos/          # into a remote directory
+    frames get --resume isos/big.iso  # continue an interrupted download
+    frames put -r photos backup/photos
+    tar c . | frames put - backup.tar
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, openClient
+from .fileclient import FileClient, LocalError, TreeResult, joinRemote
+from .wire import ErrorCode, FramesError
+
+
+def register(sub: Any) -> None:
+    """
+    Add the file subcommands to the C{frames} parser.
+    """
+    p = sub.add_parser("ls", help="list a remote directory")
+    p.add_argument("path", nargs="?", default="", metavar="DIR", help="default: the root")
+    p.set_defaults(run=_ls)
+
+    p = sub.add_parser("stat", help="show a remote path's type, size and mtime")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(run=_stat)
+
+    p = sub.add_parser("rm", help="remove a remote file, link or empty directory")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(run=_rm)
+
+    p = sub.add_parser("mkdir", help="create a remote directory and its parents (like mkdir -p)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(run=_mkdir)
+
+    p = sub.add_parser("put", help="upload a file ('-' reads stdin) or, with -r, a directory")
+    p.add_argument("local", metavar="LOCAL")
+    p.add_argument("remote", nargs="?", default=None, metavar="REMOTE")
+    _transferFlags(p)
+    p.set_defaults(run=_put)
+
+    p = sub.add_parser("get", help="download a file ('-' writes stdout) or, with -r, a directory")
+    p.add_argument("remote", metavar="REMOTE")
+    p.add_argument("local", nargs="?", default=None, metavar="LOCAL")
+    _transferFlags(p)
+    p.set_defaults(run=_get)
+
+
+def _transferFlags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-r", "--recursive", action="store_true", help="transfer a directory tree")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted transfer (still verified)"
+    )
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _remote(path: str) -> str:
+    """
+    Normalise a remote path typed by a user: C{./a//b/} becomes C{a/b}.
+    """
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if path.startswith("/"):
+        # Keep it absolute so that the server explains why it is refused.
+        return "/" + "/".join(parts)
+    return "/".join(parts)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+class _Bar:
+    """
+    A tqdm progress bar on stderr, or nothing when stderr is not a terminal
+    or the user asked for quiet or JSON output.
+    """
+
+    def __init__(self, args: argparse.Namespace, total: int | None, label: str) -> None:
+        self.bar: Any = None
+        if args.quiet or args.json or not sys.stderr.isatty():
+            return
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        self.bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=label,
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def __call__(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def retarget(self, total: int | None, label: str) -> None:
+        if self.bar is not None:
+            self.bar.reset(total=total)
+            self.bar.set_description(label)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _rate(size: int, seconds: float) -> str:
+    return f"{_human(size / seconds)}/s" if seconds > 0 else "-"
+
+
+async def _ls(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    client = await openClient(reactor, args)
+    try:
+        files = FileClient(client)
+        path = _remote(args.path)
+        entries = await files.list(path)
+        for e in entries:
+            mark = {"directory": "/", "symlink": "@"}.get(e["type"], "")
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["mtime"]))
+            ui.result(f"{e['type'][0]} {e['size']:>12} {stamp}  {e['name']}{mark}", e)
+        return EXIT_OK
+    finally:
+        await client.close()
+
+
+async def _stat(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    client = await openClient(reactor, args)
+    try:
+        info = await FileClient(client).stat(_remote(args.path))
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["mtime"]))
+        text = (
+            f"{info['path'] or '/'}: {info['type']}, {info['size']} bytes, "
+            f"mode {info['mode']:o}, modified {stamp}"
+        )
+        if info.get("partial"):
+            text += f" (an interrupted upload holds {info['partial']} bytes)"
+        ui.result(text, {k: v for k, v in info.items() if k not in ("id",)})
+        return EXIT_OK
+    finally:
+        await client.close()
+
+
+async def _rm(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    client = await openClient(reactor, args)
+    code = EXIT_OK
+    try:
+        files = FileClient(client)
+        for path in args.paths:
+            try:
+                done = await files.delete(_remote(path))
+            except FramesError as e:
+                ui.error(f"rm: {e.message} [{e.code}]", e.toJSON())
+                code = EXIT_REMOTE
+                continue
+            ui.result(f"removed {done['type']} {done['path']}", _clean(done))
+        return code
+    finally:
+        await client.close()
+
+
+async def _mkdir(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    client = await openClient(reactor, args)
+    code = EXIT_OK
+    try:
+        files = FileClient(client)
+        for path in args.paths:
+            try:
+                done = await files.mkdir(_remote(path), parents=True)
+            except FramesError as e:
+                ui.error(f"mkdir: {e.message} [{e.code}]", e.toJSON())
+                code = EXIT_REMOTE
+                continue
+            verb = "created" if done["created"] else "exists:"
+            ui.result(f"{verb} {done['path']}", _clean(done))
+        return code
+    finally:
+        await client.close()
+
+
+def _clean(header: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in header.items() if k != "id"}
+    out["ok"] = True
+    return out
+
+
+def _reportTree(ui: UI, op: str, result: TreeResult, started: float) -> int:
+    for path, kind in result.skipped:
+        ui.error(
+            f"{op}: skipped {path}: {kind} (only files and directories are copied)",
+            {"code": "skipped", "path": path, "type": kind},
+        )
+    for path, e in result.errors:
+        code = getattr(e, "code", ErrorCode.IO_ERROR)
+        message = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
+        ui.error(
+            f"{op}: {path}: {message} [{code}]", {"code": code, "message": message, "path": path}
+        )
+    total = sum(int(f.get("size", 0)) for f in result.files)
+    took = time.monotonic() - started
+    ui.result(
+        f"{op}: {len(result.files)} files, {_human(total)} in {took:.2f} s "
+        f"({_rate(total, took)}), {len(result.skipped)} skipped, {len(result.errors)} failed",
+        {
+            "ok": not result.errors,
+            "summary": True,
+            "files": len(result.files),
+            "bytes": total,
+            "skipped": len(result.skipped),
+            "failed": len(result.errors),
+            "seconds": took,
+        },
+    )
+    return EXIT_REMOTE if result.errors else EXIT_OK
+
+
+def _fileDone(ui: UI, op: str, started: float) -> Callable[[str, dict[str, Any]], None]:
+    def done(source: str, result: dict[str, Any]) -> None:
+        took = time.monotonic() - started
+        ui.result(
+            f"{op} {source} -> {result.get('local', result.get('path'))}: "
+            f"{_human(int(result.get('size', 0)))}, sha256 {result.get('sha256')}",
+            {**_clean(result), "source": source, "seconds": took},
+        )
+
+    return done
+
+
+async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    local = args.local
+    if local == "-":
+        if args.remote is None:
+            ui.error("put: REMOTE is required when reading stdin", {"code": "usage"})
+            return EXIT_USAGE
+        if args.recursive or args.resume:
+            ui.error("put: -r and --resume do not apply to stdin", {"code": "usage"})
+            return EXIT_USAGE
+    elif not os.path.lexists(local):
+        ui.error(f"put: {local}: no such file or directory", {"code": "not_found"})
+        return EXIT_REMOTE
+    elif os.path.isdir(local) and not args.recursive:
+        ui.error(f"put: {local} is a directory (use -r)", {"code": "is_a_directory"})
+        return EXIT_USAGE
+    client = await openClient(reactor, args)
+    files = FileClient(client)
+    bar: _Bar | None = None
+    started = time.monotonic()
+    try:
+        base = os.path.basename(os.path.normpath(local))
+        remote = _remote(args.remote) if args.remote is not None else base
+        if args.remote is not None and local != "-":
+            remote = await _intoRemoteDir(files, args.remote, remote, base)
+        if local == "-":
+            bar = _Bar(args, None, remote)
+            result = await files.putStream(sys.stdin.buffer, remote, args.force, bar)
+            bar.close()
+            _fileDone(ui, "put", started)("-", result)
+            return EXIT_OK
+        if args.recursive:
+            bar = _Bar(args, None, remote)
+            tree = await files.putTree(
+                local, remote, args.force, args.resume, _fileDone(ui, "put", started), bar
+            )
+            bar.close()
+            return _reportTree(ui, "put", tree, started)
+        bar = _Bar(args, os.path.getsize(local), remote)
+        result = await files.putFile(local, remote, args.force, args.resume, bar)
+        bar.close()
+        took = time.monotonic() - started
+        size = int(result.get("size", 0))
+        resumed = result.get("resumed_from", 0)
+        ui.result(
+            f"put {local} -> {result['path']}: {_human(size)} in {took:.2f} s "
+            f"({_rate(size - resumed, took)}), sha256 {result['sha256']} verified"
+            + (f", resumed from byte {resumed}" if resumed else ""),
+            {**_clean(result), "local": local, "seconds": took},
+        )
+        return EXIT_OK
+    except LocalError as e:
+        ui.error(f"put: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
+        return EXIT_REMOTE
+    finally:
+        if bar is not None:
+            bar.close()
+        await client.close()
+
+
+async def _intoRemoteDir(files: FileClient, given: str, remote: str, base: str) -> str:
+    """
+    Like C{cp}: a REMOTE that is an existing directory (or ends in C{/})
+    receives the file under its own name.
+    """
+    if given.endswith("/") or remote == "":
+        return joinRemote(remote, base)
+    try:
+        info = await files.stat(remote)
+    except FramesError:
+        return remote
+    if info.get("type") == "directory":
+        return joinRemote(remote, base)
+    return remote
+
+
+async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    remote = _remote(args.remote)
+    base = remote.rsplit("/", 1)[-1]
+    local = args.local if args.local is not None else (base or ".")
+    if local == "-" and (args.recursive or args.resume):
+        ui.error("get: -r and --resume do not apply to stdout", {"code": "usage"})
+        return EXIT_USAGE
+    if local != "-" and not args.recursive and os.path.isdir(local):
+        local = os.path.join(local, base)
+    client = await openClient(reactor, args)
+    files = FileClient(client)
+    bar: _Bar | None = None
+    started = time.monotonic()
+    try:
+        if local == "-":
+            bar = _Bar(args, None, remote)
+            sys.stdout.flush()
+            result = await files.getStream(remote, sys.stdout.fileno(), bar)
+            bar.close()
+            if not args.quiet:
+                ui.err.write(
+                    f"get {remote} -> stdout: {result['size']} bytes, sha256 "
+                    f"{result['sha256']} verified\n"
+                )
+            return EXIT_OK
+        if args.recursive:
+            bar = _Bar(args, None, remote)
+            tree = await files.getTree(
+                remote, local, args.force, args.resume, _fileDone(ui, "get", started), bar
+            )
+            bar.close()
+            return _reportTree(ui, "get", tree, started)
+        info = await files.stat(remote)
+        bar = _Bar(args, int(info.get("size", 0)), base)
+        result = await files.getFile(remote, local, args.force, args.resume, bar)
+        bar.close()
+        took = time.monotonic() - started
+        size = int(result.get("size", 0))
+        resumed = result.get("resumed_from", 0)
+        ui.result(
+            f"get {remote} -> {local}: {_human(size)} in {took:.2f} s "
+            f"({_rate(size - resumed, took)}), sha256 {result['sha256']} verified"
+            + (f", resumed from byte {resumed}" if resumed else ""),
+            {**_clean(result), "seconds": took},
+        )
+        return EXIT_OK
+    except LocalError as e:
+        ui.error(f"get: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
+        return EXIT_REMOTE
+    finally:
+        if bar is not None:
+            bar.close()
+        await client.close()

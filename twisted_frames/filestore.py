@@ -1,0 +1,488 @@
+"""
+Streaming file I/O shared by the file service and its client: a writer that
+appends to a file descriptor in a worker thread while hashing, and a body
+source that reads a file in a worker thread while hashing.
+
+Both keep memory bounded: the writer pauses whoever feeds it when its queue is
+full, and the source reads ahead at most a fixed number of chunks and stops
+while its consumer is paused.  The thread dispatcher is injectable (a
+C{runInThread} callable) so that tests can run everything synchronously.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .protocol import BodySink
+from .wire import ErrorCode, FramesError
+
+#: C{runInThread(f, *args) -> Deferred}: runs C{f} away from the reactor.
+ThreadRunner = Callable[..., "defer.Deferred[Any]"]
+
+#: Bytes read from disk per worker-thread job when sending: big enough that
+#: the per-job overhead is noise, small enough to keep memory flat.
+READ_CHUNK = 1024 * 1024
+#: Chunks read ahead of the network.
+READ_AHEAD = 2
+#: Most buffers one C{writev} call accepts (POSIX guarantees 16; Linux 1024).
+IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
+#: Socket read size and send slice of connections doing file transfers.
+TRANSPORT_IO_SIZE = 1024 * 1024
+#: Bytes a writer may hold queued before it pauses its feeder.
+WRITE_HIGH_WATER = 4 * 1024 * 1024
+
+
+def defaultRunner() -> ThreadRunner:
+    """
+    @return: a runner using the reactor's thread pool.
+    """
+    return threads.deferToThread
+
+
+def synchronousRunner(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+    """
+    Run C{f} at once in the calling thread (for tests with fakes).
+    """
+    try:
+        return defer.succeed(f(*args))
+    except BaseException:
+        return defer.fail()
+
+
+_ERRNO_CODES = {
+    errno.ENOSPC: ErrorCode.NO_SPACE,
+    errno.EDQUOT: ErrorCode.NO_SPACE,
+    errno.EFBIG: ErrorCode.NO_SPACE,
+    errno.EACCES: ErrorCode.PERMISSION_DENIED,
+    errno.EPERM: ErrorCode.PERMISSION_DENIED,
+    errno.EROFS: ErrorCode.PERMISSION_DENIED,
+    errno.ENOENT: ErrorCode.NOT_FOUND,
+    errno.EEXIST: ErrorCode.ALREADY_EXISTS,
+    errno.ENOTDIR: ErrorCode.NOT_A_DIRECTORY,
+    errno.EISDIR: ErrorCode.IS_A_DIRECTORY,
+    errno.ENOTEMPTY: ErrorCode.NOT_EMPTY,
+    errno.ELOOP: ErrorCode.FORBIDDEN_PATH,
+    errno.ENAMETOOLONG: ErrorCode.FORBIDDEN_PATH,
+}
+
+
+def errorFromOSError(e: OSError, path: str) -> FramesError:
+    """
+    Map an C{OSError} to a L{FramesError} with a stable code.
+
+    @param path: the path as the client named it, for the message.
+    """
+    code = _ERRNO_CODES.get(e.errno or 0, ErrorCode.IO_ERROR)
+    reason = e.strerror or str(e)
+    if e.errno == errno.ELOOP:
+        reason = "a symbolic link is in the way (links are not followed)"
+    return FramesError(code, f"{path or '/'}: {reason}", path=path)
+
+
+def writeAll(fd: int, data: bytes | memoryview) -> None:
+    """
+    Write all of C{data} to C{fd}, looping over short writes.
+    """
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def writeVectors(fd: int, chunks: list[bytes]) -> None:
+    """
+    Write all of C{chunks} to C{fd} with as few C{writev} calls as the OS
+    allows (no copy into one buffer first), looping over short writes.
+    """
+    views = [memoryview(c) for c in chunks if c]
+    start = 0
+    while start < len(views):
+        batch = views[start : start + IOV_MAX]
+        n = os.writev(fd, batch)
+        for view in batch:
+            if n >= len(view):
+                n -= len(view)
+                start += 1
+            else:
+                views[start] = view[n:]
+                break
+
+
+class FileWriter:
+    """
+    Appends chunks to a file descriptor in a worker thread, in order, feeding
+    each to a hash first.  At most one job runs at a time; data arriving
+    meanwhile is queued and written by the next job in one go.
+
+    @ivar written: bytes written so far.
+    @ivar error: the first failure, after which nothing more is written.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        hasher: Any,
+        runInThread: ThreadRunner,
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+        highWater: int = WRITE_HIGH_WATER,
+    ) -> None:
+        self.fd = fd
+        self.hasher = hasher
+        self.written = 0
+        self.error: Failure | None = None
+        self._run = runInThread
+        self._pause = pause
+        self._resume = resume
+        self._highWater = highWater
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._busy = False
+        self._paused = False
+        self._drainWaiters: list[defer.Deferred[None]] = []
+
+    @property
+    def isPaused(self) -> bool:
+        """
+        Whether this writer has paused its feeder.
+        """
+        return self._paused
+
+    def write(self, data: bytes) -> None:
+        """
+        Queue C{data}; pause the feeder if too much is queued.
+        """
+        if self.error is not None:
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        if not self._busy:
+            self._kick()
+        if self._queued >= self._highWater and not self._paused:
+            self._paused = True
+            self._pause()
+
+    def drain(self) -> defer.Deferred[None]:
+        """
+        @return: a Deferred firing once everything queued is written (or
+            failing with the first write error).
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        if self.error is not None:
+            d.errback(self.error)
+        elif not self._busy and not self._queue:
+            d.callback(None)
+        else:
+            self._drainWaiters.append(d)
+        return d
+
+    def _kick(self) -> None:
+        batch, self._queue = self._queue, []
+        self._queued = 0
+        self._busy = True
+        self._run(self._writeBatch, batch).addCallbacks(self._batchDone, self._batchFailed)
+        if self._paused:
+            self._paused = False
+            self._resume()
+
+    def _writeBatch(self, batch: list[bytes]) -> int:
+        total = 0
+        for chunk in batch:
+            self.hasher.update(chunk)
+            total += len(chunk)
+        if len(batch) == 1:
+            writeAll(self.fd, batch[0])
+        else:
+            writeVectors(self.fd, batch)
+        return total
+
+    def _batchDone(self, n: int) -> None:
+        self.written += n
+        self._busy = False
+        if self._queue:
+            self._kick()
+        else:
+            self._fire(None)
+
+    def _batchFailed(self, failure: Failure) -> None:
+        self._busy = False
+        self.error = failure
+        self._queue = []
+        self._queued = 0
+        if self._paused:
+            self._paused = False
+            self._resume()
+        self._fire(failure)
+
+    def _fire(self, failure: Failure | None) -> None:
+        waiters, self._drainWaiters = self._drainWaiters, []
+        for d in waiters:
+            if failure is None:
+                d.callback(None)
+            else:
+                d.errback(failure)
+
+
+class WriterSink(BodySink):
+    """
+    A body sink that hands its bytes to a L{FileWriter} and pauses the
+    connection while the writer is full.
+
+    @ivar done: fires once the whole body is received and written.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        hasher: Any,
+        runInThread: ThreadRunner,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self._producer: Any = None
+        self.writer = FileWriter(fd, hasher, runInThread, self._pause, self._resume)
+        self.progress = progress
+        self.done: defer.Deferred[None] = defer.Deferred()
+
+    def _pause(self) -> None:
+        if self._producer is not None:
+            self._producer.pauseProducing()
+
+    def _resume(self) -> None:
+        if self._producer is not None:
+            self._producer.resumeProducing()
+
+    def bodyStarted(self, length: int, producer: IPushProducer) -> None:
+        self._producer = producer
+
+    def bodyData(self, data: bytes) -> None:
+        self.writer.write(data)
+        if self.progress is not None:
+            self.progress(len(data))
+
+    def bodyFinished(self) -> None:
+        self._producer = None
+        self.writer.drain().chainDeferred(self.done)
+
+    def bodyFailed(self, reason: Failure) -> None:
+        self._producer = None
+
+        def failed(_: Any) -> Failure:
+            return reason
+
+        self.writer.drain().addBoth(failed).chainDeferred(self.done)
+
+
+class ShortRead(FramesError):
+    """
+    The file shrank while it was being sent.
+    """
+
+
+def readExact(fd: int, offset: int, n: int) -> bytes:
+    """
+    Read exactly C{n} bytes at C{offset}.
+
+    @raise ShortRead: if the file ends first.
+    """
+    data = os.pread(fd, n, offset)
+    if len(data) < n:
+        parts = [data]
+        got = len(data)
+        while got < n:
+            more = os.pread(fd, n - got, offset + got)
+            if not more:
+                raise ShortRead(ErrorCode.IO_ERROR, "the file shrank while being read")
+            parts.append(more)
+            got += len(more)
+        data = b"".join(parts)
+    return data
+
+
+def hashPrefix(fd: int, length: int, hasher: Any, chunk: int = 4 * READ_CHUNK) -> None:
+    """
+    Feed the first C{length} bytes of C{fd} to C{hasher} (blocking: run it
+    in a worker thread).
+    """
+    pos = 0
+    while pos < length:
+        n = min(chunk, length - pos)
+        hasher.update(readExact(fd, pos, n))
+        pos += n
+
+
+def newHash() -> Any:
+    """
+    @return: the hash every transfer is verified with: SHA-256.
+    """
+    return hashlib.sha256()
+
+
+@implementer(IPushProducer)
+class FileSource:
+    """
+    A body source (L{twisted_frames.protocol.IBodySource}) sending C{length}
+    bytes of an open file from C{offset}, read in a worker thread in
+    L{READ_CHUNK} pieces, hashed in order, at most L{READ_AHEAD} chunks ahead
+    of the consumer.  It does not close the file.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        offset: int,
+        length: int,
+        hasher: Any,
+        runInThread: ThreadRunner,
+        progress: Callable[[int], None] | None = None,
+        chunkSize: int = READ_CHUNK,
+    ) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+        self.hasher = hasher
+        self.progress = progress
+        self._run = runInThread
+        self._chunk = chunkSize
+        self._requested = 0
+        self._sent = 0
+        self._reading = False
+        self._ready: deque[bytes] = deque()
+        self._paused = False
+        self._stopped = False
+        self._consumer: Any = None
+        self._done: defer.Deferred[None] = defer.Deferred()
+        self._idleWaiters: list[defer.Deferred[None]] = []
+        self._detached = False
+
+    def whenIdle(self) -> defer.Deferred[None]:
+        """
+        @return: a Deferred firing once no read is running in a worker
+            thread (so that the file may be closed).
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._reading:
+            self._idleWaiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def _idle(self) -> None:
+        self._reading = False
+        waiters, self._idleWaiters = self._idleWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        self._consumer = consumer
+        if self.length == 0:
+            self._done.callback(None)
+        else:
+            self._fill()
+        return self._done
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._flush()
+        self._fill()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self._ready.clear()
+        if not self._done.called:
+            self._done.errback(ConnectionError("stopped sending"))
+
+    def detach(self) -> None:
+        """
+        Stop using the file: the peer has already refused this body, but the
+        frame must still be completed to keep the connection in step, so the
+        rest is sent as zeros.  Wait for L{whenIdle} before closing the file.
+        """
+        self._detached = True
+
+    def _fill(self) -> None:
+        if self._reading or self._stopped or self._requested >= self.length:
+            return
+        if len(self._ready) >= READ_AHEAD:
+            return
+        n = min(self._chunk, self.length - self._requested)
+        pos = self.offset + self._requested
+        self._requested += n
+        if self._detached:
+            self._ready.append(bytes(n))
+            self._flush()
+            self._fill()
+            return
+        self._reading = True
+        self._run(self._read, pos, n).addCallbacks(self._gotChunk, self._failed)
+
+    def _read(self, pos: int, n: int) -> bytes:
+        data = readExact(self.fd, pos, n)
+        self.hasher.update(data)
+        return data
+
+    def _gotChunk(self, data: bytes) -> None:
+        self._idle()
+        if self._stopped:
+            return
+        self._ready.append(data)
+        self._flush()
+        self._fill()
+
+    def _failed(self, failure: Failure) -> None:
+        self._idle()
+        if not self._done.called:
+            self._done.errback(failure)
+
+    def _flush(self) -> None:
+        while self._ready and not self._paused and not self._stopped:
+            data = self._ready.popleft()
+            self._sent += len(data)
+            self._consumer.write(data)
+            if self.progress is not None:
+                self.progress(len(data))
+        if self._sent == self.length and not self._done.called:
+            self._done.callback(None)
+
+
+def closeQuietly(fd: int | None) -> None:
+    """
+    Close C{fd}, ignoring errors (used on error paths only).
+    """
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def tuneTransport(transport: Any) -> None:
+    """
+    Tune a TCP transport for bulk transfers: no Nagle (a transfer ends with a
+    small reply after a large body, and Nagle plus delayed ACKs would hold it
+    back for tens of milliseconds), and reads and sends of up to
+    L{TRANSPORT_IO_SIZE} instead of Twisted's 64 KiB / 128 KiB, which cuts
+    the reactor's per-byte overhead (the write buffer bound grows with it,
+    so memory stays bounded).
+    """
+    setter = getattr(transport, "setTcpNoDelay", None)
+    if setter is not None:
+        try:
+            setter(True)
+        except OSError:
+            pass
+    if hasattr(transport, "bufferSize") and hasattr(transport, "SEND_LIMIT"):
+        transport.bufferSize = TRANSPORT_IO_SIZE
+        transport.SEND_LIMIT = TRANSPORT_IO_SIZE
