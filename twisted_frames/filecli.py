@@ -1,6 +1,6 @@
 """
 The file commands of the C{frames} client: C{ls}, C{stat}, C{put}, C{get},
-C{rm}, C{mkdir}.
+C{rm}, C{mkdir}::
 
     frames put big.iso isos/          # into a remote directory
     frames get --resume isos/big.iso  # continue an interrupted download

@@ -1,6 +1,6 @@
 """
 The client side of the file service: list, stat, delete, mkdir, and verified,
-resumable, atomic uploads and downloads of files and directory trees.
+resumable, atomic uploads and downloads of files and directory trees::
 
     files = FileClient(await connect(reactor, "127.0.0.1:8007"))
     await files.putFile("big.iso", "isos/big.iso")
