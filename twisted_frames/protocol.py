@@ -204,6 +204,7 @@ class FrameProtocol(Int32StringReceiver):
     frameTimeout: float | None = None
     clock: IReactorTime | None = None
     _log = Logger()
+    _peerName: str | None = None
 
     def __init__(self) -> None:
         self._state = _HEADER_PREFIX
@@ -341,6 +342,14 @@ class FrameProtocol(Int32StringReceiver):
                     if length > self.MAX_LENGTH:
                         self.lengthLimitExceeded(length)
                         return
+                    if 0 < length <= end - pos:
+                        # Fast path: the whole header frame is in this read
+                        # (the usual case for small messages), so it is
+                        # parsed straight from it, without the header buffer.
+                        self._state = _BODY_PREFIX
+                        pos += length
+                        self.stringReceived(bytes(view[pos - length : pos]))
+                        continue
                     self._state = _HEADER
                     self._remaining = length
                     if length == 0:
@@ -568,15 +577,18 @@ class FrameProtocol(Int32StringReceiver):
 
     def peerName(self) -> str:
         """
-        The peer's address as C{host:port}, for logs.
+        The peer's address as C{host:port}, for logs (worked out once: it is
+        in every request's log line).
         """
-        if self.transport is None:
-            return "-"
-        peer = self.transport.getPeer()
-        host = getattr(peer, "host", None)
-        if host is None:
-            return str(peer)
-        return f"{host}:{getattr(peer, 'port', '')}"
+        name = self._peerName
+        if name is None:
+            if self.transport is None:
+                return "-"
+            peer = self.transport.getPeer()
+            host = getattr(peer, "host", None)
+            name = str(peer) if host is None else f"{host}:{getattr(peer, 'port', '')}"
+            self._peerName = name
+        return name
 
     # -- sending -------------------------------------------------------------
 
