@@ -1023,3 +1023,49 @@ class RequestTests(SynchronousTestCase):
         proto.user = "alice"
         self.assertEqual(held.user, "alice")
         self.assertEqual((held.op, held.id, held.header), ("hold", 1, {"op": "hold", "id": 1}))
+
+
+class _NoDelayTransport(StringTransport):
+    """
+    A transport that records C{setTcpNoDelay}, as TCP transports have it.
+    """
+
+    noDelay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = enabled
+
+
+class NoDelayTests(SynchronousTestCase):
+    """
+    Nagle's algorithm is off on every connection, both sides.
+    """
+
+    def test_server(self) -> None:
+        """
+        A server connection turns Nagle off as it is made.
+        """
+        protocol = FramesServerFactory().buildProtocol(None)
+        transport = _NoDelayTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.noDelay)
+
+    def test_client(self) -> None:
+        """
+        A client connection turns Nagle off as it is made.
+        """
+        from twisted_frames.client import ClientProtocol
+
+        protocol = ClientProtocol()
+        transport = _NoDelayTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.noDelay)
+
+    def test_transportWithout(self) -> None:
+        """
+        A transport without the option (a UNIX socket, TLS wrapper, test
+        fake) is fine.
+        """
+        protocol = FramesServerFactory().buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.assertTrue(protocol.connected)

@@ -115,6 +115,9 @@ class ClientProtocol(FrameProtocol):
         self.lastRequestId = 0
         self.serverError: FramesError | None = None
 
+    def connectionMade(self) -> None:
+        self.setNoDelay()
+
     def messageStarted(self, header: dict[str, Any], bodyLength: int) -> BodySink:
         if self.greeting is None:
             return self._greetingReceived(header, bodyLength)

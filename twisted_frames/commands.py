@@ -313,20 +313,6 @@ def chdirLauncher() -> list[str] | None:
     return [found, "-C"] if probe.returncode == 0 else None
 
 
-def _noDelay(connection: ServerProtocol) -> None:
-    """
-    Output is interactive: a run sends several small messages (C{started},
-    chunks, the reply) without the client answering, and Nagle's algorithm
-    would hold each one back until the client's delayed ACK (40 ms).
-    """
-    setTcpNoDelay = getattr(connection.transport, "setTcpNoDelay", None)
-    if setTcpNoDelay is not None:
-        try:
-            setTcpNoDelay(True)
-        except OSError:
-            pass
-
-
 def _killGroup(pgid: int, signum: int) -> None:
     os.killpg(pgid, signum)
 
@@ -920,7 +906,6 @@ class CommandService(Service, appservice.Service):
             raise FramesError(
                 ErrorCode.BUSY, f"the server is running its maximum of {self.limits.maxProcs}"
             )
-        _noDelay(request.connection)
         run = RunningCommand(self, request, spec, argv, timeout, maxOutput)
         run.started = self.reactor.seconds()
         command = [*self.launcher, spec.path, *spec.args, *argv[1:]]

@@ -575,6 +575,20 @@ class FrameProtocol(Int32StringReceiver):
             if isinstance(item, tuple):
                 item[3].errback(reason)
 
+    def setNoDelay(self) -> None:
+        """
+        Turn off Nagle's algorithm: a reply is often several messages in a
+        row (events, then the final reply) with no answer from the peer in
+        between, and Nagle would hold each small one back until the peer's
+        delayed ACK, tens of milliseconds later.
+        """
+        setter = getattr(self.transport, "setTcpNoDelay", None)
+        if setter is not None:
+            try:
+                setter(True)
+            except OSError:
+                pass
+
     def peerName(self) -> str:
         """
         The peer's address as C{host:port}, for logs (worked out once: it is

@@ -311,6 +311,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         return self.factory.operations
 
     def connectionMade(self) -> None:
+        self.setNoDelay()
         self.limits = self.factory.limits
         self.clock = self.factory.clock
         self.frameTimeout = self.factory.frameTimeout
