@@ -175,7 +175,7 @@ def loadCommandsFile(path: str, searchPath: str | None = None) -> list[CommandSp
         [commands.backup]
         path = "/usr/local/bin/backup"   # default: the name on the PATH
         args = ["--quiet"]                # fixed leading arguments
-        users = ["alice"]                 # once logins exist
+        users = ["alice"]                 # only these logged-in users
         timeout = 600                     # seconds
         max-output = 10485760             # bytes
         cwd = "jobs"                      # relative to --root
