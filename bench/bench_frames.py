@@ -1,0 +1,819 @@
+"""
+Foundation benchmarks for twisted-frames, on loopback, with baselines
+measured in the same run.
+
+    python bench/bench_frames.py [--quick] [--json FILE]
+
+1. Receive throughput.  A sender process writes a pre-built byte stream with
+   C{sendall} as fast as it can to a server listening on 127.0.0.1 (port 0) in
+   this process.  Every receiver gets the I{identical} stream of
+   twisted-frames messages (header frame + body frame):
+
+     - C{FrameProtocol}, streaming each body to a counting L{BodySink} (the
+       real streaming path, nothing buffered);
+     - stock C{Int32StringReceiver} (C{MAX_LENGTH} raised), which sees the
+       same stream as two frames per message;
+     - a raw C{Protocol} that only counts bytes: the floor set by the reactor
+       and the socket.
+
+   The time is measured in the receiving process, from the first byte
+   delivered to the last frame (or byte) delivered.  Two streams: one 64 MiB
+   body, and 64 MiB as 1024 bodies of 64 KiB.
+
+2. Ping round trips per second.  Each server runs in its own subprocess (so
+   that, on a two-core machine, client and server each get a core); the
+   clients run in this process and do sequential round trips with a 16-byte
+   body, on 1 connection and on 50 concurrent connections.  Windows of a fixed
+   length (after a short warm-up) alternate between the two systems, so that
+   load from elsewhere falls on both alike; the CPU time both processes spent
+   per round trip is reported beside the rates, as it is less disturbed by
+   such load.  twisted-frames: C{FramesServerFactory} and the public client
+   library (C{connect}, C{FramesClient.ping}).  Baseline: a bare
+   C{Int32StringReceiver} echo server, and an C{Int32StringReceiver} client
+   that sends the next string from C{stringReceived}.
+
+Both processes drop log events below C{warn}: the frames server still emits
+its one info event per request (that cost is measured), but where the lines
+would be written to is a deployment choice, not a protocol cost.  Helper
+processes exit when this process closes their stdin, and are killed if they
+do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Benchmark the checkout this file is in, not whatever is installed.
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from twisted.internet import defer, task  # noqa: E402
+from twisted.internet.endpoints import HostnameEndpoint  # noqa: E402
+from twisted.internet.error import ProcessDone, ProcessTerminated  # noqa: E402
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol  # noqa: E402
+from twisted.logger import (  # noqa: E402
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.protocols.basic import Int32StringReceiver, LineReceiver  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
+
+import twisted  # noqa: E402
+from twisted_frames import wire  # noqa: E402
+from twisted_frames.client import connect  # noqa: E402
+from twisted_frames.protocol import BodySink, FrameProtocol  # noqa: E402
+from twisted_frames.server import FramesServerFactory  # noqa: E402
+
+MiB = 1024 * 1024
+#: Total stream size for the receive cases, and the body size of the "many"
+#: stream: 64 MiB = 1024 x 64 KiB.
+STREAM_BYTES = 64 * MiB
+SMALL_BODY = 64 * 1024
+#: The stock receiver on one 64 MiB frame takes seconds (quadratic): give up
+#: after this long and report a lower bound rather than run for ever.
+STOCK_SINGLE_TIMEOUT = 60.0
+#: The whole benchmark gives up after this long (subprocesses are still
+#: stopped: the pending steps are cancelled and their clean-ups run).
+OVERALL_TIMEOUT = 240.0
+CASE_TIMEOUT = 30.0
+PING_BODY = b"0123456789abcdef"
+PING_CONNECTIONS = (1, 50)
+GOAL_SINGLE_VS_STOCK = 100.0
+GOAL_SINGLE_VS_MANY = 2.0
+GOAL_PING_VS_BARE = 0.8
+
+
+def streamHeaders(kind: str) -> list[tuple[bytes, int]]:
+    """
+    The (encoded header, body length) of every message of a receive stream.
+    """
+    if kind == "single":
+        return [(wire.encodeHeader({"id": 1, "op": "put"}), STREAM_BYTES)]
+    count = STREAM_BYTES // SMALL_BODY
+    return [(wire.encodeHeader({"id": i, "op": "put"}), SMALL_BODY) for i in range(1, count + 1)]
+
+
+def streamLength(kind: str) -> int:
+    return sum(2 * wire.PREFIX_LENGTH + len(h) + n for h, n in streamHeaders(kind))
+
+
+def buildStream(kind: str) -> bytes:
+    parts = []
+    for h, n in streamHeaders(kind):
+        parts += [wire.PREFIX.pack(len(h)), h, wire.PREFIX.pack(n), b"x" * n]
+    return b"".join(parts)
+
+
+# -- child processes -----------------------------------------------------------
+
+
+def senderMain() -> None:
+    """
+    The sender: for each C{PORT KIND} line on stdin, connect to 127.0.0.1:PORT
+    and C{sendall} the pre-built stream, then report on stdout.
+    """
+    streams: dict[str, bytes] = {}
+    print("ready", flush=True)
+    for line in sys.stdin:
+        port, kind = line.split()
+        if kind not in streams:
+            streams[kind] = buildStream(kind)
+        data = streams[kind]
+        try:
+            with socket.create_connection(("127.0.0.1", int(port))) as s:
+                s.sendall(data)
+            print(f"sent {len(data)}", flush=True)
+        except OSError as e:
+            print(f"error {e}", flush=True)
+
+
+class BareEcho(Int32StringReceiver):
+    """
+    The baseline server: every string straight back.
+    """
+
+    def stringReceived(self, string: bytes) -> None:
+        self.sendString(string)
+
+
+class _ServerControl(LineReceiver):
+    """
+    The server's stdin: C{cpu} asks for the CPU time it has used so far;
+    end of file stops it.
+    """
+
+    delimiter = b"\n"
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.strip() == b"cpu":
+            self.sendLine(f"{time.process_time():.6f}".encode())
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        from twisted.internet import reactor
+
+        if reactor.running:  # type: ignore[attr-defined]
+            reactor.stop()  # type: ignore[attr-defined]
+
+
+def serverMain(kind: str) -> None:
+    """
+    A ping server on 127.0.0.1, port 0: print the port, then answer C{cpu}
+    queries on stdin until it closes.
+    """
+    from twisted.internet import reactor, stdio
+
+    quietLogging()
+    factory: Factory
+    if kind == "frames":
+        factory = FramesServerFactory()
+    else:
+        factory = Factory.forProtocol(BareEcho)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    print(port.getHost().port, flush=True)
+    stdio.StandardIO(_ServerControl())
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def quietLogging() -> None:
+    """
+    Send log events of level warn and above to stderr; drop the rest.
+    """
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+class Child(ProcessProtocol):
+    """
+    A child process spoken to in lines over stdin/stdout.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._buffer = b""
+        self._lines: deque[str] = deque()
+        self._waiters: deque[defer.Deferred[str]] = deque()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    @classmethod
+    def spawn(cls, reactor: Any, name: str, *args: str) -> Child:
+        child = cls(name)
+        argv = [sys.executable, str(Path(__file__).resolve()), *args]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        reactor.spawnProcess(child, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: 2})
+        return child
+
+    def outReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n" in self._buffer:
+            raw, self._buffer = self._buffer.split(b"\n", 1)
+            line = raw.decode()
+            if self._waiters:
+                self._waiters.popleft().callback(line)
+            else:
+                self._lines.append(line)
+
+    def processEnded(self, reason: Failure) -> None:
+        waiters, self._waiters = self._waiters, deque()
+        for d in waiters:
+            d.errback(RuntimeError(f"{self.name} exited: {reason.value}"))
+        self.ended.callback(None)
+
+    def nextLine(self, reactor: Any, timeout: float) -> defer.Deferred[str]:
+        if self._lines:
+            return defer.succeed(self._lines.popleft())
+        if self.ended.called:
+            return defer.fail(RuntimeError(f"{self.name} has exited"))
+        d: defer.Deferred[str] = defer.Deferred()
+        self._waiters.append(d)
+        return d.addTimeout(timeout, reactor)
+
+    def send(self, line: str) -> None:
+        assert self.transport is not None
+        self.transport.write(line.encode() + b"\n")
+
+    async def stop(self, reactor: Any) -> None:
+        """
+        Close its stdin (it exits by itself), then kill it if it has not.
+        """
+        if self.ended.called:
+            return
+        assert self.transport is not None
+        self.transport.closeStdin()
+        for signal, wait in (("TERM", 3.0), ("KILL", 3.0)):
+            done = task.deferLater(reactor, wait, lambda: None)
+            await defer.DeferredList([self.ended, done], fireOnOneCallback=True)
+            if self.ended.called:
+                return
+            try:
+                self.transport.signalProcess(signal)
+            except (ProcessDone, ProcessTerminated, OSError):
+                return
+
+
+# -- receive throughput ----------------------------------------------------------
+
+
+class ReceiveRun:
+    """
+    Timing and counts for one receive case.
+    """
+
+    def __init__(self, reactor: Any, messages: int, streamBytes: int) -> None:
+        self.reactor = reactor
+        self.messages = messages
+        self.streamBytes = streamBytes
+        self.done: defer.Deferred[float] = defer.Deferred()
+        self.first: float | None = None
+        self.delivered = 0
+        self.frames = 0
+        self.received = 0
+        self.protocol: Protocol | None = None
+
+    def firstByte(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+
+    def finish(self) -> None:
+        if not self.done.called:
+            assert self.first is not None
+            self.done.callback(time.perf_counter() - self.first)
+
+
+class CountingSink(BodySink):
+    """
+    Counts body bytes; nothing is kept.
+    """
+
+    def __init__(self, run: ReceiveRun) -> None:
+        self.run = run
+
+    def bodyData(self, data: bytes) -> None:
+        self.run.delivered += len(data)
+
+    def bodyFinished(self) -> None:
+        run = self.run
+        run.frames += 1
+        if run.frames == run.messages:
+            run.finish()
+
+
+class FramesReceiver(FrameProtocol):
+    """
+    C{FrameProtocol} streaming every body to a L{CountingSink}.
+    """
+
+    run: ReceiveRun
+
+    def connectionMade(self) -> None:
+        self.run.protocol = self
+
+    def dataReceived(self, data: bytes) -> None:
+        self.run.firstByte()
+        super().dataReceived(data)
+
+    def messageStarted(self, header: dict[str, Any], bodyLength: int) -> BodySink:
+        return CountingSink(self.run)
+
+
+class StockReceiver(Int32StringReceiver):
+    """
+    Stock C{Int32StringReceiver}: each header and each body is a frame.
+    """
+
+    MAX_LENGTH = wire.MAX_FRAME
+    run: ReceiveRun
+
+    def connectionMade(self) -> None:
+        self.run.protocol = self
+
+    def dataReceived(self, data: bytes) -> None:
+        self.run.firstByte()
+        super().dataReceived(data)
+
+    def stringReceived(self, string: bytes) -> None:
+        run = self.run
+        run.frames += 1
+        if run.frames % 2 == 0:
+            run.delivered += len(string)
+        if run.frames == 2 * run.messages:
+            run.finish()
+
+
+class RawReceiver(Protocol):
+    """
+    Counts bytes, parses nothing: the reactor and socket floor.
+    """
+
+    run: ReceiveRun
+
+    def connectionMade(self) -> None:
+        self.run.protocol = self
+
+    def dataReceived(self, data: bytes) -> None:
+        run = self.run
+        run.firstByte()
+        run.received += len(data)
+        if run.received == run.streamBytes:
+            run.finish()
+
+
+RECEIVERS: dict[str, type[Protocol]] = {
+    "frames": FramesReceiver,
+    "stock": StockReceiver,
+    "raw": RawReceiver,
+}
+
+
+async def receiveOnce(
+    reactor: Any, sender: Child, receiver: str, kind: str, timeout: float
+) -> dict[str, Any]:
+    """
+    One receive case: listen, have the sender send, time the delivery.
+    """
+    headers = streamHeaders(kind)
+    run = ReceiveRun(reactor, len(headers), streamLength(kind))
+    cls = RECEIVERS[receiver]
+    factory = Factory.forProtocol(type(cls.__name__, (cls,), {"run": run}))
+    factory.noisy = False
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    gc.collect()
+    try:
+        sender.send(f"{port.getHost().port} {kind}")
+        try:
+            seconds = await run.done.addTimeout(timeout, reactor)
+            finished = True
+        except defer.TimeoutError:
+            seconds = timeout
+            finished = False
+        if run.protocol is not None and run.protocol.transport is not None:
+            run.protocol.transport.abortConnection()
+        reply = await sender.nextLine(reactor, 30.0)
+        if finished and not reply.startswith("sent"):
+            raise RuntimeError(f"sender: {reply}")
+        # The raw receiver counts the stream's bytes; the others, body bytes.
+        expected = run.streamBytes if receiver == "raw" else sum(n for _, n in headers)
+        got = run.received if receiver == "raw" else run.delivered
+        if finished and got != expected:
+            raise RuntimeError(f"{receiver}/{kind}: got {got} bytes, not {expected}")
+    finally:
+        await port.stopListening()
+    return {"seconds": seconds, "finished": finished}
+
+
+def summarise(runs: list[dict[str, Any]], streamBytes: int) -> dict[str, Any]:
+    times = [r["seconds"] for r in runs]
+    best, median = min(times), statistics.median(times)
+    return {
+        "runs": times,
+        "finished": all(r["finished"] for r in runs),
+        "best_s": best,
+        "median_s": median,
+        "stream_bytes": streamBytes,
+        "median_MiB_per_s": streamBytes / MiB / median,
+    }
+
+
+async def receiveBenchmarks(reactor: Any, repeats: int) -> dict[str, Any]:
+    sender = Child.spawn(reactor, "sender", "--role", "send")
+    try:
+        await sender.nextLine(reactor, 30.0)
+        cases = [
+            ("frames", "single"),
+            ("frames", "many"),
+            ("stock", "many"),
+            ("raw", "single"),
+            ("raw", "many"),
+        ]
+        runs: dict[str, list[dict[str, Any]]] = {f"{r}/{k}": [] for r, k in cases}
+        # One untimed pass builds the sender's streams and warms everything up.
+        for receiver, kind in cases[:2]:
+            await receiveOnce(reactor, sender, receiver, kind, CASE_TIMEOUT)
+        # Interleaved, so that noise from other load spreads over every case.
+        for _ in range(repeats):
+            for receiver, kind in cases:
+                runs[f"{receiver}/{kind}"].append(
+                    await receiveOnce(reactor, sender, receiver, kind, CASE_TIMEOUT)
+                )
+        print("  stock Int32StringReceiver on one 64 MiB frame (quadratic, runs once) ...")
+        runs["stock/single"] = [
+            await receiveOnce(reactor, sender, "stock", "single", STOCK_SINGLE_TIMEOUT)
+        ]
+    finally:
+        await sender.stop(reactor)
+    return {key: summarise(r, streamLength(key.split("/")[1])) for key, r in runs.items()}
+
+
+# -- ping round trips -------------------------------------------------------------
+
+
+class Meter:
+    """
+    Counts completed round trips across all connections of one case.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.running = True
+        self.errors: list[str] = []
+
+    def failed(self, failure: Failure) -> None:
+        if self.running:
+            self.errors.append(str(failure.value))
+
+
+def loopFrames(client: Any, meter: Meter) -> None:
+    """
+    Sequential pings on one twisted-frames connection, through the public
+    client library.
+    """
+
+    def again(echoed: bytes) -> None:
+        if echoed != PING_BODY:
+            meter.errors.append("wrong echo")
+        meter.count += 1
+        if meter.running:
+            client.ping(PING_BODY).addCallbacks(again, meter.failed)
+
+    client.ping(PING_BODY).addCallbacks(again, meter.failed)
+
+
+class BareClient(Int32StringReceiver):
+    """
+    Sequential round trips, the least code possible: the next string is sent
+    from C{stringReceived}.
+    """
+
+    meter: Meter
+
+    def start(self) -> None:
+        self.sendString(PING_BODY)
+
+    def stringReceived(self, string: bytes) -> None:
+        meter = self.meter
+        if string != PING_BODY:
+            meter.errors.append("wrong echo")
+        meter.count += 1
+        if meter.running:
+            self.sendString(PING_BODY)
+
+
+async def pingWindow(
+    reactor: Any,
+    system: str,
+    server: Child,
+    port: int,
+    connections: int,
+    warmup: float,
+    duration: float,
+) -> dict[str, Any]:
+    """
+    Open C{connections}, run sequential round trips on each, and count those
+    completed during C{duration} seconds after C{warmup}; also the CPU time
+    both processes spent meanwhile.
+    """
+    meter = Meter()
+    closers: list[Callable[[], Any]] = []
+    try:
+        if system == "frames":
+            clients = await defer.gatherResults(
+                [connect(reactor, f"127.0.0.1:{port}") for _ in range(connections)]
+            )
+            for client in clients:
+                closers.append(client.close)
+                loopFrames(client, meter)
+        else:
+            factory = Factory.forProtocol(type("Bare", (BareClient,), {"meter": meter}))
+            factory.noisy = False
+            endpoint = HostnameEndpoint(reactor, "127.0.0.1", port)
+            protocols = await defer.gatherResults(
+                [endpoint.connect(factory) for _ in range(connections)]
+            )
+            for p in protocols:
+                closers.append(p.transport.loseConnection)
+                p.start()
+        await task.deferLater(reactor, warmup, lambda: None)
+        server.send("cpu")
+        serverCpu0 = float(await server.nextLine(reactor, 10.0))
+        c0, t0, cpu0 = meter.count, time.perf_counter(), time.process_time()
+        await task.deferLater(reactor, duration, lambda: None)
+        c1, t1, cpu1 = meter.count, time.perf_counter(), time.process_time()
+        server.send("cpu")
+        serverCpu1 = float(await server.nextLine(reactor, 10.0))
+    finally:
+        meter.running = False
+        for close in closers:
+            close()
+        await task.deferLater(reactor, 0.1, lambda: None)
+    if meter.errors:
+        raise RuntimeError(f"{system} x{connections}: {meter.errors[:3]}")
+    return {
+        "round_trips": c1 - c0,
+        "seconds": t1 - t0,
+        "client_cpu_s": cpu1 - cpu0,
+        "server_cpu_s": serverCpu1 - serverCpu0,
+    }
+
+
+def summarisePing(windows: list[dict[str, Any]], connections: int) -> dict[str, Any]:
+    trips = sum(w["round_trips"] for w in windows)
+    seconds = sum(w["seconds"] for w in windows)
+    client = sum(w["client_cpu_s"] for w in windows)
+    server = sum(w["server_cpu_s"] for w in windows)
+    return {
+        "connections": connections,
+        "windows": windows,
+        "round_trips": trips,
+        "seconds": seconds,
+        "per_s": trips / seconds,
+        "window_per_s": [w["round_trips"] / w["seconds"] for w in windows],
+        "client_cpu_us_per_rt": 1e6 * client / trips,
+        "server_cpu_us_per_rt": 1e6 * server / trips,
+        "cpu_us_per_rt": 1e6 * (client + server) / trips,
+    }
+
+
+async def pingBenchmarks(
+    reactor: Any, rounds: int, warmup: float, window: float
+) -> dict[str, Any]:
+    """
+    For each connection count, alternate windows of the bare echo and of
+    twisted-frames, C{rounds} times, so that load from elsewhere on the
+    machine falls on both alike.
+    """
+    servers = {
+        "bare": Child.spawn(reactor, "bare echo server", "--role", "serve-bare"),
+        "frames": Child.spawn(reactor, "frames server", "--role", "serve-frames"),
+    }
+    results: dict[str, Any] = {}
+    try:
+        ports = {name: int(await s.nextLine(reactor, 30.0)) for name, s in servers.items()}
+        for connections in PING_CONNECTIONS:
+            windows: dict[str, list[dict[str, Any]]] = {"bare": [], "frames": []}
+            for _ in range(rounds):
+                for system in ("bare", "frames"):
+                    windows[system].append(
+                        await pingWindow(
+                            reactor,
+                            system,
+                            servers[system],
+                            ports[system],
+                            connections,
+                            warmup,
+                            window,
+                        )
+                    )
+            for system, w in windows.items():
+                results[f"{system}/{connections}"] = summarisePing(w, connections)
+    finally:
+        for s in servers.values():
+            await s.stop(reactor)
+    return results
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def machine(reactor: Any) -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "twisted": twisted.__version__,
+        "reactor": type(reactor).__name__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("inf")
+
+
+def report(facts: dict[str, Any], recv: dict[str, Any], ping: dict[str, Any]) -> dict[str, Any]:
+    print()
+    print(
+        f"twisted-frames benchmarks  {facts['date']}  Python {facts['python']}  "
+        f"Twisted {facts['twisted']}  {facts['reactor']}"
+    )
+    print(
+        f"{facts['platform']}  CPUs: {facts['cpu_count']} "
+        f"(usable {facts['cpus_usable']})  load avg at start: "
+        f"{' '.join(f'{x:.2f}' for x in facts['loadavg_at_start'] or [])}"
+    )
+
+    print()
+    print("Receive: 64 MiB on loopback, first byte to last frame delivered")
+    print("(every receiver gets the same stream of header+body messages;")
+    print(" the stock receiver sees it as two frames per message)")
+    stockSingle = recv["stock/single"]["median_s"]
+    stockMany = recv["stock/many"]["median_s"]
+    head = (
+        f"  {'receiver':<34}{'stream':<22}{'best s':>9}{'median s':>10}"
+        f"{'MiB/s':>9}{'stock/this':>12}"
+    )
+    print(head)
+    labels = {
+        "frames": "FrameProtocol (streamed to sink)",
+        "stock": "stock Int32StringReceiver",
+        "raw": "raw Protocol (count bytes only)",
+    }
+    streams = {"single": "1 x 64 MiB body", "many": "1024 x 64 KiB bodies"}
+    for key in (
+        "frames/single",
+        "frames/many",
+        "stock/single",
+        "stock/many",
+        "raw/single",
+        "raw/many",
+    ):
+        r = recv[key]
+        receiver, kind = key.split("/")
+        stock = stockSingle if kind == "single" else stockMany
+        times = f"{r['best_s']:>9.4f}{r['median_s']:>10.4f}"
+        if not r["finished"]:
+            times = f"{'>' + format(r['best_s'], '.1f'):>9}{'(timeout)':>10}"
+        print(
+            f"  {labels[receiver]:<34}{streams[kind]:<22}{times}"
+            f"{r['median_MiB_per_s']:>9.0f}{ratio(stock, r['median_s']):>11.1f}x"
+        )
+    runsNote = len(recv["frames/many"]["runs"])
+    print(f"  (best/median of {runsNote} runs; the stock single frame runs once)")
+
+    print()
+    windows = len(ping["bare/1"]["windows"])
+    print(
+        f"Ping: sequential round trips, {len(PING_BODY)} B body, server in a subprocess; "
+        f"{windows} alternating window(s) of each system"
+    )
+    print(
+        f"  {'connections':<13}{'bare echo /s':>13}{'frames /s':>11}{'frames/bare':>13}"
+        f"{'  per-window ratios':<22}{'CPU us/rt bare':>16}{'frames':>8}"
+    )
+    for n in PING_CONNECTIONS:
+        bare, frames = ping[f"bare/{n}"], ping[f"frames/{n}"]
+        spread = " ".join(
+            f"{ratio(f, b):.2f}"
+            for f, b in zip(frames["window_per_s"], bare["window_per_s"], strict=True)
+        )
+        print(
+            f"  {n:<13}{bare['per_s']:>13.0f}{frames['per_s']:>11.0f}"
+            f"{ratio(frames['per_s'], bare['per_s']):>12.2f}x  {spread:<20}"
+            f"{bare['cpu_us_per_rt']:>16.1f}{frames['cpu_us_per_rt']:>8.1f}"
+        )
+    print("  (CPU us/rt: client + server process CPU time per round trip)")
+
+    singleVsStock = ratio(stockSingle, recv["frames/single"]["median_s"])
+    singleVsMany = ratio(recv["frames/single"]["median_s"], recv["frames/many"]["median_s"])
+    pingVsBare = ratio(ping["frames/1"]["per_s"], ping["bare/1"]["per_s"])
+    goals = {
+        "single_64MiB_vs_stock": {
+            "value": singleVsStock,
+            "goal": f">= {GOAL_SINGLE_VS_STOCK:g}",
+            "met": singleVsStock >= GOAL_SINGLE_VS_STOCK,
+            "lower_bound": not recv["stock/single"]["finished"],
+        },
+        "single_64MiB_vs_many_64KiB": {
+            "value": singleVsMany,
+            "goal": f"<= {GOAL_SINGLE_VS_MANY:g}",
+            "met": singleVsMany <= GOAL_SINGLE_VS_MANY,
+        },
+        "ping_1_connection_vs_bare": {
+            "value": pingVsBare,
+            "goal": f">= {GOAL_PING_VS_BARE:g}",
+            "met": pingVsBare >= GOAL_PING_VS_BARE,
+        },
+    }
+    print()
+    print("Goals (medians)")
+    print(
+        f"  FrameProtocol one 64 MiB body vs stock on it:   {singleVsStock:8.1f}x faster "
+        f"(goal >= {GOAL_SINGLE_VS_STOCK:g}x)  {'MET' if goals['single_64MiB_vs_stock']['met'] else 'NOT MET'}"  # noqa: E501
+    )
+    print(
+        f"  FrameProtocol one 64 MiB body vs 1024 x 64 KiB: {singleVsMany:8.2f}x the time "
+        f"(goal <= {GOAL_SINGLE_VS_MANY:g}x)  {'MET' if goals['single_64MiB_vs_many_64KiB']['met'] else 'NOT MET'}"  # noqa: E501
+    )
+    print(
+        f"  twisted-frames ping, 1 connection, vs bare:     {pingVsBare:8.2f}x the rate "
+        f"(goal >= {GOAL_PING_VS_BARE:g}x)  {'MET' if goals['ping_1_connection_vs_bare']['met'] else 'NOT MET'}"  # noqa: E501
+    )
+    return goals
+
+
+async def benchmark(reactor: Any, options: argparse.Namespace) -> None:
+    quietLogging()
+    repeats = 3 if options.quick else 5
+    rounds, warmup, window = (1, 0.2, 1.0) if options.quick else (3, 0.2, 1.0)
+    facts = machine(reactor)
+    print(f"receive benchmarks ({repeats} runs each) ...")
+    recv = await receiveBenchmarks(reactor, repeats)
+    print(f"ping benchmarks ({rounds} x {window:g} s per case, after {warmup:g} s warm-ups) ...")
+    ping = await pingBenchmarks(reactor, rounds, warmup, window)
+    goals = report(facts, recv, ping)
+    if options.json:
+        out = {
+            "machine": facts,
+            "options": {
+                "quick": options.quick,
+                "receive_repeats": repeats,
+                "ping_rounds": rounds,
+                "ping_window_s": window,
+                "ping_warmup_s": warmup,
+                "ping_body_bytes": len(PING_BODY),
+            },
+            "receive": recv,
+            "ping": ping,
+            "goals": goals,
+        }
+        Path(options.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"\nwrote {options.json}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats; 1 ping window per case"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write all figures to FILE")
+    parser.add_argument(
+        "--role",
+        choices=["send", "serve-frames", "serve-bare"],
+        help=argparse.SUPPRESS,
+    )
+    options = parser.parse_args(argv)
+    if options.role == "send":
+        senderMain()
+    elif options.role is not None:
+        serverMain(options.role.removeprefix("serve-"))
+    else:
+        task.react(
+            lambda reactor: defer.Deferred.fromCoroutine(benchmark(reactor, options)).addTimeout(
+                OVERALL_TIMEOUT, reactor
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
