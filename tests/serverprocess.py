@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,8 @@ class ServerProcess:
         self.udpPort: int | None = None
         self.log = ""
         self._lines: list[str] = []
+        self._newLine = threading.Condition()
+        self._reader: threading.Thread | None = None
         self.process: subprocess.Popen[str] | None = None
 
     @property
@@ -114,9 +117,42 @@ class ServerProcess:
             if m := _LISTENING.search(line):
                 self.port = int(m.group(2))
             if self.port and (self.udpPort or not self.udp):
+                self._reader = threading.Thread(target=self._readLines, daemon=True)
+                self._reader.start()
                 return self
         self.stop()
         raise RuntimeError("frameserver did not start:\n" + self.log)
+
+    def _readLines(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._newLine:
+                self._lines.append(line)
+                self._newLine.notify_all()
+
+    def waitFor(self, pattern: str, timeout: float = 30.0) -> str:
+        """
+        Wait until the server logs a line matching C{pattern} (a regular
+        expression), woken by each new line rather than polling.
+
+        @return: the first matching line.
+        @raise AssertionError: if none comes within C{timeout} seconds.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._newLine:
+            while True:
+                for line in self._lines[seen:]:
+                    if regex.search(line):
+                        return line
+                seen = len(self._lines)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"no log line matching {pattern!r}:\n" + "".join(self._lines)
+                    )
+                self._newLine.wait(left)
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
@@ -131,13 +167,21 @@ class ServerProcess:
         if p.poll() is None:
             p.terminate()
             try:
-                out, _ = p.communicate(timeout=10)
+                p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
-                out, _ = p.communicate()
+                p.wait()
+        if self._reader is not None:
+            # It reads to the end of the output, which comes once the
+            # process has exited.
+            self._reader.join(timeout=10)
+            rest = ""
         else:
-            out, _ = p.communicate()
-        self.log = "".join(self._lines) + (out or "")
+            assert p.stdout is not None
+            rest = p.stdout.read()
+        if p.stdout is not None:
+            p.stdout.close()
+        self.log = "".join(self._lines) + rest
         self.process = None
 
 
@@ -161,5 +205,22 @@ def frames(
         capture_output=True,
         timeout=timeout,
         env=childEnv(env),
+        cwd=cwd,
+    )
+
+
+def twistd(
+    *args: str, timeout: float = 60.0, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{twistd -n --pidfile= frameserver ARGS} to completion (for a server
+    that is expected to refuse to start).
+    """
+    return subprocess.run(
+        [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "frameserver", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=childEnv(),
         cwd=cwd,
     )

@@ -8,11 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,82 +17,34 @@ import pytest
 
 from twisted_frames.files import partialName
 
-CHECKOUT = Path(__file__).resolve().parent.parent
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+from .serverprocess import ServerProcess, childEnv
+from .serverprocess import frames as runFrames
+
 TIMEOUT = 60
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH")) if p)
-    env.pop("FRAMES_SERVER", None)
-    return env
-
-
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
 def frameserver(tmp_path: Path) -> Any:
     """
-    A real server on a free loopback port, its root, and a function running
-    the CLI against it.
+    A real server on a loopback port the kernel chose, its root, and a
+    function running the CLI against it.
     """
     root = tmp_path / "root"
-    port = _freePort()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "-l",
-            str(tmp_path / "server.log"),
-            "frameserver",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--udp",
-            "0",
-            "--root",
-            str(root),
-        ],
-        env=_env(),
-        cwd=str(tmp_path),
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError("twistd frameserver did not start") from None
-            time.sleep(0.05)
+    root.mkdir()
+    with ServerProcess(str(root)) as server:
 
-    def frames(*args: str, stdin: bytes | None = None, cwd: Path = tmp_path) -> Any:
-        return subprocess.run(
-            [sys.executable, "-m", "twisted_frames", "-s", f"127.0.0.1:{port}", *args],
-            input=stdin,
-            capture_output=True,
-            timeout=TIMEOUT,
-            env=_env(),
-            cwd=str(cwd),
-        )
+        def frames(*args: str, stdin: bytes | None = None, cwd: Path = tmp_path) -> Any:
+            return runFrames(
+                *args, server=server.address, input=stdin, timeout=TIMEOUT, cwd=str(cwd)
+            )
 
-    try:
-        yield {"root": root, "port": port, "frames": frames, "tmp": tmp_path}
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        yield {
+            "root": root,
+            "port": server.port,
+            "frames": frames,
+            "tmp": tmp_path,
+            "server": server,
+        }
 
 
 def _lines(out: bytes) -> list[dict[str, Any]]:
@@ -222,7 +171,7 @@ def test_killedUploadResumes(frameserver: Any) -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=_env(),
+        env=childEnv(),
     )
     assert client.stdin is not None
     # From a pipe the client sends 8 MiB messages; give it one and a bit,
@@ -230,10 +179,9 @@ def test_killedUploadResumes(frameserver: Any) -> None:
     client.stdin.write(data[: 9 * 1024 * 1024])
     client.stdin.flush()
     partial = root / partialName("big")
-    deadline = time.monotonic() + TIMEOUT
-    while not (partial.exists() and partial.stat().st_size == 8 * 1024 * 1024):
-        assert time.monotonic() < deadline, "no partial upload appeared"
-        time.sleep(0.02)
+    # The server logs each message it has finished: the first 8 MiB one.
+    frameserver["server"].waitFor(r"op=put id=\d+ in=8388608 .*outcome=ok", timeout=TIMEOUT)
+    assert partial.stat().st_size == 8 * 1024 * 1024
     client.kill()
     client.wait(timeout=TIMEOUT)
     assert not (root / "big").exists()

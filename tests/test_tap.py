@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.address import IPv4Address
@@ -19,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_frames import tap, wire
 from twisted_frames.server import FramesServerFactory
 
-from .serverprocess import TWISTD, ServerProcess, childEnv, frames
+from .serverprocess import ServerProcess, frames, twistd
 
 
 class OptionsTests(SynchronousTestCase):
@@ -230,25 +228,13 @@ class TwistdTests(SynchronousTestCase):
             busy.bind(("127.0.0.1", 0))
             busy.listen(1)
             port = busy.getsockname()[1]
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    TWISTD,
-                    "-n",
-                    "--pidfile=",
-                    "frameserver",
-                    "--udp",
-                    "0",
-                    "--root",
-                    self.mktemp(),
-                    "--listen",
-                    f"tcp:{port}:interface=127.0.0.1",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env=childEnv(),
+            result = twistd(
+                "--udp",
+                "0",
+                "--root",
+                self.mktemp(),
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
             )
         output = result.stdout + result.stderr
         self.assertNotEqual(result.returncode, 0, output)
