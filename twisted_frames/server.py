@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
@@ -42,6 +42,9 @@ BodyPolicy = Literal["none", "buffer", "stream"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 log = Logger(namespace="twisted_frames")
+_REQUEST_LOG_FORMAT = (
+    "{peer} {user} op={op} id={rid} in={bytesIn} out={bytesOut} time={ms:.1f}ms outcome={outcome}"
+)
 
 
 @dataclass(frozen=True)
@@ -497,17 +500,28 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self._logRequest(request)
 
     def _logRequest(self, request: Request) -> None:
-        log.info(
-            "{peer} {user} op={op} id={rid} in={bytesIn} out={bytesOut} "
-            "time={ms:.1f}ms outcome={outcome}",
-            peer=self.peerName(),
-            user=self.user or "-",
-            op=request.op,
-            rid=request.id,
-            bytesIn=request.bodyLength,
-            bytesOut=request.bytesOut,
-            ms=(time.monotonic() - request.started) * 1000,
-            outcome=request.outcome,
+        # The one line per request, as the event Logger.info would build
+        # (same keys, same observer), made directly: Logger.emit re-validates
+        # the level against every LogLevel on each call, which is a large
+        # share of a small request's cost.
+        now = time.time()
+        log.observer(
+            {
+                "log_logger": log,
+                "log_level": LogLevel.info,
+                "log_namespace": log.namespace,
+                "log_source": None,
+                "log_format": _REQUEST_LOG_FORMAT,
+                "log_time": now,
+                "peer": self.peerName(),
+                "user": self.user or "-",
+                "op": request.op,
+                "rid": request.id,
+                "bytesIn": request.bodyLength,
+                "bytesOut": request.bytesOut,
+                "ms": (time.monotonic() - request.started) * 1000,
+                "outcome": request.outcome,
+            }
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
