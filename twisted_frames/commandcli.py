@@ -16,12 +16,14 @@ import base64
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
 
 from .cli import EXIT_USAGE, UI, openClient
-from .commandclient import CommandResult, startCommand
+
+if TYPE_CHECKING:
+    from .commandclient import CommandResult
 
 #: The exit status when the server's timeout killed the command, as GNU
 #: C{timeout(1)} does, so that scripts can tell it from the command's own.
@@ -139,6 +141,8 @@ async def runRemote(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         signal.SIGINT, lambda signum, frame: reactor.callFromThread(interrupted)
     )
     try:
+        from .commandclient import startCommand
+
         handle = startCommand(
             client,
             argv,

@@ -15,11 +15,16 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, openClient
-from .fileclient import FileClient, LocalError, TreeResult, joinRemote
 from .wire import ErrorCode, FramesError
+
+# The client library is imported by each command as it runs, not when the
+# parser is built: it (and the server-side constants it shares) would slow
+# down every start of frames.
+if TYPE_CHECKING:
+    from .fileclient import FileClient, TreeResult
 
 
 def register(sub: Any) -> None:
@@ -125,6 +130,8 @@ def _rate(size: int, seconds: float) -> str:
 
 
 async def _ls(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    from .fileclient import FileClient
+
     client = await openClient(reactor, args)
     try:
         files = FileClient(client)
@@ -140,6 +147,8 @@ async def _ls(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
 
 
 async def _stat(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    from .fileclient import FileClient
+
     client = await openClient(reactor, args)
     try:
         info = await FileClient(client).stat(_remote(args.path))
@@ -157,6 +166,8 @@ async def _stat(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
 
 
 async def _rm(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    from .fileclient import FileClient
+
     client = await openClient(reactor, args)
     code = EXIT_OK
     try:
@@ -175,6 +186,8 @@ async def _rm(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
 
 
 async def _mkdir(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    from .fileclient import FileClient
+
     client = await openClient(reactor, args)
     code = EXIT_OK
     try:
@@ -242,6 +255,8 @@ def _fileDone(ui: UI, op: str, started: float) -> Callable[[str, dict[str, Any]]
 
 
 async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    from .fileclient import FileClient, LocalError
+
     local = args.local
     if local == "-":
         if args.remote is None:
@@ -305,6 +320,8 @@ async def _intoRemoteDir(files: FileClient, given: str, remote: str, base: str) 
     Like C{cp}: a REMOTE that is an existing directory (or ends in C{/})
     receives the file under its own name.
     """
+    from .fileclient import joinRemote
+
     if given.endswith("/") or remote == "":
         return joinRemote(remote, base)
     try:
@@ -317,6 +334,8 @@ async def _intoRemoteDir(files: FileClient, given: str, remote: str, base: str) 
 
 
 async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    from .fileclient import FileClient, LocalError
+
     remote = _remote(args.remote)
     base = remote.rsplit("/", 1)[-1]
     local = args.local if args.local is not None else (base or ".")
