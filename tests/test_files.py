@@ -226,6 +226,17 @@ class PathCheckTests(SynchronousTestCase):
         self.assertForbidden(PARTIAL_PREFIX + "x")
         self.assertForbidden("d/" + partialName("f"))
 
+    def test_reservedInAnyCase(self) -> None:
+        """
+        The partial-upload names are refused in any letter case (and with
+        letters that fold to ASCII, like the long s): on a case-insensitive
+        file system (macOS, Linux casefold directories) those spellings
+        open the server's own partial files.
+        """
+        self.assertForbidden(partialName("f").upper())
+        self.assertForbidden("d/.Frames-Partial-" + partialName("f")[len(PARTIAL_PREFIX) :])
+        self.assertForbidden(".frame\u017f-partial-x")
+
     def test_surrogates(self) -> None:
         """
         A path that is not valid Unicode (lone surrogate) is refused.

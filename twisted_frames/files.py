@@ -114,7 +114,9 @@ def checkPath(path: Any, allowRoot: bool = False) -> list[str]:
             raise refuse(f"{segment!r} segments are not allowed")
         if len(segment.encode("utf-8")) > MAX_NAME:
             raise refuse(f"name longer than {MAX_NAME} bytes")
-        if segment.startswith(PARTIAL_PREFIX):
+        # Any case: on a case-insensitive file system the other spellings
+        # open the same files.
+        if segment.casefold().startswith(PARTIAL_PREFIX):
             raise refuse("names starting with '.frames-partial-' are reserved")
     return segments
 
