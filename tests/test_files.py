@@ -226,6 +226,17 @@ class PathCheckTests(SynchronousTestCase):
         self.assertForbidden(PARTIAL_PREFIX + "x")
         self.assertForbidden("d/" + partialName("f"))
 
+    def test_reservedInAnyCase(self) -> None:
+        """
+        The partial-upload names are refused in any letter case (and with
+        letters that fold to ASCII, like the long s): on a case-insensitive
+        file system (macOS, Linux casefold directories) those spellings
+        open the server's own partial files.
+        """
+        self.assertForbidden(partialName("f").upper())
+        self.assertForbidden("d/.Frames-Partial-" + partialName("f")[len(PARTIAL_PREFIX) :])
+        self.assertForbidden(".frame\u017f-partial-x")
+
     def test_surrogates(self) -> None:
         """
         A path that is not valid Unicode (lone surrogate) is refused.
@@ -777,6 +788,36 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
         self.pump.flush()
         self.assertEqual([r.header["ok"] for r in results], [True] * 4)
         self.assertEqual(self.readBytes(self.rootFile("f")), whole)
+
+    def test_pipelinedOrderWhateverThreadFinishesFirst(self) -> None:
+        """
+        Messages for one target are applied in the order they arrived even
+        when a worker thread finishes a later message's preparation first: an
+        empty upload followed by a non-empty one leaves the non-empty file
+        (an empty body lets the connection read on while the first message
+        is still being prepared).
+        """
+        jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+        def runner(f: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            jobs.append((d, f, args))
+            return d
+
+        self.service = FileService(self.root, runInThread=runner, clock=self.clock)
+        self.connect()
+        results: list[Any] = []
+        for data in (b"", b"second"):
+            fields = {"path": "f", "overwrite": True, "sha256": sha(data)}
+            self.client.request("put", fields, data).addBoth(results.append)
+        self.pump.flush()
+        while jobs:
+            # The newest job first: a later message's thread wins the race.
+            d, f, args = jobs.pop()
+            d.callback(f(*args))
+            self.pump.flush()
+        self.assertEqual([r.header["size"] for r in results], [0, 6])
+        self.assertEqual(self.readBytes(self.rootFile("f")), b"second")
 
     def test_getResume(self) -> None:
         """

@@ -114,7 +114,9 @@ def checkPath(path: Any, allowRoot: bool = False) -> list[str]:
             raise refuse(f"{segment!r} segments are not allowed")
         if len(segment.encode("utf-8")) > MAX_NAME:
             raise refuse(f"name longer than {MAX_NAME} bytes")
-        if segment.startswith(PARTIAL_PREFIX):
+        # Any case: on a case-insensitive file system the other spellings
+        # open the same files.
+        if segment.casefold().startswith(PARTIAL_PREFIX):
             raise refuse("names starting with '.frames-partial-' are reserved")
     return segments
 
@@ -438,7 +440,6 @@ class _Upload:
     sha256: str | None
     overwrite: bool
     parent: int = -1
-    key: tuple[int, int, str] = (0, 0, "")
     fd: int = -1
     hasher: Any = None
 
@@ -469,9 +470,10 @@ class FileService(Service):
         self.partialTTL = partialTTL
         self.segmentSize = segmentSize
         self.clock = clock
-        # Partial files in use, by absolute path, each with a lock so that
-        # pipelined segments of one upload run strictly in order.
-        self._locks: dict[tuple[int, int, str], defer.DeferredLock] = {}
+        # Partial files in use, by absolute path, each with a lock (by
+        # request path) so that pipelined segments of one upload run strictly
+        # in order.
+        self._locks: dict[tuple[str, ...], defer.DeferredLock] = {}
         self._busyPaths: set[str] = set()
         # Hash state of partial files after the last completed segment, so
         # that the next segment need not re-read the prefix.  Keyed by
@@ -634,8 +636,6 @@ class FileService(Service):
     def _resolveUpload(self, segments: list[str], u: _Upload) -> None:
         u.parent = self.root.openDir(segments[:-1], u.display)
         try:
-            st = os.fstat(u.parent)
-            u.key = (st.st_dev, st.st_ino, u.name)
             self._checkTarget(u)
         except BaseException:
             os.close(u.parent)
@@ -863,12 +863,16 @@ class _UploadSink(BodySink):
 
     async def _prepare(self) -> None:
         s, u = self.service, self.upload
-        await s.run(s._resolveUpload, self.segments, u)
-        lock = s._locks.get(u.key)
+        # Queued for the lock before any thread work, in arrival order: an
+        # empty body lets the connection read the next message while this
+        # one is still being prepared, and its thread may finish first.
+        key = tuple(self.segments)
+        lock = s._locks.get(key)
         if lock is None:
-            lock = s._locks[u.key] = defer.DeferredLock()
+            lock = s._locks[key] = defer.DeferredLock()
         await lock.acquire()
         self._lock = lock
+        await s.run(s._resolveUpload, self.segments, u)
         self._partialPath = os.path.join(s.root.path, *self.segments[:-1], partialName(u.name))
         s._busyPaths.add(self._partialPath)
         await s.run(s._openPartial, u, self.length)
@@ -968,6 +972,6 @@ class _UploadSink(BodySink):
         if lock is not None:
             lock.release()
             if not lock.locked and not lock.waiting:
-                s._locks.pop(self.upload.key, None)
+                s._locks.pop(tuple(self.segments), None)
         if self.upload.fd >= 0 or self.upload.parent >= 0:
             self.service._closeUpload(self.upload)
