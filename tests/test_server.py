@@ -1069,3 +1069,59 @@ class NoDelayTests(SynchronousTestCase):
         protocol = FramesServerFactory().buildProtocol(None)
         protocol.makeConnection(StringTransport())
         self.assertTrue(protocol.connected)
+
+
+class InFlightLimitTests(SynchronousTestCase):
+    """
+    A connection may have at most C{factory.maxInFlight} requests in flight.
+    """
+
+    def test_overLimitCloses(self) -> None:
+        """
+        One request more than the limit, while the others are unanswered,
+        gets one C{busy} error with C{closing} and the connection closes;
+        requests up to the limit are accepted.
+        """
+        waiting: list[defer.Deferred[dict[str, Any]]] = []
+
+        class Slow(Service):
+            @operation("slow")
+            def slow(self, request: Request) -> defer.Deferred[dict[str, Any]]:
+                d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+                waiting.append(d)
+                return d
+
+        factory = FramesServerFactory([Slow()])
+        factory.maxInFlight = 3
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        transport.clear()
+        protocol.dataReceived(
+            b"".join(wire.encodeMessage({"op": "slow", "id": i}) for i in range(3))
+        )
+        self.assertEqual((len(waiting), transport.value()), (3, b""))
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(wire.encodeMessage({"op": "slow", "id": 3}))
+        [(header, body)] = parseMessages(transport.value())
+        self.assertEqual(header["error"]["code"], "busy")
+        self.assertEqual((header["id"], header["closing"]), (3, True))
+        self.assertTrue(transport.disconnecting)
+
+    def test_answeredRequestsFreeTheirPlace(self) -> None:
+        """
+        Answered requests no longer count: sequential requests never hit the
+        limit.
+        """
+        factory = FramesServerFactory()
+        factory.maxInFlight = 1
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        transport.clear()
+        protocol.dataReceived(
+            b"".join(wire.encodeMessage({"op": "ping", "id": i}, b"x") for i in range(5))
+        )
+        replies = parseMessages(transport.value())
+        self.assertEqual([h["ok"] for h, _ in replies], [True] * 5)
+        self.assertFalse(transport.disconnecting)

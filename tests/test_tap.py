@@ -60,6 +60,15 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse("--listen", "tcp:9000:backlog=3:interface=127.0.0.1")
         self.assertEqual(options["listen"], ["tcp:9000:backlog=3:interface=127.0.0.1"])
 
+    def test_maxInFlight(self) -> None:
+        """
+        C{--max-in-flight} reaches the factory; the default is 256.
+        """
+        self.assertEqual(self.parse()["max-in-flight"], 256)
+        options = self.parse("--max-in-flight", "7", "--root", self.mktemp())
+        service = tap.makeService(options, UDPMemoryReactor())
+        self.assertEqual(service.factory.maxInFlight, 7)
+
     def test_limits(self) -> None:
         """
         C{--max-header} and C{--max-body} set the limits.

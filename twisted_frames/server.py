@@ -395,6 +395,11 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             raise ProtocolViolation(
                 ErrorCode.DUPLICATE_ID, f"request id {rid!r} is already in flight"
             )
+        if len(self.inFlight) >= self.factory.maxInFlight:
+            raise ProtocolViolation(
+                ErrorCode.BUSY,
+                f"more than {self.factory.maxInFlight} requests in flight on one connection",
+            )
         if (
             self.user is None
             and self.factory.authRequired
@@ -572,11 +577,16 @@ class FramesServerFactory(Factory):
     @ivar frameTimeout: see L{FrameProtocol.frameTimeout}.
     @ivar preAuthMaxBody: largest body accepted before login, when login is
         required.
+    @ivar maxInFlight: requests one connection may have in flight at once.
+        Each may hold server resources (an open file, a queued reply) until
+        it is answered, so a client pipelining without bound, or never
+        reading its replies, must not be able to exhaust them for everyone.
     """
 
     idleTimeout: float | None = None
     frameTimeout: float | None = None
     preAuthMaxBody: int = 64 * 1024
+    maxInFlight: int = 256
 
     protocol: type[ServerProtocol] = ServerProtocol  # type: ignore[assignment]
     noisy = False

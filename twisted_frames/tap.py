@@ -102,6 +102,13 @@ class Options(security.SecurityOptions, usage.Options):
             "Largest body frame accepted, in bytes.",
             _positiveInt("--max-body", 0, wire.MAX_FRAME),
         ],
+        [
+            "max-in-flight",
+            None,
+            256,
+            "Requests one connection may have unanswered at once; one more closes it.",
+            _positiveInt("--max-in-flight", 1, 1_000_000),
+        ],
         ["name", None, None, "Server name announced in the greeting (default: host name)."],
         ["commands", None, None, "TOML (or .json) file of allowed commands and their limits."],
         *commandOptionParameters,
@@ -261,6 +268,7 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
     factory = FramesServerFactory(
         services, limits=config["limits"], serverName=config["name"], clock=reactor
     )
+    factory.maxInFlight = config["max-in-flight"]
     security.configureFactory(factory, config)
     listenFactory = security.listeningFactory(factory, config)
     top = FrameServerService(factory)
