@@ -438,3 +438,32 @@ async def _whenRunning(h: Harness) -> None:
         d: defer.Deferred[None] = defer.Deferred()
         reactor.callLater(0, d.callback, None)
         await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_escapedHolderOfStdinDoesNotKeepRunForever(harness: Harness) -> None:
+    """
+    A process outside the group that holds stdin open without reading it
+    keeps the server's stdin writer from ever flushing; the run still ends
+    at its timeout plus the grace period.
+    """
+    if shutil.which("setsid") is None:
+        pytest.skip("no setsid command")
+    client = await harness.client()
+    started: defer.Deferred[bytes] = defer.Deferred()
+    handle = startCommand(
+        client,
+        ["sh", "-c", "exec 3<&0; " + ESCAPE.replace(" & ", " <&3 & ")],
+        stdin=b"x" * 3_000_000,
+        timeout=0.5,
+        onStdout=lambda data: started.called or started.callback(data),
+    )
+    escaped = int(await started)
+    try:
+        assert os.readlink(f"/proc/{escaped}/fd/0").startswith("pipe:")
+        handle.result.addTimeout(15, reactor)
+        result = await handle.result
+        assert result.timedOut
+        assert harness.service.count == 0
+    finally:
+        os.kill(escaped, signal.SIGKILL)

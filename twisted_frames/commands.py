@@ -755,10 +755,17 @@ class RunningCommand(ProcessProtocol):
 
     def closeOutput(self) -> None:
         """
-        Stop reading the command's output: what is still in the pipes is
-        dropped and the run ends once the process has been reaped.
+        Stop reading the command's output and drop the stdin not yet
+        written: what is still in the pipes is lost and the run ends once
+        the process has been reaped.
         """
         self._timer = None
+        self.stdinLost()
+        # Twisted waits for its stdin writer to flush before it reports the
+        # process ended, and a reader outside the group may never read.
+        stdin = getattr(self.transport, "pipes", {}).get(0)
+        if stdin is not None and not stdin.disconnected:
+            stdin.connectionLost(Failure(main.CONNECTION_LOST))
         for pipe in self._outputPipes:
             if not pipe.disconnected:
                 pipe.stopReading()  # type: ignore[no-untyped-call]
