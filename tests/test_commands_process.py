@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import os
 import select
+import shutil
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -336,3 +338,132 @@ def test_ownProcessGroup() -> None:
     ).stdout.split()
     assert out[0] == out[1] == out[2]
     assert int(out[1]) != os.getpgid(0)
+
+
+#: Starts a process in a session of its own that keeps stdout open, and
+#: prints its pid once it is there (a FIFO, so no race with the group kill
+#: at exit).
+ESCAPE = (
+    "mkfifo escaped; setsid sh -c 'echo $$ > escaped; exec sleep 1000' & "
+    "read pid < escaped; echo $pid"
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_escapedHolderOfOutputDoesNotKeepRunForever(harness: Harness) -> None:
+    """
+    A grandchild that leaves the process group (C{setsid}) cannot be
+    killed with the group, and holds the output pipes open; the run still
+    ends at its timeout plus the grace period, and frees its process slot.
+    """
+    if shutil.which("setsid") is None:
+        pytest.skip("no setsid command")
+    client = await harness.client()
+    started: defer.Deferred[bytes] = defer.Deferred()
+    handle = startCommand(
+        client,
+        ["sh", "-c", ESCAPE],
+        timeout=0.5,
+        onStdout=lambda data: started.called or started.callback(data),
+    )
+    escaped = int(await started)
+    try:
+        handle.result.addTimeout(15, reactor)
+        result = await handle.result
+        assert result.exit == 0
+        assert result.timedOut
+        assert harness.service.count == 0
+        assert harness.service.runs == {}
+    finally:
+        os.kill(escaped, signal.SIGKILL)
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdownDoesNotWaitForEscapedHolder(tmp_path: Any) -> None:
+    """
+    Stopping the service does not wait for the timeout of a run whose
+    output is held open by a process outside its group.
+    """
+    if shutil.which("setsid") is None:
+        pytest.skip("no setsid command")
+    h = Harness(str(tmp_path), timeout=1000.0)
+    client = await h.client()
+    started: defer.Deferred[bytes] = defer.Deferred()
+    handle = startCommand(
+        client,
+        ["sh", "-c", ESCAPE],
+        onStdout=lambda data: started.called or started.callback(data),
+    )
+    escaped = int(await started)
+    try:
+        stopped = defer.ensureDeferred(h.service.stopService())
+        stopped.addTimeout(15, reactor)
+        await stopped
+        assert h.service.count == 0
+        await handle.result
+    finally:
+        os.kill(escaped, signal.SIGKILL)
+        for c in h.clients:
+            await c.close()
+        await h.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientNotReadingDoesNotHoldSlotPastTimeout(harness: Harness) -> None:
+    """
+    A client that stops reading stalls the command's output; at the
+    timeout the command is killed and the run ends (its slot is freed)
+    although its output was never read.
+    """
+    client = await harness.client()
+    client.protocol.transport.pauseProducing()
+    handle = startCommand(client, ["head", "-c", "100000000", "/dev/zero"], timeout=0.5)
+    handle.result.addErrback(lambda _: None)
+    await _whenRunning(harness)
+    running = await runningCommand(harness)
+    running.ended.addTimeout(15, reactor)
+    try:
+        await running.ended
+        assert running.timedOut
+        assert harness.service.count == 0
+    finally:
+        client.protocol.transport.resumeProducing()
+
+
+async def _whenRunning(h: Harness) -> None:
+    """
+    Wait (on the reactor, without sleeping) until the service has a run.
+    """
+    while not h.service.runs:
+        d: defer.Deferred[None] = defer.Deferred()
+        reactor.callLater(0, d.callback, None)
+        await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_escapedHolderOfStdinDoesNotKeepRunForever(harness: Harness) -> None:
+    """
+    A process outside the group that holds stdin open without reading it
+    keeps the server's stdin writer from ever flushing; the run still ends
+    at its timeout plus the grace period.
+    """
+    if shutil.which("setsid") is None:
+        pytest.skip("no setsid command")
+    client = await harness.client()
+    started: defer.Deferred[bytes] = defer.Deferred()
+    handle = startCommand(
+        client,
+        ["sh", "-c", "exec 3<&0; " + ESCAPE.replace(" & ", " <&3 & ")],
+        stdin=b"x" * 3_000_000,
+        timeout=0.5,
+        onStdout=lambda data: started.called or started.callback(data),
+    )
+    escaped = int(await started)
+    try:
+        assert os.readlink(f"/proc/{escaped}/fd/0").startswith("pipe:")
+        handle.result.addTimeout(15, reactor)
+        result = await handle.result
+        assert result.timedOut
+        assert harness.service.count == 0
+    finally:
+        os.kill(escaped, signal.SIGKILL)

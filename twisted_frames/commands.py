@@ -744,6 +744,47 @@ class RunningCommand(ProcessProtocol):
             t=self.timeout,
         )
         self.terminate(signal.SIGTERM)
+        if self.exited:
+            self._closeOutputLater()
+
+    def _closeOutputLater(self) -> None:
+        # A process that left its own group (setsid) can hold the output
+        # pipes open forever, out of reach of killpg: after the grace
+        # period, stop waiting for their EOF so that the run still ends.
+        self._timer = self.clock.callLater(self.commands.limits.killGrace, self.closeOutput)
+
+    def closeOutput(self) -> None:
+        """
+        Stop reading the command's output and drop the stdin not yet
+        written: what is still in the pipes is lost and the run ends once
+        the process has been reaped.
+        """
+        self._timer = None
+        self.stdinLost()
+        # Twisted waits for its stdin writer to flush before it reports the
+        # process ended, and a reader outside the group may never read.
+        stdin = getattr(self.transport, "pipes", {}).get(0)
+        if stdin is not None and not stdin.disconnected:
+            stdin.connectionLost(Failure(main.CONNECTION_LOST))
+        for pipe in self._outputPipes:
+            if not pipe.disconnected:
+                pipe.stopReading()  # type: ignore[no-untyped-call]
+                pipe.connectionLost(Failure(main.CONNECTION_DONE))
+        closeChildFD = getattr(self.transport, "closeChildFD", None)
+        if not self._outputPipes and closeChildFD is not None:
+            closeChildFD(1)
+            closeChildFD(2)
+
+    def shutDown(self) -> None:
+        """
+        The server is stopping: kill the group, and stop waiting for output
+        after the grace period instead of at the timeout.
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.terminate(signal.SIGTERM)
+        if not self.finished:
+            self._closeOutputLater()
 
     def clientGone(self) -> None:
         """
@@ -756,9 +797,10 @@ class RunningCommand(ProcessProtocol):
             self._early.append((self.processExited, reason))
             return
         self.exited = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        # The timeout keeps running until the output has been read: it also
+        # bounds the wait for pipes held by processes outside the group.
+        if self.timedOut and self._timer is None:
+            self._closeOutputLater()
         # Whatever the command left running in its group (background jobs
         # holding its pipes) goes with it: nothing outlives a run.
         self.terminate(signal.SIGTERM)
@@ -1144,7 +1186,7 @@ class CommandService(Service, appservice.Service):
         self.stopping = True
         runs = [run for mine in self.runs.values() for run in mine.values()]
         for run in runs:
-            run.terminate(signal.SIGTERM)
+            run.shutDown()
         d = defer.DeferredList([run.ended for run in runs], consumeErrors=True)
 
         def killLeftovers(_: object) -> None:
