@@ -29,6 +29,7 @@ from twisted_frames.protocol import (
     BufferSink,
     FrameProtocol,
     Pipe,
+    _SendPressure,
 )
 from twisted_frames.wire import Limits
 
@@ -736,7 +737,7 @@ class PipeTests(SynchronousTestCase):
             self.proto.dataReceived(data[i : i + 1000])
         self.assertEqual(parseMessages(self.transport.value()), [({"echo": 1}, body)])
         self.successResultOf(self.proto.sent[0])
-        self.assertIsNone(self.transport.producer)
+        self.assertIsNone(self.proto._activeSource)
 
     def test_sendPausedPausesReceiving(self) -> None:
         """
@@ -747,8 +748,11 @@ class PipeTests(SynchronousTestCase):
         data = encodeAll([({"pipe": 1}, body), ({}, b"after")])
         head = len(data) - len(body) - len(wire.encodeMessage({}, b"after"))
         self.proto.dataReceived(data[: head + 100])
+        assert self.proto._activeSource is not None
+        self.assertIsInstance(self.proto._activeSource[0], Pipe)
+        # The transport pauses the connection's producer, which pauses the
+        # pipe being sent.
         pipe = self.transport.producer
-        self.assertIsInstance(pipe, Pipe)
         pipe.pauseProducing()
         self.assertEqual(self.transport.producerState, "paused")
         self.proto.dataReceived(data[head + 100 :])
@@ -833,8 +837,12 @@ class SendingTests(SynchronousTestCase):
         """
         source = ManualSource(6)
         first = self.proto.sendStreamedMessage({"n": 1}, source)
-        self.assertIs(self.transport.producer, source)
+        # The transport's producer is the connection's for its whole life;
+        # it passes pauses on to the source being sent.
+        self.assertIsInstance(self.transport.producer, _SendPressure)
         self.assertTrue(self.transport.streaming)
+        assert self.proto._activeSource is not None
+        self.assertIs(self.proto._activeSource[0], source)
         self.proto.sendMessage({"n": 2}, b"small")
         self.proto.sendMessage({"n": 3}, b"B" * 70000)
         last = self.proto.sendStreamedMessage({"n": 4}, BytesSource(b"streamed"))
@@ -857,7 +865,7 @@ class SendingTests(SynchronousTestCase):
         )
         self.successResultOf(first)
         self.successResultOf(last)
-        self.assertIsNone(self.transport.producer)
+        self.assertIsNone(self.proto._activeSource)
         self.assertEqual(self.proto.bytesSent, len(self.transport.value()))
 
     def test_sourceWritesTooMuch(self) -> None:

@@ -307,10 +307,11 @@ class PingTests(ServerTestMixin, SynchronousTestCase):
         producers = set()
         for i in range(0, len(data), 65536):
             self.proto.dataReceived(data[i : i + 65536])
-            producers.add(type(self.transport.producer))
+            active = self.proto._activeSource
+            producers.add(type(active[0]) if active is not None else None)
         self.assertIn(Pipe, producers)
         self.assertEqual(self.replies(self.transport), [({"id": 9, "ok": True}, body)])
-        self.assertIsNone(self.transport.producer)
+        self.assertIsNone(self.proto._activeSource)
         self.assertFalse(self.transport.disconnecting)
 
     def test_largeStreamsAsItArrives(self) -> None:
@@ -1125,3 +1126,63 @@ class InFlightLimitTests(SynchronousTestCase):
         replies = parseMessages(transport.value())
         self.assertEqual([h["ok"] for h, _ in replies], [True] * 5)
         self.assertFalse(transport.disconnecting)
+
+
+class SendPressureTests(SynchronousTestCase):
+    """
+    While the transport cannot take more (the peer is not reading its
+    replies), the server stops handling what the peer sends, and stops
+    reading the socket once L{FrameProtocol.sendHoldLimit} bytes wait.
+    """
+
+    def setUp(self) -> None:
+        self.protocol = FramesServerFactory().buildProtocol(None)
+        self.protocol.sendHoldLimit = 100
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.transport.clear()
+
+    def test_heldWhileFull(self) -> None:
+        """
+        Requests that arrive while the write buffer is full wait, unread,
+        and are answered in order once it drains.
+        """
+        producer = self.transport.producer
+        producer.pauseProducing()
+        self.protocol.dataReceived(wire.encodeMessage({"op": "ping", "id": 1}, b"a"))
+        self.protocol.dataReceived(wire.encodeMessage({"op": "ping", "id": 2}, b"b"))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.transport.producerState, "producing")
+        producer.resumeProducing()
+        self.assertEqual(
+            [(h["id"], b) for h, b in parseMessages(self.transport.value())],
+            [(1, b"a"), (2, b"b")],
+        )
+
+    def test_socketPausedOverLimit(self) -> None:
+        """
+        Past the hold limit the socket's reading is paused too, and resumed
+        with everything delivered once the buffer drains.
+        """
+        producer = self.transport.producer
+        producer.pauseProducing()
+        requests = b"".join(
+            wire.encodeMessage({"op": "ping", "id": i}, b"x" * 40) for i in range(5)
+        )
+        self.protocol.dataReceived(requests)
+        self.assertEqual(self.transport.producerState, "paused")
+        producer.resumeProducing()
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(
+            [h["id"] for h, _ in parseMessages(self.transport.value())], list(range(5))
+        )
+
+    def test_loseConnectionUnregisters(self) -> None:
+        """
+        L{FrameProtocol.loseConnection} unregisters the connection's
+        producer first (a TLS transport waits for that before closing).
+        """
+        self.assertIsNotNone(self.transport.producer)
+        self.protocol.loseConnection()
+        self.assertIsNone(self.transport.producer)
+        self.assertTrue(self.transport.disconnecting)

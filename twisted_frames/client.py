@@ -295,8 +295,8 @@ class FramesClient:
         @return: a Deferred firing once it is closed.
         """
         d = self.protocol.whenClosed()
-        if self.protocol.transport is not None and not self.protocol.isClosed:
-            self.protocol.transport.loseConnection()
+        if not self.protocol.isClosed:
+            self.protocol.loseConnection()
         return d
 
 

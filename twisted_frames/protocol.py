@@ -145,6 +145,45 @@ class _ReceiveProducer:
         self.resumeProducing()
 
 
+@implementer(IPushProducer)
+class _SendPressure:
+    """
+    The connection's producer, registered with its transport for the whole
+    connection: the transport pauses it when its write buffer is full.  It
+    passes that on to the body source being sent, if any, and stops reading
+    from the peer, so a peer that keeps sending requests but does not read
+    the replies cannot make this side buffer replies without bound.
+    """
+
+    def __init__(self, protocol: FrameProtocol) -> None:
+        self._protocol = protocol
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        if self.paused:
+            return
+        self.paused = True
+        active = self._protocol._activeSource
+        if active is not None:
+            active[0].pauseProducing()
+        self._protocol._holdForSend(True)
+
+    def resumeProducing(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        active = self._protocol._activeSource
+        if active is not None:
+            active[0].resumeProducing()
+        self._protocol._holdForSend(False)
+
+    def stopProducing(self) -> None:
+        """
+        The transport is going away; L{FrameProtocol.connectionLost} stops
+        the active source.
+        """
+
+
 class _BodyConsumer:
     """
     The consumer a body source writes to: counts bytes so that a source that
@@ -200,11 +239,16 @@ class FrameProtocol(Int32StringReceiver):
     transport: Any
 
     limits: Limits = Limits()
+    #: Bytes from the peer kept unread while replies cannot be written,
+    #: before the socket's reading is paused too.
+    sendHoldLimit: int = 1024 * 1024
     closeTimeout: float = 10.0
     frameTimeout: float | None = None
     clock: IReactorTime | None = None
     _log = Logger()
     _peerName: str | None = None
+    _pressure: _SendPressure
+    _pressureRegistered = False
 
     def __init__(self) -> None:
         self._state = _HEADER_PREFIX
@@ -216,7 +260,16 @@ class FrameProtocol(Int32StringReceiver):
         self._sinkProducer: _ReceiveProducer | None = None
         self._pauseCount = 0
         self._unread: deque[bytes | memoryview] = deque()
+        self._unreadBytes = 0
         self._draining = False
+        # Send pressure (see _SendPressure): requests wait while the
+        # transport's write buffer is full; the socket itself is paused only
+        # once sendHoldLimit bytes wait, because a TLS transport buffers the
+        # greeting until its handshake is done, and the handshake needs the
+        # socket to keep reading.
+        self._held = False
+        self._heldTransport = False
+        self._transportPaused = False
         self._closing = False
         self._sendQueue: deque[Any] = deque()
         self._activeSource: tuple[IBodySource, _BodyConsumer, defer.Deferred[None]] | None = None
@@ -226,6 +279,19 @@ class FrameProtocol(Int32StringReceiver):
         self._messagesStarted = 0
         self.bytesReceived = 0
         self.bytesSent = 0
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Register the connection's producer (L{_SendPressure}) before the
+        protocol starts, so that a full write buffer always slows the peer
+        down: both the body being sent and the reading of new requests.
+        """
+        self._pressure = _SendPressure(self)
+        register = getattr(transport, "registerProducer", None)
+        if register is not None:
+            register(self._pressure, True)
+            self._pressureRegistered = True
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
     @property
     def MAX_LENGTH(self) -> int:  # type: ignore[override]
@@ -247,8 +313,12 @@ class FrameProtocol(Int32StringReceiver):
         if self._closing:
             return
         self.bytesReceived += len(data)
-        if self._pauseCount or self._unread:
+        if self._pauseCount or self._unread or self._held:
             self._unread.append(data)
+            self._unreadBytes += len(data)
+            if self._held and self._unreadBytes > self.sendHoldLimit and not self._heldTransport:
+                self._heldTransport = True
+                self._syncTransport()
             return
         self._consume(data)
         if self.frameTimeout is not None:
@@ -261,7 +331,7 @@ class FrameProtocol(Int32StringReceiver):
         """
         timer = self._frameTimer
         idle = self._state == _HEADER_PREFIX and not self._prefix
-        if idle or self._pauseCount or self._closing or self.frameTimeout is None:
+        if idle or self._pauseCount or self._held or self._closing or self.frameTimeout is None:
             if timer is not None:
                 if timer.active():
                     timer.cancel()
@@ -295,11 +365,12 @@ class FrameProtocol(Int32StringReceiver):
         while pos < end:
             if self._closing:
                 return
-            if self._pauseCount:
+            if self._pauseCount or self._held:
                 # A view, not a copy: a sink pausing at every message of one
                 # large read must not make the rest of the read be re-copied
                 # each time (quadratic, like ticket #6358).
                 self._unread.appendleft(view[pos:])
+                self._unreadBytes += end - pos
                 return
             state = self._state
             if state == _BODY:
@@ -457,8 +528,8 @@ class FrameProtocol(Int32StringReceiver):
         matching L{resumeReceiving}.  Calls nest.
         """
         self._pauseCount += 1
-        if self._pauseCount == 1 and self.transport is not None:
-            self.transport.pauseProducing()
+        if self._pauseCount == 1:
+            self._syncTransport()
         if self._frameTimer is not None:
             # Not reading is our choice, not the peer's stalling.
             self._watchFrame()
@@ -472,14 +543,53 @@ class FrameProtocol(Int32StringReceiver):
         self._pauseCount -= 1
         if self._pauseCount:
             return
-        if self.transport is not None and not self._closing:
+        if not self._closing:
+            self._syncTransport()
+        self._drain()
+
+    def _holdForSend(self, held: bool) -> None:
+        """
+        The transport's write buffer filled (C{held}) or drained: stop or
+        restart handling what the peer sends.
+        """
+        self._held = held
+        if held:
+            if self._frameTimer is not None:
+                self._watchFrame()
+            return
+        if self._heldTransport:
+            self._heldTransport = False
+            if not self._closing:
+                self._syncTransport()
+        self._drain()
+
+    def _syncTransport(self) -> None:
+        """
+        Pause or resume the transport's reading to match why we need it
+        paused: a sink's pause, or too much held behind send pressure.
+        """
+        want = self._pauseCount > 0 or self._heldTransport
+        if want == self._transportPaused or self.transport is None:
+            return
+        self._transportPaused = want
+        if want:
+            self.transport.pauseProducing()
+        else:
             self.transport.resumeProducing()
+
+    def _drain(self) -> None:
+        """
+        Deliver what arrived while reading was paused or held, unless it
+        still is (or this is a nested call from within the delivery).
+        """
         if self._draining:
             return
         self._draining = True
         try:
-            while self._unread and not self._pauseCount and not self._closing:
-                self._consume(self._unread.popleft())
+            while self._unread and not self._pauseCount and not self._held and not self._closing:
+                item = self._unread.popleft()
+                self._unreadBytes -= len(item)
+                self._consume(item)
         finally:
             self._draining = False
         if self.frameTimeout is not None:
@@ -535,9 +645,24 @@ class FrameProtocol(Int32StringReceiver):
         if self._closeTimer is None and self.closeTimeout is not None:
             self._closeTimer = self._clock().callLater(self.closeTimeout, self._abort)
         if self._activeSource is None:
-            self.transport.loseConnection()
+            self.loseConnection()
         # Else a streamed body is in progress: closing now would cut its frame
         # (and drop the error queued behind it); _flushQueue calls us again.
+
+    def loseConnection(self) -> None:
+        """
+        Close the connection once what is written has been sent.  Use this
+        rather than C{transport.loseConnection()}: it first unregisters the
+        connection's producer, which a TLS transport would otherwise wait
+        for before closing.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        if self._pressureRegistered:
+            self._pressureRegistered = False
+            transport.unregisterProducer()
+        transport.loseConnection()
 
     def _abort(self) -> None:
         self._closeTimer = None
@@ -561,6 +686,7 @@ class FrameProtocol(Int32StringReceiver):
             self._frameTimer.cancel()
         self._frameTimer = None
         self._unread.clear()
+        self._unreadBytes = 0
         # Detach the active source before failing the sink: a Pipe is both,
         # and its failure must not be logged as a broken streamed body.
         active, self._activeSource = self._activeSource, None
@@ -670,8 +796,11 @@ class FrameProtocol(Int32StringReceiver):
         consumer = _BodyConsumer(self, source.length)
         self._activeSource = (source, consumer, d)
         self.bytesSent += source.length
-        transport.registerProducer(source, True)
         try:
+            if self._pressure.paused:
+                # The transport's buffer is already full (the header above
+                # may have filled it): the source starts paused.
+                source.pauseProducing()
             started = source.startProducing(consumer)
         except BaseException:
             started = defer.fail()
@@ -686,8 +815,6 @@ class FrameProtocol(Int32StringReceiver):
             return None
         _, consumer, d = active
         self._activeSource = None
-        if self.transport is not None:
-            self.transport.unregisterProducer()
         if failure is None and consumer.remaining:
             failure = Failure(BodyOverrun(f"body source stopped {consumer.remaining} bytes short"))
         if failure is not None:
