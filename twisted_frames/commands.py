@@ -243,13 +243,20 @@ def _specFromTable(source: str, name: str, entry: Any, searchPath: str | None) -
     ):
         raise ValueError(f"{where}: 'max-output' must be a whole number of bytes")
     cwd = entry.get("cwd")
-    if cwd is not None and (not isinstance(cwd, str) or os.path.isabs(cwd)):
+    if cwd is not None and (not isinstance(cwd, str) or os.path.isabs(cwd) or "\0" in cwd):
         raise ValueError(f"{where}: 'cwd' must be a path relative to the root")
     env = entry.get("env", {})
     if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and "=" not in k for k, v in env.items()
+        isinstance(k, str)
+        and isinstance(v, str)
+        and k
+        and "=" not in k
+        and "\0" not in k
+        and "\0" not in v
+        for k, v in env.items()
     ):
-        raise ValueError(f"{where}: 'env' must be a table of strings")
+        # A NUL would only fail later, at every run of the command.
+        raise ValueError(f"{where}: 'env' must be a table of strings (no '=' in names, no NUL)")
     return CommandSpec(
         name=name,
         path=spec.path,
