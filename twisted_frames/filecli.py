@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, openClient
@@ -165,7 +165,18 @@ async def _stat(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         await client.close()
 
 
-async def _rm(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+async def _eachPath(
+    reactor: Any,
+    args: argparse.Namespace,
+    ui: UI,
+    op: str,
+    action: Callable[[FileClient, str], Awaitable[dict[str, Any]]],
+    describe: Callable[[dict[str, Any]], str],
+) -> int:
+    """
+    Apply one remote operation to every path given, reporting each result
+    or error; the exit status says whether any failed.
+    """
     from .fileclient import FileClient
 
     client = await openClient(reactor, args)
@@ -174,36 +185,37 @@ async def _rm(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         files = FileClient(client)
         for path in args.paths:
             try:
-                done = await files.delete(_remote(path))
+                done = await action(files, _remote(path))
             except FramesError as e:
-                ui.error(f"rm: {e.message} [{e.code}]", e.toJSON())
+                ui.error(f"{op}: {e.message} [{e.code}]", e.toJSON())
                 code = EXIT_REMOTE
                 continue
-            ui.result(f"removed {done['type']} {done['path']}", _clean(done))
+            ui.result(describe(done), _clean(done))
         return code
     finally:
         await client.close()
+
+
+async def _rm(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    return await _eachPath(
+        reactor,
+        args,
+        ui,
+        "rm",
+        lambda files, path: files.delete(path),
+        lambda done: f"removed {done['type']} {done['path']}",
+    )
 
 
 async def _mkdir(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
-    from .fileclient import FileClient
-
-    client = await openClient(reactor, args)
-    code = EXIT_OK
-    try:
-        files = FileClient(client)
-        for path in args.paths:
-            try:
-                done = await files.mkdir(_remote(path), parents=True)
-            except FramesError as e:
-                ui.error(f"mkdir: {e.message} [{e.code}]", e.toJSON())
-                code = EXIT_REMOTE
-                continue
-            verb = "created" if done["created"] else "exists:"
-            ui.result(f"{verb} {done['path']}", _clean(done))
-        return code
-    finally:
-        await client.close()
+    return await _eachPath(
+        reactor,
+        args,
+        ui,
+        "mkdir",
+        lambda files, path: files.mkdir(path, parents=True),
+        lambda done: f"{'created' if done['created'] else 'exists:'} {done['path']}",
+    )
 
 
 def _clean(header: dict[str, Any]) -> dict[str, Any]:
