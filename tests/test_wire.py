@@ -96,6 +96,25 @@ class HeaderRoundTripTests(SynchronousTestCase):
         self.assertRaises(ValueError, wire.encodeHeader, {"x": object()})
         self.assertRaises(ValueError, wire.encodeHeader, {"x": b"bytes"})
 
+    def test_encodeRefusesCycle(self) -> None:
+        """
+        A header that contains itself is a C{ValueError}, not a hang or a
+        C{RecursionError}.
+        """
+        header: dict[str, Any] = {}
+        header["self"] = header
+        self.assertRaises(ValueError, wire.encodeHeader, header)
+
+    @fast
+    @given(headers)
+    def test_sameAsStdlib(self, header: dict[str, Any]) -> None:
+        """
+        The encoder called directly gives exactly what C{json.dumps} with
+        the same options gives.
+        """
+        expected = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        self.assertEqual(wire.encodeHeader(header), expected.encode("utf-8"))
+
     @fast
     @given(headers, st.binary(max_size=64))
     def test_encodeMessage(self, header: dict[str, Any], body: bytes) -> None:
@@ -137,6 +156,16 @@ class DecodeErrorTests(SynchronousTestCase):
         """
         for data in (b"{", b'{"a":}', b"{'a':1}", b'{"a":1,}', b"{} {}", b"", b" "):
             self.assertBadHeader(data)
+
+    def test_surroundingWhitespace(self) -> None:
+        """
+        JSON allows whitespace around the value: it is accepted, as the
+        standard parser does; anything else after the object is refused.
+        """
+        self.assertEqual(wire.decodeHeader(b' \t{"a":1}\r\n '), {"a": 1})
+        self.assertEqual(wire.decodeHeader(b'{"a":1} '), {"a": 1})
+        self.assertBadHeader(b'{"a":1} x')
+        self.assertBadHeader(b'{"a":1}{"b":2}')
 
     def test_constantsRefused(self) -> None:
         """
