@@ -1,0 +1,178 @@
+"""
+What is written while a read is handled goes out at the end of the read,
+straight to the socket when the TCP transport has nothing buffered, and
+through the transport otherwise; over real loopback TCP, port 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, main, task
+from twisted.trial.unittest import TestCase
+
+from twisted_frames.client import FramesClient, connect
+from twisted_frames.server import FramesServerFactory, ServerProtocol
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class _Counter:
+    """
+    Counts the calls of one method of an object, still calling it.
+    """
+
+    def __init__(self, obj: Any, name: str) -> None:
+        self.calls = 0
+        original = getattr(obj, name)
+
+        def counted(*args: Any) -> Any:
+            self.calls += 1
+            return original(*args)
+
+        setattr(obj, name, counted)
+
+
+class DirectSendTests(TestCase):
+    """
+    Replies and requests written from within a read, over real loopback TCP.
+    """
+
+    async def _connect(self) -> tuple[ServerProtocol, FramesClient]:
+        factory = FramesServerFactory()
+        servers: list[ServerProtocol] = []
+        build = factory.buildProtocol
+
+        def record(addr: Any) -> ServerProtocol:
+            protocol = build(addr)
+            servers.append(protocol)
+            return protocol
+
+        factory.buildProtocol = record  # type: ignore[method-assign]
+        port = _reactor().listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = await connect(_reactor(), f"127.0.0.1:{port.getHost().port}")
+        self.addCleanup(client.close)
+        return servers[0], client
+
+    async def _pingChain(self, client: FramesClient, bodies: list[bytes]) -> list[bytes]:
+        """
+        Ping with each body in turn, each sent from the previous reply's
+        callback (so from within the client's read, after the first).
+        """
+        echoed: list[bytes] = []
+        done: defer.Deferred[list[bytes]] = defer.Deferred()
+
+        def next(body: bytes | None) -> None:
+            if body is not None:
+                echoed.append(body)
+            if len(echoed) == len(bodies):
+                done.callback(echoed)
+            else:
+                client.ping(bodies[len(echoed)]).addCallbacks(next, done.errback)
+
+        next(None)
+        return await done
+
+    @defer.inlineCallbacks
+    def test_noWriteWatch(self) -> Any:
+        """
+        A reply, and a request sent from a reply's callback, are sent during
+        the read: the reactor is never asked to watch the socket for
+        writability (the stock path asks for every write).
+        """
+        server, client = yield defer.Deferred.fromCoroutine(self._connect())
+        serverWatch = _Counter(server.transport, "startWriting")
+        clientWatch = _Counter(client.protocol.transport, "startWriting")
+        bodies = [b"%d" % i * i for i in range(20)]
+        # Out of the read that delivered the greeting, so that the first ping
+        # is sent from outside any read.
+        yield task.deferLater(_reactor(), 0, lambda: None)
+        echoed = yield defer.Deferred.fromCoroutine(self._pingChain(client, bodies))
+        self.assertEqual(echoed, bodies)
+        self.assertEqual(serverWatch.calls, 0)
+        # Only the first ping, sent from this test rather than from a read,
+        # goes through the transport's buffer.
+        self.assertEqual(clientWatch.calls, 1)
+
+    @defer.inlineCallbacks
+    def test_partialSend(self) -> Any:
+        """
+        What the socket does not take goes through the transport, after the
+        part it took.
+        """
+        server, client = yield defer.Deferred.fromCoroutine(self._connect())
+        transport = server.transport
+        original = transport.writeSomeData
+        short = [True]
+
+        def fewBytes(data: Any) -> Any:
+            if short[0]:
+                short[0] = False
+                return original(data[:3])
+            return original(data)
+
+        transport.writeSomeData = fewBytes
+        bodies = [b"first", b"second", b"x" * 100_000]
+        echoed = yield defer.Deferred.fromCoroutine(self._pingChain(client, bodies))
+        self.assertEqual(echoed, bodies)
+        self.assertFalse(short[0])
+
+    @defer.inlineCallbacks
+    def test_sendErrorLeftToTransport(self) -> Any:
+        """
+        When the direct send fails, the data goes through the transport,
+        whose own write then finds out (here the socket is in fact fine, so
+        the reply arrives).
+        """
+        server, client = yield defer.Deferred.fromCoroutine(self._connect())
+        transport = server.transport
+        original = transport.writeSomeData
+        failures = [1]
+
+        def failOnce(data: Any) -> Any:
+            if failures[0]:
+                failures[0] -= 1
+                return main.CONNECTION_LOST
+            return original(data)
+
+        transport.writeSomeData = failOnce
+        echoed = yield client.ping(b"still here")
+        self.assertEqual(echoed, b"still here")
+        self.assertEqual(failures, [0])
+
+    @defer.inlineCallbacks
+    def test_pipelinedInOrder(self) -> Any:
+        """
+        Many pipelined requests of mixed sizes, read together: their replies
+        (gathered past the gathering limit, sent partly straight and partly
+        through the transport's buffer) arrive whole and in order.
+        """
+        server, client = yield defer.Deferred.fromCoroutine(self._connect())
+        sizes = [16, 70_000, 0, 200_000, 3, 150_000] * 6
+        bodies = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+        echoed = yield defer.gatherResults([client.ping(b) for b in bodies])
+        self.assertEqual([len(e) for e in echoed], sizes)
+        self.assertEqual(echoed, bodies)
+        # And the connection is still in step afterwards.
+        self.assertEqual((yield client.ping(b"after")), b"after")
+
+    @defer.inlineCallbacks
+    def test_violationReplyBeforeClose(self) -> Any:
+        """
+        An error written in a read that also closes the connection is sent
+        before the close.
+        """
+        server, client = yield defer.Deferred.fromCoroutine(self._connect())
+        closed = client.protocol.whenClosed()
+        # A header that is not JSON: a violation, answered, then closed.
+        client.protocol.transport.write(b"\x00\x00\x00\x03{{{\x00\x00\x00\x00")
+        yield closed
+        error = client.protocol.serverError
+        self.assertIsNotNone(error)
+        assert error is not None
+        self.assertEqual(error.code, "bad_header")
