@@ -62,10 +62,12 @@ class Reply:
 @dataclass(slots=True)
 class _Pending:
     op: str
-    result: defer.Deferred[Reply]
+    result: defer.Deferred[Any]
     onEvent: EventHandler | None = None
     replySink: SinkFactory | None = None
     eventSink: SinkFactory | None = None
+    #: Fire C{result} with the reply's body rather than the L{Reply}.
+    bodyOnly: bool = False
 
 
 class _FinalSink(BodySink):
@@ -145,11 +147,13 @@ class ClientProtocol(FrameProtocol):
             if pending.replySink is not None and bodyLength:
                 inner = pending.replySink(header, bodyLength)
                 return _FinalSink(inner, lambda: self._resolve(rid, Reply(header, b"", inner)))
+            if pending.bodyOnly:
+                return BufferSink(lambda body: self._resolve(rid, body))
             return BufferSink(lambda body: self._resolve(rid, Reply(header, body)))
         error = FramesError.fromJSON(header.get("error"))
         return BufferSink(lambda body: self._resolve(rid, Failure(error)))
 
-    def _resolve(self, rid: int, result: Reply | Failure) -> None:
+    def _resolve(self, rid: int, result: Reply | bytes | Failure) -> None:
         pending = self._pending.pop(rid)
         if isinstance(result, Failure):
             pending.result.errback(result)
@@ -205,23 +209,32 @@ class ClientProtocol(FrameProtocol):
         @return: a Deferred firing with the L{Reply}, or failing with
             L{FramesError} for an error reply.
         """
+        d: defer.Deferred[Reply] = defer.Deferred()
+        self._send(op, fields, body, _Pending(op, d, onEvent, replySink, eventSink))
+        return d
+
+    def _send(
+        self,
+        op: str,
+        fields: dict[str, Any] | None,
+        body: bytes | IBodySource,
+        pending: _Pending,
+    ) -> None:
         rid = self._nextId
         self._nextId += 1
         self.lastRequestId = rid
         header = {"op": op, "id": rid}
         if fields:
             header.update(fields)
-        d: defer.Deferred[Reply] = defer.Deferred()
         if self._closing or self.transport is None:
-            d.errback(Failure(ConnectionDone("connection is closed")))
-            return d
-        self._pending[rid] = _Pending(op, d, onEvent, replySink, eventSink)
+            pending.result.errback(Failure(ConnectionDone("connection is closed")))
+            return
+        self._pending[rid] = pending
         if isinstance(body, (bytes, bytearray, memoryview)):  # noqa: UP038 (a tuple is faster)
             self.sendMessage(header, bytes(body))
         else:
             sent = self.sendStreamedMessage(header, body)
             sent.addErrback(lambda f: self._requestSendFailed(rid, f))
-        return d
 
     def _requestSendFailed(self, rid: int, failure: Failure) -> None:
         pending = self._pending.pop(rid, None)
@@ -286,7 +299,9 @@ class FramesClient:
 
         @return: a Deferred firing with the echoed bytes.
         """
-        return self.request("ping", body=body).addCallback(lambda r: r.body)
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self.protocol._send("ping", None, body, _Pending("ping", d, bodyOnly=True))
+        return d
 
     def close(self) -> defer.Deferred[None]:
         """

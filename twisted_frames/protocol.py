@@ -435,7 +435,7 @@ class FrameProtocol(Int32StringReceiver):
                     (length,) = wire.PREFIX.unpack(self._prefix)
                     self._prefix.clear()
                 if state == _HEADER_PREFIX:
-                    if length > self.MAX_LENGTH:
+                    if length > self.limits.maxHeader:
                         self.lengthLimitExceeded(length)
                         return
                     if 0 < length <= end - pos:
