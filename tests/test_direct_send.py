@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, main, task
-from twisted.trial.unittest import TestCase
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from twisted_frames import wire
 from twisted_frames.client import FramesClient, connect
 from twisted_frames.server import FramesServerFactory, ServerProtocol
 
@@ -176,3 +178,59 @@ class DirectSendTests(TestCase):
         self.assertIsNotNone(error)
         assert error is not None
         self.assertEqual(error.code, "bad_header")
+
+
+class GatheringTests(SynchronousTestCase):
+    """
+    Writes made while a read is handled reach the transport as one write at
+    the end of the read (any transport, here a C{StringTransport}).
+    """
+
+    def setUp(self) -> None:
+        self.server = FramesServerFactory().buildProtocol(None)
+        self.transport = StringTransport()
+        self.server.makeConnection(self.transport)
+        self.transport.clear()
+        self.writes: list[bytes] = []
+        write = self.transport.write
+
+        def recordingWrite(data: bytes) -> None:
+            self.writes.append(data)
+            write(data)
+
+        self.transport.write = recordingWrite  # type: ignore[method-assign]
+
+    def test_oneWritePerRead(self) -> None:
+        """
+        Three pipelined requests in one read get their three replies in one
+        write, in order.
+        """
+        requests = b"".join(
+            wire.encodeMessage({"op": "ping", "id": i}, b"%d" % i) for i in (1, 2, 3)
+        )
+        self.server.dataReceived(requests)
+        self.assertEqual(len(self.writes), 1)
+        expected = b"".join(
+            wire.encodeMessage({"id": i, "ok": True}, b"%d" % i) for i in (1, 2, 3)
+        )
+        self.assertEqual(self.transport.value(), expected)
+
+    def test_limitSendsEarly(self) -> None:
+        """
+        Past the gathering limit (64 KiB), what was gathered is written at
+        once rather than held to the end of the read.
+        """
+        body = b"x" * 40_000
+        requests = b"".join(wire.encodeMessage({"op": "ping", "id": i}, body) for i in (1, 2, 3))
+        self.server.dataReceived(requests)
+        self.assertEqual(len(self.writes), 2)
+        self.assertEqual(sum(map(len, self.writes)), len(self.transport.value()))
+        expected = b"".join(wire.encodeMessage({"id": i, "ok": True}, body) for i in (1, 2, 3))
+        self.assertEqual(self.transport.value(), expected)
+
+    def test_writeOutsideRead(self) -> None:
+        """
+        Outside a read, a message goes to the transport at once.
+        """
+        self.server.sendMessage({"event": "note"})
+        self.assertEqual(self.writes, [wire.encodeMessage({"event": "note"})])
