@@ -9,12 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, main, task
+from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted_frames import wire
 from twisted_frames.client import FramesClient, connect
-from twisted_frames.server import FramesServerFactory, ServerProtocol
+from twisted_frames.server import (
+    FramesServerFactory,
+    Request,
+    ServerProtocol,
+    Service,
+    operation,
+)
 
 
 def _reactor() -> Any:
@@ -178,6 +185,36 @@ class DirectSendTests(TestCase):
         self.assertIsNotNone(error)
         assert error is not None
         self.assertEqual(error.code, "bad_header")
+
+
+class _AbortService(Service):
+    """
+    An op that sends an event and then aborts its connection, all within
+    the read that brought the request.
+    """
+
+    @operation("abort-now")
+    def abortNow(self, request: Request) -> None:
+        request.event("doomed")
+        request.connection.transport.abortConnection()
+
+
+class AbortTests(TestCase):
+    """
+    An abort drops what was written before it, as the transport's own
+    buffer would: nothing gathered is sent straight to the socket after it.
+    """
+
+    @defer.inlineCallbacks
+    def test_abortDropsGathered(self) -> Any:
+        factory = FramesServerFactory([_AbortService()])
+        port = _reactor().listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = yield connect(_reactor(), f"127.0.0.1:{port.getHost().port}")
+        events: list[Any] = []
+        d = client.request("abort-now", onEvent=lambda h, b: events.append(h))
+        yield self.assertFailure(d, ConnectionLost)
+        self.assertEqual(events, [])
 
 
 class GatheringTests(SynchronousTestCase):

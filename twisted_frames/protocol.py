@@ -804,6 +804,7 @@ class FrameProtocol(Int32StringReceiver):
             and t.connected
             and not t.TLS
             and not t.disconnecting
+            and not t._aborting
             and not t._writeDisconnecting
             and not t._writeDisconnected
             and not t._tempDataLen
