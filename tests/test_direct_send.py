@@ -14,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted_frames import wire
+from twisted_frames.certs import writeQuickStart
 from twisted_frames.client import FramesClient, connect
 from twisted_frames.server import (
     FramesServerFactory,
@@ -215,6 +216,47 @@ class AbortTests(TestCase):
         d = client.request("abort-now", onEvent=lambda h, b: events.append(h))
         yield self.assertFailure(d, ConnectionLost)
         self.assertEqual(events, [])
+
+
+class _StartTLSService(Service):
+    """
+    A STARTTLS-style op: the reply goes out in the clear, then the server
+    starts TLS on the connection, all within the read that brought the
+    request.
+    """
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    @operation("starttls")
+    def startTLS(self, request: Request) -> None:
+        request.reply({})
+        request.connection.transport.startTLS(self.options)
+
+
+class StartTLSTests(TestCase):
+    """
+    What is written before C{transport.startTLS()} goes out before TLS
+    starts, in the clear, as it does when each write reaches the transport
+    at once.
+    """
+
+    @defer.inlineCallbacks
+    def test_replyBeforeStartTLS(self) -> Any:
+        from twisted_frames.tls import clientOptions, serverOptions
+
+        files = writeQuickStart(self.mktemp(), ["localhost"])
+        service = _StartTLSService(serverOptions(files["server"], files["server-key"]))
+        port = _reactor().listenTCP(0, FramesServerFactory([service]), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = yield connect(_reactor(), f"127.0.0.1:{port.getHost().port}")
+        self.addCleanup(client.close)
+        # Encrypted instead, the reply would wait in the server's TLS layer
+        # for a handshake this client starts only once it has the reply.
+        yield client.request("starttls").addTimeout(10, _reactor())
+        client.protocol.transport.startTLS(clientOptions("localhost", files["ca"]))
+        echoed = yield client.ping(b"over tls").addTimeout(10, _reactor())
+        self.assertEqual(echoed, b"over tls")
 
 
 class GatheringTests(SynchronousTestCase):

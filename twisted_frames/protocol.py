@@ -308,6 +308,16 @@ class FrameProtocol(Int32StringReceiver):
             register(self._pressure, True)
             self._pressureRegistered = True
         self._directSend = isinstance(transport, tcp.Connection)
+        startTLS = getattr(transport, "startTLS", None)
+        if startTLS is not None:
+            # What was written before TLS starts must go out before it, in
+            # the clear (the reply to a STARTTLS-style request), not be
+            # encrypted with what follows: send what is gathered first.
+            def sendGatheredThenStartTLS(*args: Any, **kwargs: Any) -> Any:
+                self._sendGathered()
+                return startTLS(*args, **kwargs)
+
+            transport.startTLS = sendGatheredThenStartTLS
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
     @property
