@@ -1,17 +1,24 @@
 """
 What is written while a read is handled goes out at the end of the read,
 straight to the socket when the TCP transport has nothing buffered, and
-through the transport otherwise; over real loopback TCP, port 0.
+through the transport otherwise.
+
+The loopback tests (real reactor, real TCP on port 0) are run by pytest,
+which owns the reactor; L{GatheringTests} runs under Trial too.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+import pytest_twisted
 from twisted.internet import defer, main, task
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames import wire
 from twisted_frames.certs import writeQuickStart
@@ -23,6 +30,7 @@ from twisted_frames.server import (
     Service,
     operation,
 )
+from twisted_frames.tls import clientOptions, serverOptions
 
 
 def _reactor() -> Any:
@@ -47,151 +55,164 @@ class _Counter:
         setattr(obj, name, counted)
 
 
-class DirectSendTests(TestCase):
+@asynccontextmanager
+async def _serve(
+    factory: FramesServerFactory,
+) -> AsyncIterator[tuple[ServerProtocol, FramesClient]]:
     """
-    Replies and requests written from within a read, over real loopback TCP.
+    Listen on a loopback port picked by the kernel, connect a client, and
+    give (the server's protocol, the client); close both afterwards.
     """
+    servers: list[ServerProtocol] = []
+    build = factory.buildProtocol
 
-    async def _connect(self) -> tuple[ServerProtocol, FramesClient]:
-        factory = FramesServerFactory()
-        servers: list[ServerProtocol] = []
-        build = factory.buildProtocol
+    def record(addr: Any) -> ServerProtocol:
+        protocol = build(addr)
+        servers.append(protocol)
+        return protocol
 
-        def record(addr: Any) -> ServerProtocol:
-            protocol = build(addr)
-            servers.append(protocol)
-            return protocol
-
-        factory.buildProtocol = record  # type: ignore[method-assign]
-        port = _reactor().listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
+    factory.buildProtocol = record  # type: ignore[method-assign]
+    port = _reactor().listenTCP(0, factory, interface="127.0.0.1")
+    try:
         client = await connect(_reactor(), f"127.0.0.1:{port.getHost().port}")
-        self.addCleanup(client.close)
-        return servers[0], client
+        try:
+            yield servers[0], client
+        finally:
+            await client.close()
+    finally:
+        await port.stopListening()
 
-    async def _pingChain(self, client: FramesClient, bodies: list[bytes]) -> list[bytes]:
-        """
-        Ping with each body in turn, each sent from the previous reply's
-        callback (so from within the client's read, after the first).
-        """
-        echoed: list[bytes] = []
-        done: defer.Deferred[list[bytes]] = defer.Deferred()
 
-        def next(body: bytes | None) -> None:
-            if body is not None:
-                echoed.append(body)
-            if len(echoed) == len(bodies):
-                done.callback(echoed)
-            else:
-                client.ping(bodies[len(echoed)]).addCallbacks(next, done.errback)
+@pytest_twisted.async_yield_fixture
+async def pair() -> AsyncIterator[tuple[ServerProtocol, FramesClient]]:
+    async with _serve(FramesServerFactory()) as connected:
+        yield connected
 
-        next(None)
-        return await done
 
-    @defer.inlineCallbacks
-    def test_noWriteWatch(self) -> Any:
-        """
-        A reply, and a request sent from a reply's callback, are sent during
-        the read: the reactor is never asked to watch the socket for
-        writability (the stock path asks for every write).
-        """
-        server, client = yield defer.Deferred.fromCoroutine(self._connect())
-        serverWatch = _Counter(server.transport, "startWriting")
-        clientWatch = _Counter(client.protocol.transport, "startWriting")
-        bodies = [b"%d" % i * i for i in range(20)]
-        # Out of the read that delivered the greeting, so that the first ping
-        # is sent from outside any read.
-        yield task.deferLater(_reactor(), 0, lambda: None)
-        echoed = yield defer.Deferred.fromCoroutine(self._pingChain(client, bodies))
-        self.assertEqual(echoed, bodies)
-        self.assertEqual(serverWatch.calls, 0)
-        # Only the first ping, sent from this test rather than from a read,
-        # goes through the transport's buffer.
-        self.assertEqual(clientWatch.calls, 1)
+async def _pingChain(client: FramesClient, bodies: list[bytes]) -> list[bytes]:
+    """
+    Ping with each body in turn, each sent from the previous reply's callback
+    (so from within the client's read, after the first).
+    """
+    echoed: list[bytes] = []
+    done: defer.Deferred[list[bytes]] = defer.Deferred()
 
-    @defer.inlineCallbacks
-    def test_partialSend(self) -> Any:
-        """
-        What the socket does not take goes through the transport, after the
-        part it took.
-        """
-        server, client = yield defer.Deferred.fromCoroutine(self._connect())
-        transport = server.transport
-        original = transport.writeSomeData
-        short = [True]
+    def next(body: bytes | None) -> None:
+        if body is not None:
+            echoed.append(body)
+        if len(echoed) == len(bodies):
+            done.callback(echoed)
+        else:
+            client.ping(bodies[len(echoed)]).addCallbacks(next, done.errback)
 
-        def fewBytes(data: Any) -> Any:
-            if short[0]:
-                short[0] = False
-                return original(data[:3])
-            return original(data)
+    next(None)
+    return await done
 
-        transport.writeSomeData = fewBytes
-        bodies = [b"first", b"second", b"x" * 100_000]
-        echoed = yield defer.Deferred.fromCoroutine(self._pingChain(client, bodies))
-        self.assertEqual(echoed, bodies)
-        self.assertFalse(short[0])
 
-    @defer.inlineCallbacks
-    def test_sendErrorLeftToTransport(self) -> Any:
-        """
-        When the direct send fails, the data goes through the transport,
-        whose own write then finds out (here the socket is in fact fine, so
-        the reply arrives).
-        """
-        server, client = yield defer.Deferred.fromCoroutine(self._connect())
-        transport = server.transport
-        original = transport.writeSomeData
-        failures = [1]
+@pytest_twisted.ensureDeferred
+async def test_noWriteWatch(pair: tuple[ServerProtocol, FramesClient]) -> None:
+    """
+    A reply, and a request sent from a reply's callback, are sent during the
+    read: the reactor is never asked to watch the socket for writability
+    (the stock path asks for every write).
+    """
+    server, client = pair
+    serverWatch = _Counter(server.transport, "startWriting")
+    clientWatch = _Counter(client.protocol.transport, "startWriting")
+    bodies = [b"%d" % i * i for i in range(20)]
+    # Out of the read that delivered the greeting, so that the first ping is
+    # sent from outside any read.
+    await task.deferLater(_reactor(), 0, lambda: None)
+    assert await _pingChain(client, bodies) == bodies
+    assert serverWatch.calls == 0
+    # Only the first ping, sent from this test rather than from a read, goes
+    # through the transport's buffer.
+    assert clientWatch.calls == 1
 
-        def failOnce(data: Any) -> Any:
-            if failures[0]:
-                failures[0] -= 1
-                return main.CONNECTION_LOST
-            return original(data)
 
-        transport.writeSomeData = failOnce
-        echoed = yield client.ping(b"still here")
-        self.assertEqual(echoed, b"still here")
-        self.assertEqual(failures, [0])
+@pytest_twisted.ensureDeferred
+async def test_partialSend(pair: tuple[ServerProtocol, FramesClient]) -> None:
+    """
+    What the socket does not take goes through the transport, after the part
+    it took.
+    """
+    server, client = pair
+    transport = server.transport
+    original = transport.writeSomeData
+    short = [True]
 
-    @defer.inlineCallbacks
-    def test_pipelinedInOrder(self) -> Any:
-        """
-        Many pipelined requests of mixed sizes, read together: their replies
-        (gathered past the gathering limit, sent partly straight and partly
-        through the transport's buffer) arrive whole and in order.
-        """
-        server, client = yield defer.Deferred.fromCoroutine(self._connect())
-        sizes = [16, 70_000, 0, 200_000, 3, 150_000] * 6
-        bodies = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
-        echoed = yield defer.gatherResults([client.ping(b) for b in bodies])
-        self.assertEqual([len(e) for e in echoed], sizes)
-        self.assertEqual(echoed, bodies)
-        # And the connection is still in step afterwards.
-        self.assertEqual((yield client.ping(b"after")), b"after")
+    def fewBytes(data: Any) -> Any:
+        if short[0]:
+            short[0] = False
+            return original(data[:3])
+        return original(data)
 
-    @defer.inlineCallbacks
-    def test_violationReplyBeforeClose(self) -> Any:
-        """
-        An error written in a read that also closes the connection is sent
-        before the close.
-        """
-        server, client = yield defer.Deferred.fromCoroutine(self._connect())
-        closed = client.protocol.whenClosed()
-        # A header that is not JSON: a violation, answered, then closed.
-        client.protocol.transport.write(b"\x00\x00\x00\x03{{{\x00\x00\x00\x00")
-        yield closed
-        error = client.protocol.serverError
-        self.assertIsNotNone(error)
-        assert error is not None
-        self.assertEqual(error.code, "bad_header")
+    transport.writeSomeData = fewBytes
+    bodies = [b"first", b"second", b"x" * 100_000]
+    assert await _pingChain(client, bodies) == bodies
+    assert not short[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sendErrorLeftToTransport(pair: tuple[ServerProtocol, FramesClient]) -> None:
+    """
+    When the direct send fails, the data goes through the transport, whose
+    own write then finds out (here the socket is in fact fine, so the reply
+    arrives).
+    """
+    server, client = pair
+    transport = server.transport
+    original = transport.writeSomeData
+    failures = [1]
+
+    def failOnce(data: Any) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            return main.CONNECTION_LOST
+        return original(data)
+
+    transport.writeSomeData = failOnce
+    assert await client.ping(b"still here") == b"still here"
+    assert failures == [0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelinedInOrder(pair: tuple[ServerProtocol, FramesClient]) -> None:
+    """
+    Many pipelined requests of mixed sizes, read together: their replies
+    (gathered past the gathering limit, sent partly straight and partly
+    through the transport's buffer) arrive whole and in order.
+    """
+    _, client = pair
+    sizes = [16, 70_000, 0, 200_000, 3, 150_000] * 6
+    bodies = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    echoed = await defer.gatherResults([client.ping(b) for b in bodies])
+    assert [len(e) for e in echoed] == sizes
+    assert echoed == bodies
+    # And the connection is still in step afterwards.
+    assert await client.ping(b"after") == b"after"
+
+
+@pytest_twisted.ensureDeferred
+async def test_violationReplyBeforeClose(pair: tuple[ServerProtocol, FramesClient]) -> None:
+    """
+    An error written in a read that also closes the connection is sent
+    before the close.
+    """
+    _, client = pair
+    closed = client.protocol.whenClosed()
+    # A header that is not JSON: a violation, answered, then closed.
+    client.protocol.transport.write(b"\x00\x00\x00\x03{{{\x00\x00\x00\x00")
+    await closed
+    error = client.protocol.serverError
+    assert error is not None
+    assert error.code == "bad_header"
 
 
 class _AbortService(Service):
     """
-    An op that sends an event and then aborts its connection, all within
-    the read that brought the request.
+    An op that sends an event and then aborts its connection, all within the
+    read that brought the request.
     """
 
     @operation("abort-now")
@@ -200,22 +221,17 @@ class _AbortService(Service):
         request.connection.transport.abortConnection()
 
 
-class AbortTests(TestCase):
+@pytest_twisted.ensureDeferred
+async def test_abortDropsGathered() -> None:
     """
-    An abort drops what was written before it, as the transport's own
-    buffer would: nothing gathered is sent straight to the socket after it.
+    An abort drops what was written before it, as the transport's own buffer
+    would: nothing gathered is sent straight to the socket after it.
     """
-
-    @defer.inlineCallbacks
-    def test_abortDropsGathered(self) -> Any:
-        factory = FramesServerFactory([_AbortService()])
-        port = _reactor().listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client = yield connect(_reactor(), f"127.0.0.1:{port.getHost().port}")
+    async with _serve(FramesServerFactory([_AbortService()])) as (_, client):
         events: list[Any] = []
-        d = client.request("abort-now", onEvent=lambda h, b: events.append(h))
-        yield self.assertFailure(d, ConnectionLost)
-        self.assertEqual(events, [])
+        with pytest.raises(ConnectionLost):
+            await client.request("abort-now", onEvent=lambda h, b: events.append(h))
+        assert events == []
 
 
 class _StartTLSService(Service):
@@ -234,29 +250,21 @@ class _StartTLSService(Service):
         request.connection.transport.startTLS(self.options)
 
 
-class StartTLSTests(TestCase):
+@pytest_twisted.ensureDeferred
+async def test_replyBeforeStartTLS(tmp_path: Any) -> None:
     """
     What is written before C{transport.startTLS()} goes out before TLS
     starts, in the clear, as it does when each write reaches the transport
     at once.
     """
-
-    @defer.inlineCallbacks
-    def test_replyBeforeStartTLS(self) -> Any:
-        from twisted_frames.tls import clientOptions, serverOptions
-
-        files = writeQuickStart(self.mktemp(), ["localhost"])
-        service = _StartTLSService(serverOptions(files["server"], files["server-key"]))
-        port = _reactor().listenTCP(0, FramesServerFactory([service]), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client = yield connect(_reactor(), f"127.0.0.1:{port.getHost().port}")
-        self.addCleanup(client.close)
+    files = writeQuickStart(str(tmp_path / "tls"), ["localhost"])
+    service = _StartTLSService(serverOptions(files["server"], files["server-key"]))
+    async with _serve(FramesServerFactory([service])) as (_, client):
         # Encrypted instead, the reply would wait in the server's TLS layer
         # for a handshake this client starts only once it has the reply.
-        yield client.request("starttls").addTimeout(10, _reactor())
+        await client.request("starttls").addTimeout(10, _reactor())
         client.protocol.transport.startTLS(clientOptions("localhost", files["ca"]))
-        echoed = yield client.ping(b"over tls").addTimeout(10, _reactor())
-        self.assertEqual(echoed, b"over tls")
+        assert await client.ping(b"over tls").addTimeout(10, _reactor()) == b"over tls"
 
 
 class GatheringTests(SynchronousTestCase):
