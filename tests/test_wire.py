@@ -98,12 +98,23 @@ class HeaderRoundTripTests(SynchronousTestCase):
 
     def test_encodeRefusesCycle(self) -> None:
         """
-        A header that contains itself is a C{ValueError}, not a hang or a
-        C{RecursionError}.
+        A header that contains itself is a C{ValueError}, found as a cycle
+        rather than by recursing as deep as the recursion limit allows.
         """
         header: dict[str, Any] = {}
         header["self"] = header
+        error = self.assertRaises(ValueError, wire.encodeHeader, header)
+        self.assertIn("Circular reference", str(error))
+
+    def test_encodeAfterFailure(self) -> None:
+        """
+        A header that failed to encode can be encoded once fixed: the failure
+        leaves nothing behind that would make it look circular.
+        """
+        header: dict[str, Any] = {"inner": {"a": [1]}, "z": object()}
         self.assertRaises(ValueError, wire.encodeHeader, header)
+        header["z"] = 1
+        self.assertEqual(wire.encodeHeader(header), b'{"inner":{"a":[1]},"z":1}')
 
     @fast
     @given(headers)

@@ -150,7 +150,7 @@ def encodeHeader(header: dict[str, Any]) -> bytes:
         raise ValueError("a header must be a JSON object (dict)")
     try:
         text = _encode(header)
-    except (TypeError, RecursionError) as e:
+    except TypeError as e:
         raise ValueError(f"header is not JSON-serialisable: {e}") from e
     return text.encode("utf-8")
 
@@ -205,9 +205,14 @@ _scan: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignor
 # small header's whole encoding or parsing time.  Same options, same output.
 _makeEncoder = getattr(json.encoder, "c_make_encoder", None)
 _encodeChunks: Callable[[Any, int], Any] | None = None
+# Circular-reference markers, as JSONEncoder keeps them (a cycle is a
+# ValueError, not a recursion as deep as the recursion limit allows); shared
+# by all calls (headers are encoded on the reactor thread), so emptied after a
+# failed one, which may leave some behind.
+_markers: dict[int, Any] = {}
 if _makeEncoder is not None:
     _encodeChunks = _makeEncoder(
-        None,  # no circular-reference markers: a cycle is a RecursionError
+        _markers,
         _ENCODER.default,
         json.encoder.encode_basestring,
         None,
@@ -222,7 +227,11 @@ if _makeEncoder is not None:
 def _encode(value: Any) -> str:
     if _encodeChunks is None:
         return _ENCODER.encode(value)
-    return "".join(_encodeChunks(value, 0))
+    try:
+        return "".join(_encodeChunks(value, 0))
+    except BaseException:
+        _markers.clear()
+        raise
 
 
 def _decode(text: str) -> Any:
