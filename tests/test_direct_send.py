@@ -20,6 +20,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.loopback import recordConnections
 from twisted_frames import wire
 from twisted_frames.certs import writeQuickStart
 from twisted_frames.client import FramesClient, connect
@@ -63,15 +64,7 @@ async def _serve(
     Listen on a loopback port picked by the kernel, connect a client, and
     give (the server's protocol, the client); close both afterwards.
     """
-    servers: list[ServerProtocol] = []
-    build = factory.buildProtocol
-
-    def record(addr: Any) -> ServerProtocol:
-        protocol = build(addr)
-        servers.append(protocol)
-        return protocol
-
-    factory.buildProtocol = record  # type: ignore[method-assign]
+    servers = recordConnections(factory)
     port = _reactor().listenTCP(0, factory, interface="127.0.0.1")
     try:
         client = await connect(_reactor(), f"127.0.0.1:{port.getHost().port}")

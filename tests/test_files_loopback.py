@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 
+from tests.loopback import recordConnections
 from twisted_frames.client import connect
 from twisted_frames.fileclient import FileClient
 from twisted_frames.files import FileService
@@ -51,15 +52,7 @@ def server(tmp_path: Any) -> Any:
     root.mkdir()
     service = FileService(str(root), segmentSize=5 * MiB)
     factory = FramesServerFactory([service])
-    connections: list[Any] = []
-    build = factory.buildProtocol
-
-    def record(addr: Any) -> Any:
-        protocol = build(addr)
-        connections.append(protocol)
-        return protocol
-
-    factory.buildProtocol = record  # type: ignore[method-assign]
+    connections = recordConnections(factory)
     port = _reactor().listenTCP(0, factory, interface="127.0.0.1")
     yield {
         "root": str(root),
