@@ -348,11 +348,13 @@ class FrameProtocol(Int32StringReceiver):
                 self._syncTransport()
             return
         if self._gathered is None:
-            self._gathered = []
+            gathered: list[bytes] = []
+            self._gathered = gathered
             try:
                 self._consume(data)
             finally:
-                self._sendGathered()
+                if gathered:
+                    self._sendGathered()
                 self._gathered = None
         else:
             self._consume(data)

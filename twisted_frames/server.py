@@ -248,11 +248,29 @@ class Request:
 
         @return: a Deferred firing when a streamed body has been sent.
         """
+        if isinstance(body, (bytes, bytearray, memoryview)):  # noqa: UP038 (a tuple is faster)
+            self._replyNow(fields, bytes(body))
+            return defer.succeed(None)
         if self.cancelled:
-            if isinstance(body, bytes | bytearray | memoryview):
-                return defer.succeed(None)
             body.stopProducing()
             return defer.fail(ConnectionError("connection lost"))
+        if self.finished:
+            raise RuntimeError(f"request {self.id!r} already finished")
+        header = {"id": self.id, "ok": True}
+        if fields:
+            header.update(fields)
+        sent = self.connection.sendStreamedMessage(header, body)
+        self.bytesOut += body.length
+        self._finish("ok")
+        return sent
+
+    def _replyNow(self, fields: dict[str, Any] | None, body: bytes) -> None:
+        """
+        L{reply} with a bytes body, without the Deferred: for the server's
+        own replies, where nobody waits for it.
+        """
+        if self.cancelled:
+            return
         if self.finished:
             raise RuntimeError(f"request {self.id!r} already finished")
         header = {"id": self.id, "ok": True}
@@ -261,16 +279,9 @@ class Request:
         # Sent before being marked finished: a header that is not JSON-able
         # raises ValueError here, before anything is written, and the request
         # can still be answered with an error.
-        if isinstance(body, (bytes, bytearray, memoryview)):  # noqa: UP038 (a tuple is faster)
-            body = bytes(body)
-            self.connection.sendMessage(header, body)
-            self.bytesOut += len(body)
-            self._finish("ok")
-            return defer.succeed(None)
-        sent = self.connection.sendStreamedMessage(header, body)
-        self.bytesOut += body.length
+        self.connection.sendMessage(header, body)
+        self.bytesOut += len(body)
         self._finish("ok")
-        return sent
 
     def fail(self, error: FramesError) -> None:
         """
@@ -475,7 +486,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
                 # (FrameProtocol._sourceDone); nobody else waits for it.
                 request.reply(result.fields, result.body).addErrback(lambda _: None)
             elif isinstance(result, dict):
-                request.reply(result)
+                request._replyNow(result, b"")
             else:
                 raise TypeError(f"handler returned {result!r}")
         except Exception:
@@ -559,7 +570,8 @@ class PingService(Service):
     def ping(self, request: Request) -> BodySink:
         threshold = request.connection.limits.bufferThreshold
         if request.bodyLength <= threshold:
-            return BufferSink(lambda body: request.reply({}, body))
+            # (Request.reply without its Deferred, which nobody here waits for.)
+            return BufferSink(lambda body: request._replyNow(None, body))
         pipe = Pipe(request.bodyLength)
         # A failure here (connection lost mid-echo) is already handled by the
         # connection; nobody else waits for this Deferred.
