@@ -765,7 +765,7 @@ def report(facts: dict[str, Any], recv: dict[str, Any], ping: dict[str, Any]) ->
 async def benchmark(reactor: Any, options: argparse.Namespace) -> None:
     quietLogging()
     repeats = 3 if options.quick else 5
-    rounds, warmup, window = (1, 0.2, 1.0) if options.quick else (3, 0.2, 1.0)
+    rounds, warmup, window = (1, 0.2, 1.0) if options.quick else (5, 0.2, 1.0)
     facts = machine(reactor)
     print(f"receive benchmarks ({repeats} runs each) ...")
     recv = await receiveBenchmarks(reactor, repeats)
