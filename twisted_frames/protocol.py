@@ -457,13 +457,6 @@ class FrameProtocol(Int32StringReceiver):
                         self._state = _BODY_PREFIX
                         pos += length
                         self.stringReceived(bytes(view[pos - length : pos]))
-                        if end - pos >= 4 and not self._closing:
-                            # And the body's prefix too: start the body now.
-                            (length,) = wire.PREFIX.unpack_from(data, pos)
-                            pos += 4
-                            self._startBody(length, data, pos, view)
-                            if self._state == _HEADER_PREFIX:
-                                pos += length
                         continue
                     self._state = _HEADER
                     self._remaining = length
