@@ -254,12 +254,7 @@ class Request:
         if self.cancelled:
             body.stopProducing()
             return defer.fail(ConnectionError("connection lost"))
-        if self.finished:
-            raise RuntimeError(f"request {self.id!r} already finished")
-        header = {"id": self.id, "ok": True}
-        if fields:
-            header.update(fields)
-        sent = self.connection.sendStreamedMessage(header, body)
+        sent = self.connection.sendStreamedMessage(self._successHeader(fields), body)
         self.bytesOut += body.length
         self._finish("ok")
         return sent
@@ -271,17 +266,25 @@ class Request:
         """
         if self.cancelled:
             return
+        # Sent before being marked finished: a header that is not JSON-able
+        # raises ValueError here, before anything is written, and the request
+        # can still be answered with an error.
+        self.connection.sendMessage(self._successHeader(fields), body)
+        self.bytesOut += len(body)
+        self._finish("ok")
+
+    def _successHeader(self, fields: dict[str, Any] | None) -> dict[str, Any]:
+        """
+        The header of the final success reply, with the op's C{fields}.
+
+        @raise RuntimeError: if the request is already finished.
+        """
         if self.finished:
             raise RuntimeError(f"request {self.id!r} already finished")
         header = {"id": self.id, "ok": True}
         if fields:
             header.update(fields)
-        # Sent before being marked finished: a header that is not JSON-able
-        # raises ValueError here, before anything is written, and the request
-        # can still be answered with an error.
-        self.connection.sendMessage(header, body)
-        self.bytesOut += len(body)
-        self._finish("ok")
+        return header
 
     def fail(self, error: FramesError) -> None:
         """
