@@ -224,6 +224,31 @@ def _clean(header: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _reportFile(
+    ui: UI,
+    op: str,
+    source: str,
+    destination: str,
+    result: dict[str, Any],
+    started: float,
+    extra: dict[str, Any],
+) -> int:
+    """
+    Report one file copied by C{op} (put or get), verified; C{extra} goes
+    into the JSON result beside the server's fields.
+    """
+    took = time.monotonic() - started
+    size = int(result.get("size", 0))
+    resumed = result.get("resumed_from", 0)
+    ui.result(
+        f"{op} {source} -> {destination}: {_human(size)} in {took:.2f} s "
+        f"({_rate(size - resumed, took)}), sha256 {result['sha256']} verified"
+        + (f", resumed from byte {resumed}" if resumed else ""),
+        {**_clean(result), **extra, "seconds": took},
+    )
+    return EXIT_OK
+
+
 def _reportTree(ui: UI, op: str, result: TreeResult, started: float) -> int:
     for path, kind in result.skipped:
         ui.error(
@@ -308,16 +333,7 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         bar = _Bar(args, os.path.getsize(local), remote)
         result = await files.putFile(local, remote, args.force, args.resume, bar)
         bar.close()
-        took = time.monotonic() - started
-        size = int(result.get("size", 0))
-        resumed = result.get("resumed_from", 0)
-        ui.result(
-            f"put {local} -> {result['path']}: {_human(size)} in {took:.2f} s "
-            f"({_rate(size - resumed, took)}), sha256 {result['sha256']} verified"
-            + (f", resumed from byte {resumed}" if resumed else ""),
-            {**_clean(result), "local": local, "seconds": took},
-        )
-        return EXIT_OK
+        return _reportFile(ui, "put", local, result["path"], result, started, {"local": local})
     except LocalError as e:
         ui.error(f"put: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
         return EXIT_REMOTE
@@ -383,16 +399,7 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         bar = _Bar(args, int(info.get("size", 0)), base)
         result = await files.getFile(remote, local, args.force, args.resume, bar)
         bar.close()
-        took = time.monotonic() - started
-        size = int(result.get("size", 0))
-        resumed = result.get("resumed_from", 0)
-        ui.result(
-            f"get {remote} -> {local}: {_human(size)} in {took:.2f} s "
-            f"({_rate(size - resumed, took)}), sha256 {result['sha256']} verified"
-            + (f", resumed from byte {resumed}" if resumed else ""),
-            {**_clean(result), "seconds": took},
-        )
-        return EXIT_OK
+        return _reportFile(ui, "get", remote, local, result, started, {})
     except LocalError as e:
         ui.error(f"get: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
         return EXIT_REMOTE
