@@ -317,9 +317,10 @@ class CountingSink(BodySink):
             run.finish()
 
 
-class FramesReceiver(FrameProtocol):
+class _TimedReceiver(Protocol):
     """
-    C{FrameProtocol} streaming every body to a L{CountingSink}.
+    Mixed in before a receiver's class: tells its L{ReceiveRun} about the
+    connection and the first byte, then lets the receiver parse.
     """
 
     run: ReceiveRun
@@ -330,25 +331,23 @@ class FramesReceiver(FrameProtocol):
     def dataReceived(self, data: bytes) -> None:
         self.run.firstByte()
         super().dataReceived(data)
+
+
+class FramesReceiver(_TimedReceiver, FrameProtocol):
+    """
+    C{FrameProtocol} streaming every body to a L{CountingSink}.
+    """
 
     def messageStarted(self, header: dict[str, Any], bodyLength: int) -> BodySink:
         return CountingSink(self.run)
 
 
-class StockReceiver(Int32StringReceiver):
+class StockReceiver(_TimedReceiver, Int32StringReceiver):
     """
     Stock C{Int32StringReceiver}: each header and each body is a frame.
     """
 
     MAX_LENGTH = wire.MAX_FRAME
-    run: ReceiveRun
-
-    def connectionMade(self) -> None:
-        self.run.protocol = self
-
-    def dataReceived(self, data: bytes) -> None:
-        self.run.firstByte()
-        super().dataReceived(data)
 
     def stringReceived(self, string: bytes) -> None:
         run = self.run
@@ -359,15 +358,10 @@ class StockReceiver(Int32StringReceiver):
             run.finish()
 
 
-class RawReceiver(Protocol):
+class RawReceiver(_TimedReceiver):
     """
     Counts bytes, parses nothing: the reactor and socket floor.
     """
-
-    run: ReceiveRun
-
-    def connectionMade(self) -> None:
-        self.run.protocol = self
 
     def dataReceived(self, data: bytes) -> None:
         run = self.run

@@ -74,9 +74,15 @@ def plotReceive(results: dict[str, Any], out: Path) -> Path:
     ax.set_yscale("log")
     ax.set_title("Receiving 64 MiB on loopback")
     ax.legend(fontsize=8)
+    return save(fig, results, out / "receive.png")
+
+
+def save(fig: Any, results: dict[str, Any], path: Path) -> Path:
+    """
+    Caption C{fig} with the run it comes from, write it to C{path}, close it.
+    """
     fig.text(0.01, 0.01, caption(results), fontsize=6, color="gray")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path = out / "receive.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -106,12 +112,7 @@ def plotPing(results: dict[str, Any], out: Path) -> Path:
     ax.set_ylabel("round trips per second")
     ax.set_title("Sequential ping round trips on loopback")
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, caption(results), fontsize=6, color="gray")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path = out / "ping.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, results, out / "ping.png")
 
 
 def main(argv: list[str] | None = None) -> None:
