@@ -249,7 +249,8 @@ def _decode(text: str) -> Any:
         raise
     except ValueError:
         # Not malformed JSON: an integer with more digits than int() converts
-        # (sys.get_int_max_str_digits(), a guard against its quadratic cost).
+        # (sys.get_int_max_str_digits(), a guard against its quadratic cost),
+        # or a NaN/Infinity constant, which the second parse refuses again.
         # Parsed again without converting such integers (rare, so the usual
         # path keeps the C parser's own fast int conversion).
         return _LONG_INT_DECODER.decode(text)
