@@ -602,13 +602,20 @@ class LoginTests(SynchronousTestCase):
     def test_bindingMismatch(self) -> None:
         """
         A client that believes it is on TLS while the server sees plain TCP
-        (something in between) is refused.
+        (something in between) is refused with the message security.md
+        quotes, and that counts as a failed attempt.
         """
         conn = self.connect()
         error = self.failed(
             conn, dict(self.authFields(conn, self.server.alice), binding="tls-exporter")
         )
-        self.assertIn("channel binding mismatch", error.message)
+        self.assertEqual(
+            error.message,
+            "channel binding mismatch: the server sees 'none', the client 'tls-exporter' "
+            "(a TLS-terminating proxy in between?)",
+        )
+        self.assertEqual(error.details, {"nonce": conn.server.nonce, "attempts_left": 2})
+        self.assertEqual(self.server.auth.penalties.failures("192.0.2.7"), 1)
 
     def received(self, conn: Connection) -> list[dict[str, Any]]:
         """
