@@ -5,6 +5,8 @@ the twisted.cred pieces and the C{auth} op against every attack on login.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import stat
 from typing import Any
@@ -14,6 +16,8 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.inmemory import Connection, Server, connect, makeServer
+from tests.serverprocess import ROOT
+from tests.test_docs import codeBlocks
 from twisted_frames import auth as authmod
 from twisted_frames.auth import (
     AuthError,
@@ -308,6 +312,95 @@ class CheckerTests(SynchronousTestCase):
         self.assertEqual(creds.serverProof, serverSignature(keys.serverKey, m))
 
 
+def _documentedVector() -> tuple[dict[str, str], list[dict[str, str]]]:
+    """
+    The login test vector of C{docs/security.md}: its common fields, and the
+    fields of each binding case (a C{message} as its frames, spaces removed).
+    """
+    [block] = [b for b in codeBlocks(ROOT / "docs" / "security.md", "text") if "server_proof" in b]
+    common: dict[str, str] = {}
+    cases: list[dict[str, str]] = []
+    current = common
+    name = ""
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        if sep and key.strip():
+            name = key.strip()
+            if name == "binding_type":
+                current = {}
+                cases.append(current)
+            current[name] = value.strip().replace(" ", "")
+        else:
+            # A continuation line of the message's frames.
+            current[name] += line.replace(" ", "")
+    return common, cases
+
+
+class DocumentedVectorTests(SynchronousTestCase):
+    """
+    The test vector in C{docs/security.md} follows from the formulas printed
+    beside it, computed here with nothing but C{hmac} and C{hashlib}, and the
+    server's code gives the same values.
+    """
+
+    def test_vector(self) -> None:
+        """
+        Keys, message, proof and server proof of both binding cases.
+        """
+        common, cases = _documentedVector()
+        self.assertEqual([c["binding_type"] for c in cases], ["none", "tls-exporter"])
+        secret, salt = bytes.fromhex(common["secret"]), bytes.fromhex(common["salt"])
+
+        def mac(key: bytes, message: bytes) -> bytes:
+            return hmac.new(key, message, hashlib.sha256).digest()
+
+        salted = mac(salt, secret)
+        clientKey = mac(salted, b"twisted-frames client key")
+        storedKey = hashlib.sha256(clientKey).digest()
+        serverKey = mac(salted, b"twisted-frames server key")
+        self.assertEqual(
+            [common[k] for k in ("salted", "clientKey", "storedKey", "serverKey")],
+            [salted.hex(), clientKey.hex(), storedKey.hex(), serverKey.hex()],
+        )
+        keys = deriveKeys(secret, salt)
+        self.assertEqual(
+            (keys.clientKey, keys.storedKey, keys.serverKey), (clientKey, storedKey, serverKey)
+        )
+        for case in cases:
+            binding = bytes.fromhex(case["binding"])
+            # Every field as the text (or, for the binding, the raw bytes)
+            # the page says, each behind its 4-byte length.
+            fields = [
+                b"twisted-frames auth v1",
+                b"hmac-sha256",
+                b"1",
+                common["user"].encode(),
+                common["server_nonce"].encode("ascii"),
+                common["cnonce"].encode("ascii"),
+                case["binding_type"].encode("ascii"),
+                binding,
+            ]
+            message = b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+            self.assertEqual(case["message"], message.hex())
+            proof = bytes(a ^ b for a, b in zip(clientKey, mac(storedKey, message), strict=True))
+            self.assertEqual(case["proof"], proof.hex())
+            self.assertEqual(case["server_proof"], mac(serverKey, message).hex())
+            code = authMessage(
+                1,
+                common["user"],
+                common["server_nonce"],
+                common["cnonce"],
+                case["binding_type"],
+                binding,
+            )
+            self.assertEqual(code, message)
+            self.assertEqual(clientProof(keys.clientKey, code), proof)
+            self.assertTrue(verifyClientProof(keys.storedKey, code, proof))
+            self.assertEqual(serverSignature(keys.serverKey, code), mac(serverKey, message))
+
+
 class LoginTests(SynchronousTestCase):
     """
     The C{auth} op over an in-memory connection, against the attacks it
@@ -509,27 +602,67 @@ class LoginTests(SynchronousTestCase):
     def test_bindingMismatch(self) -> None:
         """
         A client that believes it is on TLS while the server sees plain TCP
-        (something in between) is refused.
+        (something in between) is refused with the message security.md
+        quotes, and that counts as a failed attempt.
         """
         conn = self.connect()
         error = self.failed(
             conn, dict(self.authFields(conn, self.server.alice), binding="tls-exporter")
         )
-        self.assertIn("channel binding mismatch", error.message)
+        self.assertEqual(
+            error.message,
+            "channel binding mismatch: the server sees 'none', the client 'tls-exporter' "
+            "(a TLS-terminating proxy in between?)",
+        )
+        self.assertEqual(error.details, {"nonce": conn.server.nonce, "attempts_left": 2})
+        self.assertEqual(self.server.auth.penalties.failures("192.0.2.7"), 1)
+
+    def received(self, conn: Connection) -> list[dict[str, Any]]:
+        """
+        Record every message header the client receives from now on, as
+        sent (the client API folds the C{error} member into an exception).
+        """
+        headers: list[dict[str, Any]] = []
+        messageStarted = conn.client.messageStarted
+
+        def record(header: dict[str, Any], bodyLength: int) -> Any:
+            headers.append(header)
+            return messageStarted(header, bodyLength)
+
+        self.patch(conn.client, "messageStarted", record)
+        return headers
 
     def test_closeAfterThreeFailures(self) -> None:
         """
-        The third failed attempt on one connection closes it.
+        The third failed attempt on one connection closes it; its reply says
+        so with a top-level C{"closing": true}, as every closing message
+        does, not inside C{error}.
         """
         conn = self.connect()
+        headers = self.received(conn)
         for n in range(3):
             d = self.auth(conn, self.authFields(conn, self.server.alice, proof="0" * 64))
             self.server.clock.advance(60)
             conn.pump.flush()
             error = self.failureResultOf(d, FramesError).value
             self.assertEqual(error.details["attempts_left"], 2 - n)
-        self.assertTrue(error.details["closing"])
+        self.assertNotIn("closing", error.details)
         self.assertTrue(conn.client.isClosed)
+        self.assertEqual([h.get("closing") for h in headers], [None, None, True])
+        self.assertEqual(
+            headers[2],
+            {
+                "id": 3,
+                "ok": False,
+                "error": {
+                    "code": "auth_failed",
+                    "message": "authentication failed: unknown user or wrong secret",
+                    "nonce": conn.server.nonce,
+                    "attempts_left": 0,
+                },
+                "closing": True,
+            },
+        )
 
     def test_growingDelayPerSource(self) -> None:
         """
@@ -601,6 +734,163 @@ class LoginTests(SynchronousTestCase):
         )
         self.assertFalse(done.client.isClosed)
         self.assertTrue(any("did not log in" in e["log_format"] for e in self.events))
+
+    def test_deadlineAnswersAttemptWaitingOutDelay(self) -> None:
+        """
+        An C{auth} still waiting out its source's delay when the login
+        deadline passes gets the deadline's error as its one final reply
+        (its id, C{"closing": true}) and the connection closes.  The attempt
+        is never checked: it neither logs in nor counts as a failure, and
+        nothing of it is left scheduled.
+        """
+        self.server = makeServer()
+        clock = self.server.clock
+        conn = self.connect()
+        headers = self.received(conn)
+        clock.advance(5)
+        for _ in range(4):
+            # Four failures from this source elsewhere: the next attempt
+            # waits 8 s, from 5 s to 13 s, past the deadline at 10 s.
+            self.server.auth.penalties.failed("192.0.2.7")
+        d = self.auth(conn, self.authFields(conn, self.server.alice))
+        clock.advance(4.9)
+        conn.pump.flush()
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        conn.pump.flush()
+        error = self.failureResultOf(d, FramesError).value
+        self.assertEqual((error.code, error.message), ("timeout", "no login within 10 s"))
+        self.assertEqual(
+            headers,
+            [
+                {
+                    "id": 1,
+                    "ok": False,
+                    "error": {"code": "timeout", "message": "no login within 10 s"},
+                    "closing": True,
+                }
+            ],
+        )
+        self.assertTrue(conn.client.isClosed)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(60)
+        self.assertIsNone(conn.server.user)
+        self.assertEqual(self.server.auth.penalties.failures("192.0.2.7"), 4)
+        self.assertFalse(any(e["log_format"].startswith("login:") for e in self.events))
+
+    def test_deadlineWithoutAttemptPending(self) -> None:
+        """
+        When the deadline passes between attempts, its message has id
+        C{null}: no request is waiting for it.
+        """
+        self.server = makeServer()
+        conn = self.connect()
+        headers = self.received(conn)
+        self.failed(conn, self.authFields(conn, self.server.alice, proof="0" * 64))
+        self.server.clock.advance(10)
+        conn.pump.flush()
+        self.assertEqual(
+            headers[1],
+            {
+                "id": None,
+                "ok": False,
+                "error": {"code": "timeout", "message": "no login within 10 s"},
+                "closing": True,
+            },
+        )
+        self.assertTrue(conn.client.isClosed)
+
+    def test_malformedAttemptsCount(self) -> None:
+        """
+        A malformed C{auth} (bad user name, mechanism, C{cnonce}, C{proof})
+        is a failed attempt like a wrong proof: it waits out the delay, is
+        answered with the next nonce and C{attempts_left}, counts against
+        the source, and the third closes the connection.  A refused C{busy}
+        or already-logged-in C{auth} is not an attempt: answered at once,
+        it counts nothing.
+        """
+        # One earlier failure from this source, so the first attempt waits.
+        self.server.auth.penalties.failed("192.0.2.7")
+        conn = self.connect()
+        headers = self.received(conn)
+        good = self.authFields(conn, self.server.alice)
+        pending = self.auth(conn, dict(good, user="-bad"))
+        self.failed(conn, good, "busy")
+        self.server.clock.advance(60)
+        conn.pump.flush()
+        self.failureResultOf(pending, FramesError)
+        for change in ({"mechanism": "plain"}, {"cnonce": "c" * 31 + " "}):
+            d = self.auth(conn, dict(self.authFields(conn, self.server.alice), **change))
+            self.server.clock.advance(60)
+            conn.pump.flush()
+            self.failureResultOf(d, FramesError)
+        self.assertEqual(
+            [
+                (h["error"]["code"], h["error"].get("attempts_left"), h.get("closing"))
+                for h in headers
+            ],
+            [
+                ("busy", None, None),
+                ("invalid_argument", 2, None),
+                ("invalid_argument", 1, None),
+                ("invalid_argument", 0, True),
+            ],
+        )
+        self.assertEqual(
+            [h["error"]["message"] for h in headers],
+            [
+                "a login attempt is already in progress",
+                "'user' must be a valid user name",
+                "unsupported mechanism 'plain': this server offers only hmac-sha256",
+                "'cnonce' must be 32 hex digits",
+            ],
+        )
+        self.assertTrue(conn.client.isClosed)
+        self.assertEqual(self.server.auth.penalties.failures("192.0.2.7"), 4)
+        self.server.clock.advance(60)
+        conn = self.connect()
+        self.successResultOf(self.auth(conn, self.authFields(conn, self.server.alice)))
+        self.failed(conn, self.authFields(conn, self.server.alice), "invalid_argument")
+        self.assertEqual(self.server.auth.penalties.failures("192.0.2.7"), 4)
+
+    def test_hexFieldsAreHexDigitsOnly(self) -> None:
+        """
+        C{cnonce} and C{proof} must be hex digits (either case), nothing
+        else, even when C{bytes.fromhex} would take the text (spaces).
+        """
+        conn = self.connect()
+        good = self.authFields(conn, self.server.alice)
+        for field, bad in (
+            ("cnonce", "cc " * 10 + "cc"),
+            ("proof", "00 " * 21 + "0"),
+            ("proof", good["proof"][:-1] + "\n"),
+        ):
+            error = self.failed(conn, dict(good, **{field: bad}), "invalid_argument")
+            self.assertEqual(error.message, f"'{field}' must be {len(bad)} hex digits")
+            conn = self.nextAttempt(conn)
+            good = self.authFields(conn, self.server.alice)
+
+    def test_nonceFramedAsSent(self) -> None:
+        """
+        The MAC covers each nonce's hex text as sent, not the bytes it
+        spells: a client nonce sent in capitals is MACed in capitals.
+        """
+        conn = self.connect()
+        secret = self.server.alice
+        upper = "ABCDEF0123456789" * 2
+        asSent = authMessage(1, "alice", conn.server.nonce, upper, "none", b"")
+        lowered = authMessage(1, "alice", conn.server.nonce, upper.lower(), "none", b"")
+        fields = dict(self.authFields(conn, secret), cnonce=upper)
+        fields["proof"] = clientProof(secret.keys().clientKey, lowered).hex()
+        self.failed(conn, fields)
+        conn = self.nextAttempt(conn)
+        asSent = authMessage(1, "alice", conn.server.nonce, upper, "none", b"")
+        fields = dict(self.authFields(conn, secret), cnonce=upper)
+        fields["proof"] = clientProof(secret.keys().clientKey, asSent).hex()
+        reply = self.successResultOf(self.auth(conn, fields))
+        self.assertEqual(
+            reply.header["server_proof"], serverSignature(secret.keys().serverKey, asSent).hex()
+        )
 
     def test_oneAttemptAtATime(self) -> None:
         """

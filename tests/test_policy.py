@@ -202,7 +202,8 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertTrue(conn.client.isClosed)
         assert conn.client.serverError is not None
         self.assertEqual(conn.client.serverError.code, "timeout")
-        self.assertIn("idle for 30 s", conn.client.serverError.message)
+        # Exactly as docs/protocol.md and docs/security.md quote it.
+        self.assertEqual(conn.client.serverError.message, "idle for 30 s, closing")
 
     def test_busyIsNotIdle(self) -> None:
         """
@@ -247,12 +248,17 @@ class FrameDeadlineTests(SynchronousTestCase):
         self.wire.write(data)
         self.conn.pump.flush()
 
-    def assertClosedFor(self, fragment: str) -> None:
+    def assertClosedFor(self, what: str) -> None:
+        """
+        The connection was closed with the frame deadline's C{timeout}
+        message, exactly as docs/protocol.md and docs/security.md quote it,
+        for C{what} it waited for.
+        """
         self.conn.pump.flush()
         self.assertTrue(self.conn.client.isClosed)
         assert self.conn.client.serverError is not None
         self.assertEqual(self.conn.client.serverError.code, "timeout")
-        self.assertIn(fragment, self.conn.client.serverError.message)
+        self.assertEqual(self.conn.client.serverError.message, f"waited 10 s for {what}, closing")
 
     def test_slowHeader(self) -> None:
         """
@@ -264,7 +270,7 @@ class FrameDeadlineTests(SynchronousTestCase):
             self.send(message[n : n + 1])
             self.server.clock.advance(0.99)
         self.server.clock.advance(0.1)
-        self.assertClosedFor("rest of a message header")
+        self.assertClosedFor("the rest of a message header")
 
     def test_stalledBody(self) -> None:
         """
@@ -295,7 +301,7 @@ class FrameDeadlineTests(SynchronousTestCase):
         self.server.clock.advance(9)
         self.assertFalse(self.conn.client.isClosed)
         self.server.clock.advance(1)
-        self.assertClosedFor("rest of a message header")
+        self.assertClosedFor("the rest of a message header")
 
     def test_pausedByUsIsNotStalling(self) -> None:
         """

@@ -1026,6 +1026,104 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual((held.op, held.id, held.header), ("hold", 1, {"op": "hold", "id": 1}))
 
 
+class RequestIdTests(ServerTestMixin, SynchronousTestCase):
+    """
+    What counts as a request id, and which ids are the same, as
+    C{docs/protocol.md} section 3.2 says.
+    """
+
+    def setUp(self) -> None:
+        # The default limits: a 64 KiB header holds a 5,000-digit number.
+        self.makeFactory(Limits())
+
+    def test_negativeZeroIsZero(self) -> None:
+        """
+        C{-0} is the integer 0: the reply repeats it as C{0}, and it is the
+        same id as C{0}.
+        """
+        proto, transport, _ = self.connect()
+        proto.dataReceived(frame(b'{"op":"hold","id":-0}') + frame(b""))
+        self.assertEqual(list(proto.inFlight), [0])
+        proto.dataReceived(request("ping", 0))
+        self.assertEqual(
+            transport.value(),
+            frame(
+                b'{"id":0,"ok":false,"error":{"code":"duplicate_id",'
+                b'"message":"request id 0 is already in flight"},"closing":true}'
+            )
+            + frame(b""),
+        )
+
+    def test_integerAndStringAreDistinct(self) -> None:
+        """
+        The integer C{100} and the string C{"100"} are two ids: both may be
+        in flight at once, and each reply repeats its own.
+        """
+        proto, transport, _ = self.connect()
+        proto.dataReceived(request("hold", 100) + request("hold", "100"))
+        self.assertEqual(list(proto.inFlight), [100, "100"])
+        for held in self.service.held:
+            held.reply({})
+        self.assertEqual(
+            self.replies(transport),
+            [({"id": 100, "ok": True}, b""), ({"id": "100", "ok": True}, b"")],
+        )
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnecting)
+
+    def test_stringLengthInCodePoints(self) -> None:
+        """
+        A string id's length is counted in code points, not UTF-8 bytes or
+        UTF-16 units: 128 of U+1F600 (512 bytes, a surrogate pair escape each)
+        is a good id, 129 are not.
+        """
+        for rid in ("\u00e9" * 128, "\U0001f600" * 128):
+            proto, transport, _ = self.connect()
+            proto.dataReceived(request("ping", rid))
+            self.assertEqual(self.replies(transport), [({"id": rid, "ok": True}, b"")])
+        proto, transport, _ = self.connect()
+        escaped = b'"' + b"\\ud83d\\ude00" * 128 + b'"'
+        proto.dataReceived(frame(b'{"op":"ping","id":' + escaped + b"}") + frame(b""))
+        self.assertEqual(self.replies(transport), [({"id": "\U0001f600" * 128, "ok": True}, b"")])
+        proto, transport, _ = self.connect()
+        proto.dataReceived(request("ping", "\U0001f600" * 129))
+        [(header, _)] = self.replies(transport)
+        self.assertEqual((header["id"], header["error"]["code"]), (None, "bad_request"))
+
+    def test_numbersWithFractionOrExponentRefused(self) -> None:
+        """
+        A JSON number written with a fraction or an exponent is not an
+        integer id, even when its value is whole (C{1.0}, C{1e2}, C{1E0}).
+        """
+        for literal in (b"1.0", b"1e2", b"1E0", b"-0.0", b"1e400"):
+            proto, transport, _ = self.connect()
+            proto.dataReceived(frame(b'{"op":"ping","id":' + literal + b"}") + frame(b""))
+            [(header, _)] = self.replies(transport)
+            self.assertEqual(
+                (header["id"], header["error"]["code"]), (None, "bad_request"), literal
+            )
+            self.assertTrue(transport.disconnecting)
+
+    def test_thousandsOfDigitsIsBadRequest(self) -> None:
+        """
+        An integer id of 5,000 digits (beyond the 4,300 digits Python's
+        C{int()} converts) is a bad id like any other out-of-range integer:
+        C{bad_request} with the usual message, not C{bad_header}.
+        """
+        for digits in (b"1" * 5000, b"-" + b"9" * 5000, b"1" * 60000):
+            proto, transport, _ = self.connect()
+            proto.dataReceived(frame(b'{"op":"ping","id":' + digits + b"}") + frame(b""))
+            self.assertEqual(
+                transport.value(),
+                frame(
+                    b'{"id":null,"ok":false,"error":{"code":"bad_request","message":'
+                    b"\"request 'id' must be an integer 0..2**53-1 or a string of 1..128 "
+                    b'characters"},"closing":true}'
+                )
+                + frame(b""),
+            )
+
+
 class _NoDelayTransport(StringTransport):
     """
     A transport that records C{setTcpNoDelay}, as TCP transports have it.

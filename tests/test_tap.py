@@ -15,6 +15,7 @@ from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames import tap, wire
+from twisted_frames.auth import newSecret
 from twisted_frames.server import FramesServerFactory
 
 from .serverprocess import ServerProcess, frames, twistd
@@ -68,6 +69,24 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse("--max-in-flight", "7", "--root", self.mktemp())
         service = tap.makeService(options, UDPMemoryReactor())
         self.assertEqual(service.factory.maxInFlight, 7)
+
+    def test_noOpGathersItsBody(self) -> None:
+        """
+        Every op the full server answers (ping, login, files, commands)
+        streams its request body: none uses the C{buffer} body policy, so
+        the wire spec has no in-memory body limit to state.  An op that
+        starts to must have its limit added to C{docs/protocol.md}.
+        """
+        users = self.mktemp()
+        with open(users, "w", encoding="utf-8") as f:
+            f.write(newSecret("alice").record().toLine() + "\n")
+        os.chmod(users, 0o600)
+        options = self.parse("--root", self.mktemp(), "--users", users, "--allow-command", "true")
+        operations = tap.makeService(options, UDPMemoryReactor()).factory.operations
+        self.assertTrue({"ping", "auth", "put", "get", "run", "stdin"} <= set(operations))
+        self.assertEqual(
+            {name: op.body for name, op in operations.items() if op.body == "buffer"}, {}
+        )
 
     def test_limits(self) -> None:
         """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from hypothesis import given, settings
@@ -213,6 +214,24 @@ class DecodeErrorTests(SynchronousTestCase):
         self.assertBadHeader(b'{"\\uDC00":1}')
         self.assertEqual(wire.decodeHeader(b'{"a":"\\ud83d\\ude00"}'), {"a": "\U0001f600"})
         self.assertEqual(wire.decodeHeader(b'{"a":"\\\\ud800"}'), {"a": "\\ud800"})
+
+    def test_integersTooLongForInt(self) -> None:
+        """
+        An integer literal with more digits than Python's C{int()} converts
+        (4,300) is not a malformed header: it reads as the float it rounds
+        to, an infinity (as C{1e400} does), which every integer field
+        refuses as out of range; shorter integers stay exact.
+        """
+        self.assertEqual(wire.decodeHeader(b'{"id":' + b"7" * 5000 + b"}"), {"id": math.inf})
+        self.assertEqual(
+            wire.decodeHeader(b' {"a":[-' + b"1" * 4301 + b',3],"b":"x"} '),
+            {"a": [-math.inf, 3], "b": "x"},
+        )
+        self.assertEqual(
+            wire.decodeHeader(b'{"id":' + b"9" * 4300 + b"}"), {"id": int("9" * 4300)}
+        )
+        self.assertBadHeader(b'{"id":' + b"1" * 5000 + b",NaN}")
+        self.assertBadHeader(b'{"id":' + b"1" * 5000)
 
     @fast
     @given(st.binary(max_size=64))

@@ -216,14 +216,14 @@ def channelBinding(transport: Any) -> tuple[str, bytes]:
 
 
 def _fromHex(value: Any, length: int, what: str) -> bytes:
-    if not isinstance(value, str) or len(value) != 2 * length:
+    # Hex digits only, either case: bytes.fromhex alone would also take
+    # spaces, so "32 hex digits" could decode to fewer bytes.
+    if not isinstance(value, str) or len(value) != 2 * length or not _HEX.fullmatch(value):
         raise FramesError(ErrorCode.INVALID_ARGUMENT, f"{what} must be {2 * length} hex digits")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise FramesError(
-            ErrorCode.INVALID_ARGUMENT, f"{what} must be {2 * length} hex digits"
-        ) from None
+    return bytes.fromhex(value)
+
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
 
 
 def checkUserName(name: str) -> str:
@@ -648,7 +648,9 @@ def makePortal(users: Mapping[str, UserRecord]) -> Portal:
 class _LoginState:
     def __init__(self) -> None:
         self.failures = 0
-        self.busy = False
+        # The auth request being worked on, and the penalty it waits out.
+        self.pending: Request | None = None
+        self.waiting: defer.Deferred[None] | None = None
         self.deadline: Any = None
 
 
@@ -695,16 +697,28 @@ class AuthService(Service):
         state = self._states.get(connection)
         if state is not None:
             state.deadline = None
-        if connection.user is not None:
+        if connection.user is not None or connection._closing:
             return
         log.warn(
             "login failure: {peer} did not log in within {timeout:g} s",
             peer=connection.peerName(),
             timeout=self.loginTimeout,
         )
-        connection.refuse(
-            FramesError(ErrorCode.TIMEOUT, f"no login within {self.loginTimeout:g} s")
-        )
+        error = FramesError(ErrorCode.TIMEOUT, f"no login within {self.loginTimeout:g} s")
+        pending = state.pending if state is not None else None
+        if pending is None or pending.finished:
+            connection.refuse(error)
+            return
+        # The deadline is not extended for an attempt still waiting out its
+        # source's delay (which may be longer than what is left of it): it
+        # answers that attempt, so that the request still gets its one final
+        # reply, and closes.  The attempt is never checked, so it is not a
+        # failure either.
+        assert state is not None
+        pending.fail(error, closing=True)
+        connection.loseConnectionSoon()
+        if state.waiting is not None:
+            state.waiting.cancel()
 
     def userLoggedIn(self, connection: ServerProtocol) -> None:
         """
@@ -724,13 +738,15 @@ class AuthService(Service):
         self._states.pop(connection, None)
 
     @operation("auth", public=True)
-    async def auth(self, request: Request) -> dict[str, Any]:
+    async def auth(self, request: Request) -> dict[str, Any] | None:
         """
         C{auth}: fields C{user}, C{mechanism} (C{"hmac-sha256"}), C{cnonce}
         (32 hex digits), C{binding} (C{"tls-exporter"} or C{"none"}),
         C{proof} (64 hex digits).  Replies C{user} and C{server_proof}
         (64 hex digits), or C{auth_failed} with a fresh C{nonce} for the next
-        attempt.
+        attempt.  The last allowed failure, and an attempt the login deadline
+        overtakes, are answered with C{"closing": true} and close the
+        connection.
         """
         connection = request.connection
         state = self._states.setdefault(connection, _LoginState())
@@ -738,15 +754,16 @@ class AuthService(Service):
             raise FramesError(
                 ErrorCode.INVALID_ARGUMENT, f"already logged in as {connection.user}"
             )
-        if state.busy:
+        if state.pending is not None:
             raise FramesError(ErrorCode.BUSY, "a login attempt is already in progress")
-        state.busy = True
+        state.pending = request
         try:
             return await self._attempt(request, state)
         finally:
-            state.busy = False
+            state.pending = None
+            state.waiting = None
 
-    async def _attempt(self, request: Request, state: _LoginState) -> dict[str, Any]:
+    async def _attempt(self, request: Request, state: _LoginState) -> dict[str, Any] | None:
         connection = request.connection
         header = request.header
         user = header.get("user")
@@ -754,7 +771,9 @@ class AuthService(Service):
         source = sourceKey(request.peer)
         # Every attempt waits out the penalty its source has earned, before
         # any checking, so dropping the connection early gains nothing.
-        await self.penalties.wait(source)
+        state.waiting = self.penalties.wait(source)
+        await state.waiting
+        state.waiting = None
         # The nonce is single-use: whatever happens, the next attempt on this
         # connection must MAC a new one.
         serverNonce = connection.nonce
@@ -803,7 +822,13 @@ class AuthService(Service):
                     user=userForLog,
                     reason=e.message,
                 )
-            raise self._failed(connection, state, source, e) from None
+            error = self._failed(request, state, source, e)
+            if error is None:
+                return None
+            raise error from None
+        if request.finished:
+            # The login deadline answered it meanwhile: too late to log in.
+            return None
         assert credentials.serverProof is not None
         name = cast(FramesUser, avatar).name
         connection.logIn(name)
@@ -811,24 +836,36 @@ class AuthService(Service):
         return {"user": name, "server_proof": credentials.serverProof.hex()}
 
     def _failed(
-        self, connection: ServerProtocol, state: _LoginState, source: str, error: FramesError
-    ) -> FramesError:
+        self, request: Request, state: _LoginState, source: str, error: FramesError
+    ) -> FramesError | None:
+        """
+        Count a failed attempt.
+
+        @return: the error to answer it with, or C{None} if it was the last
+            one allowed: then it has been answered here, with C{"closing":
+            true}, and the connection is closing.
+        """
+        connection = request.connection
         self.penalties.failed(source)
         state.failures += 1
         left = self.maxAttempts - state.failures
         details = dict(error.details)
         details["nonce"] = connection.nonce
         details["attempts_left"] = max(left, 0)
-        if left <= 0:
-            details["closing"] = True
-            log.warn(
-                "login failure: {peer}: {n} failed attempts, closing",
-                peer=connection.peerName(),
-                n=state.failures,
-            )
-            # Closing waits for the reply to drain (or the close timeout).
-            self._clockFor(connection).callLater(0, connection.loseConnectionSoon)
-        return FramesError(error.code, error.message, **details)
+        answer = FramesError(error.code, error.message, **details)
+        if left > 0 or request.finished:
+            # (Finished: the login deadline answered it while a slow checker
+            # worked, and is closing the connection already.)
+            return answer
+        log.warn(
+            "login failure: {peer}: {n} failed attempts, closing",
+            peer=connection.peerName(),
+            n=state.failures,
+        )
+        request.fail(answer, closing=True)
+        # Closing waits for the reply to drain (or the close timeout).
+        connection.loseConnectionSoon()
+        return None
 
 
 # -- the client's side ---------------------------------------------------------------

@@ -286,13 +286,19 @@ class Request:
             header.update(fields)
         return header
 
-    def fail(self, error: FramesError) -> None:
+    def fail(self, error: FramesError, closing: bool = False) -> None:
         """
         Send the final error reply.
+
+        @param closing: mark it C{"closing": true} (beside C{error}, as on
+            every message after which the server closes the connection);
+            the caller then closes it.
         """
         if self.cancelled:
             return
         header = {"id": self.id, "ok": False, "error": error.toJSON()}
+        if closing:
+            header["closing"] = True
         self._finish(error.code)
         self.connection.sendMessage(header)
 

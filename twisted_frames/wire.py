@@ -236,14 +236,40 @@ def _encode(value: Any) -> str:
 
 def _decode(text: str) -> Any:
     try:
-        value, end = _scan(text, 0)
-    except StopIteration:
-        end = -1
-    if end != len(text):
-        # Leading or trailing whitespace, trailing data, or not a value at
-        # all: the full parser accepts the first and explains the others.
-        return _DECODER.decode(text)
-    return value
+        try:
+            value, end = _scan(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            # Leading or trailing whitespace, trailing data, or not a value at
+            # all: the full parser accepts the first and explains the others.
+            return _DECODER.decode(text)
+        return value
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        # Not malformed JSON: an integer with more digits than int() converts
+        # (sys.get_int_max_str_digits(), a guard against its quadratic cost),
+        # or a NaN/Infinity constant, which the second parse refuses again.
+        # Parsed again without converting such integers (rare, so the usual
+        # path keeps the C parser's own fast int conversion).
+        return _LONG_INT_DECODER.decode(text)
+
+
+def _parseInteger(literal: str) -> int | float:
+    """
+    A JSON integer literal as C{int}, or, past the digits C{int()} converts,
+    as the C{float} it rounds to (an infinity): a number out of range for
+    every field, as C{1e400} already is, instead of a header that cannot be
+    parsed.
+    """
+    try:
+        return int(literal)
+    except ValueError:
+        return float(literal)
+
+
+_LONG_INT_DECODER = json.JSONDecoder(parse_constant=_refuseConstant, parse_int=_parseInteger)
 
 
 def encodeFrame(payload: bytes) -> bytes:
