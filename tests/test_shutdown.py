@@ -8,7 +8,9 @@ C{test_shutdown_process.py}.
 
 from __future__ import annotations
 
+import re
 import signal
+from pathlib import Path
 from typing import Any
 
 from twisted.application import service as appservice
@@ -33,6 +35,8 @@ from twisted_frames.wire import ErrorCode
 from .test_commands import CommandServiceMixin
 from .test_server import CountingSink, SampleService, ServerTestMixin, request
 from .test_tap import UDPMemoryReactor
+
+ROOT = Path(__file__).resolve().parent.parent
 
 #: The message that closes a connection at shutdown.
 CLOSING = {
@@ -410,3 +414,24 @@ class ShutdownGraceOptionTests(SynchronousTestCase):
         self.assertEqual(
             self.parse("--allow-command", "sh", "--shutdown-grace", "3")["shutdown-grace"], 3
         )
+
+
+class DeployUnitTests(SynchronousTestCase):
+    """
+    The deployment guide's systemd unit and the shutdown grace.
+    """
+
+    def test_stopTimeoutCoversGrace(self) -> None:
+        """
+        The unit gives the server longer to stop than its grace period and
+        flush time (systemd would otherwise kill it before it has answered
+        its clients), and signals only the server on stop.
+        """
+        unit = (ROOT / "docs" / "howto" / "frameserver.service").read_text(encoding="utf-8")
+        settings = dict(re.findall(r"^(\w+)=(.*)$", unit, flags=re.M))
+        grace = re.search(r"--shutdown-grace[ =](\d+)", unit)
+        seconds = int(grace.group(1)) if grace else tap.DEFAULT_SHUTDOWN_GRACE
+        self.assertGreater(
+            float(settings["TimeoutStopSec"]), seconds + FramesServerFactory.shutdownFlush
+        )
+        self.assertEqual(settings["KillMode"], "mixed")
