@@ -635,7 +635,7 @@ class LimitTests(CommandServiceMixin, SynchronousTestCase):
         self.assertNotIsInstance(stopped[0], Failure)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         outcome, _ = self.request("run", {"argv": ["sh"]})
-        self.assertEqual(self.error(outcome).code, ErrorCode.BUSY)
+        self.assertEqual(self.error(outcome).code, ErrorCode.SHUTTING_DOWN)
 
 
 class CancelTests(CommandServiceMixin, SynchronousTestCase):

@@ -318,7 +318,7 @@ async def test_shutdownKills(harness: Harness) -> None:
     assert result.signal == "SIGTERM"
     with pytest.raises(FramesError) as caught:
         await run(client, ["sh"])
-    assert caught.value.code == ErrorCode.BUSY
+    assert caught.value.code == ErrorCode.SHUTTING_DOWN
 
 
 def test_ownProcessGroup() -> None:

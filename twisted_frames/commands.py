@@ -50,7 +50,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .protocol import BodySink
-from .server import Request, ServerProtocol, Service, operation
+from .server import Request, ServerProtocol, Service, operation, shuttingDownError
 from .wire import ErrorCode, FramesError, RequestId
 
 log = Logger(namespace="twisted_frames.commands")
@@ -944,7 +944,7 @@ class CommandService(Service, appservice.Service):
             raise FramesError(ErrorCode.INVALID_ARGUMENT, "'stdin' must be 'close' or 'stream'")
         cwd = self._cwdFor(header, spec)
         if self.stopping:
-            raise FramesError(ErrorCode.BUSY, "the server is shutting down")
+            raise shuttingDownError()
         mine = self.runs.get(request.connection, {})
         if len(mine) >= self.limits.maxProcsPerConnection:
             raise FramesError(

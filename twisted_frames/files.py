@@ -824,6 +824,9 @@ class _UploadSink(BodySink):
     the connection is paused, streams the body to it, then finishes.
     """
 
+    # Cut short at shutdown: bodyFailed keeps what arrived for a resume.
+    stopsAtShutdown = True
+
     def __init__(
         self, service: FileService, request: Request, segments: list[str], upload: _Upload
     ) -> None:

@@ -55,7 +55,16 @@ class BodySink:
 
     The sink may call C{producer.pauseProducing()} to stop the connection
     reading (because its destination is busy) and C{resumeProducing()} later.
+
+    @cvar stopsAtShutdown: whether a server that is shutting down cuts this
+        body short (L{FrameProtocol.abandonBody}) and answers its request
+        C{shutting_down} at once, instead of reading it to its end within
+        the grace period: true for uploads, whose partial file is kept for
+        resuming; false where the body's bytes are answered as they come
+        (the C{ping} echo) or feed a command that is being stopped anyway.
     """
+
+    stopsAtShutdown = False
 
     def bodyStarted(self, length: int, producer: IPushProducer) -> None:
         """
@@ -513,6 +522,29 @@ class FrameProtocol(Int32StringReceiver):
             sink.bodyData(lastChunk)
         sink.bodyFinished()
         if producer is not None:
+            producer.release()
+
+    def betweenMessages(self) -> bool:
+        """
+        Whether nothing of a message is being received: no header or body
+        begun, nothing waiting unread.
+        """
+        return self._state == _HEADER_PREFIX and not self._prefix and not self._unread
+
+    def abandonBody(self, reason: Failure) -> None:
+        """
+        Fail the sink of the body being received with C{reason}, and read
+        the rest of that body into a L{DiscardSink}, so that the stream stays
+        in step and the next message can still be read.
+        """
+        sink, producer = self._sink, self._sinkProducer
+        if sink is None or self._state != _BODY:
+            return
+        self._sink = DiscardSink()
+        self._sinkProducer = _ReceiveProducer(self)
+        sink.bodyFailed(reason)
+        if producer is not None:
+            # The failed sink may have paused reading: its pause goes with it.
             producer.release()
 
     def stringReceived(self, string: bytes) -> None:

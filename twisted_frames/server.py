@@ -25,10 +25,10 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import TimeoutMixin
@@ -45,6 +45,16 @@ log = Logger(namespace="twisted_frames")
 _REQUEST_LOG_FORMAT = (
     "{peer} {user} op={op} id={rid} in={bytesIn} out={bytesOut} time={ms:.1f}ms outcome={outcome}"
 )
+#: The message of every C{shutting_down} error (see docs/protocol.md).
+SHUTTING_DOWN_MESSAGE = "the server is shutting down"
+
+
+def shuttingDownError() -> FramesError:
+    """
+    @return: the error of a request the server will not (finish to) serve
+        because it is stopping.
+    """
+    return FramesError(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -317,9 +327,16 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
     The idle timeout (L{TimeoutMixin}, C{factory.idleTimeout}) closes a
     connection that has received nothing for that long while no request is
     in flight.
+
+    @ivar shuttingDown: whether the server is stopping (see
+        L{beginShutdown}).
     """
 
     factory: FramesServerFactory
+    shuttingDown = False
+    #: The request whose streamed body is being received, with its sink.
+    _receiving: tuple[Request, BodySink] | None = None
+    _shutdownCheck: Any = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -338,7 +355,12 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.limits = self.factory.limits
         self.clock = self.factory.clock
         self.frameTimeout = self.factory.frameTimeout
+        self.factory.connections.add(self)
         log.info("connection from {peer}", peer=self.peerName())
+        if self.factory.shuttingDown:
+            # Accepted just before the listening port closed.
+            self.refuse(shuttingDownError())
+            return
         for service in self.factory.services:
             service.connectionMade(self)
             if self._closing:
@@ -356,6 +378,60 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()  # type: ignore[no-untyped-call]
         super().dataReceived(data)
+        if self.shuttingDown:
+            # The end of a body read and dropped may leave nothing to wait for.
+            self._closeIfDone()
+
+    # -- shutdown --------------------------------------------------------------
+
+    def beginShutdown(self) -> None:
+        """
+        The server is stopping.  From now on a new request is answered
+        C{shutting_down}; an upload being received is cut short with
+        C{shutting_down} (its partial file is kept for resuming, see
+        L{BodySink.stopsAtShutdown}); every other request in flight may
+        finish.  The connection closes, with a C{shutting_down} error
+        message (id C{null}, C{closing: true}), as soon as every request has
+        had its final reply and no message is half received; or when the
+        factory's grace period ends (L{endShutdown}).
+        """
+        if self.shuttingDown or self._closing:
+            return
+        self.shuttingDown = True
+        receiving = self._receiving
+        if receiving is not None and receiving[1] is self._sink:
+            request, sink = receiving
+            if sink.stopsAtShutdown and not request.finished:
+                self.abandonBody(Failure(shuttingDownError()))
+                if not request.finished:
+                    request.fail(shuttingDownError())
+        self._closeIfDone()
+
+    def endShutdown(self) -> None:
+        """
+        The grace period is over: answer every request still in flight
+        C{shutting_down} (queued behind a streamed body in progress, which is
+        cut if it does not end in time), and close.
+        """
+        self.shuttingDown = True
+        for request in list(self.inFlight.values()):
+            if not request.finished:
+                request.fail(shuttingDownError())
+        self.refuse(shuttingDownError())
+
+    def _closeIfDone(self) -> None:
+        if self._closing or self.inFlight or not self.betweenMessages():
+            return
+        self.refuse(shuttingDownError())
+
+    def _closeSoonIfDone(self) -> None:
+        """
+        L{_closeIfDone}, on the next turn of the reactor: a request is marked
+        finished just before its final reply is written, which must not find
+        the connection closed.
+        """
+        if self._shutdownCheck is None or not self._shutdownCheck.active():
+            self._shutdownCheck = self._clock().callLater(0, self._closeIfDone)
 
     def timeoutConnection(self) -> None:
         """
@@ -432,6 +508,11 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         request = Request(self, rid, opName, header, bodyLength)
         self.requests += 1
         self.inFlight[rid] = request
+        if self.shuttingDown:
+            # Answered, not run; a body is read and dropped, so that the
+            # connection stays in step until it closes.
+            request.fail(shuttingDownError())
+            return DiscardSink()
         op = self.operations.get(opName)
         if op is not None and op.body == "none" and bodyLength:
             raise ProtocolViolation(
@@ -457,6 +538,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
                 sink = op.handler(request)
                 if not isinstance(sink, BodySink):
                     raise TypeError(f"stream op {opName!r} returned {sink!r}, not a BodySink")
+                self._receiving = (request, sink)
                 return sink
         except FramesError as e:
             request.fail(e)
@@ -523,6 +605,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         """
         self.inFlight.pop(request.id, None)
         self._logRequest(request)
+        if self.shuttingDown and not self.inFlight:
+            self._closeSoonIfDone()
 
     def _logRequest(self, request: Request) -> None:
         # The one line per request, as the event Logger.info would build
@@ -552,6 +636,9 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.setTimeout(None)  # type: ignore[no-untyped-call]
+        if self._shutdownCheck is not None and self._shutdownCheck.active():
+            self._shutdownCheck.cancel()
+        self._receiving = None
         inFlight, self.inFlight = self.inFlight, {}
         for request in inFlight.values():
             request.cancel()
@@ -567,6 +654,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             bytesOut=self.bytesSent,
             s=time.monotonic() - self.connectedAt,
         )
+        self.factory.connectionClosed(self)
 
 
 class PingService(Service):
@@ -602,12 +690,21 @@ class FramesServerFactory(Factory):
         Each may hold server resources (an open file, a queued reply) until
         it is answered, so a client pipelining without bound, or never
         reading its replies, must not be able to exhaust them for everyone.
+    @ivar shutdownGrace: seconds L{shutDown} lets requests in flight finish
+        before it answers the rest C{shutting_down} and closes.
+    @ivar shutdownFlush: seconds after the grace period for those last
+        replies to drain before the connections left are aborted (a peer
+        that does not read must not hold the shutdown).
+    @ivar connections: the open connections.
+    @ivar shuttingDown: whether L{shutDown} was called.
     """
 
     idleTimeout: float | None = None
     frameTimeout: float | None = None
     preAuthMaxBody: int = 64 * 1024
     maxInFlight: int = 256
+    shutdownGrace: float = 10.0
+    shutdownFlush: float = 1.0
 
     protocol: type[ServerProtocol] = ServerProtocol  # type: ignore[assignment]
     noisy = False
@@ -625,6 +722,10 @@ class FramesServerFactory(Factory):
         self.clock = clock
         self.authRequired = False
         self.authMechanisms: list[str] = []
+        self.connections: set[ServerProtocol] = set()
+        self.shuttingDown = False
+        self._drainWaiters: list[defer.Deferred[None]] = []
+        self._shutdownTimer: IDelayedCall | None = None
         self.operations: dict[str, Operation] = {}
         for service in self.services:
             for op in service.operations():
@@ -637,3 +738,77 @@ class FramesServerFactory(Factory):
         p = self.protocol()
         p.factory = self
         return p
+
+    def reactorClock(self) -> IReactorTime:
+        """
+        @return: the clock the factory's timers use: C{clock}, or the
+            global reactor.
+        """
+        if self.clock is None:
+            from twisted.internet import reactor
+
+            return cast(IReactorTime, reactor)
+        return self.clock
+
+    def shutDown(self) -> defer.Deferred[None]:
+        """
+        Close every connection gracefully (L{ServerProtocol.beginShutdown}):
+        within L{shutdownGrace} seconds each request in flight gets its
+        final reply or a C{shutting_down} error, and the connection closes
+        once that has been written; L{shutdownFlush} seconds later whatever
+        is left is aborted.  Stop listening first: this does not refuse new
+        connections by itself.
+
+        @return: a Deferred firing once every connection is closed.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        self._drainWaiters.append(d)
+        if not self.shuttingDown:
+            self.shuttingDown = True
+            if self.connections:
+                log.info(
+                    "shutting down: {n} connections, grace {grace:g} s",
+                    n=len(self.connections),
+                    grace=self.shutdownGrace,
+                )
+                self._shutdownTimer = self.reactorClock().callLater(
+                    self.shutdownGrace, self._graceExpired
+                )
+                for connection in list(self.connections):
+                    connection.beginShutdown()
+        self._maybeDrained()
+        return d
+
+    def _graceExpired(self) -> None:
+        left = list(self.connections)
+        log.warn(
+            "shutdown grace of {grace:g} s is over: closing {n} connections",
+            grace=self.shutdownGrace,
+            n=len(left),
+        )
+        for connection in left:
+            connection.endShutdown()
+        self._shutdownTimer = self.reactorClock().callLater(self.shutdownFlush, self._abortAll)
+
+    def _abortAll(self) -> None:
+        self._shutdownTimer = None
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+
+    def connectionClosed(self, connection: ServerProtocol) -> None:
+        """
+        Called by a connection once it is closed.
+        """
+        self.connections.discard(connection)
+        self._maybeDrained()
+
+    def _maybeDrained(self) -> None:
+        if not self.shuttingDown or self.connections:
+            return
+        timer, self._shutdownTimer = self._shutdownTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        waiters, self._drainWaiters = self._drainWaiters, []
+        for d in waiters:
+            d.callback(None)

@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
@@ -28,6 +28,7 @@ from .wire import Limits
 DEFAULT_LISTEN = "tcp:8007:interface=127.0.0.1"
 DEFAULT_UDP = 8007
 DEFAULT_BACKLOG = 128
+DEFAULT_SHUTDOWN_GRACE = 10
 
 log = Logger(namespace="twisted_frames.tap")
 
@@ -119,6 +120,15 @@ class Options(security.SecurityOptions, usage.Options):
             "Seconds an interrupted upload is kept for resuming before it is deleted.",
             _positiveInt("--partial-ttl", 1, 10 * 365 * 24 * 3600),
         ],
+        [
+            "shutdown-grace",
+            None,
+            DEFAULT_SHUTDOWN_GRACE,
+            "Seconds a stopping server (SIGTERM) lets requests in flight finish; then the "
+            "rest are answered shutting_down and every connection is closed. Must be larger "
+            "than the command kill grace when commands are allowed.",
+            _positiveInt("--shutdown-grace", 0, 3600),
+        ],
     ]
 
     compData = usage.Completions(optActions={"root": usage.CompleteDirs(descr="root directory")})
@@ -169,6 +179,14 @@ class Options(security.SecurityOptions, usage.Options):
             raise usage.UsageError(str(e)) from e
         self.securityPostOptions()
         configureCommands(self)
+        killGrace = self["command-limits"].killGrace
+        if self["command-specs"] and self["shutdown-grace"] <= killGrace:
+            # A command that ignores SIGTERM is killed killGrace seconds into
+            # the shutdown; its final reply must still fit in the grace.
+            raise usage.UsageError(
+                f"--shutdown-grace must be larger than the command kill grace "
+                f"({killGrace:g} s) when commands are allowed, not {self['shutdown-grace']}"
+            )
         if self["command-specs"] and not self["localOnly"] and self["usersFile"] is None:
             # Running programs for anyone who can reach the port is never a
             # default, not even with the insecure flag: commands need a login.
@@ -193,6 +211,11 @@ class FrameServerService(service.MultiService):
     """
     The whole server.  A port that cannot be bound stops start-up with a
     one-line message (C{SystemExit}) instead of a traceback.
+
+    Stopping it (twistd does on C{SIGTERM}, and waits for the Deferred) is
+    graceful: the ports stop listening, running commands are stopped, and
+    every connection closes once its requests have had their final reply,
+    within the factory's grace period (L{FramesServerFactory.shutDown}).
     """
 
     def __init__(self, factory: FramesServerFactory, udp: Any = None) -> None:
@@ -207,6 +230,34 @@ class FrameServerService(service.MultiService):
             raise SystemExit(f"twistd frameserver: cannot listen: {_describe(e)}") from None
         except OSError as e:
             raise SystemExit(f"twistd frameserver: cannot listen: {e}") from None
+
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop listening and stop the children (the command service kills its
+        process groups), then close the connections gracefully.
+
+        @return: a Deferred firing once all of that is done, or at the end
+            of the grace period and its flush time, whichever comes first.
+        """
+        # The children first: no new connection is accepted from here on.
+        children = super().stopService()
+        drained = self.factory.shutDown()
+        done: defer.Deferred[None] = defer.Deferred()
+        clock = self.factory.reactorClock()
+
+        def giveUp() -> None:
+            log.warn("shutdown: not everything stopped within the grace period; exiting anyway")
+            done.callback(None)
+
+        bound = clock.callLater(self.factory.shutdownGrace + self.factory.shutdownFlush, giveUp)
+
+        def finished(_: object) -> None:
+            if bound.active():
+                bound.cancel()
+                done.callback(None)
+
+        defer.DeferredList([children, drained], consumeErrors=True).addBoth(finished)
+        return done
 
 
 def _describe(e: CannotListenError) -> str:
@@ -269,6 +320,7 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
         services, limits=config["limits"], serverName=config["name"], clock=reactor
     )
     factory.maxInFlight = config["max-in-flight"]
+    factory.shutdownGrace = float(config["shutdown-grace"])
     security.configureFactory(factory, config)
     listenFactory = security.listeningFactory(factory, config)
     top = FrameServerService(factory)

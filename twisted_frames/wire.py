@@ -75,6 +75,7 @@ class ErrorCode(StrEnum):
     COMMAND_NOT_ALLOWED = "command_not_allowed"
     BUSY = "busy"
     CANCELLED = "cancelled"
+    SHUTTING_DOWN = "shutting_down"
     AUTH_REQUIRED = "auth_required"
     AUTH_FAILED = "auth_failed"
     INTERNAL = "internal"
