@@ -24,14 +24,16 @@ another's requests.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import heapq
+import inspect
 import json
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +54,7 @@ from .filestore import (
     tuneTransport,
 )
 from .protocol import BodySink
-from .server import Request, Service, operation
+from .server import Operation, Request, Service, operation
 from .wire import ErrorCode, FramesError
 
 log = Logger(namespace="twisted_frames.files")
@@ -216,10 +218,44 @@ def _checkSha(value: Any) -> str:
     return str(value)
 
 
+def translateOSErrors(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    """
+    Wrap an op's handler so that an C{OSError} it raises, at once or through
+    the Deferred or coroutine it returns, becomes the L{FramesError} of
+    L{errorFromOSError} for the request's C{path} (C{io_error} unless the
+    errno has a more specific code).  This is the one place file-system
+    errors are translated, so none can escape as C{internal} with a
+    traceback, whichever call raised it.
+    """
+
+    def handle(request: Request) -> Any:
+        path = request.header.get("path")
+        display = path if isinstance(path, str) else ""
+
+        def translate(failure: Failure) -> Failure:
+            if isinstance(failure.value, OSError):
+                return Failure(errorFromOSError(failure.value, display))
+            return failure
+
+        try:
+            result = handler(request)
+        except OSError as e:
+            raise errorFromOSError(e, display) from None
+        if inspect.iscoroutine(result):
+            result = defer.Deferred.fromCoroutine(result)
+        if isinstance(result, defer.Deferred):
+            result.addErrback(translate)
+        return result
+
+    return handle
+
+
 class Root:
     """
     Blocking, confined file-system operations on one root directory.  Every
-    method runs in a worker thread and raises L{FramesError}.
+    method runs in a worker thread and raises L{FramesError} for what it
+    refuses, or the C{OSError} of a failed call, which the service's ops
+    translate (L{translateOSErrors}).
     """
 
     def __init__(self, path: str) -> None:
@@ -240,11 +276,10 @@ class Root:
                     if e.errno in (errno.ENOTDIR, errno.ELOOP):
                         self._whyNotDir(fd, segment, display, e)
                     raise
-                os.close(fd)
-                fd = nfd
-        except OSError as e:
-            os.close(fd)
-            raise errorFromOSError(e, display) from None
+                # Hold the new descriptor first: a failing close() still
+                # frees the old one, which must not be closed again.
+                fd, parent = nfd, fd
+                os.close(parent)
         except BaseException:
             os.close(fd)
             raise
@@ -282,24 +317,21 @@ class Root:
         try:
             entries = []
             skipped = 0
-            try:
-                with os.scandir(fd) as it:
-                    for entry in it:
-                        name = entry.name
-                        if name.startswith(PARTIAL_PREFIX):
-                            continue
-                        try:
-                            name.encode("utf-8")
-                        except UnicodeEncodeError:
-                            skipped += 1
-                            continue
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue
-                        entries.append(describe(name, st))
-            except OSError as e:
-                raise errorFromOSError(e, display) from None
+            with os.scandir(fd) as it:
+                for entry in it:
+                    name = entry.name
+                    if name.startswith(PARTIAL_PREFIX):
+                        continue
+                    try:
+                        name.encode("utf-8")
+                    except UnicodeEncodeError:
+                        skipped += 1
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    entries.append(describe(name, st))
             return sortListing(entries), skipped
         finally:
             os.close(fd)
@@ -401,8 +433,6 @@ class Root:
             fd = self.openDir(segments[:-1], display)
             try:
                 os.mkdir(segments[-1], dir_fd=fd)
-            except OSError as e:
-                raise errorFromOSError(e, display) from None
             finally:
                 os.close(fd)
             return True
@@ -423,10 +453,8 @@ class Root:
                         if index == len(segments) - 1:
                             raise OSError(errno.EEXIST, "exists and is not a directory") from None
                     raise
-                os.close(fd)
-                fd = nfd
-        except OSError as e:
-            raise errorFromOSError(e, display) from None
+                fd, parent = nfd, fd
+                os.close(parent)
         finally:
             os.close(fd)
         return created
@@ -455,7 +483,11 @@ class Root:
                 raise errorFromOSError(e, display) from None
         finally:
             os.close(parent)
-        st = os.fstat(fd)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             if stat.S_ISDIR(st.st_mode):
@@ -521,6 +553,13 @@ class FileService(Service):
         # that the next segment need not re-read the prefix.  Keyed by
         # (st_dev, st_ino); checked against the size before use.
         self._hashes: dict[tuple[int, int], tuple[int, Any]] = {}
+
+    def operations(self) -> Iterable[Operation]:
+        """
+        @return: the file ops, each behind L{translateOSErrors}.
+        """
+        for op in super().operations():
+            yield dataclasses.replace(op, handler=translateOSErrors(op.handler))
 
     def _connection(self, request: Request) -> None:
         connection = request.connection
