@@ -35,7 +35,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -198,6 +198,64 @@ def encodeListing(entries: list[dict[str, Any]]) -> bytes:
         pieces.append(encode(entries[start : start + LISTING_BATCH])[1:-1].encode("utf-8"))
     pieces.append(b"]")
     return b"".join(pieces)
+
+
+_KINDS = {
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFLNK: "symbolic link",
+    stat.S_IFDIR: "directory",
+}
+
+
+def openRegular(
+    name: str, flags: int, dirFd: int, display: str, what: str = "file"
+) -> tuple[int, os.stat_result]:
+    """
+    Open C{name} in C{dirFd} with C{flags}, refusing anything but a regular
+    file, without ever blocking: C{O_NONBLOCK} (opening a FIFO for writing
+    would wait for a reader forever, in a worker thread that shutdown then
+    waits for) and C{O_NOFOLLOW}; the descriptor is made blocking again.
+
+    @param what: names the file in the refusal, e.g. C{"partial file"}.
+    @return: the descriptor (the caller closes it) and its C{fstat}.
+    @raise FramesError: C{io_error} if something other than a regular file
+        is there (nothing was written to it).
+    @raise OSError: if the open fails for another reason.
+    """
+    flags |= os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, 0o666, dir_fd=dirFd)
+    except OSError as e:
+        # A FIFO without a reader or a socket (ENXIO), a link (ELOOP), a
+        # directory (EISDIR): say what is there, not the errno.
+        try:
+            st = os.stat(name, dir_fd=dirFd, follow_symlinks=False)
+        except OSError:
+            raise e from None
+        if stat.S_ISREG(st.st_mode):
+            raise
+        _refuseIrregular(st, display, what)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            _refuseIrregular(st, display, what)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _refuseIrregular(st: os.stat_result, display: str, what: str) -> NoReturn:
+    kind = _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
+    raise FramesError(
+        ErrorCode.IO_ERROR,
+        f"{display}: the server's {what} is a {kind}, not a regular file; refused",
+        path=display,
+    )
 
 
 def _field(header: dict[str, Any], name: str, kind: type, default: Any) -> Any:
@@ -747,15 +805,12 @@ class FileService(Service):
     def _openPartial(self, u: _Upload, bodyLength: int) -> None:
         part = partialName(u.name)
         if u.offset == 0:
-            u.fd = os.open(
-                part,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o666,
-                dir_fd=u.parent,
+            u.fd, st = openRegular(
+                part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, u.parent, u.display, "partial file"
             )
         else:
             try:
-                u.fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=u.parent)
+                u.fd, st = openRegular(part, os.O_RDWR, u.parent, u.display, "partial file")
             except FileNotFoundError:
                 raise FramesError(
                     ErrorCode.INVALID_ARGUMENT,
@@ -764,9 +819,6 @@ class FileService(Service):
                     path=u.display,
                     have=0,
                 ) from None
-        st = os.fstat(u.fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FramesError(ErrorCode.IO_ERROR, f"{u.display}: partial file is not a file")
         if st.st_size != u.offset:
             raise FramesError(
                 ErrorCode.INVALID_ARGUMENT,
