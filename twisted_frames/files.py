@@ -24,15 +24,18 @@ another's requests.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
+import heapq
+import inspect
 import json
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -51,7 +54,7 @@ from .filestore import (
     tuneTransport,
 )
 from .protocol import BodySink
-from .server import Request, Service, operation
+from .server import Operation, Request, Service, operation
 from .wire import ErrorCode, FramesError
 
 log = Logger(namespace="twisted_frames.files")
@@ -70,6 +73,12 @@ DEFAULT_SEGMENT = 1 << 30
 MAX_REMEMBERED_HASHES = 1024
 #: Default lifetime of an abandoned partial upload.
 DEFAULT_PARTIAL_TTL = 24 * 3600.0
+#: Entries sorted or JSON-encoded per call when building a listing.  Sorting
+#: and the JSON encoder are C code that holds the GIL for the whole call, so
+#: one call over 100,000 entries would stall the reactor thread for 30 ms
+#: (sort) or a third of a second (encode) even from a worker thread; 1,024
+#: entries take about a millisecond.
+LISTING_BATCH = 1024
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -155,6 +164,100 @@ def describe(name: str, st: os.stat_result) -> dict[str, Any]:
     }
 
 
+def sortListing(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """
+    C{entries} sorted by name: runs of L{LISTING_BATCH} entries are sorted,
+    then merged in Python code, between whose steps other threads get the
+    GIL.  Blocking: run it in a worker thread.
+    """
+    runs = [
+        sorted(entries[start : start + LISTING_BATCH], key=_entryName)
+        for start in range(0, len(entries), LISTING_BATCH)
+    ]
+    return list(heapq.merge(*runs, key=_entryName))
+
+
+def _entryName(entry: dict[str, Any]) -> str:
+    name: str = entry["name"]
+    return name
+
+
+def encodeListing(entries: list[dict[str, Any]]) -> bytes:
+    """
+    The body of a C{list} reply: C{entries} as one compact UTF-8 JSON array
+    (the same bytes as one C{json.dumps} call), encoded L{LISTING_BATCH}
+    entries at a time so that other threads get the GIL between batches.
+    Blocking: run it in a worker thread.
+    """
+    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    pieces = [b"["]
+    for start in range(0, len(entries), LISTING_BATCH):
+        if start:
+            pieces.append(b",")
+        # Each batch encodes as "[...]": keep what is between the brackets.
+        pieces.append(encode(entries[start : start + LISTING_BATCH])[1:-1].encode("utf-8"))
+    pieces.append(b"]")
+    return b"".join(pieces)
+
+
+_KINDS = {
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFLNK: "symbolic link",
+    stat.S_IFDIR: "directory",
+}
+
+
+def openRegular(
+    name: str, flags: int, dirFd: int, display: str, what: str = "file"
+) -> tuple[int, os.stat_result]:
+    """
+    Open C{name} in C{dirFd} with C{flags}, refusing anything but a regular
+    file, without ever blocking: C{O_NONBLOCK} (opening a FIFO for writing
+    would wait for a reader forever, in a worker thread that shutdown then
+    waits for) and C{O_NOFOLLOW}; the descriptor is made blocking again.
+
+    @param what: names the file in the refusal, e.g. C{"partial file"}.
+    @return: the descriptor (the caller closes it) and its C{fstat}.
+    @raise FramesError: C{io_error} if something other than a regular file
+        is there (nothing was written to it).
+    @raise OSError: if the open fails for another reason.
+    """
+    flags |= os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, 0o666, dir_fd=dirFd)
+    except OSError as e:
+        # A FIFO without a reader or a socket (ENXIO), a link (ELOOP), a
+        # directory (EISDIR): say what is there, not the errno.
+        try:
+            st = os.stat(name, dir_fd=dirFd, follow_symlinks=False)
+        except OSError:
+            raise e from None
+        if stat.S_ISREG(st.st_mode):
+            raise
+        _refuseIrregular(st, display, what)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            _refuseIrregular(st, display, what)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _refuseIrregular(st: os.stat_result, display: str, what: str) -> NoReturn:
+    kind = _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
+    raise FramesError(
+        ErrorCode.IO_ERROR,
+        f"{display}: the server's {what} is a {kind}, not a regular file; refused",
+        path=display,
+    )
+
+
 def _field(header: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     value = header.get(name, default)
     if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -173,10 +276,44 @@ def _checkSha(value: Any) -> str:
     return str(value)
 
 
+def translateOSErrors(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    """
+    Wrap an op's handler so that an C{OSError} it raises, at once or through
+    the Deferred or coroutine it returns, becomes the L{FramesError} of
+    L{errorFromOSError} for the request's C{path} (C{io_error} unless the
+    errno has a more specific code).  This is the one place file-system
+    errors are translated, so none can escape as C{internal} with a
+    traceback, whichever call raised it.
+    """
+
+    def handle(request: Request) -> Any:
+        path = request.header.get("path")
+        display = path if isinstance(path, str) else ""
+
+        def translate(failure: Failure) -> Failure:
+            if isinstance(failure.value, OSError):
+                return Failure(errorFromOSError(failure.value, display))
+            return failure
+
+        try:
+            result = handler(request)
+        except OSError as e:
+            raise errorFromOSError(e, display) from None
+        if inspect.iscoroutine(result):
+            result = defer.Deferred.fromCoroutine(result)
+        if isinstance(result, defer.Deferred):
+            result.addErrback(translate)
+        return result
+
+    return handle
+
+
 class Root:
     """
     Blocking, confined file-system operations on one root directory.  Every
-    method runs in a worker thread and raises L{FramesError}.
+    method runs in a worker thread and raises L{FramesError} for what it
+    refuses, or the C{OSError} of a failed call, which the service's ops
+    translate (L{translateOSErrors}).
     """
 
     def __init__(self, path: str) -> None:
@@ -197,11 +334,10 @@ class Root:
                     if e.errno in (errno.ENOTDIR, errno.ELOOP):
                         self._whyNotDir(fd, segment, display, e)
                     raise
-                os.close(fd)
-                fd = nfd
-        except OSError as e:
-            os.close(fd)
-            raise errorFromOSError(e, display) from None
+                # Hold the new descriptor first: a failing close() still
+                # frees the old one, which must not be closed again.
+                fd, parent = nfd, fd
+                os.close(parent)
         except BaseException:
             os.close(fd)
             raise
@@ -239,26 +375,22 @@ class Root:
         try:
             entries = []
             skipped = 0
-            try:
-                with os.scandir(fd) as it:
-                    for entry in it:
-                        name = entry.name
-                        if name.startswith(PARTIAL_PREFIX):
-                            continue
-                        try:
-                            name.encode("utf-8")
-                        except UnicodeEncodeError:
-                            skipped += 1
-                            continue
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue
-                        entries.append(describe(name, st))
-            except OSError as e:
-                raise errorFromOSError(e, display) from None
-            entries.sort(key=lambda e: e["name"])
-            return entries, skipped
+            with os.scandir(fd) as it:
+                for entry in it:
+                    name = entry.name
+                    if name.startswith(PARTIAL_PREFIX):
+                        continue
+                    try:
+                        name.encode("utf-8")
+                    except UnicodeEncodeError:
+                        skipped += 1
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    entries.append(describe(name, st))
+            return sortListing(entries), skipped
         finally:
             os.close(fd)
 
@@ -359,8 +491,6 @@ class Root:
             fd = self.openDir(segments[:-1], display)
             try:
                 os.mkdir(segments[-1], dir_fd=fd)
-            except OSError as e:
-                raise errorFromOSError(e, display) from None
             finally:
                 os.close(fd)
             return True
@@ -381,10 +511,8 @@ class Root:
                         if index == len(segments) - 1:
                             raise OSError(errno.EEXIST, "exists and is not a directory") from None
                     raise
-                os.close(fd)
-                fd = nfd
-        except OSError as e:
-            raise errorFromOSError(e, display) from None
+                fd, parent = nfd, fd
+                os.close(parent)
         finally:
             os.close(fd)
         return created
@@ -413,7 +541,11 @@ class Root:
                 raise errorFromOSError(e, display) from None
         finally:
             os.close(parent)
-        st = os.fstat(fd)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             if stat.S_ISDIR(st.st_mode):
@@ -480,6 +612,13 @@ class FileService(Service):
         # (st_dev, st_ino); checked against the size before use.
         self._hashes: dict[tuple[int, int], tuple[int, Any]] = {}
 
+    def operations(self) -> Iterable[Operation]:
+        """
+        @return: the file ops, each behind L{translateOSErrors}.
+        """
+        for op in super().operations():
+            yield dataclasses.replace(op, handler=translateOSErrors(op.handler))
+
     def _connection(self, request: Request) -> None:
         connection = request.connection
         if not getattr(connection, "_framesNoDelay", False):
@@ -499,12 +638,15 @@ class FileService(Service):
         self._connection(request)
         path = request.header.get("path", "")
         segments = checkPath(path, allowRoot=True)
-        entries, skipped = await self.run(self.root.listDir, segments, path)
-        body = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        request.reply(
-            {"path": path, "count": len(entries), "skipped": skipped, "format": "json"}, body
-        )
+        body, count, skipped = await self.run(self._listing, segments, path)
+        request.reply({"path": path, "count": count, "skipped": skipped, "format": "json"}, body)
         return None
+
+    def _listing(self, segments: list[str], display: str) -> tuple[bytes, int, int]:
+        # Scanning and encoding both run in the worker thread: the reactor
+        # only writes the finished bytes.
+        entries, skipped = self.root.listDir(segments, display)
+        return encodeListing(entries), len(entries), skipped
 
     @operation("stat")
     async def statOp(self, request: Request) -> dict[str, Any]:
@@ -663,15 +805,12 @@ class FileService(Service):
     def _openPartial(self, u: _Upload, bodyLength: int) -> None:
         part = partialName(u.name)
         if u.offset == 0:
-            u.fd = os.open(
-                part,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o666,
-                dir_fd=u.parent,
+            u.fd, st = openRegular(
+                part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, u.parent, u.display, "partial file"
             )
         else:
             try:
-                u.fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=u.parent)
+                u.fd, st = openRegular(part, os.O_RDWR, u.parent, u.display, "partial file")
             except FileNotFoundError:
                 raise FramesError(
                     ErrorCode.INVALID_ARGUMENT,
@@ -680,9 +819,6 @@ class FileService(Service):
                     path=u.display,
                     have=0,
                 ) from None
-        st = os.fstat(u.fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FramesError(ErrorCode.IO_ERROR, f"{u.display}: partial file is not a file")
         if st.st_size != u.offset:
             raise FramesError(
                 ErrorCode.INVALID_ARGUMENT,
