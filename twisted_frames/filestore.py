@@ -126,6 +126,10 @@ class FileWriter:
 
     @ivar written: bytes written so far.
     @ivar error: the first failure, after which nothing more is written.
+    @ivar afterWrite: if given, called with the descriptor in the worker
+        thread after each job's write; an exception it raises fails the
+        writer like a write error (the file service checks there that its
+        partial file has not been removed).
     """
 
     def __init__(
@@ -136,9 +140,11 @@ class FileWriter:
         pause: Callable[[], None],
         resume: Callable[[], None],
         highWater: int = WRITE_HIGH_WATER,
+        afterWrite: Callable[[int], None] | None = None,
     ) -> None:
         self.fd = fd
         self.hasher = hasher
+        self.afterWrite = afterWrite
         self.written = 0
         self.error: Failure | None = None
         self._run = runInThread
@@ -204,6 +210,8 @@ class FileWriter:
             writeAll(self.fd, batch[0])
         else:
             writeVectors(self.fd, batch)
+        if self.afterWrite is not None:
+            self.afterWrite(self.fd)
         return total
 
     def _batchDone(self, n: int) -> None:
