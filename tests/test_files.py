@@ -1289,6 +1289,42 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.service.expirePartials()), 1)
         self.assertEqual(os.listdir(self.root), ["mine"])
 
+    def test_droppedConnectionSkipsWaitingMessages(self) -> None:
+        """
+        A pipelined message still waiting for its turn when the connection
+        drops does nothing: a restart at offset 0 queued behind another
+        message does not empty the partial the dropped upload leaves for
+        its resume.
+        """
+        jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+        def runner(f: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            jobs.append((d, f, args))
+            return d
+
+        def runJobs() -> None:
+            while jobs:
+                d, f, args = jobs.pop(0)
+                d.callback(f(*args))
+
+        service = FileService(self.root, runInThread=runner, clock=self.clock)
+        raw = _RawUpload(service, self.clock)
+        raw.start({"path": "f", "final": False}, 3)
+        raw.send(b"abc")
+        runJobs()
+        self.assertEqual(raw.replies()[-1]["have"], 3)
+        messages = b""
+        for rid, offset in ((2, 3), (3, 0)):
+            header = wire.encodeHeader(
+                {"op": "put", "id": rid, "path": "f", "offset": offset, "final": False}
+            )
+            messages += wire.encodePrefix(len(header)) + header + wire.encodePrefix(0)
+        raw.send(messages)
+        raw.server.connectionLost(Failure(ConnectionError("gone")))
+        runJobs()
+        self.assertEqual(os.path.getsize(self.rootFile(partialName("f"))), 3)
+
     def test_droppedConnectionKeepsHeldPartial(self) -> None:
         """
         A connection that drops between two messages of an upload keeps the

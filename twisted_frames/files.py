@@ -1128,6 +1128,12 @@ class _UploadSink(BodySink):
             lock = uploads.locks[self.key] = defer.DeferredLock()
         await lock.acquire()
         self._lock = lock
+        if uploads.closed:
+            # A pipelined message whose connection went while it waited:
+            # nobody can be answered, and the partial stays as it is for a
+            # resumed upload.
+            self._close(discard=False)
+            return
         held = uploads.held.pop(self.key, None)
         if held is None:
             if len(uploads.active) >= MAX_UPLOADS_PER_CONNECTION:
