@@ -972,12 +972,14 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
     what a refused, failed or removed upload leaves behind (nothing).
     """
 
-    def otherClient(self, service: FileService | None = None) -> tuple[FramesClient, Any]:
+    def otherClient(
+        self, service: FileService | None = None
+    ) -> tuple[FramesClient, Any, iosim.IOPump]:
         """
         A second connection, to this test's service or to C{service}.
 
-        @return: its client and a function sending one request and
-            returning the reply or the L{FramesError}.
+        @return: its client, a function sending one request and returning
+            the reply or the L{FramesError}, and its pump.
         """
         factory = FramesServerFactory([service or self.service], clock=self.clock)
         server = factory.buildProtocol(None)
@@ -1001,7 +1003,7 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
                 return result.value
             return result
 
-        return client, ask
+        return client, ask, pump
 
     def assertBusy(self, result: Any, path: str) -> None:
         self.assertIsInstance(result, FramesError)
@@ -1037,7 +1039,7 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         (between its messages) is refused at once with C{busy}, also with
         C{overwrite} or as a resume; the first upload is not harmed.
         """
-        _, ask = self.otherClient()
+        _, ask, _ = self.otherClient()
         self.assertSecondUploadRefused(ask)
 
     def test_secondServiceOnSameRootRefusedBusy(self) -> None:
@@ -1046,7 +1048,7 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         server processes do): the lock is on the file, not in memory.
         """
         other = FileService(self.root, runInThread=synchronousRunner, clock=self.clock)
-        _, ask = self.otherClient(other)
+        _, ask, _ = self.otherClient(other)
         self.assertSecondUploadRefused(ask)
 
     def test_uploadInMiddleOfBodyRefusesOthers(self) -> None:
@@ -1058,7 +1060,7 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         data = b"a" * 1000
         raw.start({"path": "f", "sha256": sha(data)}, len(data))
         raw.send(data[:400])
-        _, ask = self.otherClient()
+        _, ask, _ = self.otherClient()
         self.assertBusy(ask("put", {"path": "f", "sha256": sha(b"x")}, b"x"), "f")
         raw.send(data[400:])
         self.assertEqual(raw.replies()[-1]["ok"], True)
@@ -1211,7 +1213,7 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         and nothing is stored.
         """
         self.request("put", {"path": "f", "final": False}, b"abc")
-        _, ask = self.otherClient()
+        _, ask, _ = self.otherClient()
         done = ask("delete", {"path": "f"}).header
         self.assertEqual((done["partial"], done["cancelled"]), (3, True))
         result = self.request("put", {"path": "f", "offset": 3, "sha256": sha(b"abcdef")}, b"def")
@@ -1257,7 +1259,7 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         """
         self.go(self.files.mkdir("d"))
         self.request("put", {"path": "d/f", "final": False}, b"abc")
-        _, ask = self.otherClient()
+        _, ask, _ = self.otherClient()
         self.assertEqual(ask("delete", {"path": "d"}).code, ErrorCode.NOT_EMPTY)
         self.request("put", {"path": "d/f", "offset": 3, "sha256": sha(b"abc")})
         self.assertEqual(self.readBytes(self.rootFile("d", "f")), b"abc")
@@ -1324,6 +1326,35 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         raw.server.connectionLost(Failure(ConnectionError("gone")))
         runJobs()
         self.assertEqual(os.path.getsize(self.rootFile(partialName("f"))), 3)
+
+    def test_resumeAfterRewriteByAnotherServer(self) -> None:
+        """
+        A partial rewritten to the same length by another server process
+        sharing the root, after this one kept its hash state, is hashed
+        again on resume: the whole-file check sees the other prefix, and the
+        client's automatic restart stores exactly its own file (the kept
+        hash state once made a file of the other's prefix and this one's
+        rest pass as verified).
+        """
+        data = os.urandom(2 * 1024 * 1024)
+        self.request("put", {"path": "f", "final": False}, data[:700_000])
+        self.reconnect()
+        other = FileService(self.root, runInThread=synchronousRunner, clock=self.clock)
+        client, ask, pump = self.otherClient(other)
+        self.assertEqual(
+            ask("put", {"path": "f", "final": False}, bytes(700_000)).header["have"], 700_000
+        )
+        client.protocol.transport.loseConnection()
+        pump.flush()
+        # Its write came later (the kernel's file times may be coarser than
+        # this test is fast).
+        partial = self.rootFile(partialName("f"))
+        later = os.stat(partial).st_mtime_ns + 10**9
+        os.utime(partial, ns=(later, later))
+        src = self.writeLocal("f", data)
+        result = self.go(self.files.putFile(src, "f", resume=True))
+        self.assertEqual((result["resumed_from"], result["sha256"]), (0, sha(data)))
+        self.assertEqual(self.readBytes(self.rootFile("f")), data)
 
     def test_droppedConnectionKeepsHeldPartial(self) -> None:
         """

@@ -616,10 +616,11 @@ class FileService(Service):
         # file is decided by the file's lock (L{lockPartial}), not here, so
         # that server processes sharing the root agree.
         self._uploads: dict[Any, _ConnectionUploads] = {}
-        # Hash state of partial files after the last completed segment, so
-        # that the next segment need not re-read the prefix.  Keyed by
-        # (st_dev, st_ino); checked against the size before use.
-        self._hashes: dict[tuple[int, int], tuple[int, Any]] = {}
+        # Hash state of partial files left by a closed connection, so that a
+        # resumed upload need not re-read the prefix.  Keyed by (st_dev,
+        # st_ino); used only if size and times are still those it was kept
+        # with (another process sharing the root may have rewritten it).
+        self._hashes: dict[tuple[int, int], tuple[tuple[int, int, int], Any]] = {}
 
     def _connection(self, request: Request) -> None:
         connection = request.connection
@@ -881,6 +882,9 @@ class FileService(Service):
                 ErrorCode.BUSY, f"upload of {u.display} already in progress", path=u.display
             )
         u.locked = True
+        # Again now that the lock is ours: its last holder may have written
+        # after the open.
+        st = os.fstat(fd)
         if u.offset == 0:
             os.ftruncate(fd, 0)
             u.hasher = newHash()
@@ -888,7 +892,7 @@ class FileService(Service):
         if st.st_size != u.offset:
             raise self._offsetMismatch(u, st.st_size)
         cached = self._hashes.pop((st.st_dev, st.st_ino), None)
-        if cached is not None and cached[0] == u.offset:
+        if cached is not None and cached[0] == _version(st):
             u.hasher = cached[1]
         else:
             u.hasher = newHash()
@@ -961,12 +965,16 @@ class FileService(Service):
 
     def rememberHash(self, st: os.stat_result, length: int, hasher: Any) -> None:
         """
-        Keep the hash of a partial file's first C{length} bytes for its next
-        segment (a bounded number of them: an abandoned one costs little).
+        Keep the hash of a partial file's first C{length} bytes (its size)
+        for a resumed upload (a bounded number of them: an abandoned one
+        costs little).
+
+        @param st: the file's C{fstat} after its last write.
         """
         if len(self._hashes) >= MAX_REMEMBERED_HASHES:
             self._hashes.pop(next(iter(self._hashes)))
-        self._hashes[(st.st_dev, st.st_ino)] = (length, hasher)
+        if st.st_size == length:
+            self._hashes[(st.st_dev, st.st_ino)] = (_version(st), hasher)
 
     def _linkNoClobber(self, part: str, u: _Upload) -> None:
         # link() fails if the name exists, so a file created meanwhile by
@@ -1042,6 +1050,15 @@ class FileService(Service):
 #: How often L{FileService._openPartial} retries when the partial it opened
 #: was renamed or removed before it got the lock.
 _LOCK_ATTEMPTS = 5
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int]:
+    """
+    What must not have changed for a remembered hash state to be used: the
+    size and the modification and change times (a write by another server
+    process sharing the root changes them).
+    """
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _cancelled(display: str) -> FramesError:
