@@ -1176,6 +1176,38 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         raw.send(data[2000:])
         self.assertEqual(len(raw.replies()), 1)
 
+    def test_writeErrorAnsweredAtOnce(self) -> None:
+        """
+        A write that fails after the last data that arrived is answered at
+        once, not when more of the body comes: an uploader that pauses in
+        the middle of a body (a pipe that is slow to fill) learns now.
+        """
+        jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+        def runner(f: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            jobs.append((d, f, args))
+            return d
+
+        def runJobs() -> None:
+            while jobs:
+                d, f, args = jobs.pop(0)
+                synchronousRunner(f, *args).chainDeferred(d)
+
+        def full(fd: int, data: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(filestore, "writeAll", full)
+        raw = _RawUpload(FileService(self.root, runInThread=runner, clock=self.clock), self.clock)
+        data = os.urandom(3000)
+        raw.start({"path": "f", "sha256": sha(data)}, len(data))
+        runJobs()
+        raw.send(data[:1000])
+        runJobs()
+        (reply,) = raw.replies()
+        self.assertEqual(reply["error"]["code"], ErrorCode.NO_SPACE)
+        self.assertEqual(os.listdir(self.root), [])
+
     def test_deleteCancelsUploadInBody(self) -> None:
         """
         C{delete} of a path whose upload is in the middle of a body removes

@@ -1163,7 +1163,13 @@ class _UploadSink(BodySink):
             uploads.active.add(self.key)
         await s.run(s._prepareUpload, self.segments, u, held, self.length)
         self.writer = FileWriter(
-            u.fd, u.hasher, s.run, self._pause, self._resume, afterWrite=self._checkNotRemoved
+            u.fd,
+            u.hasher,
+            s.run,
+            self._pause,
+            self._resume,
+            afterWrite=self._checkNotRemoved,
+            onError=self._fail,
         )
         if self.received or self.connectionFailure is not None:
             self._afterBody()
@@ -1184,10 +1190,9 @@ class _UploadSink(BodySink):
             self._resume()
 
     def bodyData(self, data: bytes) -> None:
+        # A write error is reported by the writer itself (onError), at once.
         if self.writer is not None and self.failed is None:
             self.writer.write(data)
-            if self.writer.error is not None:
-                self._writeFailed()
 
     def bodyFinished(self) -> None:
         self.received = True
@@ -1200,10 +1205,6 @@ class _UploadSink(BodySink):
         self.producer = None
         if self.writer is not None:
             self._afterBody()
-
-    def _writeFailed(self) -> None:
-        assert self.writer is not None and self.writer.error is not None
-        self._fail(self.writer.error)
 
     def _afterBody(self) -> None:
         writer = self.writer

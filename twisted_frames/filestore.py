@@ -130,6 +130,8 @@ class FileWriter:
         thread after each job's write; an exception it raises fails the
         writer like a write error (the file service checks there that its
         partial file has not been removed).
+    @ivar onError: if given, called with the first failure as soon as it
+        happens (not only when someone next writes or drains).
     """
 
     def __init__(
@@ -141,10 +143,12 @@ class FileWriter:
         resume: Callable[[], None],
         highWater: int = WRITE_HIGH_WATER,
         afterWrite: Callable[[int], None] | None = None,
+        onError: Callable[[Failure], None] | None = None,
     ) -> None:
         self.fd = fd
         self.hasher = hasher
         self.afterWrite = afterWrite
+        self.onError = onError
         self.written = 0
         self.error: Failure | None = None
         self._run = runInThread
@@ -230,6 +234,8 @@ class FileWriter:
         if self._paused:
             self._paused = False
             self._resume()
+        if self.onError is not None:
+            self.onError(failure)
         self._fire(failure)
 
     def _fire(self, failure: Failure | None) -> None:
