@@ -924,6 +924,30 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
         self.assertEqual(os.listdir(self.root), [partialName("new")])
 
 
+class ManualRunner:
+    """
+    A C{runInThread} that queues each job until the test runs it, so that a
+    test decides when "worker thread" work finishes.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+    def runAll(self) -> None:
+        """
+        Run the queued jobs, oldest first, and those they queue, until none
+        is left.
+        """
+        while self.jobs:
+            d, f, args = self.jobs.pop(0)
+            synchronousRunner(f, *args).chainDeferred(d)
+
+
 class _RawUpload:
     """
     One server connection fed by hand (a L{StringTransport}), so that a test
@@ -1182,17 +1206,7 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         once, not when more of the body comes: an uploader that pauses in
         the middle of a body (a pipe that is slow to fill) learns now.
         """
-        jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
-
-        def runner(f: Any, *args: Any) -> defer.Deferred[Any]:
-            d: defer.Deferred[Any] = defer.Deferred()
-            jobs.append((d, f, args))
-            return d
-
-        def runJobs() -> None:
-            while jobs:
-                d, f, args = jobs.pop(0)
-                synchronousRunner(f, *args).chainDeferred(d)
+        runner = ManualRunner()
 
         def full(fd: int, data: Any) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -1201,9 +1215,9 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         raw = _RawUpload(FileService(self.root, runInThread=runner, clock=self.clock), self.clock)
         data = os.urandom(3000)
         raw.start({"path": "f", "sha256": sha(data)}, len(data))
-        runJobs()
+        runner.runAll()
         raw.send(data[:1000])
-        runJobs()
+        runner.runAll()
         (reply,) = raw.replies()
         self.assertEqual(reply["error"]["code"], ErrorCode.NO_SPACE)
         self.assertEqual(os.listdir(self.root), [])
@@ -1330,23 +1344,13 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         message does not empty the partial the dropped upload leaves for
         its resume.
         """
-        jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
-
-        def runner(f: Any, *args: Any) -> defer.Deferred[Any]:
-            d: defer.Deferred[Any] = defer.Deferred()
-            jobs.append((d, f, args))
-            return d
-
-        def runJobs() -> None:
-            while jobs:
-                d, f, args = jobs.pop(0)
-                d.callback(f(*args))
+        runner = ManualRunner()
 
         service = FileService(self.root, runInThread=runner, clock=self.clock)
         raw = _RawUpload(service, self.clock)
         raw.start({"path": "f", "final": False}, 3)
         raw.send(b"abc")
-        runJobs()
+        runner.runAll()
         self.assertEqual(raw.replies()[-1]["have"], 3)
         messages = b""
         for rid, offset in ((2, 3), (3, 0)):
@@ -1356,7 +1360,7 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
             messages += wire.encodePrefix(len(header)) + header + wire.encodePrefix(0)
         raw.send(messages)
         raw.server.connectionLost(Failure(ConnectionError("gone")))
-        runJobs()
+        runner.runAll()
         self.assertEqual(os.path.getsize(self.rootFile(partialName("f"))), 3)
 
     def test_resumeAfterRewriteByAnotherServer(self) -> None:
