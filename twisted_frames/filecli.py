@@ -39,7 +39,11 @@ def register(sub: Any) -> None:
     p.add_argument("path", metavar="PATH")
     p.set_defaults(run=_stat)
 
-    p = sub.add_parser("rm", help="remove a remote file, link or empty directory")
+    p = sub.add_parser(
+        "rm",
+        help="remove a remote file, link or empty directory, and the partial upload to it"
+        " (an upload in progress is cancelled)",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.set_defaults(run=_rm)
 
