@@ -480,6 +480,7 @@ class OpsTests(FilesTestMixin, SynchronousTestCase):
         self.go(self.files.mkdir("d"))
         self.request("put", {"path": "d/f", "final": False}, b"abc")
         self.reconnect()
+        os.mkfifo(self.rootFile("d", partialName("g")))
         self.go(self.files.delete("d"))
         self.assertEqual(os.listdir(self.root), [])
 

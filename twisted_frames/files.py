@@ -451,7 +451,16 @@ class Root:
             if any(not n.startswith(PARTIAL_PREFIX) for n in names):
                 return
             for n in names:
-                removeUnlockedPartial(fd, n)
+                try:
+                    st = os.stat(n, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    removeUnlockedPartial(fd, n)
+                elif not stat.S_ISDIR(st.st_mode):
+                    # A link or special file planted at a partial's name:
+                    # no upload writes to it.
+                    os.unlink(n, dir_fd=fd)
         finally:
             os.close(fd)
 
