@@ -7,10 +7,12 @@ synchronously, a temporary root directory.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from typing import Any
 
@@ -21,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_frames import filestore, wire
+from twisted_frames import files, filestore, wire
 from twisted_frames.client import ClientProtocol, FramesClient
 from twisted_frames.fileclient import (
     FileClient,
@@ -107,6 +109,15 @@ class FilesTestMixin:
         self.files = FileClient(
             self.client, runInThread=synchronousRunner, segmentSize=self.clientSegment
         )
+
+    def reconnect(self) -> None:
+        """
+        Drop the client's connection (the uploads it holds are abandoned,
+        their partials kept for resume) and connect a new one.
+        """
+        self.clientProtocol.transport.loseConnection()
+        self.pump.flush()
+        self.connect()
 
     def go(self, coroutine: Any) -> Any:
         """
@@ -468,6 +479,8 @@ class OpsTests(FilesTestMixin, SynchronousTestCase):
         """
         self.go(self.files.mkdir("d"))
         self.request("put", {"path": "d/f", "final": False}, b"abc")
+        self.reconnect()
+        os.mkfifo(self.rootFile("d", partialName("g")))
         self.go(self.files.delete("d"))
         self.assertEqual(os.listdir(self.root), [])
 
@@ -671,7 +684,8 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
             return original(op, fields, *a, **kw)
 
         self.clientProtocol.request = dropDirFirst  # type: ignore[method-assign]
-        self.goFails(self.files.putFile(src, "d/big"), ErrorCode.NOT_FOUND)
+        # The upload holds its partial open: removing it is noticed at once.
+        self.goFails(self.files.putFile(src, "d/big"), ErrorCode.CANCELLED)
         self.assertEqual(self.go(self.files.list("")), [])
 
     def test_freeSpaceChecked(self) -> None:
@@ -739,6 +753,8 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
         """
         data = os.urandom(2 * 1024 * 1024)
         self.request("put", {"path": "f", "final": False}, data[:700_000])
+        self.clientProtocol.transport.loseConnection()
+        self.pump.flush()
         self.service = self.makeService()
         self.connect()
         src = self.writeLocal("f", data)
@@ -899,6 +915,7 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
 
         self.request("put", {"path": "old", "final": False}, b"abc")
         self.request("put", {"path": "new", "final": False}, b"abc")
+        self.reconnect()
         old = time.time() - 10_000
         os.utime(self.rootFile(partialName("old")), (old, old))
         self.clock.advance(time.time())
@@ -906,6 +923,488 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
         removed = self.successResultOf(self.service.expirePartials())
         self.assertEqual(removed, 1)
         self.assertEqual(os.listdir(self.root), [partialName("new")])
+
+
+class ManualRunner:
+    """
+    A C{runInThread} that queues each job until the test runs it, so that a
+    test decides when "worker thread" work finishes.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.jobs.append((d, f, args))
+        return d
+
+    def runAll(self) -> None:
+        """
+        Run the queued jobs, oldest first, and those they queue, until none
+        is left.
+        """
+        while self.jobs:
+            d, f, args = self.jobs.pop(0)
+            synchronousRunner(f, *args).chainDeferred(d)
+
+
+class _RawUpload:
+    """
+    One server connection fed by hand (a L{StringTransport}), so that a test
+    can stop in the middle of a request body.
+    """
+
+    def __init__(self, service: FileService, clock: Clock) -> None:
+        self.transport = StringTransport()
+        self.server = FramesServerFactory([service], clock=clock).buildProtocol(None)
+        self.server.makeConnection(self.transport)
+
+    def start(self, fields: dict[str, Any], length: int) -> None:
+        """
+        Send a C{put} header and its body's length prefix.
+        """
+        header = wire.encodeHeader({"op": "put", "id": 1, **fields})
+        self.server.dataReceived(
+            wire.encodePrefix(len(header)) + header + wire.encodePrefix(length)
+        )
+
+    def send(self, data: bytes) -> None:
+        """
+        Send more of the body.
+        """
+        self.server.dataReceived(data)
+
+    def replies(self) -> list[dict[str, Any]]:
+        """
+        The replies the server sent (after its greeting).
+        """
+        data = self.transport.value()
+        out = []
+        while data:
+            (n,) = struct.unpack("!I", data[:4])
+            header = json.loads(data[4 : 4 + n])
+            (m,) = struct.unpack("!I", data[4 + n : 8 + n])
+            data = data[8 + n + m :]
+            if header.get("event") != "hello":
+                out.append(header)
+        return out
+
+
+class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
+    """
+    One upload per target at a time, decided by a lock on the partial file;
+    what a refused, failed or removed upload leaves behind (nothing).
+    """
+
+    def otherClient(
+        self, service: FileService | None = None
+    ) -> tuple[FramesClient, Any, iosim.IOPump]:
+        """
+        A second connection, to this test's service or to C{service}.
+
+        @return: its client, a function sending one request and returning
+            the reply or the L{FramesError}, and its pump.
+        """
+        factory = FramesServerFactory([service or self.service], clock=self.clock)
+        server = factory.buildProtocol(None)
+        protocol = ClientProtocol()
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(server, False),
+            protocol,
+            iosim.FakeTransport(protocol, True),
+            clock=self.clock,
+        )
+        client = FramesClient(protocol)
+
+        def ask(op: str, fields: dict[str, Any], body: bytes = b"") -> Any:
+            results: list[Any] = []
+            client.request(op, fields, body).addBoth(results.append)
+            pump.flush()
+            (result,) = results
+            if isinstance(result, Failure):
+                result.trap(FramesError)
+                return result.value
+            return result
+
+        return client, ask, pump
+
+    def assertBusy(self, result: Any, path: str) -> None:
+        self.assertIsInstance(result, FramesError)
+        self.assertEqual(result.code, ErrorCode.BUSY, result)
+        self.assertEqual(result.message, f"upload of {path} already in progress")
+
+    def assertSecondUploadRefused(self, ask: Any) -> None:
+        """
+        With an upload of C{f} in progress on this test's connection (3
+        bytes so far), every kind of upload to C{f} through C{ask} is
+        refused with C{busy} and leaves the first one intact, which then
+        completes; afterwards the path is free again.
+        """
+        self.assertEqual(
+            self.request("put", {"path": "f", "final": False, "size": 6}, b"abc").header["have"], 3
+        )
+        self.assertBusy(ask("put", {"path": "f", "sha256": sha(b"xyz")}, b"xyz"), "f")
+        self.assertBusy(
+            ask("put", {"path": "f", "sha256": sha(b"xyz"), "overwrite": True}, b"xyz"), "f"
+        )
+        self.assertBusy(ask("put", {"path": "f", "offset": 3, "final": False}, b"xyz"), "f")
+        self.assertEqual(os.path.getsize(self.rootFile(partialName("f"))), 3)
+        done = self.request("put", {"path": "f", "offset": 3, "sha256": sha(b"abcdef")}, b"def")
+        self.assertEqual(done.header["size"], 6)
+        self.assertEqual(self.readBytes(self.rootFile("f")), b"abcdef")
+        again = ask("put", {"path": "f", "sha256": sha(b"xyz"), "overwrite": True}, b"xyz")
+        self.assertEqual(again.header["size"], 3)
+        self.assertEqual(os.listdir(self.root), ["f"])
+
+    def test_secondUploadRefusedBusy(self) -> None:
+        """
+        A second connection's upload to a path with an upload in progress
+        (between its messages) is refused at once with C{busy}, also with
+        C{overwrite} or as a resume; the first upload is not harmed.
+        """
+        _, ask, _ = self.otherClient()
+        self.assertSecondUploadRefused(ask)
+
+    def test_secondServiceOnSameRootRefusedBusy(self) -> None:
+        """
+        The same holds between two file services sharing a root (as two
+        server processes do): the lock is on the file, not in memory.
+        """
+        other = FileService(self.root, runInThread=synchronousRunner, clock=self.clock)
+        _, ask, _ = self.otherClient(other)
+        self.assertSecondUploadRefused(ask)
+
+    def test_uploadInMiddleOfBodyRefusesOthers(self) -> None:
+        """
+        While a message's body is still arriving, another upload to the
+        same path is refused too, and the first one completes.
+        """
+        raw = _RawUpload(self.service, self.clock)
+        data = b"a" * 1000
+        raw.start({"path": "f", "sha256": sha(data)}, len(data))
+        raw.send(data[:400])
+        _, ask, _ = self.otherClient()
+        self.assertBusy(ask("put", {"path": "f", "sha256": sha(b"x")}, b"x"), "f")
+        raw.send(data[400:])
+        self.assertEqual(raw.replies()[-1]["ok"], True)
+        self.assertEqual(self.readBytes(self.rootFile("f")), data)
+
+    def test_lockedByAnotherProcess(self) -> None:
+        """
+        A partial locked by someone else (here: a descriptor the test locks,
+        as another server process would) refuses uploads with C{busy}.
+        """
+        self.request("put", {"path": "f", "final": False}, b"abc")
+        self.reconnect()
+        fd = os.open(self.rootFile(partialName("f")), os.O_RDWR)
+        self.addCleanup(os.close, fd)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.assertBusy(self.request("put", {"path": "f", "sha256": sha(b"x")}, b"x"), "f")
+        self.assertEqual(os.path.getsize(self.rootFile(partialName("f"))), 3)
+
+    def test_uploadsPerConnectionBounded(self) -> None:
+        """
+        One connection holds at most L{MAX_UPLOADS_PER_CONNECTION} uploads
+        open between their messages (each costs two descriptors); one more
+        is refused with C{busy} until one of them ends.
+        """
+        self.patch(files, "MAX_UPLOADS_PER_CONNECTION", 2)
+        for name in ("a", "b"):
+            self.request("put", {"path": name, "final": False}, b"1")
+        refused = self.request("put", {"path": "c", "final": False}, b"1")
+        self.assertEqual(refused.code, ErrorCode.BUSY)
+        self.assertIn("more than 2 uploads in progress", refused.message)
+        self.assertFalse(os.path.exists(self.rootFile(partialName("c"))))
+        self.request("put", {"path": "a", "offset": 1, "sha256": sha(b"1")})
+        self.assertEqual(
+            self.request("put", {"path": "c", "sha256": sha(b"1")}, b"1").header["size"], 1
+        )
+
+    def test_refusedUploadLeavesNoPartial(self) -> None:
+        """
+        An upload refused before any byte is written (not enough space for
+        its declared size, target exists) leaves no partial behind.
+        """
+        result = self.request("put", {"path": "f", "size": 2**62, "final": False}, b"x")
+        self.assertEqual(result.code, ErrorCode.NO_SPACE)
+        self.assertEqual(os.listdir(self.root), [])
+        with open(self.rootFile("g"), "wb"):
+            pass
+        result = self.request("put", {"path": "g", "sha256": sha(b"x")}, b"x")
+        self.assertEqual(result.code, ErrorCode.ALREADY_EXISTS)
+        self.assertEqual(os.listdir(self.root), ["g"])
+
+    def test_streamRefusedForSpaceGivesSpaceBack(self) -> None:
+        """
+        A streamed upload (from a pipe: no size known) whose later message
+        no longer fits in the free space is refused with C{no_space} and its
+        partial, holding everything sent so far, is deleted at once.
+        """
+        import io
+
+        from twisted_frames import fileclient
+
+        self.patch(fileclient, "STREAM_CHUNK", 1000)
+        realStatvfs = os.statvfs
+        budget = 2500
+
+        class Full:
+            # What a small disk reports: what the partials use is gone.
+            f_frsize = 1
+
+            def __init__(self, used: int) -> None:
+                self.f_bavail = max(0, budget - used)
+
+        def statvfs(fd: Any) -> Any:
+            used = sum(os.path.getsize(os.path.join(self.root, n)) for n in os.listdir(self.root))
+            return Full(used) if isinstance(fd, int) else realStatvfs(fd)
+
+        self.patch(os, "statvfs", statvfs)
+        error = self.goFails(
+            self.files.putStream(io.BytesIO(os.urandom(5000)), "p"), ErrorCode.NO_SPACE
+        )
+        self.assertEqual(error.details["free"], 500)
+        self.assertEqual(os.listdir(self.root), [])
+
+    def test_writeNoSpaceGivesSpaceBackAtOnce(self) -> None:
+        """
+        A write failing with ENOSPC in the middle of a body answers
+        C{no_space} at once, and the partial is emptied (its blocks freed)
+        and unlinked then, not when the rest of the body has been read.
+        """
+        calls: list[int] = []
+        realWrite = filestore.writeAll
+
+        def fillsUp(fd: int, data: Any) -> None:
+            calls.append(len(data))
+            if len(calls) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            realWrite(fd, data)
+
+        self.patch(filestore, "writeAll", fillsUp)
+        raw = _RawUpload(self.service, self.clock)
+        data = os.urandom(3000)
+        raw.start({"path": "f", "sha256": sha(data)}, len(data))
+        # A second name for the partial's inode, to see its size after the
+        # partial's own name is gone.
+        witness = os.path.join(self.local, "witness")
+        os.link(self.rootFile(partialName("f")), witness)
+        raw.send(data[:1000])
+        self.assertEqual(os.path.getsize(witness), 1000)
+        raw.send(data[1000:2000])
+        (reply,) = raw.replies()
+        self.assertEqual(reply["error"]["code"], ErrorCode.NO_SPACE)
+        self.assertEqual(os.listdir(self.root), [])
+        self.assertEqual(os.path.getsize(witness), 0)
+        raw.send(data[2000:])
+        self.assertEqual(len(raw.replies()), 1)
+
+    def test_writeErrorAnsweredAtOnce(self) -> None:
+        """
+        A write that fails after the last data that arrived is answered at
+        once, not when more of the body comes: an uploader that pauses in
+        the middle of a body (a pipe that is slow to fill) learns now.
+        """
+        runner = ManualRunner()
+
+        def full(fd: int, data: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(filestore, "writeAll", full)
+        raw = _RawUpload(FileService(self.root, runInThread=runner, clock=self.clock), self.clock)
+        data = os.urandom(3000)
+        raw.start({"path": "f", "sha256": sha(data)}, len(data))
+        runner.runAll()
+        raw.send(data[:1000])
+        runner.runAll()
+        (reply,) = raw.replies()
+        self.assertEqual(reply["error"]["code"], ErrorCode.NO_SPACE)
+        self.assertEqual(os.listdir(self.root), [])
+
+    def test_deleteCancelsUploadInBody(self) -> None:
+        """
+        C{delete} of a path whose upload is in the middle of a body removes
+        the partial (and says so); the uploader gets C{cancelled} at its
+        next write, before the rest of its body has arrived, and its
+        connection stays in step.
+        """
+        raw = _RawUpload(self.service, self.clock)
+        data = os.urandom(3000)
+        raw.start({"path": "f", "sha256": sha(data)}, len(data))
+        raw.send(data[:1000])
+        done = self.go(self.files.delete("f"))
+        self.assertEqual(
+            (done["type"], done["partial"], done["cancelled"]), ("partial", 1000, True)
+        )
+        self.assertEqual(os.listdir(self.root), [])
+        raw.send(data[1000:1500])
+        (reply,) = raw.replies()
+        self.assertEqual(reply["error"]["code"], ErrorCode.CANCELLED)
+        self.assertEqual(
+            reply["error"]["message"],
+            "upload of f was cancelled: its partial file was removed"
+            " (deleted by another client or on the server)",
+        )
+        raw.send(data[1500:])
+        header = wire.encodeHeader({"op": "list", "id": 2, "path": ""})
+        raw.send(wire.encodePrefix(len(header)) + header + wire.encodePrefix(0))
+        self.assertEqual(raw.replies()[-1]["count"], 0)
+        self.assertEqual(os.listdir(self.root), [])
+
+    def test_deleteCancelsUploadBetweenMessages(self) -> None:
+        """
+        C{delete} of a path whose upload is between two messages cancels it:
+        the uploader's next message gets C{cancelled}, not an offset error,
+        and nothing is stored.
+        """
+        self.request("put", {"path": "f", "final": False}, b"abc")
+        _, ask, _ = self.otherClient()
+        done = ask("delete", {"path": "f"}).header
+        self.assertEqual((done["partial"], done["cancelled"]), (3, True))
+        result = self.request("put", {"path": "f", "offset": 3, "sha256": sha(b"abcdef")}, b"def")
+        self.assertEqual(result.code, ErrorCode.CANCELLED)
+        self.assertEqual(os.listdir(self.root), [])
+        self.assertEqual(
+            self.request("put", {"path": "f", "sha256": sha(b"x")}, b"x").header["size"], 1
+        )
+
+    def test_deleteStalePartial(self) -> None:
+        """
+        A partial nobody holds (its connection dropped) is removed by
+        C{delete} of its path, even when no file has that name, and the
+        reply says so.
+        """
+        self.request("put", {"path": "p80", "final": False}, b"abc")
+        self.reconnect()
+        done = self.go(self.files.delete("p80"))
+        self.assertEqual(
+            {k: done[k] for k in ("path", "type", "partial", "cancelled")},
+            {"path": "p80", "type": "partial", "partial": 3, "cancelled": False},
+        )
+        self.assertEqual(os.listdir(self.root), [])
+        self.goFails(self.files.delete("p80"), ErrorCode.NOT_FOUND)
+
+    def test_deleteFileReportsItsPartial(self) -> None:
+        """
+        Deleting a file also deletes the stale partial upload to its name,
+        and reports it.
+        """
+        with open(self.rootFile("f"), "wb") as f:
+            f.write(b"old")
+        self.request("put", {"path": "f", "final": False, "overwrite": True}, b"abcd")
+        self.reconnect()
+        done = self.go(self.files.delete("f"))
+        self.assertEqual((done["type"], done["partial"], done["cancelled"]), ("file", 4, False))
+        self.assertEqual(os.listdir(self.root), [])
+
+    def test_deleteDirWithUploadInProgress(self) -> None:
+        """
+        A directory holding only the partial of an upload in progress is not
+        empty: C{delete} refuses it and the upload completes.
+        """
+        self.go(self.files.mkdir("d"))
+        self.request("put", {"path": "d/f", "final": False}, b"abc")
+        _, ask, _ = self.otherClient()
+        self.assertEqual(ask("delete", {"path": "d"}).code, ErrorCode.NOT_EMPTY)
+        self.request("put", {"path": "d/f", "offset": 3, "sha256": sha(b"abc")})
+        self.assertEqual(self.readBytes(self.rootFile("d", "f")), b"abc")
+
+    def test_expireSkipsUploadInProgress(self) -> None:
+        """
+        L{FileService.expirePartials} never deletes a partial an upload
+        holds, however old, whoever holds it; once its connection has gone
+        it is deleted.
+        """
+        import time
+
+        self.request("put", {"path": "mine", "final": False}, b"abc")
+        self.request("put", {"path": "theirs", "final": False}, b"abc")
+        self.reconnect()
+        theirs = os.open(self.rootFile(partialName("theirs")), os.O_RDONLY)
+        self.addCleanup(os.close, theirs)
+        fcntl.flock(theirs, fcntl.LOCK_EX)
+        self.request("put", {"path": "mine", "offset": 3, "final": False}, b"def")
+        old = time.time() - 10_000
+        for name in ("mine", "theirs"):
+            os.utime(self.rootFile(partialName(name)), (old, old))
+        self.clock.advance(time.time())
+        self.service.partialTTL = 3600
+        self.assertEqual(self.successResultOf(self.service.expirePartials()), 0)
+        done = self.request("put", {"path": "mine", "offset": 6, "sha256": sha(b"abcdef")})
+        self.assertEqual(done.header["size"], 6)
+        fcntl.flock(theirs, fcntl.LOCK_UN)
+        self.assertEqual(self.successResultOf(self.service.expirePartials()), 1)
+        self.assertEqual(os.listdir(self.root), ["mine"])
+
+    def test_droppedConnectionSkipsWaitingMessages(self) -> None:
+        """
+        A pipelined message still waiting for its turn when the connection
+        drops does nothing: a restart at offset 0 queued behind another
+        message does not empty the partial the dropped upload leaves for
+        its resume.
+        """
+        runner = ManualRunner()
+
+        service = FileService(self.root, runInThread=runner, clock=self.clock)
+        raw = _RawUpload(service, self.clock)
+        raw.start({"path": "f", "final": False}, 3)
+        raw.send(b"abc")
+        runner.runAll()
+        self.assertEqual(raw.replies()[-1]["have"], 3)
+        messages = b""
+        for rid, offset in ((2, 3), (3, 0)):
+            header = wire.encodeHeader(
+                {"op": "put", "id": rid, "path": "f", "offset": offset, "final": False}
+            )
+            messages += wire.encodePrefix(len(header)) + header + wire.encodePrefix(0)
+        raw.send(messages)
+        raw.server.connectionLost(Failure(ConnectionError("gone")))
+        runner.runAll()
+        self.assertEqual(os.path.getsize(self.rootFile(partialName("f"))), 3)
+
+    def test_resumeAfterRewriteByAnotherServer(self) -> None:
+        """
+        A partial rewritten to the same length by another server process
+        sharing the root, after this one kept its hash state, is hashed
+        again on resume: the whole-file check sees the other prefix, and the
+        client's automatic restart stores exactly its own file (the kept
+        hash state once made a file of the other's prefix and this one's
+        rest pass as verified).
+        """
+        data = os.urandom(2 * 1024 * 1024)
+        self.request("put", {"path": "f", "final": False}, data[:700_000])
+        self.reconnect()
+        other = FileService(self.root, runInThread=synchronousRunner, clock=self.clock)
+        client, ask, pump = self.otherClient(other)
+        self.assertEqual(
+            ask("put", {"path": "f", "final": False}, bytes(700_000)).header["have"], 700_000
+        )
+        client.protocol.transport.loseConnection()
+        pump.flush()
+        # Its write came later (the kernel's file times may be coarser than
+        # this test is fast).
+        partial = self.rootFile(partialName("f"))
+        later = os.stat(partial).st_mtime_ns + 10**9
+        os.utime(partial, ns=(later, later))
+        src = self.writeLocal("f", data)
+        result = self.go(self.files.putFile(src, "f", resume=True))
+        self.assertEqual((result["resumed_from"], result["sha256"]), (0, sha(data)))
+        self.assertEqual(self.readBytes(self.rootFile("f")), data)
+
+    def test_droppedConnectionKeepsHeldPartial(self) -> None:
+        """
+        A connection that drops between two messages of an upload keeps the
+        partial (with its hash state) for a resume on a new connection.
+        """
+        data = os.urandom(2 * 1024 * 1024)
+        self.request("put", {"path": "f", "final": False}, data[:1_500_000])
+        self.reconnect()
+        src = self.writeLocal("f", data)
+        result = self.go(self.files.putFile(src, "f", resume=True))
+        self.assertEqual((result["resumed_from"], result["sha256"]), (1_500_000, sha(data)))
+        self.assertEqual(os.listdir(self.root), ["f"])
 
 
 class SegmentedTransferTests(FilesTestMixin, SynchronousTestCase):

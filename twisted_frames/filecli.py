@@ -39,7 +39,11 @@ def register(sub: Any) -> None:
     p.add_argument("path", metavar="PATH")
     p.set_defaults(run=_stat)
 
-    p = sub.add_parser("rm", help="remove a remote file, link or empty directory")
+    p = sub.add_parser(
+        "rm",
+        help="remove a remote file, link or empty directory, and the partial upload to it"
+        " (an upload in progress is cancelled)",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.set_defaults(run=_rm)
 
@@ -203,8 +207,29 @@ async def _rm(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         ui,
         "rm",
         lambda files, path: files.delete(path),
-        lambda done: f"removed {done['type']} {done['path']}",
+        _removed,
     )
+
+
+def _removed(done: dict[str, Any]) -> str:
+    """
+    The line C{rm} prints for one path: what was removed, and the partial
+    upload to it that went too (interrupted, or in progress and cancelled).
+    """
+    path, kind = done["path"], done["type"]
+    if "partial" not in done:
+        return f"removed {kind} {path}"
+    size = done["partial"]
+    if kind == "partial":
+        if done.get("cancelled"):
+            return f"cancelled the upload in progress to {path} ({size} bytes received)"
+        return f"removed the interrupted upload to {path} ({size} bytes)"
+    if done.get("cancelled"):
+        return (
+            f"removed {kind} {path}, and cancelled the upload in progress to it "
+            f"({size} bytes received)"
+        )
+    return f"removed {kind} {path}, and the interrupted upload to it ({size} bytes)"
 
 
 async def _mkdir(reactor: Any, args: argparse.Namespace, ui: UI) -> int:

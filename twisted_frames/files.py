@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import heapq
 import inspect
@@ -34,7 +35,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from twisted.internet import defer
@@ -79,8 +80,13 @@ DEFAULT_PARTIAL_TTL = 24 * 3600.0
 #: (sort) or a third of a second (encode) even from a worker thread; 1,024
 #: entries take about a millisecond.
 LISTING_BATCH = 1024
+#: Uploads one connection may have in progress at once: between its
+#: messages each holds two descriptors (its directory and its partial).
+MAX_UPLOADS_PER_CONNECTION = 16
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Opens a partial only to look at it or lock it (never blocks on a FIFO).
+_PEEK_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def checkPath(path: Any, allowRoot: bool = False) -> list[str]:
@@ -136,6 +142,63 @@ def partialName(name: str) -> str:
     directory: deterministic, so that a resumed upload finds it.
     """
     return PARTIAL_PREFIX + hashlib.sha256(name.encode("utf-8")).hexdigest()[:40]
+
+
+def lockPartial(fd: int) -> bool:
+    """
+    Try to take the exclusive lock an upload holds on its partial file for
+    as long as it runs (C{flock}: it belongs to the open file, so it
+    excludes other connections of this process as well as other server
+    processes sharing the root, and the kernel drops it when the file is
+    closed, whatever way the process ends).
+
+    @return: whether the lock was taken (C{False}: an upload holds it).
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def isLinkedAs(dirfd: int, name: str, fd: int) -> bool:
+    """
+    Whether C{name} in C{dirfd} is still the file open as C{fd} (not removed,
+    renamed away or replaced by another file since it was opened).
+    """
+    try:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def removeUnlockedPartial(dirfd: int, name: str, before: float | None = None) -> bool:
+    """
+    Unlink the partial file C{name} in C{dirfd} if no upload holds it (and,
+    with C{before}, if it was last written before that time).  The lock is
+    taken first and the name checked again under it, so a partial an upload
+    takes meanwhile is never removed.
+
+    @return: whether it was removed.
+    """
+    try:
+        fd = os.open(name, _PEEK_FLAGS, dir_fd=dirfd)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        if before is not None and st.st_mtime >= before:
+            return False
+        if not lockPartial(fd) or not isLinkedAs(dirfd, name, fd):
+            return False
+        os.unlink(name, dir_fd=dirfd)
+        return True
+    finally:
+        os.close(fd)
 
 
 def fileType(mode: int) -> str:
@@ -430,20 +493,30 @@ class Root:
             return None
         return st.st_size if stat.S_ISREG(st.st_mode) else None
 
-    def delete(self, segments: list[str], display: str, busy: Callable[[str], bool]) -> str:
+    def delete(self, segments: list[str], display: str) -> dict[str, Any]:
         """
         Remove a file, a symbolic link (not its target) or an empty
-        directory.
+        directory, and the partial upload to that name if there is one:
+        a stale one, or one in progress, which is thereby cancelled (its
+        uploader is told at its next write).
 
-        @param busy: tells whether a partial file (by absolute path) is in
-            use, so that a directory holding only stale partials can go.
-        @return: the type of what was removed.
+        @return: the reply fields: C{type} (what was removed: C{partial}
+            if only a partial upload was there), and with a partial,
+            C{partial} (its bytes) and C{cancelled} (whether an upload was
+            in progress).
         """
         fd = self.openDir(segments[:-1], display)
         try:
             name = segments[-1]
-            st = self.lstat(fd, name, display)
-            kind = fileType(st.st_mode)
+            missing: FramesError | None = None
+            st: os.stat_result | None = None
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError as e:
+                missing = errorFromOSError(e, display)
+                if e.errno != errno.ENOENT:
+                    raise missing from None
+            kind = "partial" if st is None else fileType(st.st_mode)
             try:
                 if kind == "directory":
                     try:
@@ -451,31 +524,75 @@ class Root:
                     except OSError as e:
                         if e.errno != errno.ENOTEMPTY:
                             raise
-                        self._removeStalePartials(fd, name, display, busy)
+                        self._removeStalePartials(fd, name)
                         os.rmdir(name, dir_fd=fd)
-                else:
+                    return {"type": kind}
+                if st is not None:
                     os.unlink(name, dir_fd=fd)
-                    try:
-                        os.unlink(partialName(name), dir_fd=fd)
-                    except FileNotFoundError:
-                        pass
+                partial = self._removePartial(fd, name)
             except OSError as e:
                 raise errorFromOSError(e, display) from None
-            return kind
+            if partial is None:
+                if missing is not None:
+                    raise missing
+                return {"type": kind}
+            size, cancelled = partial
+            return {"type": kind, "partial": size, "cancelled": cancelled}
         finally:
             os.close(fd)
 
-    def _removeStalePartials(
-        self, parent: int, name: str, display: str, busy: Callable[[str], bool]
-    ) -> None:
+    def _removePartial(self, dirfd: int, name: str) -> tuple[int, bool] | None:
+        """
+        Unlink the partial upload to C{name}, held by an upload or not.
+
+        @return: its size and whether an upload held it, or C{None} if
+            there was none.
+        """
+        part = partialName(name)
+        try:
+            fd = os.open(part, _PEEK_FLAGS, dir_fd=dirfd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            # A link planted at the slot: no upload ever wrote it.
+            os.unlink(part, dir_fd=dirfd)
+            return 0, False
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                return None
+            held = stat.S_ISREG(st.st_mode) and not lockPartial(fd)
+            try:
+                os.unlink(part, dir_fd=dirfd)
+            except FileNotFoundError:
+                # Its upload finished (or another delete won) meanwhile.
+                return None
+            return st.st_size, held
+        finally:
+            os.close(fd)
+
+    def _removeStalePartials(self, parent: int, name: str) -> None:
+        """
+        Remove the partials in a directory that holds nothing else, except
+        those an upload holds (the directory then stays: C{not_empty}).
+        """
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         try:
             names = os.listdir(fd)
             if any(not n.startswith(PARTIAL_PREFIX) for n in names):
                 return
-            where = os.path.join(self.path, display)
             for n in names:
-                if not busy(os.path.join(where, n)):
+                try:
+                    st = os.stat(n, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    removeUnlockedPartial(fd, n)
+                elif not stat.S_ISDIR(st.st_mode):
+                    # A link or special file planted at a partial's name:
+                    # no upload writes to it.
                     os.unlink(n, dir_fd=fd)
         finally:
             os.close(fd)
@@ -574,6 +691,41 @@ class _Upload:
     parent: int = -1
     fd: int = -1
     hasher: Any = None
+    #: Whether C{fd} holds the partial's lock (so that it may be discarded).
+    locked: bool = False
+
+
+@dataclass
+class _Held:
+    """
+    An upload in progress on one connection, between two of its messages:
+    its directory and its partial file (open, so locked), and the length
+    and hash state after the last message.
+    """
+
+    parent: int
+    fd: int
+    length: int
+    hasher: Any
+
+
+@dataclass
+class _ConnectionUploads:
+    """
+    The uploads one connection has in progress, by request path.
+
+    @ivar locks: per target, so that pipelined messages of one upload are
+        applied strictly in arrival order.
+    @ivar held: uploads between messages, holding their partial's lock.
+    @ivar active: targets this connection holds descriptors for (between
+        messages or in one).
+    @ivar closed: the connection is gone: nothing more is held.
+    """
+
+    locks: dict[tuple[str, ...], defer.DeferredLock] = field(default_factory=dict)
+    held: dict[tuple[str, ...], _Held] = field(default_factory=dict)
+    active: set[tuple[str, ...]] = field(default_factory=set)
+    closed: bool = False
 
 
 class FileService(Service):
@@ -602,15 +754,15 @@ class FileService(Service):
         self.partialTTL = partialTTL
         self.segmentSize = segmentSize
         self.clock = clock
-        # Partial files in use, by absolute path, each with a lock (by
-        # request path) so that pipelined segments of one upload run strictly
-        # in order.
-        self._locks: dict[tuple[str, ...], defer.DeferredLock] = {}
-        self._busyPaths: set[str] = set()
-        # Hash state of partial files after the last completed segment, so
-        # that the next segment need not re-read the prefix.  Keyed by
-        # (st_dev, st_ino); checked against the size before use.
-        self._hashes: dict[tuple[int, int], tuple[int, Any]] = {}
+        # Uploads in progress, per connection.  Which upload owns a partial
+        # file is decided by the file's lock (L{lockPartial}), not here, so
+        # that server processes sharing the root agree.
+        self._uploads: dict[Any, _ConnectionUploads] = {}
+        # Hash state of partial files left by a closed connection, so that a
+        # resumed upload need not re-read the prefix.  Keyed by (st_dev,
+        # st_ino); used only if size and times are still those it was kept
+        # with (another process sharing the root may have rewritten it).
+        self._hashes: dict[tuple[int, int], tuple[tuple[int, int, int], Any]] = {}
 
     def operations(self) -> Iterable[Operation]:
         """
@@ -664,13 +816,16 @@ class FileService(Service):
     @operation("delete")
     async def deleteOp(self, request: Request) -> dict[str, Any]:
         """
-        Remove a file, link or empty directory.
+        Remove a file, link or empty directory, and the partial upload to
+        that path (stale, or in progress: that upload is cancelled).
         """
         self._connection(request)
         path = request.header.get("path")
         segments = checkPath(path)
-        kind = await self.run(self.root.delete, segments, path, self._busyPaths.__contains__)
-        return {"path": path, "type": kind}
+        result: dict[str, Any] = await self.run(self.root.delete, segments, path)
+        if result.get("cancelled"):
+            log.info("delete of {path} cancelled the upload in progress to it", path=path)
+        return {"path": path, **result}
 
     @operation("mkdir")
     async def mkdirOp(self, request: Request) -> dict[str, Any]:
@@ -769,20 +924,56 @@ class FileService(Service):
         upload = _Upload(str(path), segments[-1], offset, final, size, sha, overwrite)
         return _UploadSink(self, request, segments, upload)
 
-    def isBusy(self, partialPath: str) -> bool:
+    def connectionLost(self, connection: Any) -> None:
         """
-        Whether a partial file (absolute path) is being written.
+        Close the uploads the connection held between messages: their
+        partials are kept (with their hash state) for a resumed upload, and
+        closing them releases their locks.  An upload in the middle of a
+        message is closed by its message when the body fails.
         """
-        return partialPath in self._busyPaths
+        uploads = self._uploads.pop(connection, None)
+        if uploads is None:
+            return
+        uploads.closed = True
+        held, uploads.held = uploads.held, {}
+        for key, h in held.items():
+            uploads.active.discard(key)
+            d = self.run(self._keepHeld, h)
+            d.addErrback(lambda f: log.failure("closing an upload failed", f))
 
-    def _resolveUpload(self, segments: list[str], u: _Upload) -> None:
-        u.parent = self.root.openDir(segments[:-1], u.display)
+    def _keepHeld(self, h: _Held) -> None:
         try:
+            self.rememberHash(os.fstat(h.fd), h.length, h.hasher)
+        finally:
+            closeQuietly(h.fd)
+            closeQuietly(h.parent)
+
+    def _prepareUpload(
+        self, segments: list[str], u: _Upload, held: _Held | None, bodyLength: int
+    ) -> None:
+        """
+        Make C{u} ready to write its body at its offset: continue the upload
+        this connection holds for the target, or open (and lock) the
+        target's partial.  Whatever it opened is left in C{u} for the caller
+        to close, also when it raises.
+        """
+        if held is None:
+            u.parent = self.root.openDir(segments[:-1], u.display)
             self._checkTarget(u)
-        except BaseException:
-            os.close(u.parent)
-            u.parent = -1
-            raise
+            self._openPartial(u)
+        else:
+            u.parent, u.fd, u.locked = held.parent, held.fd, True
+            self._checkLinked(u)
+            self._checkTarget(u)
+            if u.offset == 0:
+                os.ftruncate(u.fd, 0)
+                u.hasher = newHash()
+            elif u.offset != held.length:
+                raise self._offsetMismatch(u, held.length)
+            else:
+                u.hasher = held.hasher
+        self._checkSpace(u, bodyLength)
+        os.lseek(u.fd, u.offset, os.SEEK_SET)
 
     def _checkTarget(self, u: _Upload) -> None:
         try:
@@ -802,69 +993,105 @@ class FileService(Service):
                 path=u.display,
             )
 
-    def _openPartial(self, u: _Upload, bodyLength: int) -> None:
+    def _openPartial(self, u: _Upload) -> None:
+        """
+        Open the target's partial file (created at offset 0) and take its
+        lock, or refuse with C{busy} if another upload holds it.
+        """
         part = partialName(u.name)
-        if u.offset == 0:
-            u.fd, st = openRegular(
-                part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, u.parent, u.display, "partial file"
-            )
-        else:
-            try:
-                u.fd, st = openRegular(part, os.O_RDWR, u.parent, u.display, "partial file")
-            except FileNotFoundError:
-                raise FramesError(
-                    ErrorCode.INVALID_ARGUMENT,
-                    f"{u.display}: no partial upload to continue at offset {u.offset}"
-                    " (the server has 0 bytes)",
-                    path=u.display,
-                    have=0,
-                ) from None
-        if st.st_size != u.offset:
-            raise FramesError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"{u.display}: the server has {st.st_size} bytes of this upload, not {u.offset}",
-                path=u.display,
-                have=st.st_size,
-            )
-        if u.size is not None or bodyLength:
-            need = (u.size - u.offset) if u.size is not None else bodyLength
-            vfs = os.statvfs(u.fd)
-            free = vfs.f_bavail * vfs.f_frsize
-            if need > free:
-                raise FramesError(
-                    ErrorCode.NO_SPACE,
-                    f"{u.display}: {need} bytes needed, {free} free on the server",
-                    path=u.display,
-                    needed=need,
-                    free=free,
+        for _attempt in range(_LOCK_ATTEMPTS):
+            if u.offset == 0:
+                # Not truncated before the lock is ours: it may be another
+                # upload's.
+                fd, st = openRegular(
+                    part, os.O_RDWR | os.O_CREAT, u.parent, u.display, "partial file"
                 )
+            else:
+                try:
+                    fd, st = openRegular(part, os.O_RDWR, u.parent, u.display, "partial file")
+                except FileNotFoundError:
+                    raise self._offsetMismatch(u, 0) from None
+            u.fd = fd
+            if not lockPartial(fd):
+                raise FramesError(
+                    ErrorCode.BUSY, f"upload of {u.display} already in progress", path=u.display
+                )
+            # Between the open and the lock, the upload that held it may
+            # have finished (renamed it into place) or been cancelled: the
+            # name must still be this file, else open the new one.
+            if isLinkedAs(u.parent, part, fd):
+                break
+            u.fd = -1
+            os.close(fd)
+        else:
+            raise FramesError(
+                ErrorCode.BUSY, f"upload of {u.display} already in progress", path=u.display
+            )
+        u.locked = True
+        # Again now that the lock is ours: its last holder may have written
+        # after the open.
+        st = os.fstat(fd)
+        if u.offset == 0:
+            os.ftruncate(fd, 0)
+            u.hasher = newHash()
+            return
+        if st.st_size != u.offset:
+            raise self._offsetMismatch(u, st.st_size)
         cached = self._hashes.pop((st.st_dev, st.st_ino), None)
-        if cached is not None and cached[0] == u.offset:
+        if cached is not None and cached[0] == _version(st):
             u.hasher = cached[1]
         else:
             u.hasher = newHash()
-            hashPrefix(u.fd, u.offset, u.hasher)
-        os.lseek(u.fd, u.offset, os.SEEK_SET)
+            hashPrefix(fd, u.offset, u.hasher)
+
+    def _offsetMismatch(self, u: _Upload, have: int) -> FramesError:
+        if not have:
+            return FramesError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"{u.display}: no partial upload to continue at offset {u.offset}"
+                " (the server has 0 bytes)",
+                path=u.display,
+                have=0,
+            )
+        return FramesError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"{u.display}: the server has {have} bytes of this upload, not {u.offset}",
+            path=u.display,
+            have=have,
+        )
+
+    def _checkSpace(self, u: _Upload, bodyLength: int) -> None:
+        if u.size is None and not bodyLength:
+            return
+        need = (u.size - u.offset) if u.size is not None else bodyLength
+        vfs = os.statvfs(u.fd)
+        free = vfs.f_bavail * vfs.f_frsize
+        if need > free:
+            raise FramesError(
+                ErrorCode.NO_SPACE,
+                f"{u.display}: {need} bytes needed, {free} free on the server",
+                path=u.display,
+                needed=need,
+                free=free,
+            )
+
+    def _checkLinked(self, u: _Upload) -> None:
+        """
+        @raise FramesError: C{cancelled} if the partial file is no longer
+            under its name (a C{delete} of the target removed it).
+        """
+        if not isLinkedAs(u.parent, partialName(u.name), u.fd):
+            raise _cancelled(u.display)
 
     def _finishSegment(self, u: _Upload, written: int) -> dict[str, Any]:
         """
-        After the body: keep the hash for the next segment, or (final)
-        fsync, verify and move the file into place.
+        After the body of a final message: fsync, verify and move the file
+        into place.  On failure the caller discards the partial.
         """
         have = u.offset + written
-        st = os.fstat(u.fd)
-        if not u.final:
-            self.rememberHash(st, have, u.hasher)
-            return {"path": u.display, "have": have}
-        part = partialName(u.name)
-        try:
-            os.fsync(u.fd)
-        except OSError as e:
-            self._discardPartial(u)
-            raise errorFromOSError(e, u.display) from None
+        os.fsync(u.fd)
         digest = u.hasher.hexdigest()
         if digest != u.sha256:
-            self._discardPartial(u)
             raise FramesError(
                 ErrorCode.INTEGRITY_ERROR,
                 f"{u.display}: SHA-256 mismatch: received data hashes to {digest}, "
@@ -872,25 +1099,28 @@ class FileService(Service):
                 path=u.display,
                 sha256=digest,
             )
+        self._checkLinked(u)
         self._checkTarget(u)
-        try:
-            if u.overwrite:
-                os.replace(part, u.name, src_dir_fd=u.parent, dst_dir_fd=u.parent)
-            else:
-                self._linkNoClobber(part, u)
-            os.fsync(u.parent)
-        except OSError as e:
-            raise errorFromOSError(e, u.display) from None
+        part = partialName(u.name)
+        if u.overwrite:
+            os.replace(part, u.name, src_dir_fd=u.parent, dst_dir_fd=u.parent)
+        else:
+            self._linkNoClobber(part, u)
+        os.fsync(u.parent)
         return {"path": u.display, "size": have, "sha256": digest}
 
     def rememberHash(self, st: os.stat_result, length: int, hasher: Any) -> None:
         """
-        Keep the hash of a partial file's first C{length} bytes for its next
-        segment (a bounded number of them: an abandoned one costs little).
+        Keep the hash of a partial file's first C{length} bytes (its size)
+        for a resumed upload (a bounded number of them: an abandoned one
+        costs little).
+
+        @param st: the file's C{fstat} after its last write.
         """
         if len(self._hashes) >= MAX_REMEMBERED_HASHES:
             self._hashes.pop(next(iter(self._hashes)))
-        self._hashes[(st.st_dev, st.st_ino)] = (length, hasher)
+        if st.st_size == length:
+            self._hashes[(st.st_dev, st.st_ino)] = (_version(st), hasher)
 
     def _linkNoClobber(self, part: str, u: _Upload) -> None:
         # link() fails if the name exists, so a file created meanwhile by
@@ -904,29 +1134,38 @@ class FileService(Service):
             return
         os.unlink(part, dir_fd=u.parent)
 
-    def _discardPartial(self, u: _Upload) -> None:
+    def _closeUpload(self, u: _Upload, discard: bool) -> None:
+        """
+        Close an upload's descriptors (which releases its lock); with
+        C{discard}, first empty and unlink its partial if it is still under
+        its name, so that its space comes back at once.
+        """
         try:
-            os.unlink(partialName(u.name), dir_fd=u.parent)
-        except OSError:
-            pass
-
-    def _closeUpload(self, u: _Upload) -> None:
-        closeQuietly(u.fd if u.fd >= 0 else None)
-        closeQuietly(u.parent if u.parent >= 0 else None)
-        u.fd = u.parent = -1
+            if discard and u.locked and u.fd >= 0 and u.parent >= 0:
+                part = partialName(u.name)
+                if isLinkedAs(u.parent, part, u.fd):
+                    # Truncated first: the blocks are freed now even if the
+                    # unlink fails or another descriptor is still open.
+                    os.ftruncate(u.fd, 0)
+                    os.unlink(part, dir_fd=u.parent)
+        except OSError as e:
+            log.warn("could not discard the partial upload of {path}: {e}", path=u.display, e=e)
+        finally:
+            closeQuietly(u.fd if u.fd >= 0 else None)
+            closeQuietly(u.parent if u.parent >= 0 else None)
+            u.fd = u.parent = -1
 
     # -- expiry ----------------------------------------------------------------
 
     def expirePartials(self) -> defer.Deferred[int]:
         """
         Delete partial uploads not written to for L{partialTTL} seconds and
-        not in use.
+        not held by an upload (of this process or another sharing the root).
 
         @return: a Deferred firing with how many were deleted.
         """
         deadline = self._now() - self.partialTTL
-        busy = set(self._busyPaths)
-        d: defer.Deferred[int] = self.run(self._expire, deadline, busy)
+        d: defer.Deferred[int] = self.run(self._expire, deadline)
         d.addErrback(self._expireFailed)
         return d
 
@@ -934,30 +1173,70 @@ class FileService(Service):
         log.failure("expiring partial uploads failed", failure)
         return 0
 
-    def _expire(self, deadline: float, busy: set[str]) -> int:
+    def _expire(self, deadline: float) -> int:
         removed = 0
         for where, _dirs, names in os.walk(self.root.path):
-            for name in names:
-                if not name.startswith(PARTIAL_PREFIX):
-                    continue
-                full = os.path.join(where, name)
-                if full in busy:
-                    continue
-                try:
-                    st = os.stat(full, follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode) and st.st_mtime < deadline:
-                        os.unlink(full)
+            partials = [n for n in names if n.startswith(PARTIAL_PREFIX)]
+            if not partials:
+                continue
+            try:
+                dirfd = os.open(where, _DIR_FLAGS)
+            except OSError:
+                continue
+            try:
+                for name in partials:
+                    if removeUnlockedPartial(dirfd, name, before=deadline):
                         removed += 1
-                        log.info("expired partial upload {path}", path=full)
-                except OSError:
-                    continue
+                        log.info("expired partial upload {path}", path=os.path.join(where, name))
+            finally:
+                os.close(dirfd)
         return removed
+
+
+#: How often L{FileService._openPartial} retries when the partial it opened
+#: was renamed or removed before it got the lock.
+_LOCK_ATTEMPTS = 5
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int]:
+    """
+    What must not have changed for a remembered hash state to be used: the
+    size and the modification and change times (a write by another server
+    process sharing the root changes them).
+    """
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _cancelled(display: str) -> FramesError:
+    return FramesError(
+        ErrorCode.CANCELLED,
+        f"upload of {display} was cancelled: its partial file was removed"
+        " (deleted by another client or on the server)",
+        path=display,
+    )
+
+
+def _keepsPartial(error: FramesError) -> bool:
+    """
+    Whether a failed upload message leaves its partial in place: only for
+    an offset mismatch (the data is good, the client is told how much the
+    server has).  Any other refusal or failure by the server gives the
+    space back at once.
+    """
+    return error.code == ErrorCode.INVALID_ARGUMENT and "have" in error.details
 
 
 class _UploadSink(BodySink):
     """
     One C{put} message: prepares the partial file in a worker thread while
     the connection is paused, streams the body to it, then finishes.
+
+    Between the messages of one upload the connection keeps the partial
+    open, hence locked (L{_Held}): a second upload to the same path, on
+    another connection or by another server process, is refused with
+    C{busy} until this one ends.  It ends with its final message, with a
+    failure (the partial is then discarded, see L{_keepsPartial}) or with
+    the connection (the partial is then kept for a resumed upload).
     """
 
     # Cut short at shutdown: bodyFailed keeps what arrived for a resume.
@@ -969,6 +1248,7 @@ class _UploadSink(BodySink):
         self.service = service
         self.request = request
         self.segments = segments
+        self.key = tuple(segments)
         self.upload = upload
         self.length = 0
         self.producer: Any = None
@@ -978,8 +1258,12 @@ class _UploadSink(BodySink):
         self.connectionFailure: Failure | None = None
         self._pauses = 0
         self._lock: defer.DeferredLock | None = None
-        self._partialPath = ""
         self._ready: defer.Deferred[None] | None = None
+        self._closed = False
+        uploads = service._uploads.get(request.connection)
+        if uploads is None:
+            uploads = service._uploads[request.connection] = _ConnectionUploads()
+        self._uploads = uploads
 
     # Pausing has two reasons (not yet prepared, writer full); the
     # connection's producer only knows paused or not.
@@ -1001,38 +1285,63 @@ class _UploadSink(BodySink):
         self._ready.addErrback(self._prepareFailed)
 
     async def _prepare(self) -> None:
-        s, u = self.service, self.upload
+        s, u, uploads = self.service, self.upload, self._uploads
         # Queued for the lock before any thread work, in arrival order: an
         # empty body lets the connection read the next message while this
         # one is still being prepared, and its thread may finish first.
-        key = tuple(self.segments)
-        lock = s._locks.get(key)
+        lock = uploads.locks.get(self.key)
         if lock is None:
-            lock = s._locks[key] = defer.DeferredLock()
+            lock = uploads.locks[self.key] = defer.DeferredLock()
         await lock.acquire()
         self._lock = lock
-        await s.run(s._resolveUpload, self.segments, u)
-        self._partialPath = os.path.join(s.root.path, *self.segments[:-1], partialName(u.name))
-        s._busyPaths.add(self._partialPath)
-        await s.run(s._openPartial, u, self.length)
-        self.writer = FileWriter(u.fd, u.hasher, s.run, self._pause, self._resume)
+        if uploads.closed:
+            # A pipelined message whose connection went while it waited:
+            # nobody can be answered, and the partial stays as it is for a
+            # resumed upload.
+            self._close(discard=False)
+            return
+        held = uploads.held.pop(self.key, None)
+        if held is None:
+            if len(uploads.active) >= MAX_UPLOADS_PER_CONNECTION:
+                raise FramesError(
+                    ErrorCode.BUSY,
+                    f"more than {MAX_UPLOADS_PER_CONNECTION} uploads in progress"
+                    " on one connection",
+                    path=u.display,
+                )
+            uploads.active.add(self.key)
+        await s.run(s._prepareUpload, self.segments, u, held, self.length)
+        self.writer = FileWriter(
+            u.fd,
+            u.hasher,
+            s.run,
+            self._pause,
+            self._resume,
+            afterWrite=self._checkNotRemoved,
+            onError=self._fail,
+        )
         if self.received or self.connectionFailure is not None:
             self._afterBody()
         else:
             self._resume()
 
+    def _checkNotRemoved(self, fd: int) -> None:
+        # In the writer's thread after each write: a cheap fstat tells
+        # whether a delete has unlinked the partial, so the uploader learns
+        # within one write instead of after streaming everything.
+        if os.fstat(fd).st_nlink == 0:
+            raise _cancelled(self.upload.display)
+
     def _prepareFailed(self, failure: Failure) -> None:
         self._fail(failure)
-        self._release()
         if self._pauses:
             self._pauses = 1
             self._resume()
 
     def bodyData(self, data: bytes) -> None:
+        # A write error is reported by the writer itself (onError), at once.
         if self.writer is not None and self.failed is None:
             self.writer.write(data)
-            if self.writer.error is not None:
-                self._writeFailed()
 
     def bodyFinished(self) -> None:
         self.received = True
@@ -1046,31 +1355,41 @@ class _UploadSink(BodySink):
         if self.writer is not None:
             self._afterBody()
 
-    def _writeFailed(self) -> None:
-        assert self.writer is not None and self.writer.error is not None
-        self._fail(self.writer.error)
-
     def _afterBody(self) -> None:
         writer = self.writer
         assert writer is not None
         d = writer.drain()
         d.addCallback(lambda _: self._finish(writer.written))
         d.addErrback(self._fail)
-        d.addBoth(self._cleanup)
+        d.addBoth(lambda _: self._close(discard=False))
 
     def _finish(self, written: int) -> defer.Deferred[None] | None:
         s, u = self.service, self.upload
         if self.failed is not None:
             return None
-        if self.connectionFailure is not None:
-            # Keep what arrived, hashed, for a resumed upload.
+        if self.connectionFailure is not None or (not u.final and self._uploads.closed):
+            # The connection is gone: keep what arrived, hashed, for a
+            # resumed upload (closing the partial releases its lock).
             def keep() -> None:
                 st = os.fstat(u.fd)
                 s.rememberHash(st, u.offset + written, u.hasher)
 
             return s.run(keep)
+        if not u.final:
+            self._hold(u.offset + written)
+            return None
         d: defer.Deferred[dict[str, Any]] = s.run(s._finishSegment, u, written)
         return d.addCallback(self._reply)
+
+    def _hold(self, have: int) -> None:
+        """
+        Keep the partial open (and locked) on the connection for the
+        upload's next message, and answer this one.
+        """
+        u, uploads = self.upload, self._uploads
+        uploads.held[self.key] = _Held(u.parent, u.fd, have, u.hasher)
+        u.parent = u.fd = -1
+        self._reply({"path": u.display, "have": have})
 
     def _reply(self, fields: dict[str, Any]) -> None:
         if not self.request.finished:
@@ -1088,29 +1407,36 @@ class _UploadSink(BodySink):
             error = failure
         if self.failed is None:
             self.failed = error
-            # A write error leaves a partial that cannot be trusted (and a
-            # full disk wants the space back); refusals before writing keep it.
-            writing = self.writer is not None and self.upload.parent >= 0
-            if writing and error.code in (ErrorCode.NO_SPACE, ErrorCode.IO_ERROR):
-                self.service._discardPartial(self.upload)
+            # No write is running now (a failed writer writes no more), so
+            # the partial can go at once, while the rest of the body is
+            # still being read and dropped.
+            self._close(discard=not _keepsPartial(error))
         if not self.request.finished:
             self.request.fail(error)
 
-    def _cleanup(self, result: Any) -> None:
-        s = self.service
-        u = self.upload
-        if u.fd >= 0 or u.parent >= 0:
-            s.run(s._closeUpload, u).addErrback(lambda f: None).addBoth(lambda _: self._release())
-        else:
+    def _close(self, discard: bool) -> None:
+        """
+        End this message's hold on the upload (once): close what it still
+        has open (nothing if L{_hold} passed it to the next message), then
+        let the next message for the target in.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        s, u = self.service, self.upload
+        if u.fd < 0 and u.parent < 0:
             self._release()
+            return
+        d = s.run(s._closeUpload, u, discard)
+        d.addErrback(lambda f: log.failure("closing the upload of {p} failed", f, p=u.display))
+        d.addBoth(lambda _: self._release())
 
     def _release(self) -> None:
-        s = self.service
-        s._busyPaths.discard(self._partialPath)
+        uploads = self._uploads
+        if self.key not in uploads.held:
+            uploads.active.discard(self.key)
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
             if not lock.locked and not lock.waiting:
-                s._locks.pop(tuple(self.segments), None)
-        if self.upload.fd >= 0 or self.upload.parent >= 0:
-            self.service._closeUpload(self.upload)
+                uploads.locks.pop(self.key, None)

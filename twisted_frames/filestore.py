@@ -126,6 +126,12 @@ class FileWriter:
 
     @ivar written: bytes written so far.
     @ivar error: the first failure, after which nothing more is written.
+    @ivar afterWrite: if given, called with the descriptor in the worker
+        thread after each job's write; an exception it raises fails the
+        writer like a write error (the file service checks there that its
+        partial file has not been removed).
+    @ivar onError: if given, called with the first failure as soon as it
+        happens (not only when someone next writes or drains).
     """
 
     def __init__(
@@ -136,9 +142,13 @@ class FileWriter:
         pause: Callable[[], None],
         resume: Callable[[], None],
         highWater: int = WRITE_HIGH_WATER,
+        afterWrite: Callable[[int], None] | None = None,
+        onError: Callable[[Failure], None] | None = None,
     ) -> None:
         self.fd = fd
         self.hasher = hasher
+        self.afterWrite = afterWrite
+        self.onError = onError
         self.written = 0
         self.error: Failure | None = None
         self._run = runInThread
@@ -204,6 +214,8 @@ class FileWriter:
             writeAll(self.fd, batch[0])
         else:
             writeVectors(self.fd, batch)
+        if self.afterWrite is not None:
+            self.afterWrite(self.fd)
         return total
 
     def _batchDone(self, n: int) -> None:
@@ -222,6 +234,8 @@ class FileWriter:
         if self._paused:
             self._paused = False
             self._resume()
+        if self.onError is not None:
+            self.onError(failure)
         self._fire(failure)
 
     def _fire(self, failure: Failure | None) -> None:
