@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -210,17 +212,74 @@ def frames(
 
 
 def twistd(
-    *args: str, timeout: float = 60.0, cwd: str | None = None
+    *args: str,
+    timeout: float = 60.0,
+    cwd: str | None = None,
+    twistdOptions: Sequence[str] = ("-n", "--pidfile="),
 ) -> subprocess.CompletedProcess[str]:
     """
-    Run C{twistd -n --pidfile= frameserver ARGS} to completion (for a server
-    that is expected to refuse to start).
+    Run C{twistd TWISTDOPTIONS frameserver ARGS} to completion: a server
+    that is expected to refuse to start or, without C{-n} in
+    C{twistdOptions}, the launcher of a daemon, which returns once the
+    daemon has started or failed.
     """
     return subprocess.run(
-        [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "frameserver", *args],
+        [sys.executable, "-c", TWISTD, *twistdOptions, "frameserver", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=childEnv(),
         cwd=cwd,
     )
+
+
+def listeningPort(log: str) -> int:
+    """
+    The TCP port of the first C{frameserver listening on tcp} line in C{log}.
+
+    @raise AssertionError: if there is none.
+    """
+    m = _LISTENING.search(log)
+    if m is None:
+        raise AssertionError("no listening line in the log:\n" + log)
+    return int(m.group(2))
+
+
+def stopDaemon(pidfile: str | os.PathLike[str], timeout: float = 10.0) -> None:
+    """
+    Stop the daemon whose process id is in C{pidfile} with C{SIGTERM}, as an
+    operator would, and wait until it has exited and twistd has removed the
+    pidfile; C{SIGKILL} it if it does not exit in time.
+
+    The daemon is not our child (twistd forks twice), so its exit is watched
+    through a pidfd where the platform has one, else by polling.
+
+    @raise AssertionError: if it did not exit within C{timeout} seconds, or
+        left its pidfile behind.
+    """
+    pid = int(Path(pidfile).read_text())
+    watch = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    try:
+        os.kill(pid, signal.SIGTERM)
+        if not _exits(pid, watch, timeout):
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"daemon {pid} still running {timeout} s after SIGTERM")
+    finally:
+        if watch is not None:
+            os.close(watch)
+    if os.path.exists(pidfile):
+        raise AssertionError(f"daemon {pid} exited but left {pidfile}")
+
+
+def _exits(pid: int, watch: int | None, timeout: float) -> bool:
+    if watch is not None:
+        readable, _, _ = select.select([watch], [], [], timeout)
+        return bool(readable)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False

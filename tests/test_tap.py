@@ -5,11 +5,17 @@ real server started by C{twistd}.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import socket
+import sys
+from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,7 +23,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_frames import tap, wire
 from twisted_frames.server import FramesServerFactory
 
-from .serverprocess import ServerProcess, frames, twistd
+from .serverprocess import (
+    START_TIMEOUT,
+    ServerProcess,
+    frames,
+    listeningPort,
+    stopDaemon,
+    twistd,
+)
 
 
 class OptionsTests(SynchronousTestCase):
@@ -119,6 +132,17 @@ class _FakeUDPPort:
         self.stopped = True
 
 
+class BusyReactor(UDPMemoryReactor):
+    """
+    A reactor on which every TCP port is in use.
+    """
+
+    def listenTCP(self, port: int, factory: object, backlog: int = 50, interface: str = "") -> Any:
+        raise CannotListenError(
+            interface, port, OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+        )
+
+
 class MakeServiceTests(SynchronousTestCase):
     """
     L{tap.makeService} with a L{MemoryReactorClock}.
@@ -169,6 +193,29 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertTrue(protocol.upper)
         self.assertGreater(maxPacketSize, protocol.maxDatagram)
         service.stopService()
+
+    def test_cannotListenIsStartupError(self) -> None:
+        """
+        A port that cannot be bound raises L{tap.StartupError}: an
+        C{Exception}, so twistd removes its pidfile and reports it to the
+        launcher of a daemon, and a C{SystemExit} with status 1 whose text
+        is the reason; the one line is printed on the original stderr.
+        """
+        stderr = io.StringIO()
+        self.patch(sys, "__stderr__", stderr)
+        options = tap.Options()
+        options.parseOptions(["--listen", "tcp:9:interface=127.0.0.1", "--udp", "0"])
+        options["root"] = self.mktemp()
+        service = tap.makeService(options, BusyReactor())
+        with self.assertRaises(tap.StartupError) as e:
+            service.privilegedStartService()
+        self.assertIsInstance(e.exception, Exception)
+        self.assertEqual(e.exception.code, 1)
+        self.assertEqual(str(e.exception), "cannot listen: 127.0.0.1:9: Address already in use")
+        self.assertEqual(
+            stderr.getvalue(),
+            "twistd frameserver: cannot listen: 127.0.0.1:9: Address already in use\n",
+        )
 
     def test_rootCreated(self) -> None:
         """
@@ -228,27 +275,105 @@ class TwistdTests(SynchronousTestCase):
     The real C{twistd frameserver} in a subprocess.
     """
 
+    def busyPort(self) -> int:
+        """
+        A loopback TCP port that a socket of this test listens on until the
+        test ends.
+        """
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port: int = busy.getsockname()[1]
+        return port
+
+    def serverArgs(self, port: int) -> list[str]:
+        """
+        C{frameserver} arguments for listening on C{port} of loopback, with
+        UDP off and an existing root.
+        """
+        root = self.mktemp()
+        os.makedirs(root)
+        return ["--udp", "0", "--root", root, "--listen", f"tcp:{port}:interface=127.0.0.1"]
+
+    def killDaemonLater(self, pidfile: str) -> None:
+        """
+        Make sure a daemon that a failing test left running is stopped.
+        """
+
+        def kill() -> None:
+            if os.path.exists(pidfile):
+                try:
+                    stopDaemon(pidfile)
+                except ProcessLookupError:
+                    # A stale pidfile, as a daemon that failed used to leave.
+                    os.remove(pidfile)
+
+        self.addCleanup(kill)
+
     def test_portInUseIsOneLine(self) -> None:
         """
-        A port already in use stops the server with one clear line and a
-        non-zero status, not a traceback.
+        Under C{-n}, a port already in use stops the server with exactly one
+        line on stderr and status 1, not a traceback, and twistd removes the
+        pidfile it wrote.
         """
-        with socket.socket() as busy:
-            busy.bind(("127.0.0.1", 0))
-            busy.listen(1)
-            port = busy.getsockname()[1]
-            result = twistd(
-                "--udp",
-                "0",
-                "--root",
-                self.mktemp(),
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-            )
-        output = result.stdout + result.stderr
-        self.assertNotEqual(result.returncode, 0, output)
-        self.assertIn(f"cannot listen: 127.0.0.1:{port}: Address already in use", output)
-        self.assertNotIn("Traceback", output)
+        port = self.busyPort()
+        pidfile = os.path.abspath(self.mktemp())
+        result = twistd(*self.serverArgs(port), twistdOptions=("-n", f"--pidfile={pidfile}"))
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertEqual(
+            result.stderr,
+            f"twistd frameserver: cannot listen: 127.0.0.1:{port}: Address already in use\n",
+        )
+        self.assertNotIn("Traceback", result.stdout)
+        self.assertFalse(os.path.exists(pidfile))
+
+    def test_portInUseDaemon(self) -> None:
+        """
+        Without C{-n}, the launcher of a daemon that cannot listen returns
+        within seconds with status 1 and the reason on stderr, and leaves no
+        pidfile.
+        """
+        port = self.busyPort()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        pidfile = os.path.join(directory, "frameserver.pid")
+        self.killDaemonLater(pidfile)
+        result = twistd(
+            *self.serverArgs(port),
+            twistdOptions=(f"--pidfile={pidfile}", "--logfile=frameserver.log"),
+            cwd=directory,
+            timeout=START_TIMEOUT,
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn(f"cannot listen: 127.0.0.1:{port}: Address already in use", result.stderr)
+        self.assertFalse(os.path.exists(pidfile))
+        log = Path(directory, "frameserver.log").read_text()
+        self.assertIn(f"twistd frameserver: cannot listen: 127.0.0.1:{port}", log)
+
+    def test_daemonStartsAndStops(self) -> None:
+        """
+        Without C{-n}, the launcher returns 0 once the daemon listens; the
+        daemon serves, and C{SIGTERM} to the process id in its pidfile stops
+        it and removes the pidfile.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        pidfile = os.path.join(directory, "frameserver.pid")
+        self.killDaemonLater(pidfile)
+        result = twistd(
+            *self.serverArgs(0),
+            twistdOptions=(f"--pidfile={pidfile}", "--logfile=frameserver.log"),
+            cwd=directory,
+            timeout=START_TIMEOUT,
+        )
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        port = listeningPort(Path(directory, "frameserver.log").read_text())
+        ping = frames("ping", server=f"127.0.0.1:{port}")
+        self.assertEqual(ping.returncode, 0, ping.stderr)
+        stopDaemon(pidfile)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
     def test_logsConnectionsAndRequests(self) -> None:
         """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
 
 from twisted.application import service
@@ -189,10 +190,53 @@ def _withBacklog(endpoint: str, backlog: int) -> str:
     return endpoint
 
 
+class StartupError(SystemExit, Exception):
+    """
+    The server cannot start: exit status 1; C{str()} is the reason, which
+    L{_cannotStart} has already shown to the operator.
+
+    twistd starts the application after it has written the pidfile and,
+    without C{-n}, after it has forked, so both of its launch paths must see
+    this error:
+
+      - it is an C{Exception}, because twistd's start-up handler catches only
+        those: it then removes the pidfile and, in daemon mode, sends
+        C{str()} (cut to 100 bytes with the class name) through its status
+        pipe to the waiting launcher, which prints it and exits 1.  A bare
+        C{SystemExit} slips past that handler: the daemon dies and the
+        launcher waits for ever, with a stale pidfile left behind;
+      - it is a C{SystemExit}, so C{twistd -n} exits without a traceback.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(1)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def _cannotStart(reason: str) -> StartupError:
+    """
+    Log C{reason} and print it as one line on stderr; return the
+    L{StartupError} to raise.
+
+    By the time services start, twistd has pointed C{sys.stderr} at its log,
+    so the line goes to the process's original stderr: the terminal under
+    C{-n}, C{/dev/null} in a daemon (whose launcher prints the reason it gets
+    through the status pipe; the log file has it too).
+    """
+    line = f"twistd frameserver: {reason}"
+    log.critical("{line}", line=line)
+    if sys.__stderr__ is not None:
+        print(line, file=sys.__stderr__, flush=True)
+    return StartupError(reason)
+
+
 class FrameServerService(service.MultiService):
     """
     The whole server.  A port that cannot be bound stops start-up with a
-    one-line message (C{SystemExit}) instead of a traceback.
+    one-line message (L{StartupError}) instead of a traceback.
     """
 
     def __init__(self, factory: FramesServerFactory, udp: Any = None) -> None:
@@ -204,9 +248,9 @@ class FrameServerService(service.MultiService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            raise SystemExit(f"twistd frameserver: cannot listen: {_describe(e)}") from None
+            raise _cannotStart(f"cannot listen: {_describe(e)}") from None
         except OSError as e:
-            raise SystemExit(f"twistd frameserver: cannot listen: {e}") from None
+            raise _cannotStart(f"cannot listen: {e}") from None
 
 
 def _describe(e: CannotListenError) -> str:
