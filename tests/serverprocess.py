@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +269,21 @@ def stopDaemon(pidfile: str | os.PathLike[str], timeout: float = 10.0) -> None:
             os.close(watch)
     if os.path.exists(pidfile):
         raise AssertionError(f"daemon {pid} exited but left {pidfile}")
+
+
+def waitUntil(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """
+    Wait until C{condition()} is true, checking it every 10 ms, for a state
+    that no event announces (a file another process removes).
+
+    @raise AssertionError: naming C{what}, if it is still false after
+        C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout} s")
+        time.sleep(0.01)
 
 
 def _exits(pid: int, watch: int | None, timeout: float) -> bool:

@@ -30,7 +30,17 @@ from .serverprocess import (
     listeningPort,
     stopDaemon,
     twistd,
+    waitUntil,
 )
+
+
+def existingRoot(case: SynchronousTestCase) -> str:
+    """
+    A new empty directory for C{--root}, which must exist.
+    """
+    root = case.mktemp()
+    os.makedirs(root)
+    return root
 
 
 class OptionsTests(SynchronousTestCase):
@@ -78,7 +88,7 @@ class OptionsTests(SynchronousTestCase):
         C{--max-in-flight} reaches the factory; the default is 256.
         """
         self.assertEqual(self.parse()["max-in-flight"], 256)
-        options = self.parse("--max-in-flight", "7", "--root", self.mktemp())
+        options = self.parse("--max-in-flight", "7", "--root", existingRoot(self))
         service = tap.makeService(options, UDPMemoryReactor())
         self.assertEqual(service.factory.maxInFlight, 7)
 
@@ -164,7 +174,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "--udp",
                 "0",
                 "--root",
-                self.mktemp(),
+                existingRoot(self),
             ]
         )
         service = tap.makeService(options, reactor)
@@ -184,7 +194,7 @@ class MakeServiceTests(SynchronousTestCase):
         """
         reactor = UDPMemoryReactor()
         options = tap.Options()
-        options.parseOptions(["--udp", "9999", "--udp-upper", "--root", self.mktemp()])
+        options.parseOptions(["--udp", "9999", "--udp-upper", "--root", existingRoot(self)])
         service = tap.makeService(options, reactor)
         service.privilegedStartService()
         service.startService()
@@ -204,8 +214,9 @@ class MakeServiceTests(SynchronousTestCase):
         stderr = io.StringIO()
         self.patch(sys, "__stderr__", stderr)
         options = tap.Options()
-        options.parseOptions(["--listen", "tcp:9:interface=127.0.0.1", "--udp", "0"])
-        options["root"] = self.mktemp()
+        options.parseOptions(
+            ["--listen", "tcp:9:interface=127.0.0.1", "--udp", "0", "--root", existingRoot(self)]
+        )
         service = tap.makeService(options, BusyReactor())
         with self.assertRaises(tap.StartupError) as e:
             service.privilegedStartService()
@@ -217,15 +228,60 @@ class MakeServiceTests(SynchronousTestCase):
             "twistd frameserver: cannot listen: 127.0.0.1:9: Address already in use\n",
         )
 
-    def test_rootCreated(self) -> None:
+    def test_defaultRootCreated(self) -> None:
         """
-        A missing C{--root} directory is created.
+        Without C{--root}, C{./srv} is created if it is missing.
         """
-        root = self.mktemp()
+        self.inDirectory(self.mktemp())
+        tap.makeService(self.parse("--udp", "0"), UDPMemoryReactor())
+        self.assertTrue(os.path.isdir("srv"))
+
+    def test_explicitRootMustExist(self) -> None:
+        """
+        A C{--root} that does not exist, even one named like the default, is
+        a one-line start-up error, and nothing is created.
+        """
+        base = self.inDirectory(self.mktemp())
+        for given in ("srv", os.path.join("typo", "srv")):
+            with self.assertRaises(SystemExit) as e:
+                tap.makeService(self.parse("--udp", "0", "--root", given), UDPMemoryReactor())
+            where = os.path.join(base, given)
+            self.assertEqual(
+                e.exception.code,
+                f"twistd frameserver: --root {where} does not exist "
+                "(create it first; only the default ./srv is created)",
+            )
+            self.assertEqual(os.listdir(base), [])
+
+    def test_rootNotADirectory(self) -> None:
+        """
+        A C{--root} that is a file, given or by default, is a one-line
+        start-up error.
+        """
+        base = self.inDirectory(self.mktemp())
+        Path(base, "srv").write_bytes(b"")
+        for args in ((), ("--root", "srv")):
+            with self.assertRaises(SystemExit) as e:
+                tap.makeService(self.parse("--udp", "0", *args), UDPMemoryReactor())
+            self.assertIn(f"--root {base}{os.sep}srv is not a directory", str(e.exception.code))
+
+    def parse(self, *args: str) -> tap.Options:
         options = tap.Options()
-        options.parseOptions(["--root", root, "--udp", "0"])
-        tap.makeService(options, UDPMemoryReactor())
-        self.assertTrue(os.path.isdir(root))
+        options.parseOptions(list(args))
+        return options
+
+    def inDirectory(self, path: str) -> str:
+        """
+        Create C{path} and make it the working directory until the test
+        ends.
+
+        @return: its absolute path.
+        """
+        path = os.path.abspath(path)
+        os.makedirs(path)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(path)
+        return path
 
     def test_badEndpointIsOneLine(self) -> None:
         """
@@ -240,7 +296,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "--udp",
                 "0",
                 "--root",
-                self.mktemp(),
+                existingRoot(self),
             ]
         )
         with self.assertRaises(SystemExit) as e:
@@ -292,8 +348,7 @@ class TwistdTests(SynchronousTestCase):
         C{frameserver} arguments for listening on C{port} of loopback, with
         UDP off and an existing root.
         """
-        root = self.mktemp()
-        os.makedirs(root)
+        root = os.path.abspath(existingRoot(self))
         return ["--udp", "0", "--root", root, "--listen", f"tcp:{port}:interface=127.0.0.1"]
 
     def killDaemonLater(self, pidfile: str) -> None:
@@ -347,7 +402,8 @@ class TwistdTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertIn(f"cannot listen: 127.0.0.1:{port}: Address already in use", result.stderr)
-        self.assertFalse(os.path.exists(pidfile))
+        # The daemon removes its pidfile just after it has told the launcher.
+        waitUntil(lambda: not os.path.exists(pidfile), 10, "pidfile removed")
         log = Path(directory, "frameserver.log").read_text()
         self.assertIn(f"twistd frameserver: cannot listen: 127.0.0.1:{port}", log)
 
@@ -374,6 +430,23 @@ class TwistdTests(SynchronousTestCase):
         stopDaemon(pidfile)
         with self.assertRaises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+    def test_missingRootIsOneLine(self) -> None:
+        """
+        A C{--root} with a typo stops the server with one line on stderr and
+        status 1; neither it nor its parent is created.
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        typo = os.path.join(base, "vra", "srv")
+        result = twistd("--udp", "0", "--root", typo, cwd=base)
+        self.assertEqual(result.returncode, 1, result.stdout)
+        self.assertEqual(
+            result.stderr,
+            f"twistd frameserver: --root {typo} does not exist "
+            "(create it first; only the default ./srv is created)\n",
+        )
+        self.assertEqual(os.listdir(base), [])
 
     def test_logsConnectionsAndRequests(self) -> None:
         """

@@ -29,6 +29,7 @@ from .wire import Limits
 DEFAULT_LISTEN = "tcp:8007:interface=127.0.0.1"
 DEFAULT_UDP = 8007
 DEFAULT_BACKLOG = 128
+DEFAULT_ROOT = "srv"
 
 log = Logger(namespace="twisted_frames.tap")
 
@@ -65,7 +66,13 @@ class Options(security.SecurityOptions, usage.Options):
     ]
 
     optParameters = [
-        ["root", "r", "srv", "Directory the file and command services are confined to."],
+        [
+            "root",
+            "r",
+            None,
+            "Directory the file and command services are confined to; it must exist. "
+            f"Default: ./{DEFAULT_ROOT}, created if missing.",
+        ],
         ["udp", "u", DEFAULT_UDP, "UDP echo port (0 disables).", _positiveInt("--udp", 0, 65535)],
         ["udp-interface", None, "127.0.0.1", "Address the UDP echo binds to."],
         [
@@ -159,6 +166,11 @@ class Options(security.SecurityOptions, usage.Options):
         self.setdefault("allow-command", []).append(name)
 
     def postOptions(self) -> None:
+        # Only the default root is created: a --root that does not exist is
+        # more likely a typo than a wish for a new tree.
+        self["createRoot"] = self["root"] is None
+        if self["root"] is None:
+            self["root"] = DEFAULT_ROOT
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         self["listen"] = [_withBacklog(e, self["backlog"]) for e in self["listen"]]
@@ -296,10 +308,7 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
 
         reactor = globalReactor
     root = os.path.abspath(config["root"])
-    try:
-        os.makedirs(root, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"twistd frameserver: cannot use --root {root}: {e.strerror}") from None
+    _checkRoot(root, create=config["createRoot"])
     from .files import FileService
 
     files = FileService(root, partialTTL=float(config["partial-ttl"]), clock=reactor)
@@ -336,6 +345,29 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
             rate=float(config["udp-rate"]),
         ).setServiceParent(top)
     return top
+
+
+def _checkRoot(root: str, create: bool) -> None:
+    """
+    Make sure C{root} is a directory, creating it (not its parents) if
+    C{create}.
+
+    @raise SystemExit: with one line, if it is not.
+    """
+    try:
+        if create:
+            os.mkdir(root)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        message = f"cannot create --root {root}: {e.strerror}"
+        raise SystemExit(f"twistd frameserver: {message}") from None
+    if not os.path.isdir(root):
+        problem = "is not a directory" if os.path.exists(root) else "does not exist"
+        raise SystemExit(
+            f"twistd frameserver: --root {root} {problem} (create it first; "
+            f"only the default ./{DEFAULT_ROOT} is created)"
+        )
 
 
 class _UDPService(service.Service):
