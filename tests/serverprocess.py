@@ -245,10 +245,15 @@ def listeningPort(log: str) -> int:
     return int(m.group(2))
 
 
-def stopDaemon(pidfile: str | os.PathLike[str], timeout: float = 10.0) -> None:
+def stopDaemon(
+    pidfile: str | os.PathLike[str],
+    timeout: float = 10.0,
+    stop: Callable[[], object] | None = None,
+) -> None:
     """
     Stop the daemon whose process id is in C{pidfile} with C{SIGTERM}, as an
-    operator would, and wait until it has exited and twistd has removed the
+    operator would (or by calling C{stop}, e.g. to run a documented command
+    that does), and wait until it has exited and twistd has removed the
     pidfile; C{SIGKILL} it if it does not exit in time.
 
     The daemon is not our child (twistd forks twice), so its exit is watched
@@ -260,7 +265,10 @@ def stopDaemon(pidfile: str | os.PathLike[str], timeout: float = 10.0) -> None:
     pid = int(Path(pidfile).read_text())
     watch = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
     try:
-        os.kill(pid, signal.SIGTERM)
+        if stop is None:
+            os.kill(pid, signal.SIGTERM)
+        else:
+            stop()
         if not _exits(pid, watch, timeout):
             os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"daemon {pid} still running {timeout} s after SIGTERM")
@@ -284,6 +292,18 @@ def waitUntil(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not {what} within {timeout} s")
         time.sleep(0.01)
+
+
+def stopLeftoverDaemon(pidfile: str | os.PathLike[str]) -> None:
+    """
+    Stop the daemon named by C{pidfile}, if a failed test left one running;
+    remove a stale pidfile (one whose process is gone).
+    """
+    if os.path.exists(pidfile):
+        try:
+            stopDaemon(pidfile)
+        except ProcessLookupError:
+            os.remove(pidfile)
 
 
 def _exits(pid: int, watch: int | None, timeout: float) -> bool:

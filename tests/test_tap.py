@@ -29,6 +29,7 @@ from .serverprocess import (
     frames,
     listeningPort,
     stopDaemon,
+    stopLeftoverDaemon,
     twistd,
     waitUntil,
 )
@@ -351,21 +352,6 @@ class TwistdTests(SynchronousTestCase):
         root = os.path.abspath(existingRoot(self))
         return ["--udp", "0", "--root", root, "--listen", f"tcp:{port}:interface=127.0.0.1"]
 
-    def killDaemonLater(self, pidfile: str) -> None:
-        """
-        Make sure a daemon that a failing test left running is stopped.
-        """
-
-        def kill() -> None:
-            if os.path.exists(pidfile):
-                try:
-                    stopDaemon(pidfile)
-                except ProcessLookupError:
-                    # A stale pidfile, as a daemon that failed used to leave.
-                    os.remove(pidfile)
-
-        self.addCleanup(kill)
-
     def test_portInUseIsOneLine(self) -> None:
         """
         Under C{-n}, a port already in use stops the server with exactly one
@@ -393,7 +379,7 @@ class TwistdTests(SynchronousTestCase):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         pidfile = os.path.join(directory, "frameserver.pid")
-        self.killDaemonLater(pidfile)
+        self.addCleanup(stopLeftoverDaemon, pidfile)
         result = twistd(
             *self.serverArgs(port),
             twistdOptions=(f"--pidfile={pidfile}", "--logfile=frameserver.log"),
@@ -416,7 +402,7 @@ class TwistdTests(SynchronousTestCase):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         pidfile = os.path.join(directory, "frameserver.pid")
-        self.killDaemonLater(pidfile)
+        self.addCleanup(stopLeftoverDaemon, pidfile)
         result = twistd(
             *self.serverArgs(0),
             twistdOptions=(f"--pidfile={pidfile}", "--logfile=frameserver.log"),
