@@ -9,6 +9,7 @@ import errno
 import io
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -352,6 +353,25 @@ class TwistdTests(SynchronousTestCase):
         root = os.path.abspath(existingRoot(self))
         return ["--udp", "0", "--root", root, "--listen", f"tcp:{port}:interface=127.0.0.1"]
 
+    def daemon(self, port: int) -> tuple[subprocess.CompletedProcess[str], str, Path]:
+        """
+        Run C{twistd} without C{-n} (a daemon, stopped when the test ends)
+        for L{serverArgs}C{(port)}, in a new directory.
+
+        @return: how the launcher ended, the pidfile and the log file.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        pidfile = os.path.join(directory, "frameserver.pid")
+        self.addCleanup(stopLeftoverDaemon, pidfile)
+        result = twistd(
+            *self.serverArgs(port),
+            twistdOptions=(f"--pidfile={pidfile}", "--logfile=frameserver.log"),
+            cwd=directory,
+            timeout=START_TIMEOUT,
+        )
+        return result, pidfile, Path(directory, "frameserver.log")
+
     def test_portInUseIsOneLine(self) -> None:
         """
         Under C{-n}, a port already in use stops the server with exactly one
@@ -376,22 +396,12 @@ class TwistdTests(SynchronousTestCase):
         pidfile.
         """
         port = self.busyPort()
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        pidfile = os.path.join(directory, "frameserver.pid")
-        self.addCleanup(stopLeftoverDaemon, pidfile)
-        result = twistd(
-            *self.serverArgs(port),
-            twistdOptions=(f"--pidfile={pidfile}", "--logfile=frameserver.log"),
-            cwd=directory,
-            timeout=START_TIMEOUT,
-        )
+        result, pidfile, log = self.daemon(port)
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertIn(f"cannot listen: 127.0.0.1:{port}: Address already in use", result.stderr)
         # The daemon removes its pidfile just after it has told the launcher.
         waitUntil(lambda: not os.path.exists(pidfile), 10, "pidfile removed")
-        log = Path(directory, "frameserver.log").read_text()
-        self.assertIn(f"twistd frameserver: cannot listen: 127.0.0.1:{port}", log)
+        self.assertIn(f"twistd frameserver: cannot listen: 127.0.0.1:{port}", log.read_text())
 
     def test_daemonStartsAndStops(self) -> None:
         """
@@ -399,18 +409,9 @@ class TwistdTests(SynchronousTestCase):
         daemon serves, and C{SIGTERM} to the process id in its pidfile stops
         it and removes the pidfile.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        pidfile = os.path.join(directory, "frameserver.pid")
-        self.addCleanup(stopLeftoverDaemon, pidfile)
-        result = twistd(
-            *self.serverArgs(0),
-            twistdOptions=(f"--pidfile={pidfile}", "--logfile=frameserver.log"),
-            cwd=directory,
-            timeout=START_TIMEOUT,
-        )
+        result, pidfile, log = self.daemon(0)
         self.assertEqual((result.returncode, result.stderr), (0, ""))
-        port = listeningPort(Path(directory, "frameserver.log").read_text())
+        port = listeningPort(log.read_text())
         ping = frames("ping", server=f"127.0.0.1:{port}")
         self.assertEqual(ping.returncode, 0, ping.stderr)
         stopDaemon(pidfile)
