@@ -26,10 +26,10 @@ from .commands import CommandService, commandOptionParameters, configureCommands
 from .server import FramesServerFactory, Service
 from .wire import Limits
 
+DEFAULT_ROOT = "srv"
 DEFAULT_LISTEN = "tcp:8007:interface=127.0.0.1"
 DEFAULT_UDP = 8007
 DEFAULT_BACKLOG = 128
-DEFAULT_ROOT = "srv"
 
 log = Logger(namespace="twisted_frames.tap")
 
@@ -248,7 +248,7 @@ def _cannotStart(reason: str) -> StartupError:
 class FrameServerService(service.MultiService):
     """
     The whole server.  A port that cannot be bound stops start-up with a
-    one-line message (L{StartupError}) instead of a traceback.
+    one-line message (C{SystemExit}) instead of a traceback.
     """
 
     def __init__(self, factory: FramesServerFactory, udp: Any = None) -> None:
