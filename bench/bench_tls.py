@@ -104,6 +104,7 @@ def startFrameServer(work: str, certs: dict[str, str], users: str, tls: bool) ->
     Start C{twistd -n frameserver} on a free loopback port.
     """
     log = os.path.join(work, f"server-{'tls' if tls else 'tcp'}.log")
+    os.makedirs(os.path.join(work, "srv"), exist_ok=True)
     argv = [
         *TWISTD,
         "-n",

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,17 +212,109 @@ def frames(
 
 
 def twistd(
-    *args: str, timeout: float = 60.0, cwd: str | None = None
+    *args: str,
+    timeout: float = 60.0,
+    cwd: str | None = None,
+    twistdOptions: Sequence[str] = ("-n", "--pidfile="),
 ) -> subprocess.CompletedProcess[str]:
     """
-    Run C{twistd -n --pidfile= frameserver ARGS} to completion (for a server
-    that is expected to refuse to start).
+    Run C{twistd TWISTDOPTIONS frameserver ARGS} to completion: a server
+    that is expected to refuse to start or, without C{-n} in
+    C{twistdOptions}, the launcher of a daemon, which returns once the
+    daemon has started or failed.
     """
     return subprocess.run(
-        [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "frameserver", *args],
+        [sys.executable, "-c", TWISTD, *twistdOptions, "frameserver", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=childEnv(),
         cwd=cwd,
     )
+
+
+def listeningPort(log: str) -> int:
+    """
+    The TCP port of the first C{frameserver listening on tcp} line in C{log}.
+
+    @raise AssertionError: if there is none.
+    """
+    m = _LISTENING.search(log)
+    if m is None:
+        raise AssertionError("no listening line in the log:\n" + log)
+    return int(m.group(2))
+
+
+def stopDaemon(
+    pidfile: str | os.PathLike[str],
+    timeout: float = 10.0,
+    stop: Callable[[], object] | None = None,
+) -> None:
+    """
+    Stop the daemon whose process id is in C{pidfile} with C{SIGTERM}, as an
+    operator would (or by calling C{stop}, e.g. to run a documented command
+    that does), and wait until it has exited and twistd has removed the
+    pidfile; C{SIGKILL} it if it does not exit in time.
+
+    The daemon is not our child (twistd forks twice), so its exit is watched
+    through a pidfd where the platform has one, else by polling.
+
+    @raise AssertionError: if it did not exit within C{timeout} seconds, or
+        left its pidfile behind.
+    """
+    pid = int(Path(pidfile).read_text())
+    watch = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    try:
+        if stop is None:
+            os.kill(pid, signal.SIGTERM)
+        else:
+            stop()
+        if not _exits(pid, watch, timeout):
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"daemon {pid} still running {timeout} s after SIGTERM")
+    finally:
+        if watch is not None:
+            os.close(watch)
+    if os.path.exists(pidfile):
+        raise AssertionError(f"daemon {pid} exited but left {pidfile}")
+
+
+def waitUntil(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """
+    Wait until C{condition()} is true, checking it every 10 ms, for a state
+    that no event announces (a file another process removes).
+
+    @raise AssertionError: naming C{what}, if it is still false after
+        C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout} s")
+        time.sleep(0.01)
+
+
+def stopLeftoverDaemon(pidfile: str | os.PathLike[str]) -> None:
+    """
+    Stop the daemon named by C{pidfile}, if a failed test left one running;
+    remove a stale pidfile (one whose process is gone).
+    """
+    if os.path.exists(pidfile):
+        try:
+            stopDaemon(pidfile)
+        except ProcessLookupError:
+            os.remove(pidfile)
+
+
+def _exits(pid: int, watch: int | None, timeout: float) -> bool:
+    if watch is not None:
+        readable, _, _ = select.select([watch], [], [], timeout)
+        return bool(readable)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False

@@ -1005,6 +1005,7 @@ class ConfigTests(SynchronousTestCase):
 
         options = Options()
         root = os.path.join(self.directory, "root")
+        os.makedirs(root)
         options.parseOptions(["--allow-command", "sh", "--root", root, "--udp", "0"])
         top = makeService(options, MemoryReactor())
         self.assertIn("run", top.factory.operations)

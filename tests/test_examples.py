@@ -8,7 +8,6 @@ operating system picks; the last ones talk to a real C{twistd frameserver}.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .serverprocess import ROOT, TWISTD, ServerProcess, childEnv, frames
+from .serverprocess import ROOT, ServerProcess, childEnv, frames
 
 EXAMPLES = ROOT / "docs" / "examples"
 TUTORIAL = ROOT / "docs" / "tutorial"
@@ -209,53 +208,3 @@ class EveryExampleTestedTests(SynchronousTestCase):
         source = Path(__file__).read_text(encoding="utf-8")
         missing = [n for n in exampleNames() if f'"{n}"' not in source]
         self.assertEqual(missing, [])
-
-
-class DeployGuideTests(SynchronousTestCase):
-    """
-    The systemd unit of the deployment guide starts a working server.
-    """
-
-    def test_unitCommandServesWithJSONLogs(self) -> None:
-        """
-        The unit's C{ExecStart} command line, with its install path and port
-        replaced, starts the server, and its log on stdout is JSON lines
-        that include the listening address; a ping through it works.
-        """
-        unit = (ROOT / "docs" / "howto" / "frameserver.service").read_text(encoding="utf-8")
-        execStart = re.search(r"^ExecStart=((?:.*\\\n)*.*)$", unit, flags=re.M)
-        assert execStart is not None
-        argv = shlex.split(execStart.group(1).replace("\\\n", " "))
-        self.assertTrue(argv[0].endswith("/bin/twistd"), argv)
-        root = os.path.abspath(self.mktemp())
-        replaced = [
-            a.replace("tcp:8007:interface=0.0.0.0", "tcp:0:interface=127.0.0.1").replace(
-                "/var/lib/frameserver/srv", root
-            )
-            for a in argv[1:]
-        ]
-        self.assertIn(root, replaced)
-        self.assertIn("tcp:0:interface=127.0.0.1", replaced)
-        os.makedirs(root)
-        process = subprocess.Popen(
-            [sys.executable, "-c", TWISTD, *replaced],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=childEnv(),
-            cwd=root,
-        )
-        try:
-            assert process.stdout is not None
-            port = None
-            for line in process.stdout:
-                event = json.loads(line)
-                if event.get("log_format", "").startswith("frameserver listening"):
-                    port = int(event["where"].rsplit(":", 1)[1])
-                    break
-            self.assertIsNotNone(port)
-            result = frames("ping", server=f"127.0.0.1:{port}")
-            self.assertEqual(result.returncode, 0, result.stderr)
-        finally:
-            process.terminate()
-            process.communicate(timeout=TIMEOUT)

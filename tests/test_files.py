@@ -1641,6 +1641,7 @@ class TapTests(SynchronousTestCase):
         from twisted_frames import tap
 
         root = tempPath(self)
+        os.makedirs(root)
         config = tap.Options()
         config.parseOptions(["--root", root, "--partial-ttl", "60", "--udp", "0"])
         reactor = MemoryReactorClock()

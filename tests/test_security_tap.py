@@ -66,6 +66,7 @@ class OptionsTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.root = self.mktemp()
+        os.makedirs(self.root)
         self.users = self.mktemp()
         addUser(self.users, newSecret("alice").record())
 
@@ -171,7 +172,9 @@ class MakeServiceTests(SynchronousTestCase):
 
     def build(self, *argv: str) -> tuple[Any, MemoryReactorClock]:
         options = Options()
-        options.parseOptions(["--root", self.mktemp(), "--udp", "0", *argv])
+        root = self.mktemp()
+        os.makedirs(root)
+        options.parseOptions(["--root", root, "--udp", "0", *argv])
         reactor = MemoryReactorClock()
         top = makeService(options, reactor)
         top.startService()

@@ -5,11 +5,18 @@ real server started by C{twistd}.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,7 +25,25 @@ from twisted_frames import tap, wire
 from twisted_frames.auth import newSecret
 from twisted_frames.server import FramesServerFactory
 
-from .serverprocess import ServerProcess, frames, twistd
+from .serverprocess import (
+    START_TIMEOUT,
+    ServerProcess,
+    frames,
+    listeningPort,
+    stopDaemon,
+    stopLeftoverDaemon,
+    twistd,
+    waitUntil,
+)
+
+
+def existingRoot(case: SynchronousTestCase) -> str:
+    """
+    A new empty directory for C{--root}, which must exist.
+    """
+    root = case.mktemp()
+    os.makedirs(root)
+    return root
 
 
 class OptionsTests(SynchronousTestCase):
@@ -66,7 +91,7 @@ class OptionsTests(SynchronousTestCase):
         C{--max-in-flight} reaches the factory; the default is 256.
         """
         self.assertEqual(self.parse()["max-in-flight"], 256)
-        options = self.parse("--max-in-flight", "7", "--root", self.mktemp())
+        options = self.parse("--max-in-flight", "7", "--root", existingRoot(self))
         service = tap.makeService(options, UDPMemoryReactor())
         self.assertEqual(service.factory.maxInFlight, 7)
 
@@ -138,6 +163,17 @@ class _FakeUDPPort:
         self.stopped = True
 
 
+class BusyReactor(UDPMemoryReactor):
+    """
+    A reactor on which every TCP port is in use.
+    """
+
+    def listenTCP(self, port: int, factory: object, backlog: int = 50, interface: str = "") -> Any:
+        raise CannotListenError(
+            interface, port, OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+        )
+
+
 class MakeServiceTests(SynchronousTestCase):
     """
     L{tap.makeService} with a L{MemoryReactorClock}.
@@ -159,7 +195,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "--udp",
                 "0",
                 "--root",
-                self.mktemp(),
+                existingRoot(self),
             ]
         )
         service = tap.makeService(options, reactor)
@@ -179,7 +215,7 @@ class MakeServiceTests(SynchronousTestCase):
         """
         reactor = UDPMemoryReactor()
         options = tap.Options()
-        options.parseOptions(["--udp", "9999", "--udp-upper", "--root", self.mktemp()])
+        options.parseOptions(["--udp", "9999", "--udp-upper", "--root", existingRoot(self)])
         service = tap.makeService(options, reactor)
         service.privilegedStartService()
         service.startService()
@@ -189,15 +225,84 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertGreater(maxPacketSize, protocol.maxDatagram)
         service.stopService()
 
-    def test_rootCreated(self) -> None:
+    def test_cannotListenIsStartupError(self) -> None:
         """
-        A missing C{--root} directory is created.
+        A port that cannot be bound raises L{tap.StartupError}: an
+        C{Exception}, so twistd removes its pidfile and reports it to the
+        launcher of a daemon, and a C{SystemExit} with status 1 whose text
+        is the reason; the one line is printed on the original stderr.
         """
-        root = self.mktemp()
+        stderr = io.StringIO()
+        self.patch(sys, "__stderr__", stderr)
         options = tap.Options()
-        options.parseOptions(["--root", root, "--udp", "0"])
-        tap.makeService(options, UDPMemoryReactor())
-        self.assertTrue(os.path.isdir(root))
+        options.parseOptions(
+            ["--listen", "tcp:9:interface=127.0.0.1", "--udp", "0", "--root", existingRoot(self)]
+        )
+        service = tap.makeService(options, BusyReactor())
+        with self.assertRaises(tap.StartupError) as e:
+            service.privilegedStartService()
+        self.assertIsInstance(e.exception, Exception)
+        self.assertEqual(e.exception.code, 1)
+        self.assertEqual(str(e.exception), "cannot listen: 127.0.0.1:9: Address already in use")
+        self.assertEqual(
+            stderr.getvalue(),
+            "twistd frameserver: cannot listen: 127.0.0.1:9: Address already in use\n",
+        )
+
+    def test_defaultRootCreated(self) -> None:
+        """
+        Without C{--root}, C{./srv} is created if it is missing.
+        """
+        self.inDirectory(self.mktemp())
+        tap.makeService(self.parse("--udp", "0"), UDPMemoryReactor())
+        self.assertTrue(os.path.isdir("srv"))
+
+    def test_explicitRootMustExist(self) -> None:
+        """
+        A C{--root} that does not exist, even one named like the default, is
+        a one-line start-up error, and nothing is created.
+        """
+        base = self.inDirectory(self.mktemp())
+        for given in ("srv", os.path.join("typo", "srv")):
+            with self.assertRaises(SystemExit) as e:
+                tap.makeService(self.parse("--udp", "0", "--root", given), UDPMemoryReactor())
+            where = os.path.join(base, given)
+            self.assertEqual(
+                e.exception.code,
+                f"twistd frameserver: --root {where} does not exist "
+                "(create it first; only the default ./srv is created)",
+            )
+            self.assertEqual(os.listdir(base), [])
+
+    def test_rootNotADirectory(self) -> None:
+        """
+        A C{--root} that is a file, given or by default, is a one-line
+        start-up error.
+        """
+        base = self.inDirectory(self.mktemp())
+        Path(base, "srv").write_bytes(b"")
+        for args in ((), ("--root", "srv")):
+            with self.assertRaises(SystemExit) as e:
+                tap.makeService(self.parse("--udp", "0", *args), UDPMemoryReactor())
+            self.assertIn(f"--root {base}{os.sep}srv is not a directory", str(e.exception.code))
+
+    def parse(self, *args: str) -> tap.Options:
+        options = tap.Options()
+        options.parseOptions(list(args))
+        return options
+
+    def inDirectory(self, path: str) -> str:
+        """
+        Create C{path} and make it the working directory until the test
+        ends.
+
+        @return: its absolute path.
+        """
+        path = os.path.abspath(path)
+        os.makedirs(path)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(path)
+        return path
 
     def test_badEndpointIsOneLine(self) -> None:
         """
@@ -212,7 +317,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "--udp",
                 "0",
                 "--root",
-                self.mktemp(),
+                existingRoot(self),
             ]
         )
         with self.assertRaises(SystemExit) as e:
@@ -247,27 +352,107 @@ class TwistdTests(SynchronousTestCase):
     The real C{twistd frameserver} in a subprocess.
     """
 
+    def busyPort(self) -> int:
+        """
+        A loopback TCP port that a socket of this test listens on until the
+        test ends.
+        """
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port: int = busy.getsockname()[1]
+        return port
+
+    def serverArgs(self, port: int) -> list[str]:
+        """
+        C{frameserver} arguments for listening on C{port} of loopback, with
+        UDP off and an existing root.
+        """
+        root = os.path.abspath(existingRoot(self))
+        return ["--udp", "0", "--root", root, "--listen", f"tcp:{port}:interface=127.0.0.1"]
+
+    def daemon(self, port: int) -> tuple[subprocess.CompletedProcess[str], str, Path]:
+        """
+        Run C{twistd} without C{-n} (a daemon, stopped when the test ends)
+        for L{serverArgs}C{(port)}, in a new directory.
+
+        @return: how the launcher ended, the pidfile and the log file.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        pidfile = os.path.join(directory, "frameserver.pid")
+        self.addCleanup(stopLeftoverDaemon, pidfile)
+        result = twistd(
+            *self.serverArgs(port),
+            twistdOptions=(f"--pidfile={pidfile}", "--logfile=frameserver.log"),
+            cwd=directory,
+            timeout=START_TIMEOUT,
+        )
+        return result, pidfile, Path(directory, "frameserver.log")
+
     def test_portInUseIsOneLine(self) -> None:
         """
-        A port already in use stops the server with one clear line and a
-        non-zero status, not a traceback.
+        Under C{-n}, a port already in use stops the server with exactly one
+        line on stderr and status 1, not a traceback, and twistd removes the
+        pidfile it wrote.
         """
-        with socket.socket() as busy:
-            busy.bind(("127.0.0.1", 0))
-            busy.listen(1)
-            port = busy.getsockname()[1]
-            result = twistd(
-                "--udp",
-                "0",
-                "--root",
-                self.mktemp(),
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-            )
-        output = result.stdout + result.stderr
-        self.assertNotEqual(result.returncode, 0, output)
-        self.assertIn(f"cannot listen: 127.0.0.1:{port}: Address already in use", output)
-        self.assertNotIn("Traceback", output)
+        port = self.busyPort()
+        pidfile = os.path.abspath(self.mktemp())
+        result = twistd(*self.serverArgs(port), twistdOptions=("-n", f"--pidfile={pidfile}"))
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertEqual(
+            result.stderr,
+            f"twistd frameserver: cannot listen: 127.0.0.1:{port}: Address already in use\n",
+        )
+        self.assertNotIn("Traceback", result.stdout)
+        self.assertFalse(os.path.exists(pidfile))
+
+    def test_portInUseDaemon(self) -> None:
+        """
+        Without C{-n}, the launcher of a daemon that cannot listen returns
+        within seconds with status 1 and the reason on stderr, and leaves no
+        pidfile.
+        """
+        port = self.busyPort()
+        result, pidfile, log = self.daemon(port)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn(f"cannot listen: 127.0.0.1:{port}: Address already in use", result.stderr)
+        # The daemon removes its pidfile just after it has told the launcher.
+        waitUntil(lambda: not os.path.exists(pidfile), 10, "pidfile removed")
+        self.assertIn(f"twistd frameserver: cannot listen: 127.0.0.1:{port}", log.read_text())
+
+    def test_daemonStartsAndStops(self) -> None:
+        """
+        Without C{-n}, the launcher returns 0 once the daemon listens; the
+        daemon serves, and C{SIGTERM} to the process id in its pidfile stops
+        it and removes the pidfile.
+        """
+        result, pidfile, log = self.daemon(0)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        port = listeningPort(log.read_text())
+        ping = frames("ping", server=f"127.0.0.1:{port}")
+        self.assertEqual(ping.returncode, 0, ping.stderr)
+        stopDaemon(pidfile)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+    def test_missingRootIsOneLine(self) -> None:
+        """
+        A C{--root} with a typo stops the server with one line on stderr and
+        status 1; neither it nor its parent is created.
+        """
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        typo = os.path.join(base, "vra", "srv")
+        result = twistd("--udp", "0", "--root", typo, cwd=base)
+        self.assertEqual(result.returncode, 1, result.stdout)
+        self.assertEqual(
+            result.stderr,
+            f"twistd frameserver: --root {typo} does not exist "
+            "(create it first; only the default ./srv is created)\n",
+        )
+        self.assertEqual(os.listdir(base), [])
 
     def test_logsConnectionsAndRequests(self) -> None:
         """

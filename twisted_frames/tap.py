@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
 
 from twisted.application import service
@@ -25,6 +26,7 @@ from .commands import CommandService, commandOptionParameters, configureCommands
 from .server import FramesServerFactory, Service
 from .wire import Limits
 
+DEFAULT_ROOT = "srv"
 DEFAULT_LISTEN = "tcp:8007:interface=127.0.0.1"
 DEFAULT_UDP = 8007
 DEFAULT_BACKLOG = 128
@@ -65,7 +67,13 @@ class Options(security.SecurityOptions, usage.Options):
     ]
 
     optParameters = [
-        ["root", "r", "srv", "Directory the file and command services are confined to."],
+        [
+            "root",
+            "r",
+            None,
+            "Directory the file and command services are confined to; it must exist. "
+            f"Default: ./{DEFAULT_ROOT}, created if missing.",
+        ],
         ["udp", "u", DEFAULT_UDP, "UDP echo port (0 disables).", _positiveInt("--udp", 0, 65535)],
         ["udp-interface", None, "127.0.0.1", "Address the UDP echo binds to."],
         [
@@ -168,6 +176,11 @@ class Options(security.SecurityOptions, usage.Options):
         self.setdefault("allow-command", []).append(name)
 
     def postOptions(self) -> None:
+        # Only the default root is created: a --root that does not exist is
+        # more likely a typo than a wish for a new tree.
+        self["createRoot"] = self["root"] is None
+        if self["root"] is None:
+            self["root"] = DEFAULT_ROOT
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         self["listen"] = [_withBacklog(e, self["backlog"]) for e in self["listen"]]
@@ -207,6 +220,49 @@ def _withBacklog(endpoint: str, backlog: int) -> str:
     return endpoint
 
 
+class StartupError(SystemExit, Exception):
+    """
+    The server cannot start: exit status 1; C{str()} is the reason, which
+    L{_cannotStart} has already shown to the operator.
+
+    twistd starts the application after it has written the pidfile and,
+    without C{-n}, after it has forked, so both of its launch paths must see
+    this error:
+
+      - it is an C{Exception}, because twistd's start-up handler catches only
+        those: it then removes the pidfile and, in daemon mode, sends
+        C{str()} (cut to 100 bytes with the class name) through its status
+        pipe to the waiting launcher, which prints it and exits 1.  A bare
+        C{SystemExit} slips past that handler: the daemon dies and the
+        launcher waits for ever, with a stale pidfile left behind;
+      - it is a C{SystemExit}, so C{twistd -n} exits without a traceback.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(1)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def _cannotStart(reason: str) -> StartupError:
+    """
+    Log C{reason} and print it as one line on stderr; return the
+    L{StartupError} to raise.
+
+    By the time services start, twistd has pointed C{sys.stderr} at its log,
+    so the line goes to the process's original stderr: the terminal under
+    C{-n}, C{/dev/null} in a daemon (whose launcher prints the reason it gets
+    through the status pipe; the log file has it too).
+    """
+    line = f"twistd frameserver: {reason}"
+    log.critical("{line}", line=line)
+    if sys.__stderr__ is not None:
+        print(line, file=sys.__stderr__, flush=True)
+    return StartupError(reason)
+
+
 class FrameServerService(service.MultiService):
     """
     The whole server.  A port that cannot be bound stops start-up with a
@@ -227,9 +283,9 @@ class FrameServerService(service.MultiService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            raise SystemExit(f"twistd frameserver: cannot listen: {_describe(e)}") from None
+            raise _cannotStart(f"cannot listen: {_describe(e)}") from None
         except OSError as e:
-            raise SystemExit(f"twistd frameserver: cannot listen: {e}") from None
+            raise _cannotStart(f"cannot listen: {e}") from None
 
     def stopService(self) -> defer.Deferred[None]:
         """
@@ -303,10 +359,7 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
 
         reactor = globalReactor
     root = os.path.abspath(config["root"])
-    try:
-        os.makedirs(root, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"twistd frameserver: cannot use --root {root}: {e.strerror}") from None
+    _checkRoot(root, create=config["createRoot"])
     from .files import FileService
 
     files = FileService(root, partialTTL=float(config["partial-ttl"]), clock=reactor)
@@ -344,6 +397,29 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
             rate=float(config["udp-rate"]),
         ).setServiceParent(top)
     return top
+
+
+def _checkRoot(root: str, create: bool) -> None:
+    """
+    Make sure C{root} is a directory, creating it (not its parents) if
+    C{create}.
+
+    @raise SystemExit: with one line, if it is not.
+    """
+    try:
+        if create:
+            os.mkdir(root)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        message = f"cannot create --root {root}: {e.strerror}"
+        raise SystemExit(f"twistd frameserver: {message}") from None
+    if not os.path.isdir(root):
+        problem = "is not a directory" if os.path.exists(root) else "does not exist"
+        raise SystemExit(
+            f"twistd frameserver: --root {root} {problem} (create it first; "
+            f"only the default ./{DEFAULT_ROOT} is created)"
+        )
 
 
 class _UDPService(service.Service):
