@@ -34,7 +34,7 @@ from twisted_frames.wire import ErrorCode
 
 from .test_commands import CommandServiceMixin
 from .test_server import CountingSink, SampleService, ServerTestMixin, request
-from .test_tap import UDPMemoryReactor
+from .test_tap import UDPMemoryReactor, existingRoot
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -378,7 +378,7 @@ class ShutdownGraceOptionTests(SynchronousTestCase):
         """
         The default is 10 s, and it reaches the factory.
         """
-        options = self.parse("--root", self.mktemp())
+        options = self.parse("--root", existingRoot(self))
         self.assertEqual(options["shutdown-grace"], 10)
         service = tap.makeService(options, UDPMemoryReactor())
         self.assertEqual(service.factory.shutdownGrace, 10.0)
@@ -387,7 +387,7 @@ class ShutdownGraceOptionTests(SynchronousTestCase):
         """
         C{--shutdown-grace N} sets the factory's grace period.
         """
-        options = self.parse("--shutdown-grace", "30", "--root", self.mktemp())
+        options = self.parse("--shutdown-grace", "30", "--root", existingRoot(self))
         self.assertEqual(tap.makeService(options, UDPMemoryReactor()).factory.shutdownGrace, 30)
 
     def test_range(self) -> None:

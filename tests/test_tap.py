@@ -106,7 +106,9 @@ class OptionsTests(SynchronousTestCase):
         with open(users, "w", encoding="utf-8") as f:
             f.write(newSecret("alice").record().toLine() + "\n")
         os.chmod(users, 0o600)
-        options = self.parse("--root", self.mktemp(), "--users", users, "--allow-command", "true")
+        options = self.parse(
+            "--root", existingRoot(self), "--users", users, "--allow-command", "true"
+        )
         operations = tap.makeService(options, UDPMemoryReactor()).factory.operations
         self.assertTrue({"ping", "auth", "put", "get", "run", "stdin"} <= set(operations))
         self.assertEqual(
