@@ -51,7 +51,7 @@ from .filestore import (
     tuneTransport,
 )
 from .protocol import BodySink
-from .server import Request, Service, operation
+from .server import Request, ServerProtocol, Service, operation
 from .wire import ErrorCode, FramesError
 
 log = Logger(namespace="twisted_frames.files")
@@ -479,6 +479,15 @@ class FileService(Service):
         # that the next segment need not re-read the prefix.  Keyed by
         # (st_dev, st_ino); checked against the size before use.
         self._hashes: dict[tuple[int, int], tuple[int, Any]] = {}
+        # Per connection, the turn to open and send a file (see getOp).
+        self._getTurns: dict[ServerProtocol, defer.DeferredLock] = {}
+
+    def connectionLost(self, connection: ServerProtocol) -> None:
+        """
+        Forget the connection's get turn (gets still waiting for it hold
+        their own reference and end as cancelled).
+        """
+        self._getTurns.pop(connection, None)
 
     def _connection(self, request: Request) -> None:
         connection = request.connection
@@ -556,6 +565,24 @@ class FileService(Service):
         path = request.header.get("path")
         segments = checkPath(path)
         offset = _field(request.header, "offset", int, 0)
+        # One get at a time per connection opens its file: the others wait
+        # here holding nothing (their bodies would queue behind its body
+        # anyway), so a client pipelining gets it never reads cannot hold
+        # more than one descriptor and one read-ahead.
+        turn = self._getTurns.get(request.connection)
+        if turn is None:
+            turn = self._getTurns[request.connection] = defer.DeferredLock()
+        await turn.acquire()
+        try:
+            if request.cancelled:
+                return None
+            return await self._sendFile(request, str(path), segments, offset)
+        finally:
+            turn.release()
+
+    async def _sendFile(
+        self, request: Request, path: str, segments: list[str], offset: int
+    ) -> dict[str, Any] | None:
         fd, st = await self.run(self.root.openForRead, segments, path)
         try:
             size = st.st_size

@@ -310,7 +310,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
 
     The idle timeout (L{TimeoutMixin}, C{factory.idleTimeout}) closes a
     connection that has received nothing for that long while no request is
-    in flight.
+    in flight, or while the requests in flight only wait for the peer to
+    read what they sent (it took none of it since the last idle check).
     """
 
     factory: FramesServerFactory
@@ -322,6 +323,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.nonce = secrets.token_hex(16)
         self.requests = 0
         self.connectedAt = time.monotonic()
+        self._idleMark: tuple[int, int] | None = None
 
     @property
     def operations(self) -> dict[str, Operation]:
@@ -332,6 +334,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.limits = self.factory.limits
         self.clock = self.factory.clock
         self.frameTimeout = self.factory.frameTimeout
+        self.writeTimeout = self.factory.writeTimeout
         log.info("connection from {peer}", peer=self.peerName())
         for service in self.factory.services:
             service.connectionMade(self)
@@ -355,10 +358,19 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         """
         Idle for C{factory.idleTimeout} seconds: close, unless a request is
         still being worked on (a quiet long-running request is not idle).
+        Requests whose output the peer leaves unread do not count as work:
+        once the peer has taken none of it over a whole idle period, the
+        connection is idle.
         """
         if self.inFlight:
-            self.setTimeout(self.factory.idleTimeout)  # type: ignore[no-untyped-call]
-            return
+            mark, self._idleMark = self._idleMark, self.outputProgress()
+            if (
+                mark is None
+                or not self.outputWaiting()
+                or self.outputProgressed(mark, self._idleMark)
+            ):
+                self.setTimeout(self.factory.idleTimeout)  # type: ignore[no-untyped-call]
+                return
         self.refuse(
             FramesError(ErrorCode.TIMEOUT, f"idle for {self.factory.idleTimeout:g} s, closing")
         )
@@ -590,6 +602,7 @@ class FramesServerFactory(Factory):
     @ivar idleTimeout: seconds without input (and no request in flight)
         before a connection is closed; C{None}: never.
     @ivar frameTimeout: see L{FrameProtocol.frameTimeout}.
+    @ivar writeTimeout: see L{FrameProtocol.writeTimeout}.
     @ivar preAuthMaxBody: largest body accepted before login, when login is
         required.
     @ivar maxInFlight: requests one connection may have in flight at once.
@@ -600,6 +613,7 @@ class FramesServerFactory(Factory):
 
     idleTimeout: float | None = None
     frameTimeout: float | None = None
+    writeTimeout: float | None = None
     preAuthMaxBody: int = 64 * 1024
     maxInFlight: int = 256
 

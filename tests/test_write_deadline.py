@@ -1,0 +1,352 @@
+"""
+Clients that stop reading: the write deadline (C{--write-timeout}), the idle
+timeout with requests the peer never reads, and one open file per connection
+for pipelined C{get}s.
+
+Synchronous, with a C{Clock} and a TCP-like transport whose "socket" takes
+only what the test lets the peer read (the real-socket version is in
+C{tests/test_stall_loopback.py}).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import abstract, defer, error, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.loopback import openFilesOf
+from twisted_frames import wire
+from twisted_frames.files import FileService
+from twisted_frames.server import FramesServerFactory
+from twisted_frames.tap import Options, makeService
+
+MiB = 1024 * 1024
+
+
+class SocketTransport(abstract.FileDescriptor):
+    """
+    A TCP-like transport over no socket: Twisted's own write buffering and
+    producer pausing (L{abstract.FileDescriptor}), with a "socket" that takes
+    only the bytes the test lets the peer read (C{allowance}).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(MemoryReactor())
+        self.connected = 1
+        self.allowance = 0
+        self.taken = 0
+        self.aborted = False
+        self.protocol: Any = None
+
+    def writeSomeData(self, data: bytes) -> int:
+        n = min(len(data), self.allowance)
+        self.allowance -= n
+        self.taken += n
+        return n
+
+    def abortConnection(self) -> None:
+        if self.aborted:
+            return
+        self.aborted = True
+        self.connected = 0
+        self.disconnected = 1
+        self.protocol.connectionLost(Failure(error.ConnectionAborted()))
+
+    def loseConnection(self, reason: Any = None) -> None:
+        self.disconnecting = True
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "192.0.2.7", 40000)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 8007)
+
+
+class QueuedRunner:
+    """
+    Worker threads that run their jobs only when told (L{runPending}), as a
+    busy pool would: so that, as in a real server, a read full of pipelined
+    requests is parsed before any of their files is opened.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def runPending(self) -> None:
+        while self.jobs:
+            f, args, d = self.jobs.pop(0)
+            try:
+                result = f(*args)
+            except BaseException:
+                d.errback()
+            else:
+                d.callback(result)
+
+
+def request(rid: int, op: str, **fields: Any) -> bytes:
+    return wire.encodeMessage({"op": op, "id": rid, **fields})
+
+
+class _Server:
+    """
+    A file server on a L{SocketTransport}, with a C{Clock}.
+    """
+
+    def __init__(self, case: SynchronousTestCase, writeTimeout: float | None) -> None:
+        self.root = case.mktemp()
+        os.makedirs(self.root)
+        self.big = os.path.join(os.path.abspath(self.root), "big.bin")
+        with open(self.big, "wb") as f:
+            f.write(os.urandom(3 * MiB))
+        self.clock = task.Clock()
+        self.runner = QueuedRunner()
+        self.files = FileService(self.root, runInThread=self.runner, clock=self.clock)
+        self.factory = FramesServerFactory([self.files], clock=self.clock)
+        self.factory.writeTimeout = writeTimeout
+        self.protocol = self.factory.buildProtocol(None)
+        self.transport = SocketTransport()
+        self.transport.protocol = self.protocol
+        self.protocol.makeConnection(self.transport)
+
+    def pipelineGets(self, count: int) -> None:
+        """
+        The peer sends C{count} gets of the file in one read.
+        """
+        self.protocol.dataReceived(
+            b"".join(request(i, "get", path="big.bin") for i in range(1, count + 1))
+        )
+        self.runner.runPending()
+
+    def peerReads(self, n: int) -> None:
+        """
+        The peer reads C{n} bytes; the server carries on.
+        """
+        t = self.transport
+        t.allowance += n
+        self.runner.runPending()
+        while t.allowance and (len(t.dataBuffer) - t.offset + t._tempDataLen):
+            t.doWrite()
+            self.runner.runPending()
+
+    def advance(self, seconds: float, step: float = 0.5) -> None:
+        """
+        Let C{seconds} pass in steps (a C{Clock} runs every call of one
+        advance at its end time, unlike a reactor).
+        """
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end - 1e-9:
+            self.clock.advance(min(step, end - self.clock.seconds()))
+            self.runner.runPending()
+
+
+class WriteDeadlineTests(SynchronousTestCase):
+    """
+    L{FrameProtocol.writeTimeout}: progress is the peer taking bytes.
+    """
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_stalledReaderCut(self) -> None:
+        """
+        A peer that pipelines gets and reads nothing is cut off
+        C{writeTimeout} seconds after the server first had data for it, with
+        one log line; its requests end as on a disconnection and every file
+        is closed.
+        """
+        s = _Server(self, writeTimeout=10)
+        s.pipelineGets(5)
+        self.assertTrue(s.protocol._pressure.paused)
+        self.assertEqual(len(s.protocol.inFlight), 5)
+        s.advance(9.9)
+        self.assertFalse(s.transport.aborted)
+        s.advance(0.1)
+        self.assertTrue(s.transport.aborted)
+        lines = [e for e in self.events if "write timeout" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["peer"], "192.0.2.7:40000")
+        self.assertEqual(s.protocol.inFlight, {})
+        self.assertEqual(openFilesOf(s.big), 0)
+        self.assertEqual(s.files._getTurns, {})
+        self.assertEqual(s.clock.getDelayedCalls(), [])
+
+    def test_slowSteadyReaderKept(self) -> None:
+        """
+        A peer that takes a little every few seconds (never enough for the
+        transport to drain and resume the connection) is never cut, and
+        gets all of its file; once it stops reading, the deadline runs from
+        the last bytes it took.
+        """
+        s = _Server(self, writeTimeout=10)
+        s.pipelineGets(1)
+        for _ in range(40):
+            s.advance(5)
+            s.peerReads(1024)
+        self.assertFalse(s.transport.aborted)
+        self.assertEqual(s.transport.taken, 40 * 1024)
+        s.advance(9.9)
+        self.assertFalse(s.transport.aborted)
+        s.advance(2.6)
+        self.assertTrue(s.transport.aborted)
+
+    def test_readerCatchesUp(self) -> None:
+        """
+        A peer that reads everything in the end gets the whole file and the
+        final reply; with nothing left to send, no check stays scheduled.
+        """
+        s = _Server(self, writeTimeout=10)
+        s.pipelineGets(1)
+        while s.transport.dataBuffer or s.transport._tempDataLen:
+            s.advance(8)
+            s.peerReads(256 * 1024)
+        self.assertFalse(s.transport.aborted)
+        self.assertEqual(s.protocol.inFlight, {})
+        self.assertGreater(s.transport.taken, 3 * MiB)
+        s.advance(10)
+        self.assertEqual(s.clock.getDelayedCalls(), [])
+
+    def test_noDeadline(self) -> None:
+        """
+        C{writeTimeout = None}: the server waits for a stalled peer for as
+        long as the other deadlines allow.
+        """
+        s = _Server(self, writeTimeout=None)
+        s.pipelineGets(2)
+        s.advance(3600)
+        self.assertFalse(s.transport.aborted)
+
+    def test_pausedInMemoryTransport(self) -> None:
+        """
+        Over a transport that does not show its buffer (here
+        C{StringTransport}), waiting output is what its producer pause says:
+        paused for the whole deadline is cut, a resume in time is progress.
+        (Progress is noticed by checks every quarter of the deadline, so the
+        cut comes between one and one and a quarter deadlines after it.)
+        """
+        clock = task.Clock()
+        factory = FramesServerFactory(clock=clock)
+        factory.writeTimeout = 4
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        transport.producer.pauseProducing()
+        clock.pump([1, 1, 1])
+        transport.producer.resumeProducing()
+        transport.producer.pauseProducing()
+        clock.pump([1, 1, 1, 1])
+        self.assertFalse(transport.disconnected)
+        clock.advance(1)
+        self.assertTrue(transport.disconnected)
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    """
+    The idle timeout is not defeated by requests whose output the peer
+    leaves unread.
+    """
+
+    def test_unreadRequestsIdle(self) -> None:
+        """
+        With no write deadline, gets the peer never reads still let the idle
+        timeout close the connection (within two idle periods, then the
+        close timeout, since nothing drains).
+        """
+        s = _Server(self, writeTimeout=None)
+        s.factory.idleTimeout = 5
+        s.protocol.setTimeout(5)
+        s.pipelineGets(3)
+        s.advance(10)
+        self.assertTrue(s.protocol._closing)
+        s.advance(s.protocol.closeTimeout)
+        self.assertTrue(s.transport.aborted)
+        self.assertEqual(openFilesOf(s.big), 0)
+
+    def test_busyReaderNotIdle(self) -> None:
+        """
+        A peer that sends nothing but keeps reading a long download is not
+        idle.
+        """
+        s = _Server(self, writeTimeout=None)
+        s.factory.idleTimeout = 5
+        s.protocol.setTimeout(5)
+        s.pipelineGets(1)
+        for _ in range(20):
+            s.advance(2)
+            s.peerReads(4096)
+        self.assertFalse(s.protocol._closing)
+
+
+class LazyOpenTests(SynchronousTestCase):
+    """
+    A C{get} waiting behind another on its connection holds no file.
+    """
+
+    def test_oneFilePerConnection(self) -> None:
+        """
+        Of many pipelined gets, only the one being sent has its file open;
+        the next opens it when the previous is done.
+        """
+        s = _Server(self, writeTimeout=None)
+        s.pipelineGets(50)
+        self.assertEqual(len(s.protocol.inFlight), 50)
+        self.assertEqual(openFilesOf(s.big), 1)
+        s.peerReads(8 * MiB)
+        self.assertEqual(len(s.protocol.inFlight), 48)
+        self.assertEqual(openFilesOf(s.big), 1)
+        s.protocol.transport.abortConnection()
+        s.runner.runPending()
+        self.assertEqual(openFilesOf(s.big), 0)
+
+
+class WriteTimeoutOptionTests(SynchronousTestCase):
+    """
+    C{twistd frameserver --write-timeout}.
+    """
+
+    def factory(self, *argv: str) -> FramesServerFactory:
+        options = Options()
+        options.parseOptions(["--root", self.mktemp(), "--udp", "0", *argv])
+        reactor = MemoryReactorClock()
+        top = makeService(options, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        factory: FramesServerFactory = reactor.tcpServers[0][1]
+        return factory
+
+    def test_default(self) -> None:
+        """
+        The default is 60 s, and it reaches every connection.
+        """
+        factory = self.factory()
+        self.assertEqual(factory.writeTimeout, 60.0)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.assertEqual(protocol.writeTimeout, 60.0)
+
+    def test_given(self) -> None:
+        """
+        A number of seconds is taken as given; 0 means none.
+        """
+        self.assertEqual(self.factory("--write-timeout", "7.5").writeTimeout, 7.5)
+        self.assertIsNone(self.factory("--write-timeout", "0").writeTimeout)
+
+    def test_bad(self) -> None:
+        """
+        A value that is not a number of seconds stops start-up with one line.
+        """
+        with self.assertRaises(SystemExit) as e:
+            Options().parseOptions(["--write-timeout", "soon"])
+        self.assertIn("--write-timeout must be a number of seconds", str(e.exception))
