@@ -1,7 +1,7 @@
 """
 Clients that stop reading: the write deadline (C{--write-timeout}), the idle
-timeout with requests the peer never reads, and one open file per connection
-for pipelined C{get}s.
+timeout with requests the peer never reads, one open file per connection for
+pipelined C{get}s, and caps that fit C{RLIMIT_NOFILE}.
 
 Synchronous, with a C{Clock} and a TCP-like transport whose "socket" takes
 only what the test lets the peer read (the real-socket version is in
@@ -11,20 +11,22 @@ C{tests/test_stall_loopback.py}).
 from __future__ import annotations
 
 import os
+import resource
 from typing import Any
 
 from twisted.internet import abstract, defer, error, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.loopback import openFilesOf
-from twisted_frames import wire
+from twisted_frames import policy, wire
 from twisted_frames.files import FileService
+from twisted_frames.policy import ConnectionGuard
 from twisted_frames.server import FramesServerFactory
-from twisted_frames.tap import Options, makeService
+from twisted_frames.tap import Options, fitDescriptorLimit, makeService
 
 MiB = 1024 * 1024
 
@@ -350,3 +352,124 @@ class WriteTimeoutOptionTests(SynchronousTestCase):
         with self.assertRaises(SystemExit) as e:
             Options().parseOptions(["--write-timeout", "soon"])
         self.assertIn("--write-timeout must be a number of seconds", str(e.exception))
+
+
+class _RLimit:
+    """
+    A stand-in for the C{resource} module's open-file limit.
+    """
+
+    RLIMIT_NOFILE = resource.RLIMIT_NOFILE
+    RLIM_INFINITY = resource.RLIM_INFINITY
+
+    def __init__(self, soft: int, hard: int, settable: bool = True) -> None:
+        self.limits = (soft, hard)
+        self.settable = settable
+        self.set: list[tuple[int, int]] = []
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        assert which == self.RLIMIT_NOFILE
+        return self.limits
+
+    def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        if not self.settable:
+            raise ValueError("not allowed")
+        self.set.append(limits)
+        self.limits = limits
+
+
+class DescriptorBudgetTests(SynchronousTestCase):
+    """
+    L{policy.descriptorsNeeded}, L{policy.fitDescriptors} and
+    L{fitDescriptorLimit}.
+    """
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_needed(self) -> None:
+        """
+        The worst case adds up the base, listeners, and what every
+        connection, command and worker thread can hold.
+        """
+        self.assertEqual(
+            policy.descriptorsNeeded(512, 32, 10, 2),
+            policy.BASE_DESCRIPTORS + 2 + 512 * 4 + 32 * 3 + 10 * 2,
+        )
+        self.assertEqual(policy.descriptorsNeeded(512, 32, 10, 2), 2198)
+
+    def test_fits(self) -> None:
+        """
+        Caps that fit are kept; otherwise connections are lowered to what
+        fits, and commands only when they would take over half of it.
+        """
+        self.assertEqual(policy.fitDescriptors(2198, 512, 32, 10, 2), (512, 32))
+        self.assertEqual(policy.fitDescriptors(1024, 512, 32, 10, 2), (218, 32))
+        self.assertLessEqual(policy.descriptorsNeeded(218, 32, 10, 2), 1024)
+        self.assertGreater(policy.descriptorsNeeded(219, 32, 10, 2), 1024)
+        self.assertEqual(policy.fitDescriptors(1024, None, 32, 10, 2), (218, 32))
+        self.assertEqual(policy.fitDescriptors(1024, 10, 1000, 10, 2), (10, 161))
+        self.assertRaises(ValueError, policy.fitDescriptors, 60, 512, 32, 10, 2)
+
+    def options(self, *argv: str) -> Options:
+        options = Options()
+        options.parseOptions(["--root", self.mktemp(), "--udp", "0", *argv])
+        return options
+
+    def logged(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if "RLIMIT_NOFILE" in e.get("log_format", "")]
+
+    def test_enough(self) -> None:
+        """
+        A limit that holds the worst case is left alone, silently.
+        """
+        options = self.options()
+        rlimit = _RLimit(20000, 20000)
+        fitDescriptorLimit(options, MemoryReactor(), rlimit)
+        self.assertEqual((rlimit.set, self.logged()), ([], []))
+        self.assertEqual(options["max-connections"], 512)
+
+    def test_raised(self) -> None:
+        """
+        A soft limit too low for the caps is raised as far as they need
+        (within the hard limit), with one log line; the caps stay.
+        """
+        options = self.options()
+        rlimit = _RLimit(1024, 4096)
+        fitDescriptorLimit(options, MemoryReactor(), rlimit)
+        self.assertEqual(rlimit.set, [(2197, 4096)])
+        self.assertEqual(options["max-connections"], 512)
+        self.assertEqual(len(self.logged()), 1)
+
+    def test_lowered(self) -> None:
+        """
+        A hard limit too low for the caps lowers them to what fits, with one
+        warning that names the old and new values; the guard the server is
+        built with uses the lowered cap.
+        """
+        options = self.options("--max-procs", "40", "--max-connections", "0")
+        rlimit = _RLimit(1024, 1024)
+        self.patch(resource, "getrlimit", rlimit.getrlimit)
+        self.patch(resource, "setrlimit", rlimit.setrlimit)
+        reactor = MemoryReactorClock()
+        top = makeService(options, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        [line] = self.logged()
+        self.assertEqual(line["log_level"], LogLevel.warn)
+        self.assertEqual((line["newConnections"], line["newProcs"]), (212, 40))
+        self.assertEqual(options["max-connections"], 212)
+        factory = reactor.tcpServers[0][1]
+        guard = next(s for s in factory.services if isinstance(s, ConnectionGuard))
+        self.assertEqual(guard.limits.maxConnections, 212)
+        self.assertLessEqual(policy.descriptorsNeeded(212, 40, 10, 1), 1024)
+
+    def test_tooLow(self) -> None:
+        """
+        A limit that cannot hold one connection stops start-up with one line.
+        """
+        with self.assertRaises(SystemExit) as e:
+            fitDescriptorLimit(self.options(), MemoryReactor(), _RLimit(40, 40))
+        self.assertIn("RLIMIT_NOFILE", str(e.exception))
