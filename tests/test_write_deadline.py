@@ -22,10 +22,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.loopback import openFilesOf
+from tests.test_protocol import parseMessages
 from twisted_frames import policy, wire
 from twisted_frames.files import FileService
 from twisted_frames.policy import ConnectionGuard
-from twisted_frames.server import FramesServerFactory
+from twisted_frames.server import LOST_LOG_BATCH, FramesServerFactory
 from twisted_frames.tap import Options, fitDescriptorLimit, makeService
 
 MiB = 1024 * 1024
@@ -68,6 +69,31 @@ class SocketTransport(abstract.FileDescriptor):
 
     def getHost(self) -> IPv4Address:
         return IPv4Address("TCP", "127.0.0.1", 8007)
+
+
+def captureLog(case: SynchronousTestCase) -> list[dict[str, Any]]:
+    """
+    @return: a list that receives every log event until C{case} ends.
+    """
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    case.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+def connectInMemory(**settings: Any) -> tuple[task.Clock, Any, StringTransport]:
+    """
+    A ping-only server connection over a C{StringTransport}, with a
+    C{Clock}; C{settings} are set on its factory first.
+    """
+    clock = task.Clock()
+    factory = FramesServerFactory(clock=clock)
+    for name, value in settings.items():
+        setattr(factory, name, value)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return clock, protocol, transport
 
 
 class QueuedRunner:
@@ -120,6 +146,15 @@ class _Server:
         self.transport = SocketTransport()
         self.transport.protocol = self.protocol
         self.protocol.makeConnection(self.transport)
+        case.addCleanup(self.close)
+
+    def close(self) -> None:
+        """
+        Drop the connection and let its requests end, so that none is left
+        waiting when the test is over.
+        """
+        self.transport.abortConnection()
+        self.runner.runPending()
 
     def pipelineGets(self, count: int) -> None:
         """
@@ -158,9 +193,7 @@ class WriteDeadlineTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = captureLog(self)
 
     def test_stalledReaderCut(self) -> None:
         """
@@ -238,12 +271,7 @@ class WriteDeadlineTests(SynchronousTestCase):
         (Progress is noticed by checks every quarter of the deadline, so the
         cut comes between one and one and a quarter deadlines after it.)
         """
-        clock = task.Clock()
-        factory = FramesServerFactory(clock=clock)
-        factory.writeTimeout = 4
-        protocol = factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
+        clock, protocol, transport = connectInMemory(writeTimeout=4)
         transport.producer.pauseProducing()
         clock.pump([1, 1, 1])
         transport.producer.resumeProducing()
@@ -311,6 +339,72 @@ class LazyOpenTests(SynchronousTestCase):
         s.protocol.transport.abortConnection()
         s.runner.runPending()
         self.assertEqual(openFilesOf(s.big), 0)
+
+
+class TurnTests(SynchronousTestCase):
+    """
+    L{FrameProtocol.messagesPerTurn}: one connection's pipelined requests
+    are handled a batch per reactor iteration, with its reading paused in
+    between.
+    """
+
+    def test_batches(self) -> None:
+        """
+        100 pipelined pings in one read: 32 are answered in the read, the
+        rest later (a reactor runs one batch per iteration; a C{Clock} runs
+        them all in one advance), with the socket's reading paused in
+        between; nothing is lost or reordered.
+        """
+        clock, protocol, transport = connectInMemory(messagesPerTurn=32)
+        transport.clear()
+        protocol.dataReceived(b"".join(request(i, "ping") for i in range(100)))
+
+        def replies() -> list[Any]:
+            return [h["id"] for h, _ in parseMessages(transport.value())]
+
+        self.assertEqual(replies(), list(range(32)))
+        self.assertEqual(transport.producerState, "paused")
+        clock.advance(0)
+        self.assertEqual(replies(), list(range(100)))
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ClosedLogTests(SynchronousTestCase):
+    """
+    A connection lost with many requests in flight logs them a batch per
+    reactor iteration.
+    """
+
+    def test_batches(self) -> None:
+        """
+        200 gets waiting when the connection is lost: every request is
+        ended at once (and no file stays open), their lines come
+        C{LOST_LOG_BATCH} per iteration, and the connection's closing line
+        comes last.
+        """
+        events = captureLog(self)
+        s = _Server(self, writeTimeout=None)
+        s.pipelineGets(200)
+        requests = [s.protocol.inFlight[i] for i in range(1, 201)]
+        s.transport.abortConnection()
+        s.runner.runPending()
+        self.assertTrue(all(r.cancelled for r in requests))
+        self.assertEqual(openFilesOf(s.big), 0)
+
+        def lines() -> list[str]:
+            return [
+                e.get("log_text") or e["log_format"]
+                for e in events
+                if "outcome=" in e.get("log_text", "") or "connection closed" in e["log_format"]
+            ]
+
+        self.assertEqual(len(lines()), LOST_LOG_BATCH)
+        s.clock.advance(0)
+        self.assertEqual(len(lines()), 201)
+        self.assertIn("op=get id=200 ", lines()[199])
+        self.assertIn("outcome=disconnected", lines()[199])
+        self.assertIn("connection closed", lines()[200])
 
 
 class WriteTimeoutOptionTests(SynchronousTestCase):
@@ -385,9 +479,7 @@ class DescriptorBudgetTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = captureLog(self)
 
     def test_needed(self) -> None:
         """

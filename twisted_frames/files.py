@@ -30,6 +30,7 @@ import json
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -426,6 +427,47 @@ class Root:
         return fd, st
 
 
+class _Turn:
+    """
+    A connection's turn to send a file: held by one C{get} at a time, the
+    others wait in order.
+    """
+
+    def __init__(self) -> None:
+        self.held = False
+        self.waiting: deque[defer.Deferred[None]] = deque()
+
+    def acquire(self) -> defer.Deferred[None]:
+        """
+        @return: a Deferred firing when it is the caller's turn.
+        """
+        if not self.held:
+            self.held = True
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+    def release(self) -> None:
+        """
+        Pass the turn to the next waiting, if any.
+        """
+        if self.waiting:
+            self.waiting.popleft().callback(None)
+        else:
+            self.held = False
+
+    def releaseWaiting(self) -> None:
+        """
+        Wake every waiting one at once, each on its own: through
+        L{release}, each would run inside the previous one's release,
+        hundreds deep.
+        """
+        waiting, self.waiting = self.waiting, deque()
+        for d in waiting:
+            d.callback(None)
+
+
 @dataclass
 class _Upload:
     """
@@ -480,14 +522,16 @@ class FileService(Service):
         # (st_dev, st_ino); checked against the size before use.
         self._hashes: dict[tuple[int, int], tuple[int, Any]] = {}
         # Per connection, the turn to open and send a file (see getOp).
-        self._getTurns: dict[ServerProtocol, defer.DeferredLock] = {}
+        self._getTurns: dict[ServerProtocol, _Turn] = {}
 
     def connectionLost(self, connection: ServerProtocol) -> None:
         """
-        Forget the connection's get turn (gets still waiting for it hold
-        their own reference and end as cancelled).
+        Forget the connection's get turn, and let the gets still waiting for
+        it end (they find their request cancelled).
         """
-        self._getTurns.pop(connection, None)
+        turn = self._getTurns.pop(connection, None)
+        if turn is not None:
+            turn.releaseWaiting()
 
     def _connection(self, request: Request) -> None:
         connection = request.connection
@@ -571,7 +615,7 @@ class FileService(Service):
         # more than one descriptor and one read-ahead.
         turn = self._getTurns.get(request.connection)
         if turn is None:
-            turn = self._getTurns[request.connection] = defer.DeferredLock()
+            turn = self._getTurns[request.connection] = _Turn()
         await turn.acquire()
         try:
             if request.cancelled:

@@ -33,6 +33,7 @@ cut.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from typing import Any, Protocol, cast
 
@@ -273,6 +274,12 @@ class FrameProtocol(Int32StringReceiver):
     closeTimeout: float = 10.0
     frameTimeout: float | None = None
     writeTimeout: float | None = None
+    #: Messages handled from one connection's input before the others get a
+    #: turn, or C{None}: no limit.  The rest waits, with this connection's
+    #: reading paused, for the next reactor iteration; so hundreds of
+    #: connections full of pipelined requests cannot keep one iteration
+    #: (and every other client's reply) waiting for seconds.
+    messagesPerTurn: int | None = None
     clock: IReactorTime | None = None
     _log = Logger()
     _peerName: str | None = None
@@ -314,6 +321,8 @@ class FrameProtocol(Int32StringReceiver):
         self._handed = 0
         self._resumes = 0
         self._messagesStarted = 0
+        # Where this turn ends (see messagesPerTurn): never, unless set.
+        self._turnEnd = sys.maxsize
         self.bytesReceived = 0
         self.bytesSent = 0
         # Writes gathered while a read is handled (None: not in a read).
@@ -372,6 +381,8 @@ class FrameProtocol(Int32StringReceiver):
                 self._heldTransport = True
                 self._syncTransport()
             return
+        if self.messagesPerTurn is not None:
+            self._turnEnd = self._messagesStarted + self.messagesPerTurn
         if self._gathered is None:
             gathered: list[bytes] = []
             self._gathered = gathered
@@ -427,7 +438,9 @@ class FrameProtocol(Int32StringReceiver):
         while pos < end:
             if self._closing:
                 return
-            if self._pauseCount or self._held:
+            if self._pauseCount or self._held or self._messagesStarted >= self._turnEnd:
+                if not self._pauseCount and not self._held:
+                    self._endTurn()
                 # A view, not a copy: a sink pausing at every message of one
                 # large read must not make the rest of the read be re-copied
                 # each time (quadratic, like ticket #6358).
@@ -609,6 +622,15 @@ class FrameProtocol(Int32StringReceiver):
             self._syncTransport()
         self._drain()
 
+    def _endTurn(self) -> None:
+        """
+        L{messagesPerTurn} messages were handled: pause reading until the
+        next reactor iteration, when the rest is handled.
+        """
+        self._turnEnd = sys.maxsize
+        self.pauseReceiving()
+        self._clock().callLater(0, self.resumeReceiving)
+
     def _holdForSend(self, held: bool) -> None:
         """
         The transport's write buffer filled (C{held}) or drained: stop or
@@ -647,6 +669,8 @@ class FrameProtocol(Int32StringReceiver):
         if self._draining:
             return
         self._draining = True
+        if self.messagesPerTurn is not None:
+            self._turnEnd = self._messagesStarted + self.messagesPerTurn
         try:
             while self._unread and not self._pauseCount and not self._held and not self._closing:
                 item = self._unread.popleft()

@@ -40,6 +40,9 @@ DEFAULT_LOGIN_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_WRITE_TIMEOUT = 60.0
+#: Requests handled from one connection per reactor iteration (fairness
+#: between connections full of pipelined requests).
+MESSAGES_PER_TURN = 16
 
 
 def _count(name: str) -> Any:
@@ -292,6 +295,7 @@ def configureFactory(factory: FramesServerFactory, config: Any) -> None:
     factory.idleTimeout = _timeout(config["idle-timeout"])
     factory.frameTimeout = _timeout(config["frame-timeout"])
     factory.writeTimeout = _timeout(config["write-timeout"])
+    factory.messagesPerTurn = MESSAGES_PER_TURN
     for description in config["listen"]:
         local = isLocalEndpoint(description)
         tls = config["tlsOptions"] is not None or _splitEndpoint(description)[0] == "ssl"
