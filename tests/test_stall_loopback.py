@@ -10,18 +10,23 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import ssl
 import time
 from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import threads
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tests.loopback import openFilesOf, recordConnections, until
 from twisted_frames import wire
+from twisted_frames.certs import writeQuickStart
 from twisted_frames.client import connect
 from twisted_frames.fileclient import FileClient
 from twisted_frames.files import FileService
 from twisted_frames.server import FramesServerFactory
+from twisted_frames.tls import serverOptions
 
 MiB = 1024 * 1024
 WRITE_TIMEOUT = 2.0
@@ -109,4 +114,55 @@ async def test_stalledReadersClosedBystanderServed(tmp_path: Any) -> None:
             s.close()
         if bystander is not None:
             await bystander.close()
+        await port.stopListening()
+
+
+def _stalledTLSReader(port: int, ca: str) -> ssl.SSLSocket:
+    """
+    A TLS client (Python's C{ssl}, blocking: run it in a thread) with a
+    4 KiB receive buffer that completes the handshake, sends C{GETS}
+    pipelined gets and then never reads.
+    """
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", port))
+    tls = ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname="localhost")
+    tls.sendall(
+        b"".join(
+            wire.encodeMessage({"op": "get", "id": i, "path": "big.bin"}) for i in range(GETS)
+        )
+    )
+    return tls
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalledTLSReaderClosed(tmp_path: Any) -> None:
+    """
+    Over TLS the deadline watches the TCP transport under the TLS layer: a
+    client that stops reading after the handshake is cut off too.
+    """
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(8 * MiB))
+    certs = writeQuickStart(str(tmp_path / "pki"), ["localhost"])
+    factory = FramesServerFactory([FileService(str(root))])
+    factory.writeTimeout = WRITE_TIMEOUT
+    connections = recordConnections(factory)
+    options = serverOptions(certs["server"], certs["server-key"])
+    port = _reactor().listenTCP(
+        0, TLSMemoryBIOFactory(options, False, factory), interface="127.0.0.1"
+    )
+    tls = None
+    try:
+        tls = await threads.deferToThread(_stalledTLSReader, port.getHost().port, certs["ca"])
+        started = time.monotonic()
+        await until(lambda: bool(connections) and bool(connections[0].inFlight))
+        (connection,) = connections
+        await until(lambda: not connection.transport.transport.connected, timeout=15)
+        assert WRITE_TIMEOUT <= time.monotonic() - started + 0.5
+        assert connection.inFlight == {}
+    finally:
+        if tls is not None:
+            tls.close()
         await port.stopListening()
