@@ -4,7 +4,11 @@ Helpers for tests over real loopback TCP.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
+
+from twisted.internet import task
 
 from twisted_frames.server import FramesServerFactory, ServerProtocol
 
@@ -24,3 +28,35 @@ def recordConnections(factory: FramesServerFactory) -> list[ServerProtocol]:
 
     factory.buildProtocol = record  # type: ignore[method-assign]
     return connections
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """
+    Wait (bounded) on the running reactor until C{condition()} is true,
+    checking every 10 ms.
+
+    @raise AssertionError: if it is still false after C{timeout} seconds.
+    """
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not reached in time")
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
+def openFilesOf(path: str) -> int:
+    """
+    How many of this process's descriptors are open on C{path} (Linux:
+    read from C{/proc/self/fd}).
+    """
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == path:
+                count += 1
+        except OSError:
+            continue
+    return count

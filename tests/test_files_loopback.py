@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 
-from tests.loopback import recordConnections
+from tests.loopback import recordConnections, until
 from twisted_frames.client import connect
 from twisted_frames.fileclient import FileClient
 from twisted_frames.files import FileService
@@ -62,18 +62,6 @@ def server(tmp_path: Any) -> Any:
     port.stopListening()
 
 
-async def _until(condition: Any, timeout: float = 20.0) -> None:
-    """
-    Wait (bounded) until C{condition()} is true, checking every 10 ms.
-    """
-    reactor = _reactor()
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not reached in time")
-        await task.deferLater(reactor, 0.01, lambda: None)
-
-
 @pytest_twisted.ensureDeferred
 async def test_segmentedRoundTrip(server: Any, tmp_path: Any) -> None:
     """
@@ -112,7 +100,7 @@ async def test_pingDuringUpload(server: Any, tmp_path: Any) -> None:
         order: list[str] = []
         upload = defer.Deferred.fromCoroutine(FileClient(uploader).putFile(src, "f"))
         upload.addCallback(lambda _: order.append("upload"))
-        await _until(lambda: os.listdir(server["root"]) != [] or upload.called)
+        await until(lambda: os.listdir(server["root"]) != [] or upload.called)
         for _ in range(3):
             await pinger.ping(b"x")
         order.append("pings")
@@ -169,7 +157,7 @@ async def test_slowReaderBoundsServerBuffer(server: Any, tmp_path: Any) -> None:
             return sink
 
         reply = client.request("get", {"path": "f"}, eventSink=makeSink)
-        await _until(lambda: bool(sinks))
+        await until(lambda: bool(sinks))
         (connection,) = server["connections"]
         transport = connection.transport
         # Let the server fill every buffer it is going to fill.

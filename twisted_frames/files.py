@@ -34,6 +34,7 @@ import json
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -55,7 +56,7 @@ from .filestore import (
     tuneTransport,
 )
 from .protocol import BodySink
-from .server import Operation, Request, Service, operation
+from .server import Operation, Request, ServerProtocol, Service, operation
 from .wire import ErrorCode, FramesError
 
 log = Logger(namespace="twisted_frames.files")
@@ -675,6 +676,47 @@ class Root:
         return fd, st
 
 
+class _Turn:
+    """
+    A connection's turn to send a file: held by one C{get} at a time, the
+    others wait in order.
+    """
+
+    def __init__(self) -> None:
+        self.held = False
+        self.waiting: deque[defer.Deferred[None]] = deque()
+
+    def acquire(self) -> defer.Deferred[None]:
+        """
+        @return: a Deferred firing when it is the caller's turn.
+        """
+        if not self.held:
+            self.held = True
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+    def release(self) -> None:
+        """
+        Pass the turn to the next waiting, if any.
+        """
+        if self.waiting:
+            self.waiting.popleft().callback(None)
+        else:
+            self.held = False
+
+    def releaseWaiting(self) -> None:
+        """
+        Wake every waiting one at once, each on its own: through
+        L{release}, each would run inside the previous one's release,
+        hundreds deep.
+        """
+        waiting, self.waiting = self.waiting, deque()
+        for d in waiting:
+            d.callback(None)
+
+
 @dataclass
 class _Upload:
     """
@@ -763,6 +805,8 @@ class FileService(Service):
         # st_ino); used only if size and times are still those it was kept
         # with (another process sharing the root may have rewritten it).
         self._hashes: dict[tuple[int, int], tuple[tuple[int, int, int], Any]] = {}
+        # Per connection, the turn to open and send a file (see getOp).
+        self._getTurns: dict[ServerProtocol, _Turn] = {}
 
     def operations(self) -> Iterable[Operation]:
         """
@@ -853,6 +897,24 @@ class FileService(Service):
         path = request.header.get("path")
         segments = checkPath(path)
         offset = _field(request.header, "offset", int, 0)
+        # One get at a time per connection opens its file: the others wait
+        # here holding nothing (their bodies would queue behind its body
+        # anyway), so a client pipelining gets it never reads cannot hold
+        # more than one descriptor and one read-ahead.
+        turn = self._getTurns.get(request.connection)
+        if turn is None:
+            turn = self._getTurns[request.connection] = _Turn()
+        await turn.acquire()
+        try:
+            if request.cancelled:
+                return None
+            return await self._sendFile(request, str(path), segments, offset)
+        finally:
+            turn.release()
+
+    async def _sendFile(
+        self, request: Request, path: str, segments: list[str], offset: int
+    ) -> dict[str, Any] | None:
         fd, st = await self.run(self.root.openForRead, segments, path)
         try:
             size = st.st_size
@@ -926,11 +988,16 @@ class FileService(Service):
 
     def connectionLost(self, connection: Any) -> None:
         """
-        Close the uploads the connection held between messages: their
-        partials are kept (with their hash state) for a resumed upload, and
-        closing them releases their locks.  An upload in the middle of a
-        message is closed by its message when the body fails.
+        Let the gets still waiting for the connection's get turn end (they
+        find their request cancelled), and close the uploads the connection
+        held between messages: their partials are kept (with their hash
+        state) for a resumed upload, and closing them releases their locks.
+        An upload in the middle of a message is closed by its message when
+        the body fails.
         """
+        turn = self._getTurns.pop(connection, None)
+        if turn is not None:
+            turn.releaseWaiting()
         uploads = self._uploads.pop(connection, None)
         if uploads is None:
             return

@@ -149,6 +149,67 @@ class ConnectionLimits:
     maxUnauthenticatedPerSource: int | None = 8
 
 
+#: Descriptors the server holds whatever its load: the standard streams,
+#: the log, the reactor's own (epoll, waker pipe), and spare for short-lived
+#: ones (a command being spawned, the users file being re-read).
+BASE_DESCRIPTORS = 32
+#: Per connection: its socket, the file of the one C{get} it may be sending
+#: (the others wait without one), and the partial file and directory of the
+#: upload it is receiving.
+DESCRIPTORS_PER_CONNECTION = 4
+#: Per running command: its stdin, stdout and stderr pipes.
+DESCRIPTORS_PER_COMMAND = 3
+#: Per worker thread: a directory and a file open during one step of a file
+#: operation.
+DESCRIPTORS_PER_THREAD = 2
+
+
+def descriptorsNeeded(connections: int, commands: int, threads: int, listeners: int) -> int:
+    """
+    The most descriptors the server can hold at once under these caps.
+
+    @param connections: connections at once (C{--max-connections}).
+    @param commands: commands running at once (C{--max-procs}).
+    @param threads: worker threads doing file operations.
+    @param listeners: listening ports (TCP and UDP).
+    """
+    return (
+        BASE_DESCRIPTORS
+        + listeners
+        + connections * DESCRIPTORS_PER_CONNECTION
+        + commands * DESCRIPTORS_PER_COMMAND
+        + threads * DESCRIPTORS_PER_THREAD
+    )
+
+
+def fitDescriptors(
+    limit: int, connections: int | None, commands: int, threads: int, listeners: int
+) -> tuple[int, int]:
+    """
+    Caps no higher than those given whose L{descriptorsNeeded} fits in
+    C{limit}: the connection cap is lowered first (no cap, C{None}, becomes
+    as many as fit); commands keep at most half of what remains.
+
+    @return: C{(connections, commands)}, the given ones when they fit.
+    @raise ValueError: when not even one connection and one command fit.
+    """
+    if connections is not None and (
+        descriptorsNeeded(connections, commands, threads, listeners) <= limit
+    ):
+        return connections, commands
+    spare = limit - descriptorsNeeded(0, 0, threads, listeners)
+    if commands * DESCRIPTORS_PER_COMMAND > spare // 2:
+        commands = max(1, spare // 2 // DESCRIPTORS_PER_COMMAND)
+    fitting = (spare - commands * DESCRIPTORS_PER_COMMAND) // DESCRIPTORS_PER_CONNECTION
+    if fitting < 1:
+        raise ValueError(
+            f"the open-file limit (RLIMIT_NOFILE) of {limit} is too low to serve: "
+            f"{descriptorsNeeded(1, 1, threads, listeners)} descriptors are needed for "
+            "one connection and one command"
+        )
+    return (fitting if connections is None else min(connections, fitting)), commands
+
+
 class ConnectionGuard(Service):
     """
     Refuses connections over the L{ConnectionLimits}: the connection gets one

@@ -23,14 +23,21 @@ ask the reactor to watch the socket for writability and send it on the next
 loop iteration, three system calls and an iteration per message instead of
 one call.  Whatever the socket does not take goes through the transport as
 usual, with its buffering and producer pauses.
+
+The write deadline (L{FrameProtocol.writeTimeout}) closes a connection whose
+peer takes none of what waits for it for that long: progress is bytes leaving
+the transport's buffer (or the transport resuming the connection's producer),
+not bytes written into it, so a peer that reads slowly but steadily is never
+cut.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from typing import Any, Protocol, cast
 
-from twisted.internet import defer, tcp
+from twisted.internet import abstract, defer, tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -185,15 +192,20 @@ class _SendPressure:
         if self.paused:
             return
         self.paused = True
-        active = self._protocol._activeSource
+        protocol = self._protocol
+        active = protocol._activeSource
         if active is not None:
             active[0].pauseProducing()
-        self._protocol._holdForSend(True)
+        protocol._holdForSend(True)
+        if protocol._writeTimer is None and protocol.writeTimeout is not None:
+            protocol._armWriteDeadline()
 
     def resumeProducing(self) -> None:
         if not self.paused:
             return
         self.paused = False
+        # The transport drained its whole buffer: the peer is reading.
+        self._protocol._resumes += 1
         active = self._protocol._activeSource
         if active is not None:
             active[0].resumeProducing()
@@ -252,6 +264,11 @@ class FrameProtocol(Int32StringReceiver):
         arrive within this many seconds of its first byte, and while a body
         is being read (not paused by its sink) each read must come within this
         many seconds of the previous one.
+    @ivar writeTimeout: the write deadline, or C{None} for none.  While
+        output waits for the peer (in the transport's buffer, or the
+        transport has paused this side), the peer must take some of it at
+        least every this many seconds; else the connection is aborted
+        (L{writeTimedOut}).
     """
 
     #: A stream transport is also a push producer (pause/resume reading), a
@@ -265,6 +282,13 @@ class FrameProtocol(Int32StringReceiver):
     sendHoldLimit: int = 1024 * 1024
     closeTimeout: float = 10.0
     frameTimeout: float | None = None
+    writeTimeout: float | None = None
+    #: Messages handled from one connection's input before the others get a
+    #: turn, or C{None}: no limit.  The rest waits, with this connection's
+    #: reading paused, for the next reactor iteration; so hundreds of
+    #: connections full of pipelined requests cannot keep one iteration
+    #: (and every other client's reply) waiting for seconds.
+    messagesPerTurn: int | None = None
     clock: IReactorTime | None = None
     _log = Logger()
     _peerName: str | None = None
@@ -297,7 +321,17 @@ class FrameProtocol(Int32StringReceiver):
         self._closeTimer: IDelayedCall | None = None
         self._frameTimer: IDelayedCall | None = None
         self._frameMark = -1
+        # Write deadline (see writeTimeout): a check runs every quarter of
+        # it while output waits for the peer; _handed counts bytes given to
+        # the transport, _resumes the transport's resumes of _pressure.
+        self._writeTimer: IDelayedCall | None = None
+        self._writeMark = (0, 0)
+        self._writeStalledSince = 0.0
+        self._handed = 0
+        self._resumes = 0
         self._messagesStarted = 0
+        # Where this turn ends (see messagesPerTurn): never, unless set.
+        self._turnEnd = sys.maxsize
         self.bytesReceived = 0
         self.bytesSent = 0
         # Writes gathered while a read is handled (None: not in a read).
@@ -356,6 +390,8 @@ class FrameProtocol(Int32StringReceiver):
                 self._heldTransport = True
                 self._syncTransport()
             return
+        if self.messagesPerTurn is not None:
+            self._turnEnd = self._messagesStarted + self.messagesPerTurn
         if self._gathered is None:
             gathered: list[bytes] = []
             self._gathered = gathered
@@ -411,7 +447,9 @@ class FrameProtocol(Int32StringReceiver):
         while pos < end:
             if self._closing:
                 return
-            if self._pauseCount or self._held:
+            if self._pauseCount or self._held or self._messagesStarted >= self._turnEnd:
+                if not self._pauseCount and not self._held:
+                    self._endTurn()
                 # A view, not a copy: a sink pausing at every message of one
                 # large read must not make the rest of the read be re-copied
                 # each time (quadratic, like ticket #6358).
@@ -616,6 +654,15 @@ class FrameProtocol(Int32StringReceiver):
             self._syncTransport()
         self._drain()
 
+    def _endTurn(self) -> None:
+        """
+        L{messagesPerTurn} messages were handled: pause reading until the
+        next reactor iteration, when the rest is handled.
+        """
+        self._turnEnd = sys.maxsize
+        self.pauseReceiving()
+        self._clock().callLater(0, self.resumeReceiving)
+
     def _holdForSend(self, held: bool) -> None:
         """
         The transport's write buffer filled (C{held}) or drained: stop or
@@ -654,6 +701,8 @@ class FrameProtocol(Int32StringReceiver):
         if self._draining:
             return
         self._draining = True
+        if self.messagesPerTurn is not None:
+            self._turnEnd = self._messagesStarted + self.messagesPerTurn
         try:
             while self._unread and not self._pauseCount and not self._held and not self._closing:
                 item = self._unread.popleft()
@@ -739,6 +788,94 @@ class FrameProtocol(Int32StringReceiver):
         if self.transport is not None:
             self.transport.abortConnection()
 
+    # -- the write deadline ----------------------------------------------------
+
+    def _unsent(self) -> int:
+        """
+        Bytes the transport holds that its socket has not taken: in the
+        TCP transport's buffer (under the TLS layer, if any); 0 for
+        transports that do not say (in-memory ones).
+        """
+        t = self.transport
+        if not isinstance(t, abstract.FileDescriptor):
+            t = getattr(t, "transport", None)
+            if not isinstance(t, abstract.FileDescriptor):
+                return 0
+        return len(t.dataBuffer) - t.offset + t._tempDataLen
+
+    def outputWaiting(self) -> int:
+        """
+        @return: bytes written but not yet taken by the peer's socket, as
+            far as the transport tells (1 when it only says that it is
+            full, by pausing this side).
+        """
+        return self._unsent() or int(self._pressure.paused)
+
+    def outputProgress(self) -> tuple[int, int]:
+        """
+        A mark of how much the peer has taken so far, for
+        L{outputProgressed}: bytes handed to the transport less those it
+        still holds, and how often it has drained all it held.
+        """
+        return (self._handed - self._unsent(), self._resumes)
+
+    @staticmethod
+    def outputProgressed(before: tuple[int, int], after: tuple[int, int]) -> bool:
+        """
+        Whether the peer took anything between two L{outputProgress} marks.
+        (Over TLS what is handed over grows by the records' overhead, so
+        the first count may fall; it never rises without the peer taking.)
+        """
+        return after[0] > before[0] or after[1] != before[1]
+
+    def _armWriteDeadline(self) -> None:
+        assert self.writeTimeout is not None
+        clock = self._clock()
+        self._writeMark = self.outputProgress()
+        self._writeStalledSince = clock.seconds()
+        self._writeTimer = clock.callLater(self.writeTimeout / 4, self._checkWrite)
+
+    def _checkWrite(self) -> None:
+        """
+        Every quarter of L{writeTimeout} while output waits: note whether
+        the peer took some, and give up once it has taken none for the
+        whole deadline.  Stops when nothing waits (the next write re-arms).
+        """
+        self._writeTimer = None
+        timeout = self.writeTimeout
+        if timeout is None or self._closing or self.transport is None:
+            return
+        if not self.outputWaiting():
+            return
+        clock = self._clock()
+        now = clock.seconds()
+        progress = self.outputProgress()
+        if self.outputProgressed(self._writeMark, progress):
+            self._writeStalledSince = now
+        self._writeMark = progress
+        left = timeout - (now - self._writeStalledSince)
+        if left <= timeout * 1e-6:
+            self.writeTimedOut()
+            return
+        self._writeTimer = clock.callLater(min(timeout / 4, left), self._checkWrite)
+
+    def writeTimedOut(self) -> None:
+        """
+        The peer took nothing of what waits for it for L{writeTimeout}
+        seconds: log one line and abort the connection.  Nothing can be
+        said to a peer that does not read; its requests end as on any
+        disconnection (L{connectionLost}).
+        """
+        self._log.info(
+            "write timeout: {peer} took nothing for {timeout:g} s with {waiting} bytes "
+            "waiting; closing",
+            peer=self.peerName(),
+            timeout=self.writeTimeout,
+            waiting=self.outputWaiting(),
+        )
+        self._closing = True
+        self.transport.abortConnection()
+
     def _failSink(self, reason: Failure) -> None:
         sink, self._sink = self._sink, None
         producer, self._sinkProducer = self._sinkProducer, None
@@ -755,6 +892,9 @@ class FrameProtocol(Int32StringReceiver):
         if self._frameTimer is not None and self._frameTimer.active():
             self._frameTimer.cancel()
         self._frameTimer = None
+        if self._writeTimer is not None and self._writeTimer.active():
+            self._writeTimer.cancel()
+        self._writeTimer = None
         self._unread.clear()
         self._unreadBytes = 0
         # Detach the active source before failing the sink: a Pipe is both,
@@ -814,7 +954,10 @@ class FrameProtocol(Int32StringReceiver):
         """
         gathered = self._gathered
         if gathered is None:
+            self._handed += len(data)
             self.transport.write(data)
+            if self._writeTimer is None and self.writeTimeout is not None:
+                self._armWriteDeadline()
             return
         gathered.append(data)
         self._gatheredBytes += len(data)
@@ -836,6 +979,7 @@ class FrameProtocol(Int32StringReceiver):
         t = self.transport
         if t is None:
             return
+        self._handed += len(data)
         if (
             self._directSend
             and t.connected
@@ -855,6 +999,8 @@ class FrameProtocol(Int32StringReceiver):
             # Else the connection is lost: the transport's own write finds
             # that out and closes it the usual way.
         t.write(data)
+        if self._writeTimer is None and self.writeTimeout is not None:
+            self._armWriteDeadline()
 
     def sendMessage(self, header: dict[str, Any], body: bytes = b"") -> None:
         """

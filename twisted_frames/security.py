@@ -39,6 +39,10 @@ DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE = 8
 DEFAULT_LOGIN_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_FRAME_TIMEOUT = 30.0
+DEFAULT_WRITE_TIMEOUT = 60.0
+#: Requests handled from one connection per reactor iteration (fairness
+#: between connections full of pipelined requests).
+MESSAGES_PER_TURN = 16
 
 
 def _count(name: str) -> Any:
@@ -187,6 +191,13 @@ class SecurityOptions:
             "Seconds to finish a started message header, or between reads of a body.",
             _seconds("frame-timeout"),
         ],
+        [
+            "write-timeout",
+            None,
+            DEFAULT_WRITE_TIMEOUT,
+            "Seconds the peer may take nothing of what waits for it before it is cut off.",
+            _seconds("write-timeout"),
+        ],
     ]
 
     def securityPostOptions(self) -> None:
@@ -283,6 +294,8 @@ def configureFactory(factory: FramesServerFactory, config: Any) -> None:
     factory.authMechanisms = [MECHANISM] if factory.authRequired else []
     factory.idleTimeout = _timeout(config["idle-timeout"])
     factory.frameTimeout = _timeout(config["frame-timeout"])
+    factory.writeTimeout = _timeout(config["write-timeout"])
+    factory.messagesPerTurn = MESSAGES_PER_TURN
     for description in config["listen"]:
         local = isLocalEndpoint(description)
         tls = config["tlsOptions"] is not None or _splitEndpoint(description)[0] == "ssl"

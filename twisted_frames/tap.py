@@ -9,7 +9,9 @@ test needs (L{Options}, L{makeService}) is importable without twistd.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import resource
 import socket
 import sys
 from typing import Any
@@ -21,8 +23,8 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import security, wire
-from .commands import CommandService, commandOptionParameters, configureCommands
+from . import policy, security, wire
+from .commands import CommandLimits, CommandService, commandOptionParameters, configureCommands
 from .server import FramesServerFactory, Service
 from .wire import Limits
 
@@ -31,6 +33,9 @@ DEFAULT_LISTEN = "tcp:8007:interface=127.0.0.1"
 DEFAULT_UDP = 8007
 DEFAULT_BACKLOG = 128
 DEFAULT_SHUTDOWN_GRACE = 10
+#: Worker threads of the reactor's pool (Twisted's default size), which
+#: run the file operations.
+DEFAULT_THREADS = 10
 
 log = Logger(namespace="twisted_frames.tap")
 
@@ -347,6 +352,73 @@ class _EndpointService(StreamServerEndpointService):
         return port
 
 
+def fitDescriptorLimit(config: Options, reactor: Any, rlimit: Any = None) -> None:
+    """
+    Make the caps fit the process's open-file limit (C{RLIMIT_NOFILE}), so
+    that a full server refuses connections with C{busy} instead of failing
+    with C{EMFILE}: when the worst case of L{policy.descriptorsNeeded}
+    exceeds the soft limit, raise it (up to the hard limit); if that is not
+    enough, lower C{max-connections} (and if need be C{--max-procs}) in
+    C{config}.  Either change is logged in one line.
+
+    @param rlimit: the C{resource} module (the default), or a stand-in.
+    @raise SystemExit: if the limit cannot hold even one connection.
+    """
+    if rlimit is None:
+        rlimit = resource
+    connections = config["max-connections"] or None
+    commands: CommandLimits = config["command-limits"]
+    pool = getattr(reactor, "threadpool", None)
+    threads = getattr(pool, "max", DEFAULT_THREADS)
+    listeners = len(config["listen"]) + (1 if config["udp"] else 0)
+    soft, hard = rlimit.getrlimit(rlimit.RLIMIT_NOFILE)
+    if connections is None:
+        need = None
+    else:
+        need = policy.descriptorsNeeded(connections, commands.maxProcs, threads, listeners)
+        if need <= soft:
+            return
+    limit = soft
+    if hard == rlimit.RLIM_INFINITY:
+        target = need if need is not None else max(soft, 1 << 20)
+    else:
+        target = hard if need is None else min(hard, need)
+    if target > soft:
+        try:
+            rlimit.setrlimit(rlimit.RLIMIT_NOFILE, (target, hard))
+            limit = target
+        except (ValueError, OSError):
+            pass
+    try:
+        fitted = policy.fitDescriptors(limit, connections, commands.maxProcs, threads, listeners)
+    except ValueError as e:
+        raise SystemExit(f"twistd frameserver: {e}") from None
+    if fitted == (connections, commands.maxProcs):
+        log.info(
+            "raised the open-file limit (RLIMIT_NOFILE) from {soft} to {limit} for the caps "
+            "(at most {need} descriptors)",
+            soft=soft,
+            limit=limit,
+            need=need,
+        )
+        return
+    config["max-connections"], procs = fitted
+    config["command-limits"] = dataclasses.replace(
+        commands, maxProcs=procs, maxProcsPerConnection=min(commands.maxProcsPerConnection, procs)
+    )
+    log.warn(
+        "the open-file limit (RLIMIT_NOFILE) is {limit} (hard {hard}): too low for "
+        "--max-connections {connections} and --max-procs {procs}; using --max-connections "
+        "{newConnections} and --max-procs {newProcs}",
+        limit=limit,
+        hard="unlimited" if hard == rlimit.RLIM_INFINITY else hard,
+        connections=connections or "0 (no limit)",
+        procs=commands.maxProcs,
+        newConnections=fitted[0],
+        newProcs=fitted[1],
+    )
+
+
 def makeService(config: Options, reactor: Any = None) -> FrameServerService:
     """
     Build the server from parsed L{Options}.
@@ -360,6 +432,7 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
         reactor = globalReactor
     root = os.path.abspath(config["root"])
     _checkRoot(root, create=config["createRoot"])
+    fitDescriptorLimit(config, reactor)
     from .files import FileService
 
     files = FileService(root, partialTTL=float(config["partial-ttl"]), clock=reactor)
