@@ -215,3 +215,37 @@ def test_killedDownloadResumes(frameserver: Any) -> None:
     assert result["resumed_from"] == 1_000_000
     assert (tmp / "f").read_bytes() == data
     assert not (tmp / ".f.frames-partial").exists()
+
+
+def test_controlCharactersEscaped(frameserver: Any) -> None:
+    """
+    Remote names with control characters are printed escaped by ls, stat,
+    get and error lines (one entry stays one line, nothing can rewrite the
+    terminal); C{--json} keeps the exact names.
+    """
+    frames, root = frameserver["frames"], frameserver["root"]
+    names = ["two\nlines", "back\rline", "red\x1b[31m", "back\\slash"]
+    for name in names:
+        (root / name).write_bytes(b"x")
+    r = frames("ls")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert len(lines) == len(names), lines
+    assert sorted(line.rsplit("  ", 1)[1] for line in lines) == sorted(
+        [r"back\\slash", r"back\rline", r"red\x1b[31m", r"two\nlines"]
+    )
+    assert b"\r" not in r.stdout and b"\x1b" not in r.stdout
+    r = frames("--json", "ls")
+    assert sorted(e["name"] for e in _lines(r.stdout)) == sorted(names)
+
+    r = frames("stat", "two\nlines")
+    assert r.stdout.decode().startswith(r"two\nlines: file, 1 bytes"), r.stdout
+    r = frames("get", "red\x1b[31m", "copy")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith(r"get red\x1b[31m -> copy: 1 B"), r.stdout
+    r = frames("get", "gone\x1b[2J", "copy2")
+    assert r.returncode == 1
+    assert r.stderr.decode().count("\n") == 1 and b"\x1b" not in r.stderr
+    assert r"gone\x1b[2J" in r.stderr.decode()
+    r = frames("--json", "get", "gone\x1b[2J", "copy2")
+    assert _lines(r.stdout)[0]["error"]["path"] == "gone\x1b[2J"

@@ -27,6 +27,7 @@ from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost,
 
 from . import __version__, keytool
 from .client import FramesClient, connect, parseServer
+from .printable import printable
 from .wire import FramesError
 
 EXIT_OK = 0
@@ -62,9 +63,11 @@ class UI:
     def error(self, message: str, data: dict[str, Any] | None = None) -> None:
         """
         Report a failure as one line on stderr (and as JSON on stdout with
-        C{--json}, so that scripts see every outcome in one stream).
+        C{--json}, so that scripts see every outcome in one stream).  The
+        line on stderr shows control characters as escapes (L{printable}):
+        messages quote remote names; the JSON keeps them exact.
         """
-        self.err.write(f"frames: {message}\n")
+        self.err.write(f"frames: {printable(message)}\n")
         self.err.flush()
         if self.json:
             payload = {"ok": False, "error": data or {"message": message}}
@@ -104,8 +107,9 @@ async def _ping(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
                 ui.error("ping: the echoed body differs from what was sent")
                 return EXIT_REMOTE
         best, worst = min(rtts), max(rtts)
+        server = printable(str(greeting.get("server")))
         ui.result(
-            f"pong from {greeting.get('server')} (protocol {greeting.get('protocol')} "
+            f"pong from {server} (protocol {greeting.get('protocol')} "
             f"v{greeting.get('version')}): {len(payload)} bytes, "
             + (
                 f"time={rtts[0]:.2f} ms"

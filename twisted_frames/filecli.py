@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, openClient
+from .printable import printable
 from .wire import ErrorCode, FramesError
 
 # The client library is imported by each command as it runs, not when the
@@ -140,7 +141,7 @@ async def _ls(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         for e in entries:
             mark = {"directory": "/", "symlink": "@"}.get(e["type"], "")
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["mtime"]))
-            ui.result(f"{e['type'][0]} {e['size']:>12} {stamp}  {e['name']}{mark}", e)
+            ui.result(f"{e['type'][0]} {e['size']:>12} {stamp}  {printable(e['name'])}{mark}", e)
         return EXIT_OK
     finally:
         await client.close()
@@ -154,7 +155,7 @@ async def _stat(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         info = await FileClient(client).stat(_remote(args.path))
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["mtime"]))
         text = (
-            f"{info['path'] or '/'}: {info['type']}, {info['size']} bytes, "
+            f"{printable(info['path']) or '/'}: {info['type']}, {info['size']} bytes, "
             f"mode {info['mode']:o}, modified {stamp}"
         )
         if info.get("partial"):
@@ -203,7 +204,7 @@ async def _rm(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         ui,
         "rm",
         lambda files, path: files.delete(path),
-        lambda done: f"removed {done['type']} {done['path']}",
+        lambda done: f"removed {done['type']} {printable(done['path'])}",
     )
 
 
@@ -214,7 +215,7 @@ async def _mkdir(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         ui,
         "mkdir",
         lambda files, path: files.mkdir(path, parents=True),
-        lambda done: f"{'created' if done['created'] else 'exists:'} {done['path']}",
+        lambda done: f"{'created' if done['created'] else 'exists:'} {printable(done['path'])}",
     )
 
 
@@ -241,7 +242,7 @@ def _reportFile(
     size = int(result.get("size", 0))
     resumed = result.get("resumed_from", 0)
     ui.result(
-        f"{op} {source} -> {destination}: {_human(size)} in {took:.2f} s "
+        f"{op} {printable(source)} -> {printable(destination)}: {_human(size)} in {took:.2f} s "
         f"({_rate(size - resumed, took)}), sha256 {result['sha256']} verified"
         + (f", resumed from byte {resumed}" if resumed else ""),
         {**_clean(result), **extra, "seconds": took},
@@ -282,8 +283,9 @@ def _reportTree(ui: UI, op: str, result: TreeResult, started: float) -> int:
 def _fileDone(ui: UI, op: str, started: float) -> Callable[[str, dict[str, Any]], None]:
     def done(source: str, result: dict[str, Any]) -> None:
         took = time.monotonic() - started
+        target = str(result.get("local", result.get("path")))
         ui.result(
-            f"{op} {source} -> {result.get('local', result.get('path'))}: "
+            f"{op} {printable(source)} -> {printable(target)}: "
             f"{_human(int(result.get('size', 0)))}, sha256 {result.get('sha256')}",
             {**_clean(result), "source": source, "seconds": took},
         )
@@ -384,7 +386,7 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             bar.close()
             if not args.quiet:
                 ui.err.write(
-                    f"get {remote} -> stdout: {result['size']} bytes, sha256 "
+                    f"get {printable(remote)} -> stdout: {result['size']} bytes, sha256 "
                     f"{result['sha256']} verified\n"
                 )
             return EXIT_OK

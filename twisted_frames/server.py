@@ -35,6 +35,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from . import wire
+from .printable import printable
 from .protocol import BodySink, BufferSink, DiscardSink, FrameProtocol, IBodySource, Pipe
 from .wire import ErrorCode, FramesError, Limits, ProtocolViolation, RequestId
 
@@ -534,8 +535,10 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
                 "log_time": now,
                 "peer": self.peerName(),
                 "user": self.user or "-",
-                "op": request.op,
-                "rid": request.id,
+                # Both are the client's text: escaped, so that a newline or
+                # an escape sequence in them cannot forge or hide log lines.
+                "op": printable(request.op),
+                "rid": printable(request.id) if isinstance(request.id, str) else request.id,
                 "bytesIn": request.bodyLength,
                 "bytesOut": request.bytesOut,
                 "ms": (time.monotonic() - request.started) * 1000,
