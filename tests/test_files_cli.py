@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from twisted_frames.fileclient import localPartialName
 from twisted_frames.files import partialName
 
 from .serverprocess import ServerProcess, childEnv
@@ -249,3 +250,37 @@ def test_controlCharactersEscaped(frameserver: Any) -> None:
     assert r"gone\x1b[2J" in r.stderr.decode()
     r = frames("--json", "get", "gone\x1b[2J", "copy2")
     assert _lines(r.stdout)[0]["error"]["path"] == "gone\x1b[2J"
+
+
+def test_longNamesDownload(frameserver: Any) -> None:
+    """
+    Files with 255-byte names (in characters of 1 to 4 bytes of UTF-8)
+    upload and download through the CLI, and an interrupted download of
+    one resumes from its partial.
+    """
+    frames, root, tmp = frameserver["frames"], frameserver["root"], frameserver["tmp"]
+    names = ["a" * 255, "é" * 127 + "x", "日" * 85, "\U0001f600" * 63 + "abc"]
+    up, down = tmp / "up", tmp / "down"
+    up.mkdir()
+    down.mkdir()
+    for name in names:
+        assert len(name.encode()) == 255
+        data = name.encode() * 100
+        (up / name).write_bytes(data)
+        r = frames("put", name, cwd=up)
+        assert r.returncode == 0, r.stderr
+        r = frames("get", name, cwd=down)
+        assert r.returncode == 0, r.stderr
+        assert (down / name).read_bytes() == data
+    assert sorted(os.listdir(down)) == sorted(names)
+
+    name = names[1]
+    data = os.urandom(3 * 1024 * 1024)
+    (root / name).write_bytes(data)
+    (down / name).unlink()
+    (down / localPartialName(name)).write_bytes(data[:1_000_000])
+    r = frames("--json", "get", "--resume", name, cwd=down)
+    assert r.returncode == 0, r.stderr
+    assert _lines(r.stdout)[0]["resumed_from"] == 1_000_000
+    assert (down / name).read_bytes() == data
+    assert sorted(os.listdir(down)) == sorted(names)
