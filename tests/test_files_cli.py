@@ -6,8 +6,10 @@ subprocesses, for every file command, including a killed upload resumed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +286,54 @@ def test_longNamesDownload(frameserver: Any) -> None:
     assert _lines(r.stdout)[0]["resumed_from"] == 1_000_000
     assert (down / name).read_bytes() == data
     assert sorted(os.listdir(down)) == sorted(names)
+
+
+def test_wording(frameserver: Any) -> None:
+    """
+    An existing target names C{-f/--force} for put (one file or a tree)
+    and get alike; C{get} of a directory suggests C{-r} (exit 2, as put of
+    a local directory) and leaves no partial, nor does a refused get.
+    """
+    frames, root, tmp = frameserver["frames"], frameserver["root"], frameserver["tmp"]
+    hint = b"already exists (use -f/--force to overwrite) [already_exists]"
+    (tmp / "f").write_bytes(b"local")
+    (root / "f").write_bytes(b"remote")
+    r = frames("put", "f")
+    assert (r.returncode, r.stderr) == (1, b"frames: put: f: " + hint + b"\n")
+    r = frames("get", "f")
+    assert (r.returncode, r.stderr) == (1, b"frames: get: f: " + hint + b"\n")
+    (tmp / "tree").mkdir()
+    (tmp / "tree" / "f").write_bytes(b"x")
+    (root / "tree").mkdir()
+    (root / "tree" / "f").write_bytes(b"y")
+    r = frames("put", "-r", "tree", ".")
+    assert r.returncode == 1
+    assert b"frames: put: tree/f: tree/f: " + hint in r.stderr
+
+    (root / "d").mkdir()
+    r = frames("get", "d")
+    assert (r.returncode, r.stderr) == (2, b"frames: get: d is a directory (use -r)\n")
+    r = frames("get", "missing")
+    assert r.returncode == 1 and b"not_found" in r.stderr
+    assert sorted(p.name for p in tmp.iterdir()) == ["f", "root", "tree"]
+
+
+def test_progressBarUnits() -> None:
+    """
+    The progress bar counts bytes and rate in the binary units of the
+    summary line (C{KiB}, C{MiB}), not tqdm's decimal-looking C{MB}.
+    """
+    from twisted_frames.filecli import _human, progressBar
+
+    out = io.StringIO()
+    bar = progressBar(3 * 1024 * 1024, "big.iso", out)
+    try:
+        bar.update(1536 * 1024)
+        text = str(bar)
+    finally:
+        bar.close()
+    assert text.startswith("big.iso:  50%|"), text
+    assert f"| {_human(1536 * 1024)}/{_human(3 * 1024 * 1024)} [" in text
+    assert "1.5 MiB/3.0 MiB" in text
+    assert re.search(r"(MiB|KiB|B)/s\]$|\?\]$", text), text
+    assert not re.search(r"\d[kMG]B", text), text

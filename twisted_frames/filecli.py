@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, openClient
 from .printable import printable
@@ -89,6 +89,39 @@ def _human(n: float) -> str:
     return f"{n} B"
 
 
+#: The progress bar's layout: tqdm's default, with sizes and rate in the
+#: binary units of the summary line (tqdm's own say "MB" for 1024-based
+#: sizes and use 1000-based rates).
+_BAR_FORMAT = "{l_bar}{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}]"
+
+
+def progressBar(total: int | None, label: str, stream: TextIO) -> Any:
+    """
+    A tqdm progress bar of bytes on C{stream}, in the units of L{_human}.
+    """
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    class BinaryBar(tqdm):  # type: ignore[misc]
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            d: dict[str, Any] = super().format_dict
+            rate = d.get("rate")
+            d["done"] = _human(d["n"])
+            d["size"] = "?" if d["total"] is None else _human(d["total"])
+            d["speed"] = f"{_human(rate)}/s" if rate else "?"
+            return d
+
+    return BinaryBar(
+        total=total,
+        unit="B",
+        desc=printable(label),
+        file=stream,
+        leave=False,
+        dynamic_ncols=True,
+        bar_format=_BAR_FORMAT,
+    )
+
+
 class _Bar:
     """
     A tqdm progress bar on stderr, or nothing when stderr is not a terminal
@@ -99,18 +132,7 @@ class _Bar:
         self.bar: Any = None
         if args.quiet or args.json or not sys.stderr.isatty():
             return
-        from tqdm import tqdm  # type: ignore[import-untyped]
-
-        self.bar = tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=label,
-            file=sys.stderr,
-            leave=False,
-            dynamic_ncols=True,
-        )
+        self.bar = progressBar(total, label, sys.stderr)
 
     def __call__(self, n: int) -> None:
         if self.bar is not None:
@@ -119,7 +141,7 @@ class _Bar:
     def retarget(self, total: int | None, label: str) -> None:
         if self.bar is not None:
             self.bar.reset(total=total)
-            self.bar.set_description(label)
+            self.bar.set_description(printable(label))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -257,6 +279,8 @@ def _reportTree(ui: UI, op: str, result: TreeResult, started: float) -> int:
             {"code": "skipped", "path": path, "type": kind},
         )
     for path, e in result.errors:
+        if isinstance(e, FramesError):
+            e = _flagHint(e)
         code = getattr(e, "code", ErrorCode.IO_ERROR)
         message = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
         ui.error(
@@ -339,10 +363,27 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     except LocalError as e:
         ui.error(f"put: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
         return EXIT_REMOTE
+    except FramesError as e:
+        raise _flagHint(e) from None
     finally:
         if bar is not None:
             bar.close()
         await client.close()
+
+
+def _flagHint(e: FramesError) -> FramesError:
+    """
+    The server's C{already_exists} asks the client to ask to overwrite:
+    name the flag that does, in the words C{get} uses.
+    """
+    from .fileclient import ALREADY_EXISTS_HINT
+
+    path = e.details.get("path")
+    if e.code != ErrorCode.ALREADY_EXISTS or not isinstance(path, str):
+        return e
+    hinted = FramesError(e.code, f"{path}: {ALREADY_EXISTS_HINT}")
+    hinted.details = e.details
+    return hinted
 
 
 async def _intoRemoteDir(files: FileClient, given: str, remote: str, base: str) -> str:
@@ -398,6 +439,12 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             bar.close()
             return _reportTree(ui, "get", tree, started)
         info = await files.stat(remote)
+        if info.get("type") == "directory":
+            ui.error(
+                f"get: {remote or '/'} is a directory (use -r)",
+                {"code": ErrorCode.IS_A_DIRECTORY, "path": remote},
+            )
+            return EXIT_USAGE
         bar = _Bar(args, int(info.get("size", 0)), base)
         result = await files.getFile(remote, local, args.force, args.resume, bar)
         bar.close()

@@ -47,6 +47,9 @@ STREAM_CHUNK = 8 * 1024 * 1024
 
 Progress = Callable[[int], None]
 
+#: What an existing target's error says, for C{put} and C{get} alike.
+ALREADY_EXISTS_HINT = "already exists (use -f/--force to overwrite)"
+
 
 class LocalError(Exception):
     """
@@ -433,7 +436,7 @@ class FileClient:
             partial is then deleted).
         """
         if not overwrite and os.path.lexists(local):
-            raise LocalError(ErrorCode.ALREADY_EXISTS, f"{local}: already exists (use --force)")
+            raise LocalError(ErrorCode.ALREADY_EXISTS, f"{local}: {ALREADY_EXISTS_HINT}")
         part = localPartialName(local)
         fd, offset = await self.run(_openPartial, part, resume)
         try:
@@ -465,6 +468,12 @@ class FileClient:
                 )
             await self.run(_commitLocal, fd, part, local, overwrite)
             fd = -1
+        except FramesError:
+            # Refused before a byte came (not found, a directory, ...): leave
+            # no empty partial behind.  One with data is kept for --resume.
+            if fd >= 0 and os.fstat(fd).st_size == 0:
+                await self.run(_unlinkQuietly, part)
+            raise
         finally:
             if fd >= 0:
                 closeQuietly(fd)
@@ -662,7 +671,7 @@ def _commitLocal(fd: int, part: str, local: str, overwrite: bool) -> None:
         except OSError as e:
             if e.errno == errno.EEXIST:
                 raise LocalError(
-                    ErrorCode.ALREADY_EXISTS, f"{local}: already exists (use --force)"
+                    ErrorCode.ALREADY_EXISTS, f"{local}: {ALREADY_EXISTS_HINT}"
                 ) from None
             if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
                 raise
