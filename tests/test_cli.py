@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from twisted_frames.cli import EXIT_CONNECT, EXIT_TIMEOUT, EXIT_USAGE, buildParser
+from twisted_frames.cli import (
+    EXIT_CONNECT,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    buildParser,
+    resumeCommand,
+    shellQuote,
+)
 
 from .serverprocess import ServerProcess, frames, freeUDPPort
 
@@ -176,3 +185,56 @@ class FailureTests(SynchronousTestCase):
         data = json.loads(result.stdout)
         self.assertEqual(data["ok"], False)
         self.assertEqual(data["error"]["code"], "timeout")
+
+
+class ResumeCommandTests(SynchronousTestCase):
+    """
+    The command printed to resume an interrupted transfer can be pasted
+    into a shell as it is.
+    """
+
+    def test_sameFlags(self) -> None:
+        """
+        L{resumeCommand} repeats the server, output and security flags, and
+        a timeout that is not the default.
+        """
+        args = buildParser().parse_args(
+            ["--server", "h:1", "--json", "--timeout", "5", "--tls", "--ca", "c.pem", "ping"]
+        )
+        self.assertEqual(
+            resumeCommand(args, ["get", "--resume", "a", "b"]),
+            ["frames", "--server", "h:1", "--json", "--timeout", "5", "--tls", "--ca", "c.pem"]
+            + ["get", "--resume", "a", "b"],
+        )
+        plain = buildParser().parse_args(["--server", "h:1", "ping"])
+        self.assertEqual(resumeCommand(plain, ["x"]), ["frames", "--server", "h:1", "x"])
+
+    def test_shellQuoteRoundTrip(self) -> None:
+        """
+        L{shellQuote} gives one line of printable text that a POSIX shell
+        (bash here) turns back into the exact word, for names with spaces,
+        quotes, backslashes, control and non-ASCII characters.
+        """
+        if shutil.which("bash") is None:
+            raise SkipTest("needs bash")
+        words = [
+            "plain.txt",
+            "with space",
+            "it's",
+            'a"b$c`d',
+            "back\\slash",
+            "two\nlines",
+            "esc\x1b[2J\r\t",
+            "é日\U0001f600",
+            "nel\x85 and it's \\n",
+            "raw\udcff",
+        ]
+        for word in words:
+            quoted = shellQuote(word)
+            self.assertTrue(quoted.isprintable(), quoted)
+            out = subprocess.run(
+                ["bash", "-c", f"printf '%s' {quoted}"], capture_output=True, check=True
+            ).stdout
+            self.assertEqual(out, os.fsencode(word), quoted)
+        self.assertEqual(shellQuote("a b"), "'a b'")
+        self.assertEqual(shellQuote("a\nb"), "$'a\\nb'")

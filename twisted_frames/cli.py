@@ -5,8 +5,9 @@ The C{frames} command-line client::
 
 Exit status: 0 success; 1 the server answered with an error; 2 bad usage;
 3 could not connect (or the connection broke); 4 timed out; 128+N for a
-remote command killed by signal N (C{frames run}).  Errors are one line on
-stderr.
+remote command killed by signal N (C{frames run}); 130 or 143 when
+interrupted by SIGINT (Ctrl-C) or SIGTERM (L{Interruption}).  Errors are one
+line on stderr.
 
 Subcommands live in modules that each export C{register(subparsers)}; every
 subcommand sets C{run}, an C{async} function C{(reactor, args, ui) -> int}.
@@ -17,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +38,11 @@ EXIT_REMOTE = 1
 EXIT_USAGE = 2
 EXIT_CONNECT = 3
 EXIT_TIMEOUT = 4
+#: Interrupted by signal N: 128 + N, as a shell reports it (130 for SIGINT,
+#: 143 for SIGTERM).
+EXIT_SIGNAL_BASE = 128
+
+DEFAULT_TIMEOUT = 30.0
 
 Runner = Callable[[Any, argparse.Namespace, "UI"], Awaitable[int]]
 
@@ -60,19 +68,191 @@ class UI:
             self.out.write(text + "\n")
         self.out.flush()
 
-    def error(self, message: str, data: dict[str, Any] | None = None) -> None:
+    def error(
+        self, message: str, data: dict[str, Any] | None = None, escaped: bool = False
+    ) -> None:
         """
         Report a failure as one line on stderr (and as JSON on stdout with
         C{--json}, so that scripts see every outcome in one stream).  The
         line on stderr shows control characters as escapes (L{printable}):
         messages quote remote names; the JSON keeps them exact.
+
+        @param escaped: C{message} is already safe to print as it is.
         """
-        self.err.write(f"frames: {printable(message)}\n")
+        self.err.write(f"frames: {message if escaped else printable(message)}\n")
         self.err.flush()
         if self.json:
             payload = {"ok": False, "error": data or {"message": message}}
             self.out.write(json.dumps(payload, sort_keys=True) + "\n")
             self.out.flush()
+
+
+class Interruption:
+    """
+    What SIGINT (Ctrl-C) and SIGTERM do to a running command: its
+    connections are aborted, so that it winds down as after a dropped
+    connection (closing its files, keeping a download's partial file; the
+    server keeps an upload's), and L{runCommand} then reports one line
+    saying what was interrupted and how to resume it, and returns
+    128 + the signal's number.  A second signal exits at once.
+
+    A command says what it is doing with L{during}; L{openClient} adds
+    each connection with L{track}.
+
+    @ivar signal: the first signal received, or C{None}.
+    @ivar what: what the command is doing, for the message.
+    @ivar resume: the C{frames} arguments that resume it, if it can be.
+    @ivar partial: a local file that holds what was done, if it exists.
+    @ivar command: the running command, cancelled if it is interrupted
+        while no connection is open (e.g. still connecting).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.signal: int | None = None
+        self.what: str | None = None
+        self.resume: list[str] | None = None
+        self.partial: str | None = None
+        self.command: defer.Deferred[Any] | None = None
+        self._clients: list[FramesClient] = []
+
+    def install(self) -> None:
+        """
+        Handle SIGINT and SIGTERM (again once the reactor runs: it sets its
+        own SIGTERM handler).
+        """
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._received)
+
+    def _received(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.interrupt, signum)
+
+    def interrupt(self, signum: int) -> None:
+        """
+        Stop the running command: abort its connections (or cancel it
+        while none is open); on a second signal, exit at once.
+        """
+        if self.signal is not None:
+            # Something does not wind down (a thread blocked reading a
+            # pipe): do not make the user wait for it.
+            sys.stderr.write("frames: interrupted again: exiting now\n")
+            sys.stderr.flush()
+            os._exit(EXIT_SIGNAL_BASE + self.signal)
+        self.signal = signum
+        live = [c for c in self._clients if not c.protocol.isClosed]
+        for client in live:
+            transport: Any = client.protocol.transport
+            if transport is not None:
+                transport.abortConnection()
+        if not live and self.command is not None:
+            self.command.cancel()
+
+    def track(self, client: FramesClient) -> None:
+        """
+        Abort C{client}'s connection if the command is interrupted.
+        """
+        self._clients.append(client)
+        if self.signal is not None and client.protocol.transport is not None:
+            client.protocol.transport.abortConnection()
+
+    def during(
+        self, what: str, resume: list[str] | None = None, partial: str | None = None
+    ) -> None:
+        """
+        Say what the command is doing, for the message if it is interrupted.
+
+        @param what: e.g. C{"get big.iso"} (printed escaped).
+        @param resume: the C{frames} arguments that resume it.
+        @param partial: a local file keeping what was done.
+        """
+        self.what, self.resume, self.partial = what, resume, partial
+
+    def report(self, ui: UI, args: argparse.Namespace) -> int:
+        """
+        Print the one line about the interruption.
+
+        @return: the exit status, 128 + the signal's number.
+        """
+        assert self.signal is not None
+        name = signal.Signals(self.signal).name
+        what = printable(self.what or args.command)
+        line = f"{what} interrupted ({name})"
+        data: dict[str, Any] = {"code": "interrupted", "signal": name, "message": line}
+        if self.partial is not None and os.path.exists(self.partial):
+            line += f"; partial {printable(self.partial)} kept"
+        if self.resume is not None:
+            argv = resumeCommand(args, self.resume)
+            line += f"; resume with: {' '.join(shellQuote(a) for a in argv)}"
+            data["resume"] = argv
+        data["message"] = line
+        ui.error(line, data, escaped=True)
+        return EXIT_SIGNAL_BASE + self.signal
+
+
+def resumeCommand(args: argparse.Namespace, command: list[str]) -> list[str]:
+    """
+    The argv of C{frames} running C{command} with the same connection and
+    output flags as C{args} (server, TLS, login, timeout, JSON).
+    """
+    argv = ["frames", "--server", args.server]
+    if args.json:
+        argv.append("--json")
+    if args.timeout != DEFAULT_TIMEOUT:
+        argv += ["--timeout", f"{args.timeout:g}"]
+    if args.tls:
+        argv.append("--tls")
+    for flag, value in (
+        ("--ca", args.ca),
+        ("--cert", args.cert),
+        ("--key", args.key),
+        ("--user", args.user),
+        ("--secret-file", args.secret_file),
+    ):
+        if value:
+            argv += [flag, value]
+    return argv + command
+
+
+_SHELL_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shellQuote(word: str) -> str:
+    """
+    C{word} quoted for a POSIX shell, so that a printed command can be
+    pasted: C{shlex.quote}, or for a word with characters that are not
+    printable, C{$'...'} with backslash escapes (bash, zsh, ksh), so that
+    the command stays one line of printable text.
+    """
+    if word.isprintable():
+        return shlex.quote(word)
+    out = []
+    for ch in word:
+        code = ord(ch)
+        if ch in "\\'":
+            out.append("\\" + ch)
+        elif ch in _SHELL_SHORT:
+            out.append(_SHELL_SHORT[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif 0xDC80 <= code <= 0xDCFF:
+            # A byte that was not UTF-8 (surrogateescape): the byte itself.
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "$'" + "".join(out) + "'"
+
+
+def interruptionOf(args: argparse.Namespace) -> Interruption | None:
+    """
+    The L{Interruption} of the running command (none when a test runs a
+    command without L{main}).
+    """
+    interruption = getattr(args, "interruption", None)
+    return interruption if isinstance(interruption, Interruption) else None
 
 
 async def openClient(reactor: Any, args: argparse.Namespace) -> FramesClient:
@@ -82,7 +262,7 @@ async def openClient(reactor: Any, args: argparse.Namespace) -> FramesClient:
     """
     security = keytool.clientSecurity(args)
     try:
-        return await connect(reactor, args.server, timeout=args.timeout, **security)
+        client = await connect(reactor, args.server, timeout=args.timeout, **security)
     except FramesError as e:
         secret = security["secret"]
         raise keytool.explainLoginFailure(e, secret.user) if secret else e from None
@@ -91,6 +271,10 @@ async def openClient(reactor: Any, args: argparse.Namespace) -> FramesClient:
         if explained is None:
             raise
         raise explained from None
+    interruption = interruptionOf(args)
+    if interruption is not None:
+        interruption.track(client)
+    return client
 
 
 async def _ping(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
@@ -213,7 +397,8 @@ def buildParser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frames",
         description="Client for a twisted-frames server (twistd frameserver).",
-        epilog="Exit status: 0 ok, 1 server error, 2 usage, 3 connection, 4 timeout.",
+        epilog="Exit status: 0 ok, 1 server error, 2 usage, 3 connection, 4 timeout, "
+        "130/143 interrupted by SIGINT/SIGTERM.",
     )
     parser.add_argument(
         "--server",
@@ -223,7 +408,10 @@ def buildParser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per result")
     parser.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds for connecting and each reply"
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds for connecting and each reply",
     )
     parser.add_argument("--version", action="version", version=f"frames {__version__}")
     keytool.addArguments(parser)
@@ -241,26 +429,56 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     ui = UI(args.json)
 
+    from twisted.internet import reactor as globalReactor
     from twisted.internet.task import react
+
+    interruption = args.interruption = Interruption(globalReactor)
+    interruption.install()
 
     def run(reactor: Any) -> defer.Deferred[None]:
         async def go() -> None:
             code = await runCommand(reactor, args, ui)
             raise SystemExit(code)
 
-        return defer.Deferred.fromCoroutine(go())
+        reactor.callWhenRunning(interruption.install)
+        interruption.command = defer.Deferred.fromCoroutine(go())
+        return interruption.command
 
-    react(run)
+    try:
+        react(run)
+    except SystemExit as e:
+        if interruption.signal is not None and not e.code:
+            # Never exit 0 for an interrupted command, whatever stopped it.
+            raise SystemExit(EXIT_SIGNAL_BASE + interruption.signal) from None
+        raise
 
 
 async def runCommand(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     """
     Run one parsed subcommand, mapping failures to one line and an exit
-    status.
+    status.  A command that fails once interrupted reports the interruption
+    instead (L{Interruption.report}); one that completed anyway keeps its
+    result.
     """
     try:
         code: int = await args.run(reactor, args, ui)
         return code
+    except BaseException as e:
+        interruption = interruptionOf(args)
+        if interruption is not None and interruption.signal is not None:
+            return interruption.report(ui, args)
+        if not isinstance(e, Exception):
+            raise
+        return _failed(e, args, ui)
+
+
+def _failed(error: Exception, args: argparse.Namespace, ui: UI) -> int:
+    """
+    Map a command's failure to one line and an exit status.
+    """
+    try:
+        # Re-raised so that one ladder of except clauses sorts it.
+        raise error
     except FramesError as e:
         hint = ""
         if e.code == "auth_required":

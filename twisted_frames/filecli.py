@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, openClient
+from .cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, interruptionOf, openClient
 from .printable import printable
 from .wire import ErrorCode, FramesError
 
@@ -68,6 +68,26 @@ def _transferFlags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _during(
+    args: argparse.Namespace,
+    what: str,
+    resume: list[str] | None = None,
+    partial: str | None = None,
+) -> None:
+    """
+    Say what a transfer does, for the line printed if it is interrupted:
+    C{resume} are the C{put}/C{get} arguments that continue it (with
+    C{--resume}, and C{-f}/C{-q} as given).
+    """
+    interruption = interruptionOf(args)
+    if interruption is None:
+        return
+    if resume is not None:
+        flags = ["-f"] * args.force + ["-q"] * args.quiet
+        resume = [resume[0], "--resume", *flags, *resume[1:]]
+    interruption.during(what, resume, partial)
 
 
 def _remote(path: str) -> str:
@@ -334,6 +354,12 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     elif os.path.isdir(local) and not args.recursive:
         ui.error(f"put: {local} is a directory (use -r)", {"code": "is_a_directory"})
         return EXIT_USAGE
+    if local == "-" or args.recursive:
+        # From a pipe nothing can be resumed; a tree has no one command that
+        # resumes it (files done would be refused as existing).
+        _during(args, f"put {'-r ' * args.recursive}{local}")
+    else:
+        _during(args, f"put {local}", ["put", local, *[args.remote] * (args.remote is not None)])
     client = await openClient(reactor, args)
     files = FileClient(client)
     bar: _Bar | None = None
@@ -356,6 +382,7 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             )
             bar.close()
             return _reportTree(ui, "put", tree, started)
+        _during(args, f"put {local}", ["put", local, remote])
         bar = _Bar(args, os.path.getsize(local), remote)
         result = await files.putFile(local, remote, args.force, args.resume, bar)
         bar.close()
@@ -415,6 +442,12 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         return EXIT_USAGE
     if local != "-" and not args.recursive and os.path.isdir(local):
         local = os.path.join(local, base)
+    if local == "-" or args.recursive:
+        _during(args, f"get {'-r ' * args.recursive}{remote}")
+    else:
+        from .fileclient import localPartialName
+
+        _during(args, f"get {remote}", ["get", remote, local], localPartialName(local))
     client = await openClient(reactor, args)
     files = FileClient(client)
     bar: _Bar | None = None
