@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
 
 from . import __version__, keytool
-from .client import FramesClient, connect, parseServer
+from .client import DEFAULT_GREETING_TIMEOUT, FramesClient, NoGreeting, connect, parseServer
 from .printable import printable
 from .wire import FramesError
 
@@ -262,7 +262,13 @@ async def openClient(reactor: Any, args: argparse.Namespace) -> FramesClient:
     """
     security = keytool.clientSecurity(args)
     try:
-        client = await connect(reactor, args.server, timeout=args.timeout, **security)
+        client = await connect(
+            reactor,
+            args.server,
+            timeout=args.timeout,
+            greetingTimeout=args.greeting_timeout or None,
+            **security,
+        )
     except FramesError as e:
         secret = security["secret"]
         raise keytool.explainLoginFailure(e, secret.user) if secret else e from None
@@ -362,6 +368,16 @@ def _positive(value: str) -> int:
     return n
 
 
+def _seconds(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {value!r}") from None
+    if not 0 <= n < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {value}")
+    return n
+
+
 def _nonNegative(value: str) -> int:
     n = int(value)
     if n < 0:
@@ -412,6 +428,15 @@ def buildParser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_TIMEOUT,
         help="seconds for connecting and each reply",
+    )
+    parser.add_argument(
+        "--greeting-timeout",
+        type=_seconds,
+        default=DEFAULT_GREETING_TIMEOUT,
+        metavar="S",
+        help="seconds for the server's greeting once connected (a silent server is "
+        "most often a TLS one: try --tls); 0: only --timeout "
+        f"(default {DEFAULT_GREETING_TIMEOUT:g})",
     )
     parser.add_argument("--version", action="version", version=f"frames {__version__}")
     keytool.addArguments(parser)
@@ -488,6 +513,10 @@ def _failed(error: Exception, args: argparse.Namespace, ui: UI) -> int:
     except keytool.TLSFailure as e:
         ui.error(f"TLS with {args.server} failed: {e}", {"code": "tls_failed", "message": str(e)})
         return EXIT_CONNECT
+    except NoGreeting as e:
+        message = _noGreetingMessage(e, args)
+        ui.error(message, {"code": "no_greeting", "message": message})
+        return EXIT_CONNECT
     except keytool.AuthError as e:
         ui.error(f"login to {args.server} failed: {e}", {"code": "auth_failed", "message": str(e)})
         return EXIT_REMOTE
@@ -515,6 +544,23 @@ def _failed(error: Exception, args: argparse.Namespace, ui: UI) -> int:
     except OSError as e:
         ui.error(f"{args.command}: {e.strerror or e}", {"code": "local_error"})
         return EXIT_REMOTE
+
+
+def _noGreetingMessage(e: NoGreeting, args: argparse.Namespace) -> str:
+    """
+    Why the server did not greet, in words, with what to try.
+    """
+    if e.tlsRecord:
+        return (
+            f"no greeting from {args.server}: it answered with a TLS record; "
+            "it is a TLS server: try --tls"
+        )
+    if args.tls or args.ca or args.cert:
+        return (
+            f"no greeting from {args.server} within {e.seconds:g} s after the TLS handshake; "
+            "is it a twisted-frames server?"
+        )
+    return f"no greeting from {args.server} within {e.seconds:g} s; is it a TLS server? try --tls"
 
 
 def _reason(e: BaseException) -> str:
