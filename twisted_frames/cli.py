@@ -488,12 +488,10 @@ async def runCommand(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     try:
         code: int = await args.run(reactor, args, ui)
         return code
-    except BaseException as e:
+    except Exception as e:
         interruption = interruptionOf(args)
         if interruption is not None and interruption.signal is not None:
             return interruption.report(ui, args)
-        if not isinstance(e, Exception):
-            raise
         return _failed(e, args, ui)
 
 
