@@ -85,7 +85,7 @@ def _during(
     if interruption is None:
         return
     if resume is not None:
-        flags = ["-f"] * args.force + ["-q"] * args.quiet
+        flags = [flag for flag, given in (("-f", args.force), ("-q", args.quiet)) if given]
         resume = [resume[0], "--resume", *flags, *resume[1:]]
     interruption.during(what, resume, partial)
 
@@ -359,7 +359,8 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         # resumes it (files done would be refused as existing).
         _during(args, f"put {'-r ' * args.recursive}{local}")
     else:
-        _during(args, f"put {local}", ["put", local, *[args.remote] * (args.remote is not None)])
+        given = [] if args.remote is None else [args.remote]
+        _during(args, f"put {local}", ["put", local, *given])
     client = await openClient(reactor, args)
     files = FileClient(client)
     bar: _Bar | None = None
