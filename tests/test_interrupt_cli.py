@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shlex
 import signal
 import socket
@@ -205,3 +206,61 @@ def test_interruptedWhileConnecting(tmp_path: Path) -> None:
     assert client.returncode == 130
     assert err == "frames: ls interrupted (SIGINT)\n"
     assert '"code": "interrupted"' in out and '"signal": "SIGINT"' in out
+
+
+#: The number of the C{read} system call, by machine.
+_READ_SYSCALL = {"x86_64": 0, "aarch64": 63}
+
+
+def _readingStdin(pid: int) -> bool:
+    """
+    Whether a thread of process C{pid} is blocked in C{read(0, ...)}, as
+    C{/proc/PID/task/TID/syscall} shows (number, then arguments in hex).
+    """
+    wanted = f"{_READ_SYSCALL[platform.machine()]} 0x0 "
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                if f.read().startswith(wanted):
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+@pytest.mark.skipif(
+    platform.machine() not in _READ_SYSCALL or not os.path.exists("/proc/self/task"),
+    reason="needs Linux's /proc/PID/task/TID/syscall to see the blocked read",
+)
+def test_putFromBlockedPipe(server: ServerProcess) -> None:
+    """
+    C{put -} interrupted while its thread waits for a pipe that gives
+    nothing: that thread cannot be stopped, so the process reports and
+    exits after the wind-down time instead of waiting for the pipe (there is
+    nothing to resume).
+    """
+    client = subprocess.Popen(
+        [*FRAMES, "--server", server.address, "put", "-", "piped.bin"],
+        env=childEnv(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _waitUntil(lambda: _readingStdin(client.pid), "the client to read stdin")
+        started = time.monotonic()
+        client.send_signal(signal.SIGTERM)
+        # Not communicate(): it would close stdin, ending the read.
+        client.wait(timeout=20)
+        took = time.monotonic() - started
+        assert client.stderr is not None
+        err = client.stderr.read()
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode == 143, err
+    assert err == "frames: put - interrupted (SIGTERM)\n"
+    assert took < 15
+    assert not (Path(server.root) / "piped.bin").exists()

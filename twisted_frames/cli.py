@@ -21,6 +21,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
@@ -94,7 +95,10 @@ class Interruption:
     connection (closing its files, keeping a download's partial file; the
     server keeps an upload's), and L{runCommand} then reports one line
     saying what was interrupted and how to resume it, and returns
-    128 + the signal's number.  A second signal exits at once.
+    128 + the signal's number.  If the process has not exited
+    L{windDown} seconds later (a thread blocked reading a pipe holds up
+    both the command and the reactor's shutdown), or on a second signal,
+    it reports and exits at once.
 
     A command says what it is doing with L{during}; L{openClient} adds
     each connection with L{track}.
@@ -105,16 +109,25 @@ class Interruption:
     @ivar partial: a local file that holds what was done, if it exists.
     @ivar command: the running command, cancelled if it is interrupted
         while no connection is open (e.g. still connecting).
+    @ivar exitCode: the status to exit with, once the command has ended or
+        the interruption is reported.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    #: Seconds an interrupted command has to end and the process to exit.
+    windDown = 3.0
+
+    def __init__(self, reactor: Any, args: argparse.Namespace, ui: UI) -> None:
         self.reactor = reactor
+        self.args = args
+        self.ui = ui
         self.signal: int | None = None
         self.what: str | None = None
         self.resume: list[str] | None = None
         self.partial: str | None = None
         self.command: defer.Deferred[Any] | None = None
         self._clients: list[FramesClient] = []
+        self.exitCode: int | None = None
+        self._lock = threading.Lock()
 
     def install(self) -> None:
         """
@@ -133,12 +146,13 @@ class Interruption:
         while none is open); on a second signal, exit at once.
         """
         if self.signal is not None:
-            # Something does not wind down (a thread blocked reading a
-            # pipe): do not make the user wait for it.
-            sys.stderr.write("frames: interrupted again: exiting now\n")
-            sys.stderr.flush()
-            os._exit(EXIT_SIGNAL_BASE + self.signal)
+            self.exitNow()
         self.signal = signum
+        # A thread, not the reactor's clock: the reactor's shutdown blocks
+        # on its worker threads.
+        timer = threading.Timer(self.windDown, self.exitNow)
+        timer.daemon = True
+        timer.start()
         live = [c for c in self._clients if not c.protocol.isClosed]
         for client in live:
             transport: Any = client.protocol.transport
@@ -167,12 +181,43 @@ class Interruption:
         """
         self.what, self.resume, self.partial = what, resume, partial
 
-    def report(self, ui: UI, args: argparse.Namespace) -> int:
+    def exitNow(self) -> None:
         """
-        Print the one line about the interruption.
+        Report the interruption (unless the command has ended or it is
+        reported) and exit the process at once.
+        """
+        with self._lock:
+            code = self.exitCode
+        if code is None:
+            code = self.report()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    def report(self) -> int:
+        """
+        Print the one line about the interruption, once.
 
         @return: the exit status, 128 + the signal's number.
         """
+        with self._lock:
+            if self.exitCode is None:
+                self.exitCode = self._report(self.ui, self.args)
+            return self.exitCode
+
+    def completed(self, code: int) -> None:
+        """
+        The command has ended with status C{code} (after L{report} if it
+        was interrupted): a late L{exitNow} exits with it, silently.
+        """
+        with self._lock:
+            if self.exitCode is None:
+                self.exitCode = code
+
+    def _report(self, ui: UI, args: argparse.Namespace) -> int:
         assert self.signal is not None
         name = signal.Signals(self.signal).name
         what = printable(self.what or args.command)
@@ -457,12 +502,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.internet import reactor as globalReactor
     from twisted.internet.task import react
 
-    interruption = args.interruption = Interruption(globalReactor)
+    interruption = args.interruption = Interruption(globalReactor, args, ui)
     interruption.install()
 
     def run(reactor: Any) -> defer.Deferred[None]:
         async def go() -> None:
             code = await runCommand(reactor, args, ui)
+            interruption.completed(code)
             raise SystemExit(code)
 
         reactor.callWhenRunning(interruption.install)
@@ -472,9 +518,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         react(run)
     except SystemExit as e:
-        if interruption.signal is not None and not e.code:
-            # Never exit 0 for an interrupted command, whatever stopped it.
-            raise SystemExit(EXIT_SIGNAL_BASE + interruption.signal) from None
+        if not e.code and interruption.exitCode is None:
+            # The reactor stopped before the command ended (a signal that
+            # came before our handlers were in place): never exit 0.
+            signum = interruption.signal or getattr(globalReactor, "_exitSignal", None)
+            raise SystemExit(EXIT_SIGNAL_BASE + signum if signum else EXIT_REMOTE) from None
         raise
 
 
@@ -491,7 +539,7 @@ async def runCommand(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     except Exception as e:
         interruption = interruptionOf(args)
         if interruption is not None and interruption.signal is not None:
-            return interruption.report(ui, args)
+            return interruption.report()
         return _failed(e, args, ui)
 
 
