@@ -5,24 +5,37 @@ both as subprocesses on ports the kernel chose.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from twisted_frames import wire
 from twisted_frames.cli import (
     EXIT_CONNECT,
     EXIT_TIMEOUT,
     EXIT_USAGE,
+    UI,
+    Interruption,
     buildParser,
     resumeCommand,
     shellQuote,
 )
+from twisted_frames.client import ClientProtocol, FramesClient
 
 from .serverprocess import ServerProcess, frames, freeUDPPort
+
+GREETING = {"event": "hello", "protocol": "twisted-frames", "version": wire.PROTOCOL_VERSION}
 
 
 class ParserTests(SynchronousTestCase):
@@ -238,3 +251,80 @@ class ResumeCommandTests(SynchronousTestCase):
             self.assertEqual(out, os.fsencode(word), quoted)
         self.assertEqual(shellQuote("a b"), "'a b'")
         self.assertEqual(shellQuote("a\nb"), "$'a\\nb'")
+
+
+class InterruptionTests(SynchronousTestCase):
+    """
+    L{Interruption} with fake connections (no signal is sent, no process
+    exits).
+    """
+
+    def setUp(self) -> None:
+        self.args = buildParser().parse_args(["--server", "h:1", "get", "a b", "c"])
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self.interruption = Interruption(Clock(), self.args, UI(False, self.out, self.err))
+        self.interruption.windDown = None
+
+    def client(self) -> FramesClient:
+        """
+        A greeted client on a L{StringTransport}.
+        """
+        protocol = ClientProtocol()
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(wire.encodeMessage(GREETING))
+        return FramesClient(protocol)
+
+    def test_abortsConnections(self) -> None:
+        """
+        An interruption aborts every open connection of the command, and
+        one opened after it at once; the command itself is not cancelled.
+        """
+        first, closed = self.client(), self.client()
+        closed.protocol.connectionLost(Failure(ConnectionDone()))
+        self.interruption.track(first)
+        self.interruption.track(closed)
+        command: defer.Deferred[None] = defer.Deferred()
+        self.interruption.command = command
+        self.interruption.interrupt(signal.SIGINT)
+        self.assertTrue(first.protocol.transport.disconnected)
+        self.assertNoResult(command)
+        late = self.client()
+        self.interruption.track(late)
+        self.assertTrue(late.protocol.transport.disconnected)
+
+    def test_cancelsWithoutConnection(self) -> None:
+        """
+        Interrupted while no connection is open (connecting), the command
+        is cancelled.
+        """
+        command: defer.Deferred[None] = defer.Deferred()
+        self.interruption.command = command
+        self.interruption.interrupt(signal.SIGTERM)
+        self.failureResultOf(command, defer.CancelledError)
+
+    def test_report(self) -> None:
+        """
+        The report is one line, once: what, the signal, the partial if it
+        exists, and the resume command, shell-quoted; the status is 128+N.
+        """
+        partial = self.mktemp()
+        open(partial, "w").close()
+        self.interruption.during("get a b", ["get", "--resume", "a b", "c"], partial)
+        self.interruption.interrupt(signal.SIGTERM)
+        self.assertEqual(self.interruption.report(), 143)
+        self.assertEqual(self.interruption.report(), 143)
+        self.assertEqual(
+            self.err.getvalue(),
+            f"frames: get a b interrupted (SIGTERM); partial {partial} kept; "
+            "resume with: frames --server h:1 get --resume 'a b' c\n",
+        )
+        self.interruption.completed(0)
+        self.assertEqual(self.interruption.exitCode, 143)
+
+    def test_completedKeepsStatus(self) -> None:
+        """
+        A command that ended before any report keeps its status.
+        """
+        self.interruption.interrupt(signal.SIGINT)
+        self.interruption.completed(0)
+        self.assertEqual(self.interruption.exitCode, 0)

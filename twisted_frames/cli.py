@@ -113,8 +113,9 @@ class Interruption:
         the interruption is reported.
     """
 
-    #: Seconds an interrupted command has to end and the process to exit.
-    windDown = 3.0
+    #: Seconds an interrupted command has to end and the process to exit
+    #: (C{None}: no limit).
+    windDown: float | None = 3.0
 
     def __init__(self, reactor: Any, args: argparse.Namespace, ui: UI) -> None:
         self.reactor = reactor
@@ -148,11 +149,12 @@ class Interruption:
         if self.signal is not None:
             self.exitNow()
         self.signal = signum
-        # A thread, not the reactor's clock: the reactor's shutdown blocks
-        # on its worker threads.
-        timer = threading.Timer(self.windDown, self.exitNow)
-        timer.daemon = True
-        timer.start()
+        if self.windDown is not None:
+            # A thread, not the reactor's clock: the reactor's shutdown
+            # blocks on its worker threads.
+            timer = threading.Timer(self.windDown, self.exitNow)
+            timer.daemon = True
+            timer.start()
         live = [c for c in self._clients if not c.protocol.isClosed]
         for client in live:
             transport: Any = client.protocol.transport
