@@ -252,6 +252,8 @@ def test_controlCharactersEscaped(frameserver: Any) -> None:
     assert r"gone\x1b[2J" in r.stderr.decode()
     r = frames("--json", "get", "gone\x1b[2J", "copy2")
     assert _lines(r.stdout)[0]["error"]["path"] == "gone\x1b[2J"
+    r = frames("rm", "two\nlines")
+    assert (r.returncode, r.stdout) == (0, b"removed file two\\nlines\n"), r.stderr
 
 
 def test_longNamesDownload(frameserver: Any) -> None:

@@ -233,7 +233,9 @@ async def _eachPath(
                 ui.error(f"{op}: {e.message} [{e.code}]", e.toJSON())
                 code = EXIT_REMOTE
                 continue
-            ui.result(describe(done), _clean(done))
+            # The line shows the path escaped; the JSON has it exact.
+            shown = {**done, "path": printable(str(done.get("path")))}
+            ui.result(describe(shown), _clean(done))
         return code
     finally:
         await client.close()
@@ -246,7 +248,7 @@ async def _rm(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         ui,
         "rm",
         lambda files, path: files.delete(path),
-        lambda done: f"removed {done['type']} {printable(done['path'])}",
+        lambda done: f"removed {done['type']} {done['path']}",
     )
 
 
@@ -257,7 +259,7 @@ async def _mkdir(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         ui,
         "mkdir",
         lambda files, path: files.mkdir(path, parents=True),
-        lambda done: f"{'created' if done['created'] else 'exists:'} {printable(done['path'])}",
+        lambda done: f"{'created' if done['created'] else 'exists:'} {done['path']}",
     )
 
 
