@@ -5,15 +5,37 @@ both as subprocesses on ports the kernel chose.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from twisted_frames.cli import EXIT_CONNECT, EXIT_TIMEOUT, EXIT_USAGE, buildParser
+from twisted_frames import wire
+from twisted_frames.cli import (
+    EXIT_CONNECT,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    UI,
+    Interruption,
+    buildParser,
+    resumeCommand,
+    shellQuote,
+)
+from twisted_frames.client import ClientProtocol, FramesClient
 
 from .serverprocess import ServerProcess, frames, freeUDPPort
+
+GREETING = {"event": "hello", "protocol": "twisted-frames", "version": wire.PROTOCOL_VERSION}
 
 
 class ParserTests(SynchronousTestCase):
@@ -176,3 +198,133 @@ class FailureTests(SynchronousTestCase):
         data = json.loads(result.stdout)
         self.assertEqual(data["ok"], False)
         self.assertEqual(data["error"]["code"], "timeout")
+
+
+class ResumeCommandTests(SynchronousTestCase):
+    """
+    The command printed to resume an interrupted transfer can be pasted
+    into a shell as it is.
+    """
+
+    def test_sameFlags(self) -> None:
+        """
+        L{resumeCommand} repeats the server, output and security flags, and
+        a timeout that is not the default.
+        """
+        args = buildParser().parse_args(
+            ["--server", "h:1", "--json", "--timeout", "5", "--tls", "--ca", "c.pem", "ping"]
+        )
+        self.assertEqual(
+            resumeCommand(args, ["get", "--resume", "a", "b"]),
+            ["frames", "--server", "h:1", "--json", "--timeout", "5", "--tls", "--ca", "c.pem"]
+            + ["get", "--resume", "a", "b"],
+        )
+        plain = buildParser().parse_args(["--server", "h:1", "ping"])
+        self.assertEqual(resumeCommand(plain, ["x"]), ["frames", "--server", "h:1", "x"])
+
+    def test_shellQuoteRoundTrip(self) -> None:
+        """
+        L{shellQuote} gives one line of printable text that a POSIX shell
+        (bash here) turns back into the exact word, for names with spaces,
+        quotes, backslashes, control and non-ASCII characters.
+        """
+        if shutil.which("bash") is None:
+            raise SkipTest("needs bash")
+        words = [
+            "plain.txt",
+            "with space",
+            "it's",
+            'a"b$c`d',
+            "back\\slash",
+            "two\nlines",
+            "esc\x1b[2J\r\t",
+            "é日\U0001f600",
+            "nel\x85 and it's \\n",
+            "raw\udcff",
+        ]
+        for word in words:
+            quoted = shellQuote(word)
+            self.assertTrue(quoted.isprintable(), quoted)
+            out = subprocess.run(
+                ["bash", "-c", f"printf '%s' {quoted}"], capture_output=True, check=True
+            ).stdout
+            self.assertEqual(out, os.fsencode(word), quoted)
+        self.assertEqual(shellQuote("a b"), "'a b'")
+        self.assertEqual(shellQuote("a\nb"), "$'a\\nb'")
+
+
+class InterruptionTests(SynchronousTestCase):
+    """
+    L{Interruption} with fake connections (no signal is sent, no process
+    exits).
+    """
+
+    def setUp(self) -> None:
+        self.args = buildParser().parse_args(["--server", "h:1", "get", "a b", "c"])
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self.interruption = Interruption(Clock(), self.args, UI(False, self.out, self.err))
+        self.interruption.windDown = None
+
+    def client(self) -> FramesClient:
+        """
+        A greeted client on a L{StringTransport}.
+        """
+        protocol = ClientProtocol()
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(wire.encodeMessage(GREETING))
+        return FramesClient(protocol)
+
+    def test_abortsConnections(self) -> None:
+        """
+        An interruption aborts every open connection of the command, and
+        one opened after it at once; the command itself is not cancelled.
+        """
+        first, closed = self.client(), self.client()
+        closed.protocol.connectionLost(Failure(ConnectionDone()))
+        self.interruption.track(first)
+        self.interruption.track(closed)
+        command: defer.Deferred[None] = defer.Deferred()
+        self.interruption.command = command
+        self.interruption.interrupt(signal.SIGINT)
+        self.assertTrue(first.protocol.transport.disconnected)
+        self.assertNoResult(command)
+        late = self.client()
+        self.interruption.track(late)
+        self.assertTrue(late.protocol.transport.disconnected)
+
+    def test_cancelsWithoutConnection(self) -> None:
+        """
+        Interrupted while no connection is open (connecting), the command
+        is cancelled.
+        """
+        command: defer.Deferred[None] = defer.Deferred()
+        self.interruption.command = command
+        self.interruption.interrupt(signal.SIGTERM)
+        self.failureResultOf(command, defer.CancelledError)
+
+    def test_report(self) -> None:
+        """
+        The report is one line, once: what, the signal, the partial if it
+        exists, and the resume command, shell-quoted; the status is 128+N.
+        """
+        partial = self.mktemp()
+        open(partial, "w").close()
+        self.interruption.during("get a b", ["get", "--resume", "a b", "c"], partial)
+        self.interruption.interrupt(signal.SIGTERM)
+        self.assertEqual(self.interruption.report(), 143)
+        self.assertEqual(self.interruption.report(), 143)
+        self.assertEqual(
+            self.err.getvalue(),
+            f"frames: get a b interrupted (SIGTERM); partial {partial} kept; "
+            "resume with: frames --server h:1 get --resume 'a b' c\n",
+        )
+        self.interruption.completed(0)
+        self.assertEqual(self.interruption.exitCode, 143)
+
+    def test_completedKeepsStatus(self) -> None:
+        """
+        A command that ended before any report keeps its status.
+        """
+        self.interruption.interrupt(signal.SIGINT)
+        self.interruption.completed(0)
+        self.assertEqual(self.interruption.exitCode, 0)

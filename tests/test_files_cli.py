@@ -6,8 +6,10 @@ subprocesses, for every file command, including a killed upload resumed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from twisted_frames.fileclient import localPartialName
 from twisted_frames.files import partialName
 
 from .serverprocess import ServerProcess, childEnv
@@ -215,3 +218,124 @@ def test_killedDownloadResumes(frameserver: Any) -> None:
     assert result["resumed_from"] == 1_000_000
     assert (tmp / "f").read_bytes() == data
     assert not (tmp / ".f.frames-partial").exists()
+
+
+def test_controlCharactersEscaped(frameserver: Any) -> None:
+    """
+    Remote names with control characters are printed escaped by ls, stat,
+    get and error lines (one entry stays one line, nothing can rewrite the
+    terminal); C{--json} keeps the exact names.
+    """
+    frames, root = frameserver["frames"], frameserver["root"]
+    names = ["two\nlines", "back\rline", "red\x1b[31m", "back\\slash"]
+    for name in names:
+        (root / name).write_bytes(b"x")
+    r = frames("ls")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert len(lines) == len(names), lines
+    assert sorted(line.rsplit("  ", 1)[1] for line in lines) == sorted(
+        [r"back\\slash", r"back\rline", r"red\x1b[31m", r"two\nlines"]
+    )
+    assert b"\r" not in r.stdout and b"\x1b" not in r.stdout
+    r = frames("--json", "ls")
+    assert sorted(e["name"] for e in _lines(r.stdout)) == sorted(names)
+
+    r = frames("stat", "two\nlines")
+    assert r.stdout.decode().startswith(r"two\nlines: file, 1 bytes"), r.stdout
+    r = frames("get", "red\x1b[31m", "copy")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith(r"get red\x1b[31m -> copy: 1 B"), r.stdout
+    r = frames("get", "gone\x1b[2J", "copy2")
+    assert r.returncode == 1
+    assert r.stderr.decode().count("\n") == 1 and b"\x1b" not in r.stderr
+    assert r"gone\x1b[2J" in r.stderr.decode()
+    r = frames("--json", "get", "gone\x1b[2J", "copy2")
+    assert _lines(r.stdout)[0]["error"]["path"] == "gone\x1b[2J"
+    r = frames("rm", "two\nlines")
+    assert (r.returncode, r.stdout) == (0, b"removed file two\\nlines\n"), r.stderr
+
+
+def test_longNamesDownload(frameserver: Any) -> None:
+    """
+    Files with 255-byte names (in characters of 1 to 4 bytes of UTF-8)
+    upload and download through the CLI, and an interrupted download of
+    one resumes from its partial.
+    """
+    frames, root, tmp = frameserver["frames"], frameserver["root"], frameserver["tmp"]
+    names = ["a" * 255, "é" * 127 + "x", "日" * 85, "\U0001f600" * 63 + "abc"]
+    up, down = tmp / "up", tmp / "down"
+    up.mkdir()
+    down.mkdir()
+    for name in names:
+        assert len(name.encode()) == 255
+        data = name.encode() * 100
+        (up / name).write_bytes(data)
+        r = frames("put", name, cwd=up)
+        assert r.returncode == 0, r.stderr
+        r = frames("get", name, cwd=down)
+        assert r.returncode == 0, r.stderr
+        assert (down / name).read_bytes() == data
+    assert sorted(os.listdir(down)) == sorted(names)
+
+    name = names[1]
+    data = os.urandom(3 * 1024 * 1024)
+    (root / name).write_bytes(data)
+    (down / name).unlink()
+    (down / localPartialName(name)).write_bytes(data[:1_000_000])
+    r = frames("--json", "get", "--resume", name, cwd=down)
+    assert r.returncode == 0, r.stderr
+    assert _lines(r.stdout)[0]["resumed_from"] == 1_000_000
+    assert (down / name).read_bytes() == data
+    assert sorted(os.listdir(down)) == sorted(names)
+
+
+def test_wording(frameserver: Any) -> None:
+    """
+    An existing target names C{-f/--force} for put (one file or a tree)
+    and get alike; C{get} of a directory suggests C{-r} (exit 2, as put of
+    a local directory) and leaves no partial, nor does a refused get.
+    """
+    frames, root, tmp = frameserver["frames"], frameserver["root"], frameserver["tmp"]
+    hint = b"already exists (use -f/--force to overwrite) [already_exists]"
+    (tmp / "f").write_bytes(b"local")
+    (root / "f").write_bytes(b"remote")
+    r = frames("put", "f")
+    assert (r.returncode, r.stderr) == (1, b"frames: put: f: " + hint + b"\n")
+    r = frames("get", "f")
+    assert (r.returncode, r.stderr) == (1, b"frames: get: f: " + hint + b"\n")
+    (tmp / "tree").mkdir()
+    (tmp / "tree" / "f").write_bytes(b"x")
+    (root / "tree").mkdir()
+    (root / "tree" / "f").write_bytes(b"y")
+    r = frames("put", "-r", "tree", ".")
+    assert r.returncode == 1
+    assert b"frames: put: tree/f: tree/f: " + hint in r.stderr
+
+    (root / "d").mkdir()
+    r = frames("get", "d")
+    assert (r.returncode, r.stderr) == (2, b"frames: get: d is a directory (use -r)\n")
+    r = frames("get", "missing")
+    assert r.returncode == 1 and b"not_found" in r.stderr
+    assert sorted(p.name for p in tmp.iterdir()) == ["f", "root", "tree"]
+
+
+def test_progressBarUnits() -> None:
+    """
+    The progress bar counts bytes and rate in the binary units of the
+    summary line (C{KiB}, C{MiB}), not tqdm's decimal-looking C{MB}.
+    """
+    from twisted_frames.filecli import _human, progressBar
+
+    out = io.StringIO()
+    bar = progressBar(3 * 1024 * 1024, "big.iso", out)
+    try:
+        bar.update(1536 * 1024)
+        text = str(bar)
+    finally:
+        bar.close()
+    assert text.startswith("big.iso:  50%|"), text
+    assert f"| {_human(1536 * 1024)}/{_human(3 * 1024 * 1024)} [" in text
+    assert "1.5 MiB/3.0 MiB" in text
+    assert re.search(r"(MiB|KiB|B)/s\]$|\?\]$", text), text
+    assert not re.search(r"\d[kMG]B", text), text

@@ -146,6 +146,18 @@ class FlagTests(SynchronousTestCase):
         secret = clientSecurity(self.args("--secret-file", path))["secret"]
         self.assertEqual(secret.user, "alice")
 
+    def test_missingSecretFile(self) -> None:
+        """
+        A C{--secret-file} that does not exist is a usage error (exit 2, as
+        for C{--ca}) whose one line names the file, before any connection.
+        """
+        path = self.mktemp()
+        code, out, err = runFrames(self, "--secret-file", path, "ping")
+        self.assertEqual((code, out), (2, ""))
+        self.assertEqual(
+            err, f"frames: ping: cannot read secret file {path}: No such file or directory\n"
+        )
+
     def test_caImpliesTLS(self) -> None:
         """
         C{--ca} turns TLS on; TLS needs a HOST:PORT server.

@@ -1284,3 +1284,29 @@ class SendPressureTests(SynchronousTestCase):
         self.protocol.loseConnection()
         self.assertIsNone(self.transport.producer)
         self.assertTrue(self.transport.disconnecting)
+
+
+class RequestLogTests(ServerTestMixin, SynchronousTestCase):
+    """
+    The one log line per request.
+    """
+
+    def test_controlCharactersEscaped(self) -> None:
+        """
+        The client's op name and string id are logged with control
+        characters escaped (and a backslash doubled), so that a request
+        cannot forge a log line or rewrite the terminal showing the log.
+        """
+        from twisted.logger import capturedLogs, formatEvent
+
+        self.makeFactory()
+        proto, transport, _ = self.connect()
+        with capturedLogs() as events:
+            proto.dataReceived(request("fake\nline\\", "id\r\x1b[2J"))
+        [reply] = [h for h, _ in self.replies(transport)]
+        self.assertEqual(reply["error"]["code"], ErrorCode.UNKNOWN_OP)
+        lines = [line for line in map(formatEvent, events) if " op=" in line]
+        [line] = lines
+        self.assertIn(r"op=fake\nline\\ id=id\r\x1b[2J ", line)
+        self.assertNotIn("\n", line)
+        self.assertNotIn("\x1b", line)

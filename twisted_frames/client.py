@@ -43,6 +43,31 @@ EventHandler = Callable[[dict[str, Any], bytes], None]
 #: factory is gathered, so the server's own body limit is the bound.
 CLIENT_LIMITS = Limits(maxBody=wire.MAX_FRAME, bufferThreshold=wire.MAX_FRAME)
 
+#: Seconds to wait for the greeting once connected: a server greets at once,
+#: so a silent peer is not one (most often a TLS server waiting for a
+#: ClientHello that a client without TLS never sends).
+DEFAULT_GREETING_TIMEOUT = 5.0
+
+#: The first byte of a TLS record: change_cipher_spec, alert, handshake,
+#: application_data; the second is the major version, 3.
+_TLS_CONTENT_TYPES = frozenset(range(0x14, 0x18))
+
+
+class NoGreeting(Exception):
+    """
+    The peer did not greet within the greeting deadline, or sent a TLS
+    record instead of a greeting.
+
+    @ivar seconds: the deadline.
+    @ivar tlsRecord: whether the peer sent what looks like a TLS record.
+    """
+
+    def __init__(self, seconds: float, tlsRecord: bool = False) -> None:
+        what = "a TLS record instead" if tlsRecord else f"nothing within {seconds:g} s"
+        super().__init__(f"no greeting ({what})")
+        self.seconds = seconds
+        self.tlsRecord = tlsRecord
+
 
 @dataclass
 class Reply:
@@ -116,9 +141,44 @@ class ClientProtocol(FrameProtocol):
         #: earlier request (e.g. C{cancel}).
         self.lastRequestId = 0
         self.serverError: FramesError | None = None
+        self._greetingTimer: Any = None
+        self._firstBytes = b""
 
     def connectionMade(self) -> None:
         self.setNoDelay()
+
+    def expectGreetingWithin(self, seconds: float, clock: IReactorTime) -> None:
+        """
+        Fail L{greeted} with L{NoGreeting} and abort the connection if the
+        greeting has not come within C{seconds}.
+        """
+        if not self.greeted.called:
+            self._greetingTimer = clock.callLater(seconds, self._noGreeting, seconds, False)
+
+    def _noGreeting(self, seconds: float, tlsRecord: bool) -> None:
+        self._cancelGreetingTimer()
+        if not self.greeted.called:
+            self.greeted.errback(Failure(NoGreeting(seconds, tlsRecord)))
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def _cancelGreetingTimer(self) -> None:
+        if self._greetingTimer is not None and self._greetingTimer.active():
+            self._greetingTimer.cancel()
+        self._greetingTimer = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.greeting is None and len(self._firstBytes) < 2:
+            # A greeting starts with a length prefix far below 0x14030000:
+            # these two bytes can only start a TLS record (the peer is a TLS
+            # server; a plain client sent it nothing it could answer).
+            self._firstBytes += data[: 2 - len(self._firstBytes)]
+            head = self._firstBytes
+            if len(head) == 2 and head[0] in _TLS_CONTENT_TYPES and head[1] == 3:
+                self._noGreeting(0.0, True)
+                return
+        super().dataReceived(data)
 
     def messageStarted(self, header: dict[str, Any], bodyLength: int) -> BodySink:
         if self.greeting is None:
@@ -181,6 +241,7 @@ class ClientProtocol(FrameProtocol):
             self.greeted.errback(Failure(error))
             raise error
         self.greeting = header
+        self._cancelGreetingTimer()
         self.greeted.callback(header)
         return DiscardSink()
 
@@ -243,6 +304,7 @@ class ClientProtocol(FrameProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
+        self._cancelGreetingTimer()
         if not self.greeted.called:
             self.greeted.errback(reason)
         failure = Failure(self.serverError) if self.serverError is not None else reason
@@ -346,6 +408,7 @@ def connect(
     timeout: float = 30.0,
     tls: IOpenSSLClientConnectionCreator | None = None,
     secret: ClientSecret | None = None,
+    greetingTimeout: float | None = DEFAULT_GREETING_TIMEOUT,
 ) -> defer.Deferred[FramesClient]:
     """
     Connect and wait for the server's greeting.
@@ -358,7 +421,12 @@ def connect(
         the server's host name) to wrap the connection in; C{None} for none.
     @param secret: log in with this secret (and check the server's proof)
         before returning.
-    @return: a Deferred firing with a L{FramesClient}.
+    @param greetingTimeout: seconds for the greeting once connected (with
+        TLS: for the handshake and the greeting), when shorter than
+        C{timeout}; C{None} for no limit but C{timeout}.
+    @return: a Deferred firing with a L{FramesClient}; failing with
+        L{NoGreeting} if the server does not greet in time or answers
+        with TLS.
     """
     if isinstance(server, str):
         endpoint = _endpointFor(reactor, server, timeout)
@@ -371,6 +439,8 @@ def connect(
     async def go() -> FramesClient:
         protocol = await endpoint.connect(factory)
         assert isinstance(protocol, ClientProtocol)
+        if greetingTimeout is not None and greetingTimeout < timeout:
+            protocol.expectGreetingWithin(greetingTimeout, reactor)
         await protocol.greeted
         client = FramesClient(protocol)
         if secret is not None:

@@ -15,9 +15,10 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, openClient
+from .cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, interruptionOf, openClient
+from .printable import printable
 from .wire import ErrorCode, FramesError
 
 # The client library is imported by each command as it runs, not when the
@@ -73,6 +74,26 @@ def _transferFlags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _during(
+    args: argparse.Namespace,
+    what: str,
+    resume: list[str] | None = None,
+    partial: str | None = None,
+) -> None:
+    """
+    Say what a transfer does, for the line printed if it is interrupted:
+    C{resume} are the C{put}/C{get} arguments that continue it (with
+    C{--resume}, and C{-f}/C{-q} as given).
+    """
+    interruption = interruptionOf(args)
+    if interruption is None:
+        return
+    if resume is not None:
+        flags = [flag for flag, given in (("-f", args.force), ("-q", args.quiet)) if given]
+        resume = [resume[0], "--resume", *flags, *resume[1:]]
+    interruption.during(what, resume, partial)
+
+
 def _remote(path: str) -> str:
     """
     Normalise a remote path typed by a user: C{./a//b/} becomes C{a/b}.
@@ -92,6 +113,39 @@ def _human(n: float) -> str:
     return f"{n} B"
 
 
+#: The progress bar's layout: tqdm's default, with sizes and rate in the
+#: binary units of the summary line (tqdm's own say "MB" for 1024-based
+#: sizes and use 1000-based rates).
+_BAR_FORMAT = "{l_bar}{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}]"
+
+
+def progressBar(total: int | None, label: str, stream: TextIO) -> Any:
+    """
+    A tqdm progress bar of bytes on C{stream}, in the units of L{_human}.
+    """
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    class BinaryBar(tqdm):  # type: ignore[misc]
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            d: dict[str, Any] = super().format_dict
+            rate = d.get("rate")
+            d["done"] = _human(d["n"])
+            d["size"] = "?" if d["total"] is None else _human(d["total"])
+            d["speed"] = f"{_human(rate)}/s" if rate else "?"
+            return d
+
+    return BinaryBar(
+        total=total,
+        unit="B",
+        desc=printable(label),
+        file=stream,
+        leave=False,
+        dynamic_ncols=True,
+        bar_format=_BAR_FORMAT,
+    )
+
+
 class _Bar:
     """
     A tqdm progress bar on stderr, or nothing when stderr is not a terminal
@@ -102,18 +156,7 @@ class _Bar:
         self.bar: Any = None
         if args.quiet or args.json or not sys.stderr.isatty():
             return
-        from tqdm import tqdm  # type: ignore[import-untyped]
-
-        self.bar = tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=label,
-            file=sys.stderr,
-            leave=False,
-            dynamic_ncols=True,
-        )
+        self.bar = progressBar(total, label, sys.stderr)
 
     def __call__(self, n: int) -> None:
         if self.bar is not None:
@@ -122,7 +165,7 @@ class _Bar:
     def retarget(self, total: int | None, label: str) -> None:
         if self.bar is not None:
             self.bar.reset(total=total)
-            self.bar.set_description(label)
+            self.bar.set_description(printable(label))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -144,7 +187,7 @@ async def _ls(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         for e in entries:
             mark = {"directory": "/", "symlink": "@"}.get(e["type"], "")
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["mtime"]))
-            ui.result(f"{e['type'][0]} {e['size']:>12} {stamp}  {e['name']}{mark}", e)
+            ui.result(f"{e['type'][0]} {e['size']:>12} {stamp}  {printable(e['name'])}{mark}", e)
         return EXIT_OK
     finally:
         await client.close()
@@ -158,7 +201,7 @@ async def _stat(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         info = await FileClient(client).stat(_remote(args.path))
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["mtime"]))
         text = (
-            f"{info['path'] or '/'}: {info['type']}, {info['size']} bytes, "
+            f"{printable(info['path']) or '/'}: {info['type']}, {info['size']} bytes, "
             f"mode {info['mode']:o}, modified {stamp}"
         )
         if info.get("partial"):
@@ -194,7 +237,9 @@ async def _eachPath(
                 ui.error(f"{op}: {e.message} [{e.code}]", e.toJSON())
                 code = EXIT_REMOTE
                 continue
-            ui.result(describe(done), _clean(done))
+            # The line shows the path escaped; the JSON has it exact.
+            shown = {**done, "path": printable(str(done.get("path")))}
+            ui.result(describe(shown), _clean(done))
         return code
     finally:
         await client.close()
@@ -266,7 +311,7 @@ def _reportFile(
     size = int(result.get("size", 0))
     resumed = result.get("resumed_from", 0)
     ui.result(
-        f"{op} {source} -> {destination}: {_human(size)} in {took:.2f} s "
+        f"{op} {printable(source)} -> {printable(destination)}: {_human(size)} in {took:.2f} s "
         f"({_rate(size - resumed, took)}), sha256 {result['sha256']} verified"
         + (f", resumed from byte {resumed}" if resumed else ""),
         {**_clean(result), **extra, "seconds": took},
@@ -281,6 +326,8 @@ def _reportTree(ui: UI, op: str, result: TreeResult, started: float) -> int:
             {"code": "skipped", "path": path, "type": kind},
         )
     for path, e in result.errors:
+        if isinstance(e, FramesError):
+            e = _flagHint(e)
         code = getattr(e, "code", ErrorCode.IO_ERROR)
         message = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
         ui.error(
@@ -307,8 +354,9 @@ def _reportTree(ui: UI, op: str, result: TreeResult, started: float) -> int:
 def _fileDone(ui: UI, op: str, started: float) -> Callable[[str, dict[str, Any]], None]:
     def done(source: str, result: dict[str, Any]) -> None:
         took = time.monotonic() - started
+        target = str(result.get("local", result.get("path")))
         ui.result(
-            f"{op} {source} -> {result.get('local', result.get('path'))}: "
+            f"{op} {printable(source)} -> {printable(target)}: "
             f"{_human(int(result.get('size', 0)))}, sha256 {result.get('sha256')}",
             {**_clean(result), "source": source, "seconds": took},
         )
@@ -333,6 +381,13 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     elif os.path.isdir(local) and not args.recursive:
         ui.error(f"put: {local} is a directory (use -r)", {"code": "is_a_directory"})
         return EXIT_USAGE
+    if local == "-" or args.recursive:
+        # From a pipe nothing can be resumed; a tree has no one command that
+        # resumes it (files done would be refused as existing).
+        _during(args, f"put {'-r ' * args.recursive}{local}")
+    else:
+        given = [] if args.remote is None else [args.remote]
+        _during(args, f"put {local}", ["put", local, *given])
     client = await openClient(reactor, args)
     files = FileClient(client)
     bar: _Bar | None = None
@@ -355,6 +410,7 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             )
             bar.close()
             return _reportTree(ui, "put", tree, started)
+        _during(args, f"put {local}", ["put", local, remote])
         bar = _Bar(args, os.path.getsize(local), remote)
         result = await files.putFile(local, remote, args.force, args.resume, bar)
         bar.close()
@@ -362,10 +418,27 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     except LocalError as e:
         ui.error(f"put: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
         return EXIT_REMOTE
+    except FramesError as e:
+        raise _flagHint(e) from None
     finally:
         if bar is not None:
             bar.close()
         await client.close()
+
+
+def _flagHint(e: FramesError) -> FramesError:
+    """
+    The server's C{already_exists} asks the client to ask to overwrite:
+    name the flag that does, in the words C{get} uses.
+    """
+    from .fileclient import ALREADY_EXISTS_HINT
+
+    path = e.details.get("path")
+    if e.code != ErrorCode.ALREADY_EXISTS or not isinstance(path, str):
+        return e
+    hinted = FramesError(e.code, f"{path}: {ALREADY_EXISTS_HINT}")
+    hinted.details = e.details
+    return hinted
 
 
 async def _intoRemoteDir(files: FileClient, given: str, remote: str, base: str) -> str:
@@ -397,6 +470,12 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         return EXIT_USAGE
     if local != "-" and not args.recursive and os.path.isdir(local):
         local = os.path.join(local, base)
+    if local == "-" or args.recursive:
+        _during(args, f"get {'-r ' * args.recursive}{remote}")
+    else:
+        from .fileclient import localPartialName
+
+        _during(args, f"get {remote}", ["get", remote, local], localPartialName(local))
     client = await openClient(reactor, args)
     files = FileClient(client)
     bar: _Bar | None = None
@@ -409,7 +488,7 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             bar.close()
             if not args.quiet:
                 ui.err.write(
-                    f"get {remote} -> stdout: {result['size']} bytes, sha256 "
+                    f"get {printable(remote)} -> stdout: {result['size']} bytes, sha256 "
                     f"{result['sha256']} verified\n"
                 )
             return EXIT_OK
@@ -421,6 +500,12 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             bar.close()
             return _reportTree(ui, "get", tree, started)
         info = await files.stat(remote)
+        if info.get("type") == "directory":
+            ui.error(
+                f"get: {remote or '/'} is a directory (use -r)",
+                {"code": ErrorCode.IS_A_DIRECTORY, "path": remote},
+            )
+            return EXIT_USAGE
         bar = _Bar(args, int(info.get("size", 0)), base)
         result = await files.getFile(remote, local, args.force, args.resume, bar)
         bar.close()

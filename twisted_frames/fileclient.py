@@ -14,6 +14,7 @@ are on the server.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from collections.abc import Callable
@@ -46,6 +47,9 @@ STREAM_CHUNK = 8 * 1024 * 1024
 
 Progress = Callable[[int], None]
 
+#: What an existing target's error says, for C{put} and C{get} alike.
+ALREADY_EXISTS_HINT = "already exists (use -f/--force to overwrite)"
+
 
 class LocalError(Exception):
     """
@@ -61,12 +65,39 @@ class LocalError(Exception):
         self.message = message
 
 
+#: The longest local file name, in bytes (C{NAME_MAX} of Linux and most
+#: file systems; the server accepts remote names up to this length too).
+MAX_LOCAL_NAME = 255
+_PARTIAL_SUFFIX = ".frames-partial"
+
+
 def localPartialName(target: str) -> str:
     """
-    The hidden partial file a download to C{target} is written to.
+    The hidden partial file a download to C{target} is written to, in the
+    same directory: C{.NAME.frames-partial}, deterministic so that
+    C{--resume} finds it again.
+
+    When that would pass L{MAX_LOCAL_NAME} bytes (a name of 240 bytes or
+    more), it is C{.PREFIX.HASH.frames-partial} instead: the longest
+    prefix of the name that fits (cut at a character, never inside one)
+    and 16 hex digits of the SHA-256 of the whole name, so that every
+    name the server accepts can be downloaded, and two long names with the
+    same prefix get different partials.
     """
     head, tail = os.path.split(target)
-    return os.path.join(head, f".{tail}.frames-partial")
+    short = f".{tail}{_PARTIAL_SUFFIX}"
+    if len(os.fsencode(short)) <= MAX_LOCAL_NAME:
+        return os.path.join(head, short)
+    digest = hashlib.sha256(os.fsencode(tail)).hexdigest()[:16]
+    suffix = f".{digest}{_PARTIAL_SUFFIX}"
+    room = MAX_LOCAL_NAME - 1 - len(suffix)
+    prefix = []
+    for ch in tail:
+        room -= len(os.fsencode(ch))
+        if room < 0:
+            break
+        prefix.append(ch)
+    return os.path.join(head, f".{''.join(prefix)}{suffix}")
 
 
 def checkRemoteName(name: Any) -> str:
@@ -83,7 +114,7 @@ def checkRemoteName(name: Any) -> str:
         or "\\" in name
         or "\x00" in name
         or name.startswith(PARTIAL_PREFIX)
-        or (name.startswith(".") and name.endswith(".frames-partial"))
+        or (name.startswith(".") and name.endswith(_PARTIAL_SUFFIX))
     ):
         raise LocalError(
             ErrorCode.FORBIDDEN_PATH, f"refusing remote name {name!r}: it could escape the target"
@@ -405,7 +436,7 @@ class FileClient:
             partial is then deleted).
         """
         if not overwrite and os.path.lexists(local):
-            raise LocalError(ErrorCode.ALREADY_EXISTS, f"{local}: already exists (use --force)")
+            raise LocalError(ErrorCode.ALREADY_EXISTS, f"{local}: {ALREADY_EXISTS_HINT}")
         part = localPartialName(local)
         fd, offset = await self.run(_openPartial, part, resume)
         try:
@@ -437,6 +468,12 @@ class FileClient:
                 )
             await self.run(_commitLocal, fd, part, local, overwrite)
             fd = -1
+        except FramesError:
+            # Refused before a byte came (not found, a directory, ...): leave
+            # no empty partial behind.  One with data is kept for --resume.
+            if fd >= 0 and os.fstat(fd).st_size == 0:
+                await self.run(_unlinkQuietly, part)
+            raise
         finally:
             if fd >= 0:
                 closeQuietly(fd)
@@ -634,7 +671,7 @@ def _commitLocal(fd: int, part: str, local: str, overwrite: bool) -> None:
         except OSError as e:
             if e.errno == errno.EEXIST:
                 raise LocalError(
-                    ErrorCode.ALREADY_EXISTS, f"{local}: already exists (use --force)"
+                    ErrorCode.ALREADY_EXISTS, f"{local}: {ALREADY_EXISTS_HINT}"
                 ) from None
             if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
                 raise

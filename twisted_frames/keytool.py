@@ -96,7 +96,13 @@ def clientSecurity(args: argparse.Namespace) -> dict[str, Any]:
     """
     secret: ClientSecret | None = None
     if args.secret_file:
-        secret = loadSecretFile(args.secret_file)
+        try:
+            secret = loadSecretFile(args.secret_file)
+        except OSError as e:
+            # Name the file, as the TLS files' errors do (a usage error).
+            raise UsersFileError(
+                f"cannot read secret file {args.secret_file}: {e.strerror or e}"
+            ) from None
         if args.user and args.user != secret.user:
             raise UsersFileError(
                 f"--user {args.user} does not match the secret file, which is for {secret.user}"

@@ -35,6 +35,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from . import wire
+from .printable import printable
 from .protocol import BodySink, BufferSink, DiscardSink, FrameProtocol, IBodySource, Pipe
 from .wire import ErrorCode, FramesError, Limits, ProtocolViolation, RequestId
 
@@ -634,6 +635,10 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         now = time.time()
         peer = self.peerName()
         user = self.user or "-"
+        # Both are the client's text: escaped, so that a newline or an
+        # escape sequence in them cannot forge or hide log lines.
+        op = printable(request.op)
+        rid = printable(request.id) if isinstance(request.id, str) else request.id
         ms = (time.monotonic() - request.started) * 1000
         log.observer(
             {
@@ -643,14 +648,14 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
                 "log_source": None,
                 "log_format": "{log_text}",
                 "log_text": (
-                    f"{peer} {user} op={request.op} id={request.id} in={request.bodyLength} "
+                    f"{peer} {user} op={op} id={rid} in={request.bodyLength} "
                     f"out={request.bytesOut} time={ms:.1f}ms outcome={request.outcome}"
                 ),
                 "log_time": now,
                 "peer": peer,
                 "user": user,
-                "op": request.op,
-                "rid": request.id,
+                "op": op,
+                "rid": rid,
                 "bytesIn": request.bodyLength,
                 "bytesOut": request.bytesOut,
                 "ms": ms,
