@@ -483,9 +483,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             return
         self._closing = True
         self.setTimeout(None)  # type: ignore[no-untyped-call]
-        if self._activeSource is None and self.transport is not None:
-            refusal = {"id": None, "ok": False, "error": error.toJSON(), "closing": True}
-            self._write(wire.encodeMessage(refusal))
+        refusal = {"id": None, "ok": False, "error": error.toJSON(), "closing": True}
+        self.sendLast(wire.encodeMessage(refusal))
         self.loseConnectionSoon()
 
     def logIn(self, user: str) -> None:
