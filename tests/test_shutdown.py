@@ -33,6 +33,7 @@ from twisted_frames.server import (
 from twisted_frames.wire import ErrorCode
 
 from .test_commands import CommandServiceMixin
+from .test_protocol import ManualSource
 from .test_server import CountingSink, SampleService, ServerTestMixin, request
 from .test_tap import UDPMemoryReactor, existingRoot
 
@@ -137,6 +138,35 @@ class ShutdownTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(
             self.replies(self.transport),
             [({"id": 1, "ok": True, "done": True}, b""), (CLOSING, b"")],
+        )
+        self.assertTrue(self.transport.disconnecting)
+        self.lose()
+        self.successResultOf(d)
+
+    def test_closingMessageAfterStreamedEvent(self) -> None:
+        """
+        A request that finishes while a streamed event of it is still being
+        sent (a command's last output chunk to a slow reader): the closing
+        message follows that event's body and the final reply, instead of
+        being dropped.
+        """
+        self.proto.dataReceived(request("hold", 1))
+        d = self.factory.shutDown()
+        [held] = self.service.held
+        source = ManualSource(3)
+        held.eventStream("out", {}, source)
+        held.reply({"done": True})
+        self.clock.advance(0)
+        self.assertFalse(self.transport.disconnecting)
+        source.consumer.write(b"abc")
+        source.done.callback(None)
+        self.assertEqual(
+            self.replies(self.transport),
+            [
+                ({"id": 1, "event": "out"}, b"abc"),
+                ({"id": 1, "ok": True, "done": True}, b""),
+                (CLOSING, b""),
+            ],
         )
         self.assertTrue(self.transport.disconnecting)
         self.lose()

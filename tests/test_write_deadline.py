@@ -341,6 +341,25 @@ class LazyOpenTests(SynchronousTestCase):
         s.runner.runPending()
         self.assertEqual(openFilesOf(s.big), 0)
 
+    def test_waitingGetsAnsweredAtShutdownOpenNothing(self) -> None:
+        """
+        Gets still waiting for their turn when the shutdown grace ends are
+        answered C{shutting_down} and never open their file afterwards,
+        when the connection goes: their service sees them cancelled, as on
+        a lost connection.
+        """
+        s = _Server(self, writeTimeout=None)
+        s.factory.shutdownGrace = 1.0
+        s.pipelineGets(50)
+        s.factory.shutDown()
+        s.clock.advance(1.0)
+        self.assertEqual(s.protocol.inFlight, {})
+        s.transport.abortConnection()
+        opens = [job for job in s.runner.jobs if job[0] == s.files.root.openForRead]
+        self.assertEqual(opens, [])
+        s.runner.runPending()
+        self.assertEqual(openFilesOf(s.big), 0)
+
 
 class TurnTests(SynchronousTestCase):
     """

@@ -731,14 +731,23 @@ class FrameProtocol(Int32StringReceiver):
         reply = self.violationReply(error, rid)
         self._closing = True
         self._failSink(Failure(error))
-        if reply is not None and self.transport is not None:
-            if self._activeSource is None:
-                self._write(wire.encodeMessage(reply))
-            else:
-                # Behind the body in progress, so that frames never interleave;
-                # loseConnectionSoon waits for it (or for closeTimeout).
-                self._sendQueue.append(wire.encodeMessage(reply))
+        if reply is not None:
+            self.sendLast(wire.encodeMessage(reply))
         self.loseConnectionSoon()
+
+    def sendLast(self, data: bytes) -> None:
+        """
+        Send C{data}, an encoded message, once the connection is closing
+        (when L{sendMessage} sends nothing more): at once, or behind the
+        body in progress, so that frames never interleave;
+        L{loseConnectionSoon} waits for that body (or for L{closeTimeout}).
+        """
+        if self.transport is None:
+            return
+        if self._activeSource is None:
+            self._write(data)
+        else:
+            self._sendQueue.append(data)
 
     def violationReply(self, error: FramesErrorLike, requestId: Any) -> dict[str, Any] | None:
         """

@@ -184,7 +184,8 @@ class Request:
     def notifyCancelled(self) -> defer.Deferred[None]:
         """
         @return: a Deferred that fires if the connection is lost before the
-            final reply (so that a service can stop work nobody will read).
+            final reply, or the server answered on the service's behalf
+            (L{abandon}), so that a service can stop work nobody will read.
         """
         d: defer.Deferred[None] = defer.Deferred()
         if self.cancelled:
@@ -201,8 +202,23 @@ class Request:
         """
         if self.cancelled or self.finished:
             return
-        self.cancelled = True
         self.outcome = "disconnected"
+        self._dropLaterReplies()
+
+    def abandon(self, error: FramesError) -> None:
+        """
+        The server gives up on the request (its shutdown grace is over):
+        send C{error} as its final reply, then treat it as cancelled, so
+        that its service stops working for it (L{notifyCancelled} fires)
+        and a later reply from it is dropped silently.
+        """
+        if self.cancelled or self.finished:
+            return
+        self.fail(error)
+        self._dropLaterReplies()
+
+    def _dropLaterReplies(self) -> None:
+        self.cancelled = True
         waiters, self._cancelWaiters = self._cancelWaiters or [], None
         for d in waiters:
             d.callback(None)
@@ -420,8 +436,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         """
         self.shuttingDown = True
         for request in list(self.inFlight.values()):
-            if not request.finished:
-                request.fail(shuttingDownError())
+            request.abandon(shuttingDownError())
         self.refuse(shuttingDownError())
 
     def _closeIfDone(self) -> None:
@@ -468,9 +483,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             return
         self._closing = True
         self.setTimeout(None)  # type: ignore[no-untyped-call]
-        if self._activeSource is None and self.transport is not None:
-            refusal = {"id": None, "ok": False, "error": error.toJSON(), "closing": True}
-            self._write(wire.encodeMessage(refusal))
+        refusal = {"id": None, "ok": False, "error": error.toJSON(), "closing": True}
+        self.sendLast(wire.encodeMessage(refusal))
         self.loseConnectionSoon()
 
     def logIn(self, user: str) -> None:
