@@ -320,6 +320,22 @@ def test_wording(frameserver: Any) -> None:
     assert sorted(p.name for p in tmp.iterdir()) == ["f", "root", "tree"]
 
 
+def test_stdioFlagWording(frameserver: Any) -> None:
+    """
+    C{-r} or C{--resume} with C{-} (stdin for put, stdout for get) is bad
+    usage (exit 2) whose message names the flag that was given, not both.
+    """
+    frames = frameserver["frames"]
+    for op, args, stream in (("put", ["-", "x"], "stdin"), ("get", ["x", "-"], "stdout")):
+        for flag in ("-r", "--resume"):
+            r = frames(op, flag, *args, stdin=b"")
+            expected = f"frames: {op}: {flag} does not apply to {stream}\n".encode()
+            assert (r.returncode, r.stderr) == (2, expected)
+        r = frames(op, "-r", "--resume", *args, stdin=b"")
+        expected = f"frames: {op}: -r and --resume do not apply to {stream}\n".encode()
+        assert (r.returncode, r.stderr) == (2, expected)
+
+
 def test_progressBarUnits() -> None:
     """
     The progress bar counts bytes and rate in the binary units of the

@@ -94,6 +94,15 @@ def _during(
     interruption.during(what, resume, partial)
 
 
+def _stdioFlags(args: argparse.Namespace) -> str:
+    """
+    The flags given that a transfer from stdin or to stdout cannot take,
+    named as given: C{"-r does not apply"}, C{"-r and --resume do not apply"}.
+    """
+    flags = [flag for flag, given in (("-r", args.recursive), ("--resume", args.resume)) if given]
+    return f"{' and '.join(flags)} {'do' if len(flags) > 1 else 'does'} not apply"
+
+
 def _remote(path: str) -> str:
     """
     Normalise a remote path typed by a user: C{./a//b/} becomes C{a/b}.
@@ -373,7 +382,7 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             ui.error("put: REMOTE is required when reading stdin", {"code": "usage"})
             return EXIT_USAGE
         if args.recursive or args.resume:
-            ui.error("put: -r and --resume do not apply to stdin", {"code": "usage"})
+            ui.error(f"put: {_stdioFlags(args)} to stdin", {"code": "usage"})
             return EXIT_USAGE
     elif not os.path.lexists(local):
         ui.error(f"put: {local}: no such file or directory", {"code": "not_found"})
@@ -466,7 +475,7 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     base = remote.rsplit("/", 1)[-1]
     local = args.local if args.local is not None else (base or ".")
     if local == "-" and (args.recursive or args.resume):
-        ui.error("get: -r and --resume do not apply to stdout", {"code": "usage"})
+        ui.error(f"get: {_stdioFlags(args)} to stdout", {"code": "usage"})
         return EXIT_USAGE
     if local != "-" and not args.recursive and os.path.isdir(local):
         local = os.path.join(local, base)
