@@ -1166,6 +1166,10 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
             self.files.putStream(io.BytesIO(os.urandom(5000)), "p"), ErrorCode.NO_SPACE
         )
         self.assertEqual(error.details["free"], 500)
+        # The message is about the next message's bytes, not the whole upload.
+        self.assertEqual(
+            error.message, "p: no space for 1000 more bytes after 2000, 500 free on the server"
+        )
         self.assertEqual(os.listdir(self.root), [])
 
     def test_writeNoSpaceGivesSpaceBackAtOnce(self) -> None:

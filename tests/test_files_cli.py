@@ -10,13 +10,16 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from twisted_frames import wire
 from twisted_frames.fileclient import localPartialName
 from twisted_frames.files import partialName
 
@@ -24,6 +27,7 @@ from .serverprocess import ServerProcess, childEnv
 from .serverprocess import frames as runFrames
 
 TIMEOUT = 60
+GREETING = {"event": "hello", "protocol": "twisted-frames", "version": wire.PROTOCOL_VERSION}
 
 
 @pytest.fixture
@@ -318,6 +322,82 @@ def test_wording(frameserver: Any) -> None:
     r = frames("get", "missing")
     assert r.returncode == 1 and b"not_found" in r.stderr
     assert sorted(p.name for p in tmp.iterdir()) == ["f", "root", "tree"]
+
+
+def test_stdioFlagWording(frameserver: Any) -> None:
+    """
+    C{-r} or C{--resume} with C{-} (stdin for put, stdout for get) is bad
+    usage (exit 2) whose message names the flag that was given, not both.
+    """
+    frames = frameserver["frames"]
+    for op, args, stream in (("put", ["-", "x"], "stdin"), ("get", ["x", "-"], "stdout")):
+        for flag in ("-r", "--resume"):
+            r = frames(op, flag, *args, stdin=b"")
+            expected = f"frames: {op}: {flag} does not apply to {stream}\n".encode()
+            assert (r.returncode, r.stderr) == (2, expected)
+        r = frames(op, "-r", "--resume", *args, stdin=b"")
+        expected = f"frames: {op}: -r and --resume do not apply to {stream}\n".encode()
+        assert (r.returncode, r.stderr) == (2, expected)
+
+
+def _shuttingDownPeer(listener: socket.socket) -> None:
+    """
+    Play a server that greets, answers C{stat} with C{not_found} and the
+    first C{put} or C{get} with C{shutting_down}, then reads until the client
+    hangs up (so that closing sends no reset over the reply).
+    """
+    conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(30)
+        conn.sendall(wire.encodeMessage(GREETING))
+        stream = conn.makefile("rb")
+        while True:
+            (n,) = wire.PREFIX.unpack(stream.read(4))
+            header = json.loads(stream.read(n))
+            (n,) = wire.PREFIX.unpack(stream.read(4))
+            stream.read(n)
+            if header["op"] == "stat":
+                info = {"id": header["id"], "ok": True, "type": "file", "size": 100_000}
+                conn.sendall(wire.encodeMessage(info))
+                continue
+            error = {"code": "shutting_down", "message": "the server is shutting down"}
+            conn.sendall(wire.encodeMessage({"id": header["id"], "ok": False, "error": error}))
+            break
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass  # the client aborted: a reset
+
+
+@pytest.mark.parametrize(
+    "args, resume",
+    [
+        (["put", "-f", "big.bin", "x y"], "put --resume -f big.bin 'x y'"),
+        (["get", "x y", "out.bin"], "get --resume 'x y' out.bin"),
+    ],
+)
+def test_shutdownPrintsResume(tmp_path: Path, args: list[str], resume: str) -> None:
+    """
+    A transfer of one file answered C{shutting_down} (the server stopped
+    while it ran; it keeps an upload's partial, the client a download's)
+    exits 1 with the command that resumes it, as an interrupted one does.
+    """
+    (tmp_path / "big.bin").write_bytes(os.urandom(100_000))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(30)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        thread = threading.Thread(target=_shuttingDownPeer, args=(listener,), daemon=True)
+        thread.start()
+        r = runFrames(*args, server=address, timeout=TIMEOUT, cwd=str(tmp_path))
+        thread.join(30)
+    assert (r.returncode, r.stderr.decode()) == (
+        1,
+        f"frames: {args[0]}: the server is shutting down [shutting_down]; "
+        f"resume with: frames --server {address} {resume}\n",
+    )
 
 
 def test_progressBarUnits() -> None:

@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_frames import wire
 from twisted_frames.cli import EXIT_CONNECT, EXIT_TIMEOUT
 from twisted_frames.client import ClientProtocol, NoGreeting, connect
+from twisted_frames.wire import ProtocolViolation
 
 from .inmemory import makeCredentials
 from .serverprocess import ServerProcess, frames
@@ -81,6 +82,21 @@ class GreetingDeadlineTests(SynchronousTestCase):
             self.assertTrue(self.failureResultOf(d, NoGreeting).value.tlsRecord)
             self.assertTrue(endpoint.transport.disconnected)
             self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_otherProtocolBanner(self) -> None:
+        """
+        A peer that speaks another protocol (an SSH banner, whose first four
+        bytes are a length prefix over the frame limit) fails the connect at
+        once with L{ProtocolViolation} saying that it did not greet as
+        twisted-frames, not with a connection "closed cleanly".
+        """
+        clock, endpoint = Clock(), SilentEndpoint()
+        d = connect(clock, endpoint, timeout=30, greetingTimeout=3)
+        endpoint.protocol.dataReceived(b"SSH-2.0-OpenSSH_9.6\r\n")
+        error = self.failureResultOf(d, ProtocolViolation).value
+        self.assertIn("did not greet as twisted-frames", error.message)
+        self.assertTrue(endpoint.transport.disconnecting or endpoint.transport.disconnected)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_greetedInTime(self) -> None:
         """

@@ -246,6 +246,19 @@ class ClientProtocol(FrameProtocol):
         return DiscardSink()
 
     def violationReply(self, error: Any, requestId: Any) -> dict[str, Any] | None:
+        if self.greeting is None and not self.greeted.called:
+            # Bytes that cannot start a greeting (another protocol's banner,
+            # such as SSH's, read as an over-long frame): say what the peer
+            # is not, rather than fail later as a connection closed cleanly.
+            self._cancelGreetingTimer()
+            self.greeted.errback(
+                Failure(
+                    ProtocolViolation(
+                        ErrorCode.BAD_HEADER,
+                        f"the server did not greet as twisted-frames ({error.message})",
+                    )
+                )
+            )
         # A client never sends error replies: it just hangs up.
         return None
 

@@ -88,10 +88,40 @@ def _during(
     interruption = interruptionOf(args)
     if interruption is None:
         return
-    if resume is not None:
-        flags = [flag for flag, given in (("-f", args.force), ("-q", args.quiet)) if given]
-        resume = [resume[0], "--resume", *flags, *resume[1:]]
-    interruption.during(what, resume, partial)
+    interruption.during(what, None if resume is None else _resumeArgs(args, resume), partial)
+
+
+def _resumeArgs(args: argparse.Namespace, command: list[str]) -> list[str]:
+    """
+    The C{put}/C{get} arguments C{command} with C{--resume}, and C{-f}/C{-q}
+    as given.
+    """
+    flags = [flag for flag, given in (("-f", args.force), ("-q", args.quiet)) if given]
+    return [command[0], "--resume", *flags, *command[1:]]
+
+
+def _shuttingDown(ui: UI, args: argparse.Namespace, e: FramesError, command: list[str]) -> int:
+    """
+    Report a transfer of one file cut short by the server's shutdown with
+    the command that resumes it (the server keeps an upload's partial, the
+    client a download's).
+    """
+    from .cli import resumeCommand, shellQuote
+
+    argv = resumeCommand(args, _resumeArgs(args, command))
+    line = f"{args.command}: {printable(e.message)} [{e.code}]; resume with: "
+    line += " ".join(shellQuote(a) for a in argv)
+    ui.error(line, {**e.toJSON(), "resume": argv}, escaped=True)
+    return EXIT_REMOTE
+
+
+def _stdioFlags(args: argparse.Namespace) -> str:
+    """
+    The flags given that a transfer from stdin or to stdout cannot take,
+    named as given: C{"-r does not apply"}, C{"-r and --resume do not apply"}.
+    """
+    flags = [flag for flag, given in (("-r", args.recursive), ("--resume", args.resume)) if given]
+    return f"{' and '.join(flags)} {'do' if len(flags) > 1 else 'does'} not apply"
 
 
 def _remote(path: str) -> str:
@@ -373,7 +403,7 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             ui.error("put: REMOTE is required when reading stdin", {"code": "usage"})
             return EXIT_USAGE
         if args.recursive or args.resume:
-            ui.error("put: -r and --resume do not apply to stdin", {"code": "usage"})
+            ui.error(f"put: {_stdioFlags(args)} to stdin", {"code": "usage"})
             return EXIT_USAGE
     elif not os.path.lexists(local):
         ui.error(f"put: {local}: no such file or directory", {"code": "not_found"})
@@ -412,7 +442,12 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             return _reportTree(ui, "put", tree, started)
         _during(args, f"put {local}", ["put", local, remote])
         bar = _Bar(args, os.path.getsize(local), remote)
-        result = await files.putFile(local, remote, args.force, args.resume, bar)
+        try:
+            result = await files.putFile(local, remote, args.force, args.resume, bar)
+        except FramesError as e:
+            if e.code != ErrorCode.SHUTTING_DOWN:
+                raise
+            return _shuttingDown(ui, args, e, ["put", local, remote])
         bar.close()
         return _reportFile(ui, "put", local, result["path"], result, started, {"local": local})
     except LocalError as e:
@@ -466,7 +501,7 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     base = remote.rsplit("/", 1)[-1]
     local = args.local if args.local is not None else (base or ".")
     if local == "-" and (args.recursive or args.resume):
-        ui.error("get: -r and --resume do not apply to stdout", {"code": "usage"})
+        ui.error(f"get: {_stdioFlags(args)} to stdout", {"code": "usage"})
         return EXIT_USAGE
     if local != "-" and not args.recursive and os.path.isdir(local):
         local = os.path.join(local, base)
@@ -507,7 +542,12 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             )
             return EXIT_USAGE
         bar = _Bar(args, int(info.get("size", 0)), base)
-        result = await files.getFile(remote, local, args.force, args.resume, bar)
+        try:
+            result = await files.getFile(remote, local, args.force, args.resume, bar)
+        except FramesError as e:
+            if e.code != ErrorCode.SHUTTING_DOWN:
+                raise
+            return _shuttingDown(ui, args, e, ["get", remote, local])
         bar.close()
         return _reportFile(ui, "get", remote, local, result, started, {})
     except LocalError as e:

@@ -1134,9 +1134,14 @@ class FileService(Service):
         vfs = os.statvfs(u.fd)
         free = vfs.f_bavail * vfs.f_frsize
         if need > free:
+            # A streamed upload (size unknown) is refused at one message:
+            # say that it is the next message's bytes that do not fit.
+            what = f"{need} bytes needed"
+            if u.size is None and u.offset:
+                what = f"no space for {need} more bytes after {u.offset}"
             raise FramesError(
                 ErrorCode.NO_SPACE,
-                f"{u.display}: {need} bytes needed, {free} free on the server",
+                f"{u.display}: {what}, {free} free on the server",
                 path=u.display,
                 needed=need,
                 free=free,
