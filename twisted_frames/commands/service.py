@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_commands -*-
 """
 The command service: run commands the server allows, never through a shell.
 
@@ -29,18 +30,12 @@ connection's transport, the process's pipes are not read.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.application import service as appservice
+from twisted.application.service import Service as ApplicationService
 from twisted.internet import abstract, defer, fdesc, main
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IPushProducer
@@ -49,18 +44,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .protocol import BodySink
-from .server import Request, ServerProtocol, Service, operation, shuttingDownError
-from .wire import ErrorCode, FramesError, RequestId
+from ..protocol import BodySink
+from ..server import Request, ServerProtocol, Service, operation, shuttingDownError
+from ..wire import ErrorCode, FramesError, RequestId
+from .process import (
+    KillGroup,
+    _killGroup,
+    _signalName,
+    chdirLauncher,
+    scrubbedEnvironment,
+    sessionLauncher,
+)
+from .spec import CommandLimits, CommandSpec
 
 log = Logger(namespace="twisted_frames.commands")
 
-#: The C{PATH} commands see.  The server's own C{PATH} is used only at
-#: start-up, to resolve C{--allow-command} names to absolute paths.
-SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-#: Variables copied from the server's environment when set; everything else
-#: is dropped (no secrets, no C{LD_PRELOAD}, no C{PYTHONPATH}).
-ENV_ALLOWLIST = ("LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LC_NUMERIC", "LC_TIME", "TZ")
 #: Signals a client may name in C{cancel}.  A cancel always ends in
 #: C{SIGKILL} after the grace period, so only signals meant to stop a
 #: process make sense here.
@@ -77,7 +75,7 @@ CANCEL_SIGNALS = {
 MAX_STDIN_CHUNK = 4 * 1024 * 1024
 #: Stdin bytes the server accepts beyond what the pipe has taken before it
 #: pauses reading the connection.  A client keeping its window (see
-#: C{commandclient}) stays below this, so the connection is never paused
+#: C{twisted_frames.commands.client}) stays below this, so the connection is never paused
 #: for stdin and a C{cancel} can always be read; one that does not is
 #: throttled instead of growing the server's memory.
 STDIN_BACKLOG = 2 * MAX_STDIN_CHUNK
@@ -86,249 +84,6 @@ STDIN_BACKLOG = 2 * MAX_STDIN_CHUNK
 #: pipe's size.  Every read becomes one message: Twisted's own process
 #: pipes read 8 KiB at a time, which makes the per-message cost dominate.
 OUTPUT_READ_SIZE = 256 * 1024
-
-KillGroup = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class CommandSpec:
-    """
-    One allowed command.
-
-    @ivar name: what a client puts in C{argv[0]}.
-    @ivar path: the absolute path executed.
-    @ivar args: fixed leading arguments, placed before the client's.
-    @ivar users: if not C{None}, only these logged-in users may run it (an
-        anonymous caller is refused).
-    @ivar timeout: this command's longest run, in seconds (overrides the
-        server's maximum; also its default).
-    @ivar maxOutput: this command's output cap in bytes (stdout + stderr).
-    @ivar cwd: working directory relative to the root (default: the root).
-    @ivar env: fixed extra environment variables.
-    """
-
-    name: str
-    path: str
-    args: tuple[str, ...] = ()
-    users: frozenset[str] | None = None
-    timeout: float | None = None
-    maxOutput: int | None = None
-    cwd: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CommandLimits:
-    """
-    Server-wide limits of the command service.
-
-    @ivar timeout: wall-clock seconds a run gets when the client asks for
-        nothing.
-    @ivar maxTimeout: the most a client may ask for.
-    @ivar maxOutput: stdout + stderr bytes forwarded before the command is
-        killed and its output marked truncated.
-    @ivar maxProcsPerConnection: concurrent runs on one connection.
-    @ivar maxProcs: concurrent runs on the whole server.
-    @ivar killGrace: seconds between C{SIGTERM} (or the cancel signal) and
-        C{SIGKILL}.
-    """
-
-    timeout: float = 60.0
-    maxTimeout: float = 3600.0
-    maxOutput: int = 1024 * 1024 * 1024
-    maxProcsPerConnection: int = 4
-    maxProcs: int = 32
-    killGrace: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.timeout <= self.maxTimeout:
-            raise ValueError("the command timeout must be > 0 and at most the maximum timeout")
-        if self.maxOutput < 0:
-            raise ValueError("the output cap must not be negative")
-        if self.maxProcsPerConnection < 1 or self.maxProcs < 1:
-            raise ValueError("process caps must be at least 1")
-        if self.killGrace < 0:
-            raise ValueError("the kill grace period must not be negative")
-
-
-def resolveCommand(name: str, searchPath: str | None = None) -> CommandSpec:
-    """
-    Resolve a C{--allow-command} name: a bare name is looked up on the
-    server's C{PATH} (now, once); a name with a C{/} must be an executable
-    file and is allowed under that exact name.
-
-    @raise ValueError: if nothing executable is found.
-    """
-    if not name or "\0" in name:
-        raise ValueError(f"bad command name {name!r}")
-    found = shutil.which(name, path=searchPath)
-    if found is None:
-        raise ValueError(f"command {name!r} not found on the server's PATH (or not executable)")
-    return CommandSpec(name=name, path=os.path.abspath(found))
-
-
-def loadCommandsFile(path: str, searchPath: str | None = None) -> list[CommandSpec]:
-    """
-    Read a C{--commands} file: TOML (or JSON if the name ends in C{.json})
-    with one table per command under C{commands}::
-
-        [commands.backup]
-        path = "/usr/local/bin/backup"   # default: the name on the PATH
-        args = ["--quiet"]                # fixed leading arguments
-        users = ["alice"]                 # only these logged-in users
-        timeout = 600                     # seconds
-        max-output = 10485760             # bytes
-        cwd = "jobs"                      # relative to --root
-        env = { MODE = "nightly" }
-
-    @raise ValueError: with a message naming the file and the bad entry.
-    """
-    try:
-        with open(path, "rb") as f:
-            if path.endswith(".json"):
-                data = json.load(f)
-            else:
-                data = tomllib.load(f)
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from e
-    except (ValueError, tomllib.TOMLDecodeError) as e:
-        kind = "JSON" if path.endswith(".json") else "TOML"
-        raise ValueError(f"{path}: not valid {kind}: {e}") from e
-    if not isinstance(data, dict) or set(data) - {"commands"}:
-        raise ValueError(f"{path}: expected only a 'commands' table")
-    table = data.get("commands", {})
-    if not isinstance(table, dict):
-        raise ValueError(f"{path}: 'commands' must be a table of commands")
-    return [_specFromTable(path, name, entry, searchPath) for name, entry in table.items()]
-
-
-_SPEC_KEYS = {"path", "args", "users", "timeout", "max-output", "cwd", "env"}
-
-
-def _specFromTable(source: str, name: str, entry: Any, searchPath: str | None) -> CommandSpec:
-    where = f"{source}: command {name!r}"
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where}: must be a table")
-    unknown = set(entry) - _SPEC_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(_SPEC_KEYS)})")
-    if "path" in entry:
-        p = entry["path"]
-        if not isinstance(p, str) or not os.path.isabs(p):
-            raise ValueError(f"{where}: 'path' must be an absolute path")
-        if not (os.path.isfile(p) and os.access(p, os.X_OK)):
-            raise ValueError(f"{where}: {p} is not an executable file")
-        spec = CommandSpec(name=name, path=p)
-    else:
-        try:
-            spec = resolveCommand(name, searchPath)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}; give its 'path'") from None
-    args = entry.get("args", [])
-    if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a for a in args):
-        raise ValueError(f"{where}: 'args' must be a list of strings")
-    users = entry.get("users")
-    if users is not None and (
-        not isinstance(users, list) or not all(isinstance(u, str) for u in users)
-    ):
-        raise ValueError(f"{where}: 'users' must be a list of user names")
-    timeout = entry.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise ValueError(f"{where}: 'timeout' must be a positive number of seconds")
-    maxOutput = entry.get("max-output")
-    if maxOutput is not None and (
-        isinstance(maxOutput, bool) or not isinstance(maxOutput, int) or maxOutput < 0
-    ):
-        raise ValueError(f"{where}: 'max-output' must be a whole number of bytes")
-    cwd = entry.get("cwd")
-    if cwd is not None and (not isinstance(cwd, str) or os.path.isabs(cwd) or "\0" in cwd):
-        raise ValueError(f"{where}: 'cwd' must be a path relative to the root")
-    env = entry.get("env", {})
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str)
-        and isinstance(v, str)
-        and k
-        and "=" not in k
-        and "\0" not in k
-        and "\0" not in v
-        for k, v in env.items()
-    ):
-        # A NUL would only fail later, at every run of the command.
-        raise ValueError(f"{where}: 'env' must be a table of strings (no '=' in names, no NUL)")
-    return CommandSpec(
-        name=name,
-        path=spec.path,
-        args=tuple(args),
-        users=frozenset(users) if users is not None else None,
-        timeout=float(timeout) if timeout is not None else None,
-        maxOutput=maxOutput,
-        cwd=cwd,
-        env=dict(env),
-    )
-
-
-def scrubbedEnvironment(
-    environ: Mapping[str, str], home: str, extra: Mapping[str, str] = {}
-) -> dict[str, str]:
-    """
-    The environment a command gets: a safe C{PATH}, C{HOME} set to the root,
-    the allow-listed locale and time-zone variables, then the command's
-    own fixed variables.
-    """
-    env = {k: environ[k] for k in ENV_ALLOWLIST if k in environ}
-    env["PATH"] = SAFE_PATH
-    env["HOME"] = home
-    env.update(extra)
-    return env
-
-
-def sessionLauncher() -> list[str]:
-    """
-    The argv prefix that makes a command the leader of a new session, so
-    that it and everything it starts can be signalled as one process group.
-    Twisted's C{spawnProcess} has no such option: util-linux C{setsid}
-    calls C{setsid()} and execs in place (no extra fork, since the child is
-    not a group leader); without it, a small Python trampoline does the same.
-    """
-    found = shutil.which("setsid")
-    if found is not None:
-        return [found]
-    return [sys.executable, "-c", "import os,sys;os.setsid();os.execv(sys.argv[1],sys.argv[1:])"]
-
-
-def chdirLauncher() -> list[str] | None:
-    """
-    The argv prefix (C{env -C}) that changes directory before exec, or
-    C{None} where C{env} cannot.
-
-    Why: Twisted's C{spawnProcess} uses C{posix_spawnp} only when no working
-    directory is given; with one it forks the whole server process and sets
-    the child up in Python, which costs several milliseconds per command.
-    C{env -C DIR} (coreutils 8.28+) changes directory in the child instead.
-    """
-    found = shutil.which("env")
-    if found is None or "=" in found:
-        return None
-    try:
-        probe = subprocess.run(
-            [found, "-C", "/", "true"], capture_output=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return [found, "-C"] if probe.returncode == 0 else None
-
-
-def _killGroup(pgid: int, signum: int) -> None:
-    os.killpg(pgid, signum)
-
-
-def _signalName(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"SIG{signum}"
 
 
 @implementer(IPushProducer)
@@ -868,7 +623,11 @@ class RunningCommand(ProcessProtocol):
         self.ended.callback(None)
 
 
-class CommandService(Service, appservice.Service):
+def _hashable(value: Any) -> bool:
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+class CommandService(Service, ApplicationService):
     """
     The C{run}, C{stdin} and C{cancel} ops, and (as a Twisted service) the
     owner of every process they start: stopping it kills them all.
@@ -910,7 +669,7 @@ class CommandService(Service, appservice.Service):
     # -- ops ------------------------------------------------------------------
 
     @operation("run", body="stream")
-    def run(self, request: Request) -> BodySink:
+    def opRun(self, request: Request) -> BodySink:
         """
         Start an allowed command; its stdin is the request body (and, with
         C{"stdin": "stream"}, the C{stdin} messages that follow).
@@ -985,7 +744,7 @@ class CommandService(Service, appservice.Service):
         return _StdinSink(run, request.connection, lambda: None)
 
     @operation("stdin", body="stream", maxBody=MAX_STDIN_CHUNK)
-    def stdin(self, request: Request) -> BodySink:
+    def opStdin(self, request: Request) -> BodySink:
         """
         More stdin for a run started with C{"stdin": "stream"}; acknowledged
         once the chunk is in the pipe.
@@ -1014,7 +773,7 @@ class CommandService(Service, appservice.Service):
         return _StdinSink(run, request.connection, finished)
 
     @operation("cancel")
-    def cancel(self, request: Request) -> dict[str, Any]:
+    def opCancel(self, request: Request) -> dict[str, Any]:
         """
         Signal a run's process group (C{SIGTERM} unless C{signal} names
         another), then kill it after the grace period.
@@ -1189,7 +948,7 @@ class CommandService(Service, appservice.Service):
         Refuse new runs, kill every process group, and fire once all have
         ended.
         """
-        appservice.Service.stopService(self)  # type: ignore[no-untyped-call]
+        ApplicationService.stopService(self)  # type: ignore[no-untyped-call]
         self.stopping = True
         runs = [run for mine in self.runs.values() for run in mine.values()]
         for run in runs:
@@ -1210,101 +969,3 @@ class CommandService(Service, appservice.Service):
         """
         self.ended = [run for run in self.ended if run.killPending]
         return list(self.ended)
-
-
-def _hashable(value: Any) -> bool:
-    return isinstance(value, int | str) and not isinstance(value, bool)
-
-
-def _number(option: str, kind: type, low: float) -> Callable[[str], Any]:
-    def coerce(value: str) -> Any:
-        try:
-            n = kind(value)
-        except ValueError:
-            raise ValueError(f"{option} must be a number, not {value!r}") from None
-        if not n >= low:
-            raise ValueError(f"{option} must be at least {low}, not {value}")
-        return n
-
-    coerce.coerceDoc = f"At least {low}."  # type: ignore[attr-defined]
-    return coerce
-
-
-_DEFAULT_LIMITS = CommandLimits()
-
-#: The command service's C{twistd frameserver} options (C{optParameters}
-#: rows); C{--allow-command} and C{--commands} are defined in the tap.
-commandOptionParameters: list[list[Any]] = [
-    [
-        "command-timeout",
-        None,
-        _DEFAULT_LIMITS.timeout,
-        "Seconds a command may run when the client asks for no timeout.",
-        _number("--command-timeout", float, 0.001),
-    ],
-    [
-        "command-max-timeout",
-        None,
-        _DEFAULT_LIMITS.maxTimeout,
-        "Most seconds a client may ask a command to run.",
-        _number("--command-max-timeout", float, 0.001),
-    ],
-    [
-        "max-output",
-        None,
-        _DEFAULT_LIMITS.maxOutput,
-        "Output bytes (stdout + stderr) of one run before it is killed and truncated.",
-        _number("--max-output", int, 0),
-    ],
-    [
-        "max-procs-per-conn",
-        None,
-        _DEFAULT_LIMITS.maxProcsPerConnection,
-        "Commands running at once on one connection.",
-        _number("--max-procs-per-conn", int, 1),
-    ],
-    [
-        "max-procs",
-        None,
-        _DEFAULT_LIMITS.maxProcs,
-        "Commands running at once on the whole server.",
-        _number("--max-procs", int, 1),
-    ],
-]
-
-
-def configureCommands(config: Any) -> None:
-    """
-    Check the command options of parsed tap options, resolving every
-    allowed command now; sets C{config["command-specs"]} and
-    C{config["command-limits"]}.
-
-    @raise usage.UsageError: on a command that cannot be found, a bad
-        C{--commands} file, a name defined twice, or inconsistent limits.
-    """
-    from twisted.python.usage import UsageError
-
-    specs: list[CommandSpec] = []
-    try:
-        for name in config.get("allow-command", []):
-            specs.append(resolveCommand(name))
-        if config.get("commands"):
-            specs.extend(loadCommandsFile(config["commands"]))
-        limits = CommandLimits(
-            timeout=min(config["command-timeout"], config["command-max-timeout"]),
-            maxTimeout=config["command-max-timeout"],
-            maxOutput=config["max-output"],
-            maxProcsPerConnection=config["max-procs-per-conn"],
-            maxProcs=config["max-procs"],
-        )
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    seen: set[str] = set()
-    for spec in specs:
-        if spec.name in seen:
-            raise UsageError(
-                f"command {spec.name!r} is allowed twice (--allow-command/--commands)"
-            )
-        seen.add(spec.name)
-    config["command-specs"] = specs
-    config["command-limits"] = limits

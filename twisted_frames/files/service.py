@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_files -*-
 """
 The file service: C{list}, C{stat}, C{get}, C{put}, C{delete}, C{mkdir}, all
 confined to one root directory.
@@ -44,7 +45,12 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .filestore import (
+from ..protocol import BodySink
+from ..server import Operation, Request, ServerProtocol, Service, operation
+from ..wire import ErrorCode, FramesError
+from .store import (
+    DEFAULT_SEGMENT,
+    PARTIAL_PREFIX,
     FileSource,
     FileWriter,
     ThreadRunner,
@@ -55,22 +61,13 @@ from .filestore import (
     newHash,
     tuneTransport,
 )
-from .protocol import BodySink
-from .server import Operation, Request, ServerProtocol, Service, operation
-from .wire import ErrorCode, FramesError
 
 log = Logger(namespace="twisted_frames.files")
 
-#: Names starting with this are the server's own partial uploads: never
-#: listed, never addressable by a client.
-PARTIAL_PREFIX = ".frames-partial-"
 #: Longest path segment, in UTF-8 bytes (Linux's NAME_MAX).
 MAX_NAME = 255
 #: Longest request path, in UTF-8 bytes (Linux's PATH_MAX).
 MAX_PATH = 4096
-#: Largest body of one C{get} data event: files beyond it (and beyond the
-#: 4 GiB - 1 a frame can carry) are sent as several events.
-DEFAULT_SEGMENT = 1 << 30
 #: Hash states of unfinished uploads kept between segments.
 MAX_REMEMBERED_HASHES = 1024
 #: Default lifetime of an abandoned partial upload.
@@ -776,7 +773,7 @@ class FileService(Service):
 
     @param root: the directory served (created by the tap if missing).
     @param runInThread: runs blocking work away from the reactor; tests
-        pass L{twisted_frames.filestore.synchronousRunner}.
+        pass L{twisted_frames.files.store.synchronousRunner}.
     @param partialTTL: seconds after its last write that an abandoned
         partial upload is deleted by L{expirePartials}.
     @param segmentSize: the largest body of one C{get} data event.
@@ -805,7 +802,7 @@ class FileService(Service):
         # st_ino); used only if size and times are still those it was kept
         # with (another process sharing the root may have rewritten it).
         self._hashes: dict[tuple[int, int], tuple[tuple[int, int, int], Any]] = {}
-        # Per connection, the turn to open and send a file (see getOp).
+        # Per connection, the turn to open and send a file (see opGet).
         self._getTurns: dict[ServerProtocol, _Turn] = {}
 
     def operations(self) -> Iterable[Operation]:
@@ -827,7 +824,7 @@ class FileService(Service):
     # -- simple ops ------------------------------------------------------------
 
     @operation("list")
-    async def listOp(self, request: Request) -> Any:
+    async def opList(self, request: Request) -> Any:
         """
         A directory's entries, as a JSON array in the body.
         """
@@ -845,7 +842,7 @@ class FileService(Service):
         return encodeListing(entries), len(entries), skipped
 
     @operation("stat")
-    async def statOp(self, request: Request) -> dict[str, Any]:
+    async def opStat(self, request: Request) -> dict[str, Any]:
         """
         One path's type, size, mtime and mode (a link is reported, not
         followed).
@@ -858,7 +855,7 @@ class FileService(Service):
         return result
 
     @operation("delete")
-    async def deleteOp(self, request: Request) -> dict[str, Any]:
+    async def opDelete(self, request: Request) -> dict[str, Any]:
         """
         Remove a file, link or empty directory, and the partial upload to
         that path (stale, or in progress: that upload is cancelled).
@@ -872,7 +869,7 @@ class FileService(Service):
         return {"path": path, **result}
 
     @operation("mkdir")
-    async def mkdirOp(self, request: Request) -> dict[str, Any]:
+    async def opMkdir(self, request: Request) -> dict[str, Any]:
         """
         Create a directory; with C{parents}, also its parents, and an
         existing directory is not an error.
@@ -887,7 +884,7 @@ class FileService(Service):
     # -- get -------------------------------------------------------------------
 
     @operation("get")
-    async def getOp(self, request: Request) -> dict[str, Any] | None:
+    async def opGet(self, request: Request) -> dict[str, Any] | None:
         """
         Send a file from C{offset} as C{data} events, then a final reply
         with the whole file's size and SHA-256 (the prefix before C{offset}
@@ -954,7 +951,7 @@ class FileService(Service):
     # -- put -------------------------------------------------------------------
 
     @operation("put", body="stream")
-    def putOp(self, request: Request) -> BodySink:
+    def opPut(self, request: Request) -> BodySink:
         """
         Write the body at C{offset} of the partial upload of C{path}; if
         C{final}, verify the whole partial against C{sha256} and move it into
