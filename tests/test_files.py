@@ -28,7 +28,8 @@ from twisted_frames.client import ClientProtocol, FramesClient
 from twisted_frames.files import service as files
 from twisted_frames.files import store as filestore
 from twisted_frames.files.client import FileClient, LocalError, checkRemoteName, localPartialName
-from twisted_frames.files.service import FileService, checkPath, partialName
+from twisted_frames.files.paths import checkPath, partialName
+from twisted_frames.files.service import FileService
 from twisted_frames.files.store import (
     PARTIAL_PREFIX,
     FileSource,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from twisted_frames.files.client import localPartialName
-from twisted_frames.files.service import partialName
+from twisted_frames.files.paths import partialName
 
 from .serverprocess import ServerProcess, childEnv
 from .serverprocess import frames as runFrames

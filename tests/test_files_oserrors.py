@@ -19,7 +19,8 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_files import FilesTestMixin, sha
-from twisted_frames.files.service import FileService, partialName
+from twisted_frames.files.paths import partialName
+from twisted_frames.files.service import FileService
 from twisted_frames.files.store import synchronousRunner
 from twisted_frames.wire import ErrorCode, FramesError
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from twisted_frames.files.client import localPartialName
-from twisted_frames.files.service import partialName
+from twisted_frames.files.paths import partialName
 
 from .serverprocess import ServerProcess, childEnv
 

@@ -11,7 +11,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames.files.client import localPartialName
-from twisted_frames.files.service import MAX_NAME
+from twisted_frames.files.paths import MAX_NAME
 
 #: Linux's C{NAME_MAX}, what the file systems of the tests enforce.
 MAX_LOCAL_NAME = 255
