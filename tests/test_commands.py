@@ -744,7 +744,7 @@ class StdinTests(CommandServiceMixin, SynchronousTestCase):
         A client that sends more than the backlog allows while the pipe is
         full has the connection's reading paused until the pipe drains.
         """
-        from twisted_frames.commands import service as commands
+        from twisted_frames.commands import process as commands
 
         self.patch(commands, "STDIN_BACKLOG", 10)
         self.request("run", {"argv": ["sh"], "stdin": "stream"})
