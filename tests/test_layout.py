@@ -8,6 +8,7 @@ module, including imports inside functions and under C{TYPE_CHECKING}.
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -94,34 +95,32 @@ def importGraph() -> dict[str, set[str]]:
     return {name: importsOf(name, path, known) for name, path in modules.items()}
 
 
-def findCycle(graph: dict[str, set[str]]) -> list[str] | None:
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     """
-    @return: one import cycle as a list of module names (first repeated
-        last), or C{None} if the graph has none.
+    @return: the modules C{start} imports, directly or through others.
     """
-    state: dict[str, int] = {}
-    stack: list[str] = []
+    seen: set[str] = set()
+    todo = list(graph[start])
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph[node])
+    return seen
 
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for child in sorted(graph[node]):
-            if state.get(child) == 1:
-                return stack[stack.index(child) :] + [child]
-            if child not in state:
-                cycle = visit(child)
-                if cycle is not None:
-                    return cycle
-        stack.pop()
-        state[node] = 2
-        return None
 
-    for node in sorted(graph):
-        if node not in state:
-            cycle = visit(node)
-            if cycle is not None:
-                return cycle
-    return None
+def importCycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """
+    @return: the groups of modules that import each other (each group
+        sorted, the groups sorted); empty if imports flow one way.
+    """
+    reach = {node: reachable(graph, node) for node in graph}
+    groups = {
+        tuple(sorted(other for other in reach[node] if node in reach[other]))
+        for node in graph
+        if node in reach[node]
+    }
+    return [list(group) for group in sorted(groups)]
 
 
 def matches(name: str, patterns: list[str]) -> bool:
@@ -131,6 +130,37 @@ def matches(name: str, patterns: list[str]) -> bool:
     """
     short = name[len(PACKAGE) + 1 :]
     return any(re.fullmatch(pattern, short) for pattern in patterns)
+
+
+class ModuleConventionTests(SynchronousTestCase):
+    """
+    Conventions every module of the package keeps.
+    """
+
+    def test_testCaseName(self) -> None:
+        """
+        Every module starts with a C{test-case-name} line, as Twisted's do,
+        naming a test module that exists.
+        """
+        tests = Path(__file__).resolve().parent
+        wrong = []
+        for name, path in moduleFiles().items():
+            first = path.read_text().split("\n", 1)[0]
+            found = re.fullmatch(r"# -\*- test-case-name: tests\.(\w+) -\*-", first)
+            if found is None or not (tests / f"{found.group(1)}.py").exists():
+                wrong.append(f"{name}: {first!r}")
+        self.assertEqual(wrong, [])
+
+    def test_publicNames(self) -> None:
+        """
+        C{twisted_frames} exports, in C{__all__}, the objects themselves of
+        the modules that define them.
+        """
+        for name in twisted_frames.__all__:
+            obj = getattr(twisted_frames, name)
+            module = importlib.import_module(obj.__module__)
+            self.assertIs(getattr(module, name), obj, name)
+            self.assertTrue(obj.__module__.startswith(PACKAGE + "."), name)
 
 
 class ImportRuleTests(SynchronousTestCase):
@@ -149,19 +179,21 @@ class ImportRuleTests(SynchronousTestCase):
         self.assertTrue(any(matches(name, CLIENT_SIDE) for name in graph))
         self.assertTrue(any(matches(name, SERVER_SIDE) for name in graph))
 
-    def test_findCycle(self) -> None:
+    def test_importCycles(self) -> None:
         """
-        L{findCycle} reports a cycle and passes a graph without one.
+        L{importCycles} reports each group of modules that import each other
+        and nothing for a graph without cycles.
         """
-        self.assertEqual(findCycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}), ["a", "b", "c", "a"])
-        self.assertIsNone(findCycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}))
+        graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"e", "a"}, "e": {"d"}, "f": {"a"}}
+        self.assertEqual(importCycles(graph), [["a", "b", "c"], ["d", "e"]])
+        self.assertEqual(importCycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}), [])
 
     def test_noCycles(self) -> None:
         """
         No module of the package imports itself through others, even
         lazily inside a function.
         """
-        self.assertIsNone(findCycle(importGraph()))
+        self.assertEqual(importCycles(importGraph()), [])
 
     def test_clientSideNeverImportsServerSide(self) -> None:
         """
