@@ -9,7 +9,7 @@ C{true} and C{cat}) runs in a subprocess, so that on a small machine client
 and server each get a core; it drops log events below C{warn}.
 
 1. C{run -- true} round trips over one connection: the public client
-   library (C{twisted_frames.commandclient.run}) runs C{true} again and
+   library (C{twisted_frames.commands.client.run}) runs C{true} again and
    again for a fixed time.  Baselines, same run, same machine:
      - C{subprocess.run(["true"])} in a loop: the floor (one fork + exec +
        wait, no network, no server);
@@ -58,8 +58,8 @@ from twisted.python.failure import Failure  # noqa: E402
 
 import twisted  # noqa: E402
 from twisted_frames.client import connect  # noqa: E402
-from twisted_frames.commandclient import run  # noqa: E402
-from twisted_frames.commands import sessionLauncher  # noqa: E402
+from twisted_frames.commands.client import run  # noqa: E402
+from twisted_frames.commands.process import sessionLauncher  # noqa: E402
 
 GiB = 1024 * 1024 * 1024
 CHUNK = 256 * 1024
@@ -72,7 +72,8 @@ def serverMain(root: str) -> None:
     from twisted.internet import reactor, stdio
     from twisted.internet.protocol import Protocol
 
-    from twisted_frames.commands import CommandLimits, CommandService, resolveCommand
+    from twisted_frames.commands.service import CommandService
+    from twisted_frames.commands.spec import CommandLimits, resolveCommand
     from twisted_frames.server import FramesServerFactory
 
     observer = FilteringLogObserver(

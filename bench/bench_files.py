@@ -238,7 +238,7 @@ async def measure(reactor: Any, args: argparse.Namespace, work: str, server: Ser
     from twisted.internet import task
 
     from twisted_frames.client import connect
-    from twisted_frames.fileclient import FileClient
+    from twisted_frames.files.client import FileClient
 
     address = f"127.0.0.1:{server.port}"
     results: dict[str, Any] = {}

@@ -151,7 +151,7 @@ def framesRun(
     from twisted.internet import defer
     from twisted.python.failure import Failure
 
-    from twisted_frames.auth import loadSecretFile
+    from twisted_frames.auth.keys import loadSecretFile
     from twisted_frames.client import connect
     from twisted_frames.tls import clientOptions
 
@@ -226,7 +226,7 @@ def main() -> None:
         rawServer(*args.raw_server)
         return
 
-    from twisted_frames.auth import addUser, newSecret, writePrivate
+    from twisted_frames.auth.keys import addUser, newSecret, writePrivate
     from twisted_frames.certs import writeQuickStart
 
     work = tempfile.mkdtemp(prefix="bench-tls-")

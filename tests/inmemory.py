@@ -18,7 +18,9 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
-from twisted_frames.auth import AuthService, ClientSecret, UserRecord, makePortal, newSecret
+from twisted_frames.auth.cred import makePortal
+from twisted_frames.auth.keys import ClientSecret, UserRecord, newSecret
+from twisted_frames.auth.service import AuthService
 from twisted_frames.certs import Issued, issue, writeQuickStart
 from twisted_frames.client import ClientProtocol, FramesClient
 from twisted_frames.policy import ConnectionGuard, ConnectionLimits, FailurePenalties

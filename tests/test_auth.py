@@ -18,26 +18,27 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.inmemory import Connection, Server, connect, makeServer
 from tests.serverprocess import ROOT
 from tests.test_docs import codeBlocks
-from twisted_frames import auth as authmod
-from twisted_frames.auth import (
+from twisted_frames.auth import service as authmod
+from twisted_frames.auth.client import login
+from twisted_frames.auth.cred import HMACCredentials, UsersChecker
+from twisted_frames.auth.hmac import (
     AuthError,
-    ClientSecret,
-    HMACCredentials,
-    UserRecord,
-    UsersChecker,
-    UsersFile,
-    UsersFileError,
-    addUser,
     authMessage,
     clientProof,
     deriveKeys,
+    serverSignature,
+    verifyClientProof,
+)
+from twisted_frames.auth.keys import (
+    ClientSecret,
+    UserRecord,
+    UsersFile,
+    UsersFileError,
+    addUser,
     loadSecretFile,
-    login,
     newSecret,
     parseSecret,
     parseUsers,
-    serverSignature,
-    verifyClientProof,
 )
 from twisted_frames.wire import ErrorCode, FramesError
 

@@ -21,16 +21,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from twisted_frames import wire
-from twisted_frames.cli import (
+from twisted_frames.cli.base import (
     EXIT_CONNECT,
     EXIT_TIMEOUT,
     EXIT_USAGE,
     UI,
     Interruption,
-    buildParser,
     resumeCommand,
     shellQuote,
 )
+from twisted_frames.cli.main import buildParser
 from twisted_frames.client import ClientProtocol, FramesClient
 
 from .serverprocess import ServerProcess, frames, freeUDPPort

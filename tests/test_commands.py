@@ -25,16 +25,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames import wire
 from twisted_frames.client import ClientProtocol, FramesClient
-from twisted_frames.commandclient import CommandResult, startCommand
-from twisted_frames.commands import (
-    SAFE_PATH,
+from twisted_frames.commands.client import CommandResult, startCommand
+from twisted_frames.commands.options import configureCommands
+from twisted_frames.commands.process import SAFE_PATH, scrubbedEnvironment
+from twisted_frames.commands.service import CommandService
+from twisted_frames.commands.spec import (
     CommandLimits,
-    CommandService,
     CommandSpec,
-    configureCommands,
     loadCommandsFile,
     resolveCommand,
-    scrubbedEnvironment,
 )
 from twisted_frames.server import FramesServerFactory
 from twisted_frames.tap import Options
@@ -745,7 +744,7 @@ class StdinTests(CommandServiceMixin, SynchronousTestCase):
         A client that sends more than the backlog allows while the pipe is
         full has the connection's reading paused until the pipe drains.
         """
-        from twisted_frames import commands
+        from twisted_frames.commands import process as commands
 
         self.patch(commands, "STDIN_BACKLOG", 10)
         self.request("run", {"argv": ["sh"], "stdin": "stream"})

@@ -18,8 +18,9 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from twisted_frames.client import FramesClient, connect
-from twisted_frames.commandclient import run, startCommand
-from twisted_frames.commands import CommandLimits, CommandService, resolveCommand
+from twisted_frames.commands.client import run, startCommand
+from twisted_frames.commands.service import CommandService
+from twisted_frames.commands.spec import CommandLimits, resolveCommand
 from twisted_frames.server import FramesServerFactory
 from twisted_frames.wire import ErrorCode, FramesError
 
@@ -327,7 +328,7 @@ def test_ownProcessGroup() -> None:
     """
     import subprocess
 
-    from twisted_frames.commands import sessionLauncher
+    from twisted_frames.commands.process import sessionLauncher
 
     out = subprocess.run(
         [*sessionLauncher(), "/bin/sh", "-c", "ps -o pid=,pgid=,sid= -p $$"],

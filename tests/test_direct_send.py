@@ -24,13 +24,7 @@ from tests.loopback import recordConnections
 from twisted_frames import wire
 from twisted_frames.certs import writeQuickStart
 from twisted_frames.client import FramesClient, connect
-from twisted_frames.server import (
-    FramesServerFactory,
-    Request,
-    ServerProtocol,
-    Service,
-    operation,
-)
+from twisted_frames.server import FramesServerFactory, Request, ServerProtocol, Service, operation
 from twisted_frames.tls import clientOptions, serverOptions
 
 

@@ -23,21 +23,15 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_frames import files, filestore, wire
+from twisted_frames import wire
 from twisted_frames.client import ClientProtocol, FramesClient
-from twisted_frames.fileclient import (
-    FileClient,
-    LocalError,
-    checkRemoteName,
-    localPartialName,
-)
-from twisted_frames.files import (
+from twisted_frames.files import service as files
+from twisted_frames.files import store as filestore
+from twisted_frames.files.client import FileClient, LocalError, checkRemoteName, localPartialName
+from twisted_frames.files.paths import checkPath, partialName
+from twisted_frames.files.service import FileService
+from twisted_frames.files.store import (
     PARTIAL_PREFIX,
-    FileService,
-    checkPath,
-    partialName,
-)
-from twisted_frames.filestore import (
     FileSource,
     FileWriter,
     errorFromOSError,
@@ -389,7 +383,7 @@ class ConfinementTests(FilesTestMixin, SynchronousTestCase):
 
         class Evil(FileService):
             @operation("list")
-            async def listOp(self, request: Request) -> Any:
+            async def opList(self, request: Request) -> Any:
                 entries = [
                     {"name": "../evil", "type": "file", "size": 1, "mtime": 0, "mode": 420},
                     {"name": "/abs", "type": "file", "size": 1, "mtime": 0, "mode": 420},
@@ -608,8 +602,8 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
 
         class Lying(FileService):
             @operation("get")
-            async def getOp(self, request: Request) -> Any:
-                result = await super().getOp(request)
+            async def opGet(self, request: Request) -> Any:
+                result = await super().opGet(request)
                 result["sha256"] = sha(b"something else")
                 return result
 
@@ -899,7 +893,7 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
         """
         import io
 
-        from twisted_frames import fileclient
+        from twisted_frames.files import client as fileclient
 
         self.patch(fileclient, "STREAM_CHUNK", 1000)
         for data in [b"", b"tiny", os.urandom(4500), os.urandom(3000)]:
@@ -1144,7 +1138,7 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         """
         import io
 
-        from twisted_frames import fileclient
+        from twisted_frames.files import client as fileclient
 
         self.patch(fileclient, "STREAM_CHUNK", 1000)
         realStatvfs = os.statvfs

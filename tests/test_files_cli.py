@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from twisted_frames import wire
-from twisted_frames.fileclient import localPartialName
-from twisted_frames.files import partialName
+from twisted_frames.files.client import localPartialName
+from twisted_frames.files.paths import partialName
 
 from .serverprocess import ServerProcess, childEnv
 from .serverprocess import frames as runFrames
@@ -405,7 +405,7 @@ def test_progressBarUnits() -> None:
     The progress bar counts bytes and rate in the binary units of the
     summary line (C{KiB}, C{MiB}), not tqdm's decimal-looking C{MB}.
     """
-    from twisted_frames.filecli import _human, progressBar
+    from twisted_frames.cli.files import _human, progressBar
 
     out = io.StringIO()
     bar = progressBar(3 * 1024 * 1024, "big.iso", out)

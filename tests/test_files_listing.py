@@ -16,13 +16,14 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_files import FilesTestMixin
-from twisted_frames.files import LISTING_BATCH, FileService, encodeListing, sortListing
-from twisted_frames.filestore import synchronousRunner
+from twisted_frames.files.paths import LISTING_BATCH, encodeListing, sortListing
+from twisted_frames.files.service import FileService
+from twisted_frames.files.store import synchronousRunner
 
 
 def entry(name: str) -> dict[str, Any]:
     """
-    A listing entry for C{name}, as L{twisted_frames.files.describe} makes.
+    A listing entry for C{name}, as L{twisted_frames.files.paths.describe} makes.
     """
     return {"name": name, "type": "file", "size": len(name), "mtime": 1.5e9 + 0.25, "mode": 420}
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest_twisted
 
 from twisted_frames.client import connect
-from twisted_frames.files import FileService
+from twisted_frames.files.service import FileService
 from twisted_frames.server import FramesServerFactory
 
 #: Entries in the listed directory: enough that encoding them in one call

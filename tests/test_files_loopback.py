@@ -16,8 +16,8 @@ from twisted.internet import defer, task
 
 from tests.loopback import recordConnections, until
 from twisted_frames.client import connect
-from twisted_frames.fileclient import FileClient
-from twisted_frames.files import FileService
+from twisted_frames.files.client import FileClient
+from twisted_frames.files.service import FileService
 from twisted_frames.protocol import BodySink
 from twisted_frames.server import FramesServerFactory
 

@@ -19,8 +19,9 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_files import FilesTestMixin, sha
-from twisted_frames.files import FileService, partialName
-from twisted_frames.filestore import synchronousRunner
+from twisted_frames.files.paths import partialName
+from twisted_frames.files.service import FileService
+from twisted_frames.files.store import synchronousRunner
 from twisted_frames.wire import ErrorCode, FramesError
 
 #: Seconds a worker thread may take before a test calls it hung.
@@ -39,7 +40,7 @@ def openDescriptors() -> set[str]:
 class OSErrorTests(FilesTestMixin, SynchronousTestCase):
     """
     An C{OSError} from any file-system call an op makes is translated, in
-    one place, to the code of L{twisted_frames.filestore.errorFromOSError}.
+    one place, to the code of L{twisted_frames.files.store.errorFromOSError}.
     """
 
     def setUp(self) -> None:

@@ -21,8 +21,10 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from twisted_frames.client import connect
-from twisted_frames.fileclient import FileClient
-from twisted_frames.files import PARTIAL_PREFIX, FileService, partialName
+from twisted_frames.files.client import FileClient
+from twisted_frames.files.paths import partialName
+from twisted_frames.files.service import FileService
+from twisted_frames.files.store import PARTIAL_PREFIX
 from twisted_frames.server import FramesServerFactory
 from twisted_frames.wire import ErrorCode, FramesError
 

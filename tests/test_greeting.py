@@ -19,7 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames import wire
-from twisted_frames.cli import EXIT_CONNECT, EXIT_TIMEOUT
+from twisted_frames.cli.base import EXIT_CONNECT, EXIT_TIMEOUT
 from twisted_frames.client import ClientProtocol, NoGreeting, connect
 from twisted_frames.wire import ProtocolViolation
 

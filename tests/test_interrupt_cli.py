@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from twisted_frames.fileclient import localPartialName
-from twisted_frames.files import partialName
+from twisted_frames.files.client import localPartialName
+from twisted_frames.files.paths import partialName
 
 from .serverprocess import ServerProcess, childEnv
 

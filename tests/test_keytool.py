@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_frames.keytool}: C{frames keygen}, C{frames make-certs}
+Tests for L{twisted_frames.cli.keys}: C{frames keygen}, C{frames make-certs}
 and the client's security flags.
 """
 
@@ -17,9 +17,10 @@ from service_identity.exceptions import DNSMismatch, VerificationError
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_frames.auth import UsersFile, UsersFileError, loadSecretFile, parseSecret
-from twisted_frames.cli import UI, buildParser, runCommand
-from twisted_frames.keytool import clientSecurity, explainTLSFailure
+from twisted_frames.auth.keys import UsersFile, UsersFileError, loadSecretFile, parseSecret
+from twisted_frames.cli.base import UI
+from twisted_frames.cli.keys import clientSecurity, explainTLSFailure
+from twisted_frames.cli.main import buildParser, runCommand
 
 
 def runFrames(case: SynchronousTestCase, *argv: str) -> tuple[int, str, str]:

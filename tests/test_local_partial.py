@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_frames.fileclient.localPartialName}: every name the
+Tests for L{twisted_frames.files.client.localPartialName}: every name the
 server accepts (up to 255 bytes of UTF-8) has a local partial that the file
 system accepts too.
 """
@@ -10,8 +10,8 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_frames.fileclient import localPartialName
-from twisted_frames.files import MAX_NAME
+from twisted_frames.files.client import localPartialName
+from twisted_frames.files.paths import MAX_NAME
 
 #: Linux's C{NAME_MAX}, what the file systems of the tests enforce.
 MAX_LOCAL_NAME = 255

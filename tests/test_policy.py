@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.inmemory import Connection, connect, makeServer
 from twisted_frames import wire
-from twisted_frames.auth import login
+from twisted_frames.auth.client import login
 from twisted_frames.policy import ConnectionLimits, FailurePenalties, sourceKey
 from twisted_frames.wire import FramesError
 

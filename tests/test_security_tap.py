@@ -12,7 +12,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_frames.auth import AuthService, addUser, newSecret
+from twisted_frames.auth.keys import addUser, newSecret
+from twisted_frames.auth.service import AuthService
 from twisted_frames.certs import writeQuickStart
 from twisted_frames.policy import ConnectionGuard
 from twisted_frames.security import isLocalEndpoint

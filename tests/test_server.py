@@ -23,9 +23,9 @@ from twisted_frames.protocol import BodySink, Pipe
 from twisted_frames.server import (
     FramesServerFactory,
     PingService,
-    Reply,
     Request,
     ServerProtocol,
+    ServerReply,
     Service,
     operation,
 )
@@ -83,8 +83,8 @@ class SampleService(Service):
         return {"value": request.header.get("value"), "bodyLength": request.bodyLength}
 
     @operation("bufferEcho", body="buffer")
-    def bufferEcho(self, request: Request) -> Reply:
-        return Reply({"size": len(request.body)}, request.body)
+    def bufferEcho(self, request: Request) -> ServerReply:
+        return ServerReply({"size": len(request.body)}, request.body)
 
     @operation("small", body="buffer", maxBody=10)
     def small(self, request: Request) -> dict[str, Any]:
@@ -130,8 +130,8 @@ class SampleService(Service):
         return {"done": True}
 
     @operation("streamReply")
-    def streamReply(self, request: Request) -> Reply:
-        return Reply({"streamed": True}, BytesSource(b"s" * 100_000))
+    def streamReply(self, request: Request) -> ServerReply:
+        return ServerReply({"streamed": True}, BytesSource(b"s" * 100_000))
 
     @operation("stream", body="stream")
     def stream(self, request: Request) -> BodySink:
@@ -569,7 +569,7 @@ class HandlerTests(ServerTestMixin, SynchronousTestCase):
 
     def test_reply(self) -> None:
         """
-        A L{Reply} returned gives fields and a body.
+        A L{ServerReply} returned gives fields and a body.
         """
         self.assertEqual(
             self.call("bufferEcho", b"xyz"), [({"id": 1, "ok": True, "size": 3}, b"xyz")]
@@ -589,7 +589,7 @@ class HandlerTests(ServerTestMixin, SynchronousTestCase):
 
     def test_streamedReply(self) -> None:
         """
-        A L{Reply} whose body is a source is streamed.
+        A L{ServerReply} whose body is a source is streamed.
         """
         self.assertEqual(
             self.call("streamReply"), [({"id": 1, "ok": True, "streamed": True}, b"s" * 100_000)]
@@ -611,10 +611,10 @@ class HandlerTests(ServerTestMixin, SynchronousTestCase):
 
     def test_deferredReply(self) -> None:
         """
-        A Deferred may fire with a L{Reply}.
+        A Deferred may fire with a L{ServerReply}.
         """
         self.call("later")
-        self.service.pending[0].callback(Reply({"r": 1}, b"body"))
+        self.service.pending[0].callback(ServerReply({"r": 1}, b"body"))
         self.assertEqual(self.replies(self.transport), [({"id": 1, "ok": True, "r": 1}, b"body")])
 
     def test_coroutine(self) -> None:

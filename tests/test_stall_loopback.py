@@ -23,8 +23,8 @@ from tests.loopback import openFilesOf, recordConnections, until
 from twisted_frames import wire
 from twisted_frames.certs import writeQuickStart
 from twisted_frames.client import connect
-from twisted_frames.fileclient import FileClient
-from twisted_frames.files import FileService
+from twisted_frames.files.client import FileClient
+from twisted_frames.files.service import FileService
 from twisted_frames.server import FramesServerFactory
 from twisted_frames.tls import serverOptions
 

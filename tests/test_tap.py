@@ -22,7 +22,7 @@ from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames import tap, wire
-from twisted_frames.auth import newSecret
+from twisted_frames.auth.keys import newSecret
 from twisted_frames.server import FramesServerFactory
 
 from .serverprocess import (

@@ -23,12 +23,8 @@ from tests.inmemory import (
     makeCredentials,
     makeServer,
 )
-from twisted_frames.auth import (
-    authMessage,
-    channelBinding,
-    clientProof,
-    login,
-)
+from twisted_frames.auth.client import login
+from twisted_frames.auth.hmac import authMessage, channelBinding, clientProof
 from twisted_frames.tls import TLSConfigError, clientOptions, privateCertificate, serverOptions
 from twisted_frames.wire import FramesError
 

@@ -20,7 +20,7 @@ from twisted.internet import reactor, threads
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tests.inmemory import Credentials, makeCredentials, makeServer
-from twisted_frames.auth import login
+from twisted_frames.auth.client import login
 from twisted_frames.client import connect
 from twisted_frames.tls import clientOptions, serverOptions
 

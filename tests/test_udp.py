@@ -25,13 +25,7 @@ from twisted.internet.testing import FakeDatagramTransport
 from twisted.logger import LogEvent, LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_frames.udp import (
-    EchoClientProtocol,
-    EchoProtocol,
-    EchoTimeout,
-    listenEcho,
-    udpEcho,
-)
+from twisted_frames.udp import EchoClientProtocol, EchoProtocol, EchoTimeout, listenEcho, udpEcho
 
 CLIENT = ("192.0.2.1", 40000)
 SERVER = ("192.0.2.9", 7)

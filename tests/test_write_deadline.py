@@ -25,7 +25,7 @@ from tests.loopback import openFilesOf
 from tests.test_protocol import parseMessages
 from tests.test_tap import existingRoot
 from twisted_frames import policy, wire
-from twisted_frames.files import FileService
+from twisted_frames.files.service import FileService
 from twisted_frames.policy import ConnectionGuard
 from twisted_frames.server import LOST_LOG_BATCH, FramesServerFactory
 from twisted_frames.tap import Options, fitDescriptorLimit, makeService

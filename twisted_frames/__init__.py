@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_layout -*-
 """
 twisted-frames: a length-prefixed "JSON header + body" protocol on Twisted.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_keytool -*-
 """
 Make a private CA and certificates signed by it, for a quick start with TLS
 and mutual TLS (C{frames make-certs}), and for tests.
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .auth import writePrivate
+from .auth.keys import writePrivate
 
 Key = ec.EllipticCurvePrivateKey
 

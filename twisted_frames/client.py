@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_client -*-
 """
 The client library: Deferred-based, usable from C{async}/C{await} code with
 C{Deferred.fromCoroutine} / C{ensureDeferred}::
@@ -32,7 +33,7 @@ from .protocol import BodySink, BufferSink, DiscardSink, FrameProtocol, IBodySou
 from .wire import ErrorCode, FramesError, Limits, ProtocolViolation
 
 if TYPE_CHECKING:
-    from .auth import ClientSecret
+    from .auth.keys import ClientSecret
 
 #: Makes the sink for a streamed reply body: C{(header, length) -> BodySink}.
 SinkFactory = Callable[[dict[str, Any], int], BodySink]
@@ -457,7 +458,7 @@ def connect(
         await protocol.greeted
         client = FramesClient(protocol)
         if secret is not None:
-            from .auth import login
+            from .auth.client import login
 
             try:
                 await login(client, secret)

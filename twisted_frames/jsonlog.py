@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_jsonlog -*-
 """
 JSON logs for C{twistd}: one JSON object per line on standard output::
 

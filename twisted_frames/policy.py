@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_policy -*-
 """
 Connection policy: how many connections, from where, and how fast a source
 that keeps failing to log in may try again.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_printable -*-
 """
 Text from the other side of a connection (remote file names, server
 messages, request ids) made safe to print on a terminal or in a log line.

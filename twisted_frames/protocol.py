@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_protocol -*-
 """
 L{FrameProtocol}: frames to messages and back, with streamed bodies.
 

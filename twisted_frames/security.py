@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_security_tap -*-
 """
 The server's security configuration, for C{twistd frameserver}: options,
 their checks, and the services and TLS wrapping built from them.
@@ -22,7 +23,10 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from .auth import MECHANISM, AuthService, UsersFile, UsersFileError, makePortal
+from .auth.cred import makePortal
+from .auth.hmac import MECHANISM
+from .auth.keys import UsersFile, UsersFileError
+from .auth.service import AuthService
 from .policy import ConnectionGuard, ConnectionLimits, FailurePenalties
 from .server import FramesServerFactory, Service
 from .tls import TLSConfigError, serverOptions

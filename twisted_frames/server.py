@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_server -*-
 """
 The server side: requests dispatched to services by their C{op}.
 
@@ -13,9 +14,15 @@ request body reaches the method is part of the mark:
     (C{request.bodyLength}) and returns the L{BodySink} the body flows into.
 
 A method of the first two kinds may return a dict (the fields of a success
-reply), a L{Reply}, C{None} (it replies by itself through the request), or a
+reply), a L{ServerReply}, C{None} (it replies by itself through the request), or a
 Deferred or coroutine of one of those.  Raising L{FramesError} sends an error
 reply with its code; any other exception is logged and sent as C{internal}.
+
+A handler is named after its op with an C{op} prefix (C{opPing} handles
+C{ping}, C{opList} handles C{list}), the way Twisted names C{opt_} methods:
+it says at a glance which methods are ops, and keeps op names such as
+C{list} from shadowing builtins in the class.  The mark, not the name, is
+what routes requests.
 """
 
 from __future__ import annotations
@@ -123,10 +130,11 @@ class Service:
 
 
 @dataclass
-class Reply:
+class ServerReply:
     """
-    A success reply: extra header fields and a body (bytes, or a source for a
-    streamed body).
+    A success reply, as an op handler returns it: extra header fields and a
+    body (bytes, or a source for a streamed body).  (What a client receives
+    is a L{twisted_frames.client.Reply}.)
     """
 
     fields: dict[str, Any] = field(default_factory=dict)
@@ -600,7 +608,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         if result is None or request.finished:
             return
         try:
-            if isinstance(result, Reply):
+            if isinstance(result, ServerReply):
                 # A failed streamed body is logged and closes the connection
                 # (FrameProtocol._sourceDone); nobody else waits for it.
                 request.reply(result.fields, result.body).addErrback(lambda _: None)
@@ -725,7 +733,7 @@ class PingService(Service):
     """
 
     @operation("ping", body="stream", public=True)
-    def ping(self, request: Request) -> BodySink:
+    def opPing(self, request: Request) -> BodySink:
         threshold = request.connection.limits.bufferThreshold
         if request.bodyLength <= threshold:
             # (Request.reply without its Deferred, which nobody here waits for.)

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap -*-
 """
 C{twistd frameserver}: options and service construction::
 
@@ -24,7 +25,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import policy, security, wire
-from .commands import CommandLimits, CommandService, commandOptionParameters, configureCommands
+from .commands.options import commandOptionParameters, configureCommands
+from .commands.service import CommandService
+from .commands.spec import CommandLimits
 from .server import FramesServerFactory, Service
 from .wire import Limits
 
@@ -433,7 +436,7 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
     root = os.path.abspath(config["root"])
     _checkRoot(root, create=config["createRoot"])
     fitDescriptorLimit(config, reactor)
-    from .files import FileService
+    from .files.service import FileService
 
     files = FileService(root, partialTTL=float(config["partial-ttl"]), clock=reactor)
     services: list[Service] = [files]

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tls -*-
 """
 TLS options for both ends, from PEM files.
 

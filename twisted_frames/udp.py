@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_udp -*-
 """
 UDP echo: a contrast to the framed TCP protocol.
 

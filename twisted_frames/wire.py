@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_wire -*-
 """
 The wire format, as pure functions: no reactor, no sockets.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_commands -*-
 """
 Client side of the command service: run an allowed command on the server::
 
@@ -28,7 +29,7 @@ from typing import IO, Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from .client import FramesClient, Reply
+from ..client import FramesClient, Reply
 
 #: Bytes per C{stdin} message.
 STDIN_CHUNK = 256 * 1024

@@ -1,16 +1,8 @@
+# -*- test-case-name: tests.test_cli -*-
 """
-The C{frames} command-line client::
-
-    frames [--server HOST:PORT] [--json] [--timeout S] COMMAND ...
-
-Exit status: 0 success; 1 the server answered with an error; 2 bad usage;
-3 could not connect (or the connection broke); 4 timed out; 128+N for a
-remote command killed by signal N (C{frames run}); 130 or 143 when
-interrupted by SIGINT (Ctrl-C) or SIGTERM (L{Interruption}).  Errors are one
-line on stderr.
-
-Subcommands live in modules that each export C{register(subparsers)}; every
-subcommand sets C{run}, an C{async} function C{(reactor, args, ui) -> int}.
+What every C{frames} subcommand shares: the L{UI} (text or C{--json}), exit
+statuses, L{Interruption} (Ctrl-C/SIGTERM with the resume command), and
+L{openClient} (connect with the security flags).
 """
 
 from __future__ import annotations
@@ -22,17 +14,15 @@ import shlex
 import signal
 import sys
 import threading
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
 
-from . import __version__, keytool
-from .client import DEFAULT_GREETING_TIMEOUT, FramesClient, NoGreeting, connect, parseServer
-from .printable import printable
-from .wire import FramesError
+from ..client import FramesClient, connect
+from ..printable import printable
+from ..wire import FramesError
+from . import keys
 
 EXIT_OK = 0
 EXIT_REMOTE = 1
@@ -93,7 +83,7 @@ class Interruption:
     What SIGINT (Ctrl-C) and SIGTERM do to a running command: its
     connections are aborted, so that it winds down as after a dropped
     connection (closing its files, keeping a download's partial file; the
-    server keeps an upload's), and L{runCommand} then reports one line
+    server keeps an upload's), and L{twisted_frames.cli.main.runCommand} then reports one line
     saying what was interrupted and how to resume it, and returns
     128 + the signal's number.  If the process has not exited
     L{windDown} seconds later (a thread blocked reading a pipe holds up
@@ -307,7 +297,7 @@ async def openClient(reactor: Any, args: argparse.Namespace) -> FramesClient:
     Connect to C{args.server}, within C{args.timeout}, with TLS and login
     as the security flags say.
     """
-    security = keytool.clientSecurity(args)
+    security = keys.clientSecurity(args)
     try:
         client = await connect(
             reactor,
@@ -318,9 +308,9 @@ async def openClient(reactor: Any, args: argparse.Namespace) -> FramesClient:
         )
     except FramesError as e:
         secret = security["secret"]
-        raise keytool.explainLoginFailure(e, secret.user) if secret else e from None
+        raise keys.explainLoginFailure(e, secret.user) if secret else e from None
     except Exception as e:
-        explained = keytool.explainTLSFailure(e, args.server)
+        explained = keys.explainTLSFailure(e, args.server)
         if explained is None:
             raise
         raise explained from None
@@ -328,84 +318,6 @@ async def openClient(reactor: Any, args: argparse.Namespace) -> FramesClient:
     if interruption is not None:
         interruption.track(client)
     return client
-
-
-async def _ping(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
-    client = await openClient(reactor, args)
-    try:
-        payload = os.urandom(args.size) if args.size else b""
-        greeting = client.greeting
-        rtts = []
-        for _ in range(args.count):
-            started = time.perf_counter()
-            echoed = await client.ping(payload).addTimeout(args.timeout, reactor)
-            rtts.append((time.perf_counter() - started) * 1000)
-            if echoed != payload:
-                ui.error("ping: the echoed body differs from what was sent")
-                return EXIT_REMOTE
-        best, worst = min(rtts), max(rtts)
-        server = printable(str(greeting.get("server")))
-        ui.result(
-            f"pong from {server} (protocol {greeting.get('protocol')} "
-            f"v{greeting.get('version')}): {len(payload)} bytes, "
-            + (
-                f"time={rtts[0]:.2f} ms"
-                if len(rtts) == 1
-                else f"{len(rtts)} round trips, min/avg/max = {best:.2f}/"
-                f"{sum(rtts) / len(rtts):.2f}/{worst:.2f} ms"
-            ),
-            {
-                "ok": True,
-                "server": greeting.get("server"),
-                "version": greeting.get("version"),
-                "bytes": len(payload),
-                "count": len(rtts),
-                "rtt_ms": rtts,
-            },
-        )
-        return EXIT_OK
-    finally:
-        await client.close()
-
-
-async def _udpEcho(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
-    from .udp import EchoTimeout, udpEcho
-
-    host, port = parseServer(args.server)
-    if args.port is not None:
-        port = args.port
-    message = args.message.encode("utf-8")
-    started = time.perf_counter()
-    try:
-        reply = await udpEcho(
-            reactor, host, port, message, timeout=args.udp_timeout, retries=args.retries
-        )
-    except EchoTimeout as e:
-        ui.error(f"udp-echo: {e}", {"code": "timeout", "message": str(e)})
-        return EXIT_TIMEOUT
-    elapsed = (time.perf_counter() - started) * 1000
-    text = reply.decode("utf-8", "replace")
-    ui.result(
-        text,
-        {"ok": True, "reply": text, "bytes": len(reply), "sent": len(message), "rtt_ms": elapsed},
-    )
-    return EXIT_OK
-
-
-def _registerCore(sub: Any) -> None:
-    p = sub.add_parser("ping", help="check the server is alive (echoes a body)")
-    p.add_argument("--size", type=_nonNegative, default=0, help="body size in bytes (random)")
-    p.add_argument("-c", "--count", type=_positive, default=1, help="round trips to make")
-    p.set_defaults(run=_ping)
-
-    u = sub.add_parser("udp-echo", help="send one UDP datagram to the echo service")
-    u.add_argument("message", help="text to send (UTF-8)")
-    u.add_argument("--port", type=int, default=None, help="UDP port (default: the server's)")
-    u.add_argument(
-        "--udp-timeout", type=float, default=1.0, help="seconds to wait for each try (default 1)"
-    )
-    u.add_argument("--retries", type=_nonNegative, default=3, help="re-sends on loss (default 3)")
-    u.set_defaults(run=_udpEcho)
 
 
 def _positive(value: str) -> int:
@@ -430,189 +342,3 @@ def _nonNegative(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, not {n}")
     return n
-
-
-def _registerFiles(sub: Any) -> None:
-    # Imported late: the file commands import this module.
-    from .filecli import register
-
-    register(sub)
-
-
-#: Modules adding subcommands: each has C{register(subparsers)}.
-REGISTRARS: list[Callable[[Any], None]] = [_registerCore, _registerFiles]
-REGISTRARS.append(keytool.register)
-
-
-def _registerCommands(sub: Any) -> None:
-    from .commandcli import register
-
-    register(sub)
-
-
-REGISTRARS.append(_registerCommands)
-
-
-def buildParser() -> argparse.ArgumentParser:
-    """
-    The whole command line, subcommands included.
-    """
-    parser = argparse.ArgumentParser(
-        prog="frames",
-        description="Client for a twisted-frames server (twistd frameserver).",
-        epilog="Exit status: 0 ok, 1 server error, 2 usage, 3 connection, 4 timeout, "
-        "130/143 interrupted by SIGINT/SIGTERM.",
-    )
-    parser.add_argument(
-        "--server",
-        "-s",
-        default=os.environ.get("FRAMES_SERVER", "127.0.0.1:8007"),
-        help="HOST:PORT of the server (env FRAMES_SERVER; default 127.0.0.1:8007)",
-    )
-    parser.add_argument("--json", action="store_true", help="one JSON object per result")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        help="seconds for connecting and each reply",
-    )
-    parser.add_argument(
-        "--greeting-timeout",
-        type=_seconds,
-        default=DEFAULT_GREETING_TIMEOUT,
-        metavar="S",
-        help="seconds for the server's greeting once connected (a silent server is "
-        "most often a TLS one: try --tls); 0: only --timeout "
-        f"(default {DEFAULT_GREETING_TIMEOUT:g})",
-    )
-    parser.add_argument("--version", action="version", version=f"frames {__version__}")
-    keytool.addArguments(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in REGISTRARS:
-        register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """
-    Entry point of the C{frames} console script.
-    """
-    parser = buildParser()
-    args = parser.parse_args(argv)
-    ui = UI(args.json)
-
-    from twisted.internet import reactor as globalReactor
-    from twisted.internet.task import react
-
-    interruption = args.interruption = Interruption(globalReactor, args, ui)
-    interruption.install()
-
-    def run(reactor: Any) -> defer.Deferred[None]:
-        async def go() -> None:
-            code = await runCommand(reactor, args, ui)
-            interruption.completed(code)
-            raise SystemExit(code)
-
-        reactor.callWhenRunning(interruption.install)
-        interruption.command = defer.Deferred.fromCoroutine(go())
-        return interruption.command
-
-    try:
-        react(run)
-    except SystemExit as e:
-        if not e.code and interruption.exitCode is None:
-            # The reactor stopped before the command ended (a signal that
-            # came before our handlers were in place): never exit 0.
-            signum = interruption.signal or getattr(globalReactor, "_exitSignal", None)
-            raise SystemExit(EXIT_SIGNAL_BASE + signum if signum else EXIT_REMOTE) from None
-        raise
-
-
-async def runCommand(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
-    """
-    Run one parsed subcommand, mapping failures to one line and an exit
-    status.  A command that fails once interrupted reports the interruption
-    instead (L{Interruption.report}); one that completed anyway keeps its
-    result.
-    """
-    try:
-        code: int = await args.run(reactor, args, ui)
-        return code
-    except Exception as e:
-        interruption = interruptionOf(args)
-        if interruption is not None and interruption.signal is not None:
-            return interruption.report()
-        return _failed(e, args, ui)
-
-
-def _failed(error: Exception, args: argparse.Namespace, ui: UI) -> int:
-    """
-    Map a command's failure to one line and an exit status.
-    """
-    try:
-        # Re-raised so that one ladder of except clauses sorts it.
-        raise error
-    except FramesError as e:
-        hint = ""
-        if e.code == "auth_required":
-            hint = " (log in with --user and --secret-file)"
-        ui.error(f"{args.command}: {e.message}{hint} [{e.code}]", e.toJSON())
-        return EXIT_REMOTE
-    except keytool.TLSFailure as e:
-        ui.error(f"TLS with {args.server} failed: {e}", {"code": "tls_failed", "message": str(e)})
-        return EXIT_CONNECT
-    except NoGreeting as e:
-        message = _noGreetingMessage(e, args)
-        ui.error(message, {"code": "no_greeting", "message": message})
-        return EXIT_CONNECT
-    except keytool.AuthError as e:
-        ui.error(f"login to {args.server} failed: {e}", {"code": "auth_failed", "message": str(e)})
-        return EXIT_REMOTE
-    except FileExistsError as e:
-        ui.error(f"{args.command}: {e}", {"code": "exists", "message": str(e)})
-        return EXIT_USAGE
-    except defer.TimeoutError:
-        ui.error(
-            f"{args.command}: no answer from {args.server} within {args.timeout:g} s",
-            {"code": "timeout"},
-        )
-        return EXIT_TIMEOUT
-    except (ConnectError, DNSLookupError) as e:
-        ui.error(
-            f"cannot connect to {args.server}: {_reason(e)}",
-            {"code": "connect_failed", "message": _reason(e)},
-        )
-        return EXIT_CONNECT
-    except (ConnectionDone, ConnectionLost) as e:
-        ui.error(f"{args.command}: connection to {args.server} lost: {_reason(e)}")
-        return EXIT_CONNECT
-    except ValueError as e:
-        ui.error(f"{args.command}: {e}", {"code": "usage"})
-        return EXIT_USAGE
-    except OSError as e:
-        ui.error(f"{args.command}: {e.strerror or e}", {"code": "local_error"})
-        return EXIT_REMOTE
-
-
-def _noGreetingMessage(e: NoGreeting, args: argparse.Namespace) -> str:
-    """
-    Why the server did not greet, in words, with what to try.
-    """
-    if e.tlsRecord:
-        return (
-            f"no greeting from {args.server}: it answered with a TLS record; "
-            "it is a TLS server: try --tls"
-        )
-    if args.tls or args.ca or args.cert:
-        return (
-            f"no greeting from {args.server} within {e.seconds:g} s after the TLS handshake; "
-            "is it a twisted-frames server?"
-        )
-    return f"no greeting from {args.server} within {e.seconds:g} s; is it a TLS server? try --tls"
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip()
-    if isinstance(e, ConnectError) and e.osError is not None:
-        text = os.strerror(e.osError) if isinstance(e.osError, int) else str(e.osError)
-    return text.rstrip(".") or type(e).__name__

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_files -*-
 """
 The client side of the file service: list, stat, delete, mkdir, and verified,
 resumable, atomic uploads and downloads of files and directory trees::
@@ -23,9 +24,12 @@ from typing import Any, BinaryIO
 
 from twisted.python.failure import Failure
 
-from .client import FramesClient
-from .files import DEFAULT_SEGMENT, PARTIAL_PREFIX
-from .filestore import (
+from ..client import FramesClient
+from ..protocol import BodySink
+from ..wire import ErrorCode, FramesError, ProtocolViolation
+from .store import (
+    DEFAULT_SEGMENT,
+    PARTIAL_PREFIX,
     FileSource,
     FileWriter,
     ThreadRunner,
@@ -36,8 +40,6 @@ from .filestore import (
     readExact,
     tuneTransport,
 )
-from .protocol import BodySink
-from .wire import ErrorCode, FramesError, ProtocolViolation
 
 #: Files up to this size are read whole and sent in one message (one round
 #: trip); larger ones are streamed in segments followed by a commit message.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_keytool -*-
 """
 The client's security flags and the key-making commands of C{frames}.
 
@@ -20,8 +21,8 @@ from typing import Any
 from OpenSSL import SSL
 from service_identity.exceptions import VerificationError
 
-from .auth import (
-    AuthError,
+from ..auth.hmac import AuthError
+from ..auth.keys import (
     ClientSecret,
     UsersFileError,
     addUser,
@@ -30,9 +31,9 @@ from .auth import (
     newSecret,
     writePrivate,
 )
-from .client import parseServer
-from .tls import clientOptions
-from .wire import ErrorCode, FramesError
+from ..client import parseServer
+from ..tls import clientOptions
+from ..wire import ErrorCode, FramesError
 
 
 class TLSFailure(Exception):
@@ -198,7 +199,7 @@ async def _keygen(reactor: Any, args: argparse.Namespace, ui: Any) -> int:
 
 
 async def _makeCerts(reactor: Any, args: argparse.Namespace, ui: Any) -> int:
-    from .certs import writeQuickStart
+    from ..certs import writeQuickStart
 
     hosts = args.host or ["localhost", "127.0.0.1", "::1"]
     paths = writeQuickStart(args.directory, hosts, clientName=args.client_name, days=args.days)

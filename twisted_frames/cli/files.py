@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_files_cli -*-
 """
 The file commands of the C{frames} client: C{ls}, C{stat}, C{put}, C{get},
 C{rm}, C{mkdir}::
@@ -17,15 +18,24 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .cli import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, interruptionOf, openClient
-from .printable import printable
-from .wire import ErrorCode, FramesError
+from ..printable import printable
+from ..wire import ErrorCode, FramesError
+from .base import (
+    EXIT_OK,
+    EXIT_REMOTE,
+    EXIT_USAGE,
+    UI,
+    interruptionOf,
+    openClient,
+    resumeCommand,
+    shellQuote,
+)
 
 # The client library is imported by each command as it runs, not when the
 # parser is built: it (and the server-side constants it shares) would slow
 # down every start of frames.
 if TYPE_CHECKING:
-    from .fileclient import FileClient, TreeResult
+    from ..files.client import FileClient, TreeResult
 
 
 def register(sub: Any) -> None:
@@ -106,8 +116,6 @@ def _shuttingDown(ui: UI, args: argparse.Namespace, e: FramesError, command: lis
     the command that resumes it (the server keeps an upload's partial, the
     client a download's).
     """
-    from .cli import resumeCommand, shellQuote
-
     argv = resumeCommand(args, _resumeArgs(args, command))
     line = f"{args.command}: {printable(e.message)} [{e.code}]; resume with: "
     line += " ".join(shellQuote(a) for a in argv)
@@ -207,7 +215,7 @@ def _rate(size: int, seconds: float) -> str:
 
 
 async def _ls(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
-    from .fileclient import FileClient
+    from ..files.client import FileClient
 
     client = await openClient(reactor, args)
     try:
@@ -224,7 +232,7 @@ async def _ls(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
 
 
 async def _stat(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
-    from .fileclient import FileClient
+    from ..files.client import FileClient
 
     client = await openClient(reactor, args)
     try:
@@ -254,7 +262,7 @@ async def _eachPath(
     Apply one remote operation to every path given, reporting each result
     or error; the exit status says whether any failed.
     """
-    from .fileclient import FileClient
+    from ..files.client import FileClient
 
     client = await openClient(reactor, args)
     code = EXIT_OK
@@ -395,7 +403,7 @@ def _fileDone(ui: UI, op: str, started: float) -> Callable[[str, dict[str, Any]]
 
 
 async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
-    from .fileclient import FileClient, LocalError
+    from ..files.client import FileClient, LocalError
 
     local = args.local
     if local == "-":
@@ -466,7 +474,7 @@ def _flagHint(e: FramesError) -> FramesError:
     The server's C{already_exists} asks the client to ask to overwrite:
     name the flag that does, in the words C{get} uses.
     """
-    from .fileclient import ALREADY_EXISTS_HINT
+    from ..files.client import ALREADY_EXISTS_HINT
 
     path = e.details.get("path")
     if e.code != ErrorCode.ALREADY_EXISTS or not isinstance(path, str):
@@ -481,7 +489,7 @@ async def _intoRemoteDir(files: FileClient, given: str, remote: str, base: str) 
     Like C{cp}: a REMOTE that is an existing directory (or ends in C{/})
     receives the file under its own name.
     """
-    from .fileclient import joinRemote
+    from ..files.client import joinRemote
 
     if given.endswith("/") or remote == "":
         return joinRemote(remote, base)
@@ -495,7 +503,7 @@ async def _intoRemoteDir(files: FileClient, given: str, remote: str, base: str) 
 
 
 async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
-    from .fileclient import FileClient, LocalError
+    from ..files.client import FileClient, LocalError
 
     remote = _remote(args.remote)
     base = remote.rsplit("/", 1)[-1]
@@ -508,7 +516,7 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     if local == "-" or args.recursive:
         _during(args, f"get {'-r ' * args.recursive}{remote}")
     else:
-        from .fileclient import localPartialName
+        from ..files.client import localPartialName
 
         _during(args, f"get {remote}", ["get", remote, local], localPartialName(local))
     client = await openClient(reactor, args)

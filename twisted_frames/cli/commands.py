@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_commands_cli -*-
 """
 C{frames run [--timeout S] [--json] -- ARGV...}: run an allowed command on
 the server, like C{ssh host cmd} for the commands the server allows.
@@ -20,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
 
-from .cli import EXIT_USAGE, UI, openClient
+from .base import EXIT_USAGE, UI, openClient
 
 if TYPE_CHECKING:
-    from .commandclient import CommandResult
+    from ..commands.client import CommandResult
 
 #: The exit status when the server's timeout killed the command, as GNU
 #: C{timeout(1)} does, so that scripts can tell it from the command's own.
@@ -141,7 +142,7 @@ async def runRemote(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         signal.SIGINT, lambda signum, frame: reactor.callFromThread(interrupted)
     )
     try:
-        from .commandclient import startCommand
+        from ..commands.client import startCommand
 
         handle = startCommand(
             client,

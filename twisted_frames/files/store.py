@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_files -*-
 """
 Streaming file I/O shared by the file service and its client: a writer that
 appends to a file descriptor in a worker thread while hashing, and a body
@@ -23,8 +24,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .protocol import BodySink
-from .wire import ErrorCode, FramesError
+from ..protocol import BodySink
+from ..wire import ErrorCode, FramesError
 
 #: C{runInThread(f, *args) -> Deferred}: runs C{f} away from the reactor.
 ThreadRunner = Callable[..., "defer.Deferred[Any]"]
@@ -40,6 +41,13 @@ IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 TRANSPORT_IO_SIZE = 1024 * 1024
 #: Bytes a writer may hold queued before it pauses its feeder.
 WRITE_HIGH_WATER = 4 * 1024 * 1024
+
+#: Names starting with this are the server's own partial uploads: never
+#: listed, never addressable by a client.
+PARTIAL_PREFIX = ".frames-partial-"
+#: Largest body of one C{get} data event: files beyond it (and beyond the
+#: 4 GiB - 1 a frame can carry) are sent as several events.
+DEFAULT_SEGMENT = 1 << 30
 
 
 def defaultRunner() -> ThreadRunner:

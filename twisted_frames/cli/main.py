@@ -1,0 +1,215 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{frames} command-line client::
+
+    frames [--server HOST:PORT] [--json] [--timeout S] COMMAND ...
+
+Exit status: 0 success; 1 the server answered with an error; 2 bad usage;
+3 could not connect (or the connection broke); 4 timed out; 128+N for a
+remote command killed by signal N (C{frames run}); 130 or 143 when
+interrupted by SIGINT (Ctrl-C) or SIGTERM (L{Interruption}).  Errors are one
+line on stderr.
+
+Subcommands live in modules that each export C{register(subparsers)}; every
+subcommand sets C{run}, an C{async} function C{(reactor, args, ui) -> int}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
+
+from .. import __version__
+from ..client import DEFAULT_GREETING_TIMEOUT, NoGreeting
+from ..wire import FramesError
+from . import commands, files, keys, ping
+from .base import (
+    DEFAULT_TIMEOUT,
+    EXIT_CONNECT,
+    EXIT_REMOTE,
+    EXIT_SIGNAL_BASE,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    UI,
+    Interruption,
+    _seconds,
+    interruptionOf,
+)
+
+#: Modules adding subcommands: each has C{register(subparsers)}.
+REGISTRARS: list[Callable[[Any], None]] = [
+    ping.register,
+    files.register,
+    keys.register,
+    commands.register,
+]
+
+
+def buildParser() -> argparse.ArgumentParser:
+    """
+    The whole command line, subcommands included.
+    """
+    parser = argparse.ArgumentParser(
+        prog="frames",
+        description="Client for a twisted-frames server (twistd frameserver).",
+        epilog="Exit status: 0 ok, 1 server error, 2 usage, 3 connection, 4 timeout, "
+        "130/143 interrupted by SIGINT/SIGTERM.",
+    )
+    parser.add_argument(
+        "--server",
+        "-s",
+        default=os.environ.get("FRAMES_SERVER", "127.0.0.1:8007"),
+        help="HOST:PORT of the server (env FRAMES_SERVER; default 127.0.0.1:8007)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per result")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds for connecting and each reply",
+    )
+    parser.add_argument(
+        "--greeting-timeout",
+        type=_seconds,
+        default=DEFAULT_GREETING_TIMEOUT,
+        metavar="S",
+        help="seconds for the server's greeting once connected (a silent server is "
+        "most often a TLS one: try --tls); 0: only --timeout "
+        f"(default {DEFAULT_GREETING_TIMEOUT:g})",
+    )
+    parser.add_argument("--version", action="version", version=f"frames {__version__}")
+    keys.addArguments(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Entry point of the C{frames} console script.
+    """
+    parser = buildParser()
+    args = parser.parse_args(argv)
+    ui = UI(args.json)
+
+    from twisted.internet import reactor as globalReactor
+    from twisted.internet.task import react
+
+    interruption = args.interruption = Interruption(globalReactor, args, ui)
+    interruption.install()
+
+    def run(reactor: Any) -> defer.Deferred[None]:
+        async def go() -> None:
+            code = await runCommand(reactor, args, ui)
+            interruption.completed(code)
+            raise SystemExit(code)
+
+        reactor.callWhenRunning(interruption.install)
+        interruption.command = defer.Deferred.fromCoroutine(go())
+        return interruption.command
+
+    try:
+        react(run)
+    except SystemExit as e:
+        if not e.code and interruption.exitCode is None:
+            # The reactor stopped before the command ended (a signal that
+            # came before our handlers were in place): never exit 0.
+            signum = interruption.signal or getattr(globalReactor, "_exitSignal", None)
+            raise SystemExit(EXIT_SIGNAL_BASE + signum if signum else EXIT_REMOTE) from None
+        raise
+
+
+async def runCommand(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    """
+    Run one parsed subcommand, mapping failures to one line and an exit
+    status.  A command that fails once interrupted reports the interruption
+    instead (L{Interruption.report}); one that completed anyway keeps its
+    result.
+    """
+    try:
+        code: int = await args.run(reactor, args, ui)
+        return code
+    except Exception as e:
+        interruption = interruptionOf(args)
+        if interruption is not None and interruption.signal is not None:
+            return interruption.report()
+        return _failed(e, args, ui)
+
+
+def _failed(error: Exception, args: argparse.Namespace, ui: UI) -> int:
+    """
+    Map a command's failure to one line and an exit status.
+    """
+    try:
+        # Re-raised so that one ladder of except clauses sorts it.
+        raise error
+    except FramesError as e:
+        hint = ""
+        if e.code == "auth_required":
+            hint = " (log in with --user and --secret-file)"
+        ui.error(f"{args.command}: {e.message}{hint} [{e.code}]", e.toJSON())
+        return EXIT_REMOTE
+    except keys.TLSFailure as e:
+        ui.error(f"TLS with {args.server} failed: {e}", {"code": "tls_failed", "message": str(e)})
+        return EXIT_CONNECT
+    except NoGreeting as e:
+        message = _noGreetingMessage(e, args)
+        ui.error(message, {"code": "no_greeting", "message": message})
+        return EXIT_CONNECT
+    except keys.AuthError as e:
+        ui.error(f"login to {args.server} failed: {e}", {"code": "auth_failed", "message": str(e)})
+        return EXIT_REMOTE
+    except FileExistsError as e:
+        ui.error(f"{args.command}: {e}", {"code": "exists", "message": str(e)})
+        return EXIT_USAGE
+    except defer.TimeoutError:
+        ui.error(
+            f"{args.command}: no answer from {args.server} within {args.timeout:g} s",
+            {"code": "timeout"},
+        )
+        return EXIT_TIMEOUT
+    except (ConnectError, DNSLookupError) as e:
+        ui.error(
+            f"cannot connect to {args.server}: {_reason(e)}",
+            {"code": "connect_failed", "message": _reason(e)},
+        )
+        return EXIT_CONNECT
+    except (ConnectionDone, ConnectionLost) as e:
+        ui.error(f"{args.command}: connection to {args.server} lost: {_reason(e)}")
+        return EXIT_CONNECT
+    except ValueError as e:
+        ui.error(f"{args.command}: {e}", {"code": "usage"})
+        return EXIT_USAGE
+    except OSError as e:
+        ui.error(f"{args.command}: {e.strerror or e}", {"code": "local_error"})
+        return EXIT_REMOTE
+
+
+def _noGreetingMessage(e: NoGreeting, args: argparse.Namespace) -> str:
+    """
+    Why the server did not greet, in words, with what to try.
+    """
+    if e.tlsRecord:
+        return (
+            f"no greeting from {args.server}: it answered with a TLS record; "
+            "it is a TLS server: try --tls"
+        )
+    if args.tls or args.ca or args.cert:
+        return (
+            f"no greeting from {args.server} within {e.seconds:g} s after the TLS handshake; "
+            "is it a twisted-frames server?"
+        )
+    return f"no greeting from {args.server} within {e.seconds:g} s; is it a TLS server? try --tls"
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip()
+    if isinstance(e, ConnectError) and e.osError is not None:
+        text = os.strerror(e.osError) if isinstance(e.osError, int) else str(e.osError)
+    return text.rstrip(".") or type(e).__name__

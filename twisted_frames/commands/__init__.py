@@ -1,0 +1,10 @@
+# -*- test-case-name: tests.test_commands -*-
+"""
+The command service: run the commands a server allows, never through a shell.
+
+  - L{twisted_frames.commands.spec}: which commands are allowed, and limits;
+  - L{twisted_frames.commands.process}: process plumbing (sessions, pipes);
+  - L{twisted_frames.commands.service}: the server's C{run}/C{stdin}/C{cancel};
+  - L{twisted_frames.commands.options}: its C{twistd frameserver} options;
+  - L{twisted_frames.commands.client}: the client library for them.
+"""

@@ -1,0 +1,406 @@
+# -*- test-case-name: tests.test_commands -*-
+"""
+The command service: run commands the server allows, never through a shell.
+
+Ops (see C{docs/commands.md} for the wire reference):
+
+  - C{run}: C{argv} names an allowed command and its arguments, as a list.
+    The request body is the start of the command's stdin.  Replies: one
+    C{started} event, C{stdout}/C{stderr} events as output arrives (each
+    body a chunk, in order within its stream), then a final reply with the
+    exit code or signal, the elapsed time and whether the run timed out,
+    was cancelled or had its output truncated.
+  - C{stdin}: more stdin for a run started with C{"stdin": "stream"}; the
+    body is the chunk, C{"eof": true} closes it.  The reply (an
+    acknowledgement) is sent once the chunk has gone into the pipe, so a
+    client that keeps a few chunks in flight never makes the server buffer
+    more than that, and the connection stays free to carry a C{cancel}.
+  - C{cancel}: signal a run's whole process group, then kill it after a
+    grace period.
+
+Every command runs through C{reactor.spawnProcess} in its own session
+(hence its own process group) via C{setsid}, with a scrubbed environment and
+a working directory confined to the server's root; a wall-clock timeout,
+output cap, client disconnect, cancel or server shutdown kill the whole
+group (C{SIGTERM}, then C{SIGKILL} after L{CommandLimits.killGrace}).
+Output is forwarded with backpressure: while a chunk cannot be handed to the
+connection's transport, the process's pipes are not read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from twisted.application.service import Service as ApplicationService
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ..protocol import BodySink
+from ..server import Request, ServerProtocol, Service, operation, shuttingDownError
+from ..wire import ErrorCode, FramesError, RequestId
+from .process import (
+    CANCEL_SIGNALS,
+    MAX_STDIN_CHUNK,
+    KillGroup,
+    RunningCommand,
+    _killGroup,
+    _openOutputPipe,
+    _OutputPipe,
+    _StdinSink,
+    chdirLauncher,
+    scrubbedEnvironment,
+    sessionLauncher,
+)
+from .spec import CommandLimits, CommandSpec
+
+log = Logger(namespace="twisted_frames.commands")
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+class CommandService(Service, ApplicationService):
+    """
+    The C{run}, C{stdin} and C{cancel} ops, and (as a Twisted service) the
+    owner of every process they start: stopping it kills them all.
+
+    @ivar commands: allowed command name to L{CommandSpec}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        root: str,
+        commands: Iterable[CommandSpec] = (),
+        limits: CommandLimits | None = None,
+        environ: Mapping[str, str] | None = None,
+        killGroup: KillGroup = _killGroup,
+        launcher: list[str] | None = None,
+        outputPipes: bool = True,
+    ) -> None:
+        self.reactor = reactor
+        self.root = os.path.realpath(root)
+        self.commands: dict[str, CommandSpec] = {}
+        for spec in commands:
+            if spec.name in self.commands:
+                raise ValueError(f"command {spec.name!r} is defined twice")
+            self.commands[spec.name] = spec
+        self.limits = limits or CommandLimits()
+        self.environ = dict(os.environ if environ is None else environ)
+        self.killGroup = killGroup
+        self.launcher = sessionLauncher() if launcher is None else launcher
+        # Only with the default launcher: env would read a leading NAME=VALUE
+        # argument as an assignment, and ours never has one.
+        self.chdir = chdirLauncher() if launcher is None else None
+        self.outputPipes = outputPipes
+        self.runs: dict[ServerProtocol, dict[RequestId, RunningCommand]] = {}
+        self.ended: list[RunningCommand] = []
+        self.count = 0
+        self.stopping = False
+
+    # -- ops ------------------------------------------------------------------
+
+    @operation("run", body="stream")
+    def opRun(self, request: Request) -> BodySink:
+        """
+        Start an allowed command; its stdin is the request body (and, with
+        C{"stdin": "stream"}, the C{stdin} messages that follow).
+        """
+        header = request.header
+        argv = header.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise FramesError(
+                ErrorCode.INVALID_ARGUMENT, "'argv' must be a non-empty list of strings"
+            )
+        if any("\0" in a for a in argv):
+            raise FramesError(ErrorCode.INVALID_ARGUMENT, "arguments cannot contain NUL")
+        spec = self.commands.get(argv[0])
+        if spec is None:
+            log.warn(
+                "refused command {name!r} from {peer} (user {user}): not allowed",
+                name=argv[0],
+                peer=request.connection.peerName(),
+                user=request.user or "-",
+            )
+            raise FramesError(
+                ErrorCode.COMMAND_NOT_ALLOWED,
+                f"command {argv[0]!r} is not allowed on this server",
+                command=argv[0],
+            )
+        self._checkUser(request, spec)
+        timeout = self._timeoutFor(header, spec)
+        maxOutput = self._maxOutputFor(header, spec)
+        stdinMode = header.get("stdin", "close")
+        if stdinMode not in ("close", "stream"):
+            raise FramesError(ErrorCode.INVALID_ARGUMENT, "'stdin' must be 'close' or 'stream'")
+        cwd = self._cwdFor(header, spec)
+        if self.stopping:
+            raise shuttingDownError()
+        mine = self.runs.get(request.connection, {})
+        if len(mine) >= self.limits.maxProcsPerConnection:
+            raise FramesError(
+                ErrorCode.BUSY,
+                f"at most {self.limits.maxProcsPerConnection} commands may run per connection",
+            )
+        if self.count >= self.limits.maxProcs:
+            raise FramesError(
+                ErrorCode.BUSY, f"the server is running its maximum of {self.limits.maxProcs}"
+            )
+        run = RunningCommand(self, request, spec, argv, timeout, maxOutput)
+        run.started = self.reactor.seconds()
+        command = [*self.launcher, spec.path, *spec.args, *argv[1:]]
+        env = scrubbedEnvironment(self.environ, self.root, spec.env)
+        try:
+            self._spawn(run, command, env, cwd)
+        except OSError as e:
+            log.warn("cannot start {name}: {e}", name=spec.name, e=e)
+            raise FramesError(
+                ErrorCode.IO_ERROR, f"cannot start {spec.name!r}: {e.strerror or e}"
+            ) from e
+        self.runs.setdefault(request.connection, {})[request.id] = run
+        self.count += 1
+        run.startTimer()
+        log.info(
+            "run id={rid} {name} pid={pid} argc={argc} for {peer} (user {user})",
+            rid=request.id,
+            name=spec.name,
+            pid=run.pid,
+            argc=len(argv),
+            peer=request.connection.peerName(),
+            user=request.user or "-",
+        )
+        request.event("started", {"pid": run.pid, "timeout": timeout, "maxOutput": maxOutput})
+        run.setReady()
+        if stdinMode == "close":
+            return _StdinSink(run, request.connection, run.closeStdin)
+        return _StdinSink(run, request.connection, lambda: None)
+
+    @operation("stdin", body="stream", maxBody=MAX_STDIN_CHUNK)
+    def opStdin(self, request: Request) -> BodySink:
+        """
+        More stdin for a run started with C{"stdin": "stream"}; acknowledged
+        once the chunk is in the pipe.
+        """
+        run = self._findRun(request)
+        if request.bodyLength > MAX_STDIN_CHUNK:
+            raise FramesError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"a stdin chunk is at most {MAX_STDIN_CHUNK} bytes ({request.bodyLength} sent)",
+            )
+        eof = request.header.get("eof", False)
+        if not isinstance(eof, bool):
+            raise FramesError(ErrorCode.INVALID_ARGUMENT, "'eof' must be true or false")
+
+        def acknowledge() -> None:
+            if not request.finished:
+                request.reply({"run": run.request.id, "closed": not run.stdinOpen})
+
+        def finished() -> None:
+            if eof:
+                run.closeStdin()
+                acknowledge()
+            else:
+                run.whenStdinDrained(acknowledge)
+
+        return _StdinSink(run, request.connection, finished)
+
+    @operation("cancel")
+    def opCancel(self, request: Request) -> dict[str, Any]:
+        """
+        Signal a run's process group (C{SIGTERM} unless C{signal} names
+        another), then kill it after the grace period.
+        """
+        run = self._findRun(request)
+        name = request.header.get("signal", "SIGTERM")
+        if isinstance(name, str) and not name.startswith("SIG"):
+            name = "SIG" + name
+        if not isinstance(name, str) or name.upper() not in CANCEL_SIGNALS:
+            raise FramesError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"'signal' must be one of {sorted(CANCEL_SIGNALS)}",
+            )
+        name = name.upper()
+        log.info(
+            "run id={rid} {cmd}: cancelled with {sig}",
+            rid=run.request.id,
+            cmd=run.spec.name,
+            sig=name,
+        )
+        run.cancel(CANCEL_SIGNALS[name])
+        return {"run": run.request.id, "signal": name}
+
+    def _spawn(
+        self, run: RunningCommand, command: list[str], env: dict[str, str], cwd: str
+    ) -> Any:
+        path: str | None = cwd
+        if self.chdir is not None:
+            command = [*self.chdir, cwd, *command]
+            path = None
+        if not self.outputPipes:
+            return self.reactor.spawnProcess(run, command[0], command, env=env, path=path)
+        outRead, outWrite = _openOutputPipe()
+        errRead, errWrite = _openOutputPipe()
+        try:
+            transport = self.reactor.spawnProcess(
+                run,
+                command[0],
+                command,
+                env=env,
+                path=path,
+                childFDs={0: "w", 1: outWrite, 2: errWrite},
+            )
+        except BaseException:
+            os.close(outRead)
+            os.close(errRead)
+            raise
+        finally:
+            # Only the child may hold the write ends, or EOF never comes.
+            os.close(outWrite)
+            os.close(errWrite)
+        run.attachOutput(
+            [
+                _OutputPipe(self.reactor, outRead, run, 1),
+                _OutputPipe(self.reactor, errRead, run, 2),
+            ]
+        )
+        return transport
+
+    # -- request checks ---------------------------------------------------------
+
+    def _findRun(self, request: Request) -> RunningCommand:
+        rid = request.header.get("run")
+        run = (
+            self.runs.get(request.connection, {}).get(rid) if isinstance(rid, int | str) else None
+        )
+        if run is None:
+            raise FramesError(
+                ErrorCode.NOT_FOUND,
+                f"no running command with request id {rid!r} on this connection",
+                run=rid if _hashable(rid) else None,
+            )
+        return run
+
+    def _checkUser(self, request: Request, spec: CommandSpec) -> None:
+        if spec.users is None:
+            return
+        if request.user is None:
+            log.warn(
+                "refused command {name!r} from {peer}: restricted to users, caller anonymous",
+                name=spec.name,
+                peer=request.connection.peerName(),
+            )
+            raise FramesError(
+                ErrorCode.AUTH_REQUIRED, f"command {spec.name!r} needs a logged-in user"
+            )
+        if request.user not in spec.users:
+            log.warn(
+                "refused command {name!r} from {peer}: user {user} not allowed",
+                name=spec.name,
+                peer=request.connection.peerName(),
+                user=request.user,
+            )
+            raise FramesError(
+                ErrorCode.COMMAND_NOT_ALLOWED,
+                f"user {request.user!r} may not run {spec.name!r}",
+                command=spec.name,
+            )
+
+    def _timeoutFor(self, header: dict[str, Any], spec: CommandSpec) -> float:
+        limit = spec.timeout if spec.timeout is not None else self.limits.maxTimeout
+        asked = header.get("timeout")
+        if asked is None:
+            return min(self.limits.timeout, limit)
+        if isinstance(asked, bool) or not isinstance(asked, int | float) or not asked > 0:
+            raise FramesError(ErrorCode.INVALID_ARGUMENT, "'timeout' must be a positive number")
+        if asked > limit:
+            raise FramesError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"'timeout' may be at most {limit:g} s for {spec.name!r}",
+                maxTimeout=limit,
+            )
+        return float(asked)
+
+    def _maxOutputFor(self, header: dict[str, Any], spec: CommandSpec) -> int:
+        limit = spec.maxOutput if spec.maxOutput is not None else self.limits.maxOutput
+        asked = header.get("maxOutput")
+        if asked is None:
+            return limit
+        if isinstance(asked, bool) or not isinstance(asked, int) or asked < 0:
+            raise FramesError(
+                ErrorCode.INVALID_ARGUMENT, "'maxOutput' must be a whole number of bytes"
+            )
+        return min(asked, limit)
+
+    def _cwdFor(self, header: dict[str, Any], spec: CommandSpec) -> str:
+        relative = header.get("cwd", spec.cwd)
+        if relative is None:
+            return self.root
+        if not isinstance(relative, str) or "\0" in relative:
+            raise FramesError(ErrorCode.INVALID_ARGUMENT, "'cwd' must be a relative path")
+        if os.path.isabs(relative):
+            raise FramesError(
+                ErrorCode.FORBIDDEN_PATH, "'cwd' must be relative to the server's root"
+            )
+        resolved = os.path.realpath(os.path.join(self.root, relative))
+        if os.path.commonpath([resolved, self.root]) != self.root:
+            raise FramesError(
+                ErrorCode.FORBIDDEN_PATH, f"'cwd' {relative!r} leads outside the root"
+            )
+        if not os.path.exists(resolved):
+            raise FramesError(ErrorCode.NOT_FOUND, f"'cwd' {relative!r} does not exist")
+        if not os.path.isdir(resolved):
+            raise FramesError(ErrorCode.NOT_A_DIRECTORY, f"'cwd' {relative!r} is not a directory")
+        return resolved
+
+    # -- lifetime ------------------------------------------------------------
+
+    def runEnded(self, run: RunningCommand) -> None:
+        """
+        Forget a finished run.
+        """
+        mine = self.runs.get(run.request.connection)
+        if mine is not None and mine.get(run.request.id) is run:
+            del mine[run.request.id]
+            self.count -= 1
+            if not mine:
+                del self.runs[run.request.connection]
+        if run.killPending:
+            self.ended = [r for r in self.ended if r.killPending]
+            self.ended.append(run)
+
+    def connectionLost(self, connection: ServerProtocol) -> None:
+        """
+        Kill the process groups of every run of a lost connection.
+        """
+        for run in list(self.runs.get(connection, {}).values()):
+            run.clientGone()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """
+        Refuse new runs, kill every process group, and fire once all have
+        ended.
+        """
+        ApplicationService.stopService(self)  # type: ignore[no-untyped-call]
+        self.stopping = True
+        runs = [run for mine in self.runs.values() for run in mine.values()]
+        for run in runs:
+            run.shutDown()
+        d = defer.DeferredList([run.ended for run in runs], consumeErrors=True)
+
+        def killLeftovers(_: object) -> None:
+            # Background jobs of finished runs still within their grace
+            # period: the server is going, so they go now.
+            for run in self.lingering():
+                run.killNow()
+
+        return d.addCallback(killLeftovers)
+
+    def lingering(self) -> list[RunningCommand]:
+        """
+        Finished runs whose process group still has a C{SIGKILL} pending.
+        """
+        self.ended = [run for run in self.ended if run.killPending]
+        return list(self.ended)
