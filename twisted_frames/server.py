@@ -331,9 +331,7 @@ class Request:
         """
         if self.cancelled:
             return
-        header = {"id": self.id, "ok": False, "error": error.toJSON()}
-        if closing:
-            header["closing"] = True
+        header = wire.errorHeader(error, self.id, closing)
         self._finish(error.code)
         self.connection.sendMessage(header)
 
@@ -489,11 +487,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         """
         if self._closing:
             return
-        self._closing = True
         self.setTimeout(None)  # type: ignore[no-untyped-call]
-        refusal = {"id": None, "ok": False, "error": error.toJSON(), "closing": True}
-        self.sendLast(wire.encodeMessage(refusal))
-        self.loseConnectionSoon()
+        self.closeWith(wire.errorHeader(error, closing=True))
 
     def logIn(self, user: str) -> None:
         """
