@@ -128,10 +128,14 @@ class AuthService(Service):
 
     def connectionLost(self, connection: ServerProtocol) -> None:
         """
-        Forget the connection.
+        Forget the connection, and cancel a login attempt still waiting out
+        its source's delay: it is never checked, so it neither logs in nor
+        counts as a failure for a connection that is gone.
         """
         self.userLoggedIn(connection)
-        self._states.pop(connection, None)
+        state = self._states.pop(connection, None)
+        if state is not None and state.waiting is not None:
+            state.waiting.cancel()
 
     @operation("auth", public=True)
     async def opAuth(self, request: Request) -> dict[str, Any] | None:
@@ -168,7 +172,11 @@ class AuthService(Service):
         # Every attempt waits out the penalty its source has earned, before
         # any checking, so dropping the connection early gains nothing.
         state.waiting = self.penalties.wait(source)
-        await state.waiting
+        try:
+            await state.waiting
+        except defer.CancelledError:
+            # The login deadline answered it, or the connection is gone.
+            return None
         state.waiting = None
         # The nonce is single-use: whatever happens, the next attempt on this
         # connection must MAC a new one.
