@@ -235,3 +235,31 @@ class InheritedFieldsTests(SynchronousTestCase):
         ops = {op.name: op for op in Sub().operations()}
         self.assertEqual(list(ops["a"].fields), ["n"])
         self.assertEqual(list(ops["b"].fields), ["m"])
+
+
+class FieldTableTests(SynchronousTestCase):
+    """
+    The docs' op tables are made from the declarations.
+    """
+
+    def test_table(self) -> None:
+        """
+        C{% op-fields: put} renders one row per declared field, in order,
+        with its type, default and doc string.
+        """
+        import importlib.util
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parent.parent / "docs" / "_ext" / "frames_reference.py"
+        spec = importlib.util.spec_from_file_location("frames_reference", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        rows = module.opFields("put", "files").splitlines()
+        self.assertEqual(rows[0], "| request field | type | default | |")
+        self.assertEqual(
+            [row.split("|")[1].strip() for row in rows[2:]],
+            ["`path`", "`offset`", "`final`", "`overwrite`", "`size`", "`sha256`"],
+        )
+        self.assertIn("| `final` | boolean | `true` | this message completes the file |", rows)
+        self.assertIn("required if `final`", rows[-1])

@@ -58,6 +58,9 @@ class Field:
         handed on as C{None}.
     @ivar onlyIf: the name of a L{Flag} declared before this one: this field
         is checked only when that flag is true, else it is C{None}.
+    @ivar typeName: the type as the docs say it.
+    @ivar defaultDoc: the default as the docs say it, when the op decides
+        it (e.g. from its configuration).
     """
 
     typeName = "any JSON value"
@@ -71,8 +74,13 @@ class Field:
         nullable: bool = False,
         message: str | None = None,
         onlyIf: str | None = None,
+        defaultDoc: str | None = None,
+        typeName: str | None = None,
     ) -> None:
         self.doc = doc
+        self.defaultDoc = defaultDoc
+        if typeName is not None:
+            self.typeName = typeName
         self.default = default
         self.nullable = nullable
         self.message = message if message is not None else self.defaultMessage
@@ -91,24 +99,13 @@ class Field:
         """
         return value
 
-    def describeDefault(self) -> str:
-        """
-        @return: the default, as the docs show it (C{""} when required or
-            decided by the op).
-        """
-        if self.default is ABSENT or self.default is None:
-            return ""
-        if isinstance(self.default, bool):
-            return "true" if self.default else "false"
-        return repr(self.default) if isinstance(self.default, str) else str(self.default)
-
 
 class Count(Field):
     """
     A non-negative integer (a size, an offset); never a boolean.
     """
 
-    typeName = "integer >= 0"
+    typeName = "integer ≥ 0"
     defaultMessage = "{name!r} must be a non-negative integer"
 
     def check(self, name: str, value: Any) -> int:

@@ -58,7 +58,8 @@ AUTH_FIELDS: dict[str, Field] = {
     ),
     "cnonce": HexDigits(NONCE_HEX, "the client's nonce", default=None),
     "binding": Field(
-        '`"tls-exporter"` (over TLS) or `"none"`: what the server sees, else `auth_failed`'
+        '`"tls-exporter"` (over TLS) or `"none"`: what the server sees, else `auth_failed`',
+        typeName="string",
     ),
     "proof": HexDigits(MAC_HEX, "the client's proof (see the security page)", default=None),
 }

@@ -61,28 +61,32 @@ log = Logger(namespace="twisted_frames.commands")
 
 #: The fields of C{run}.
 RUN_FIELDS: dict[str, Field] = {
-    "argv": Argv("the allowed command's name, then its arguments"),
-    "timeout": Seconds(
-        "wall-clock limit; at most the command's (or the server's) maximum",
-        default=None,
-        nullable=True,
-    ),
-    "maxOutput": Count(
-        "cap on stdout + stderr bytes; lowered to the server's",
-        default=None,
-        nullable=True,
-        message="{name!r} must be a whole number of bytes",
-    ),
+    "argv": Argv("non-empty, no NUL; `argv[0]` is an allowed name"),
     "stdin": Choice(
         ("close", "stream"),
-        "`close`: stdin is the body; `stream`: `stdin` messages follow",
+        "`close`: the body is all of stdin, which is closed after it. `stream`: more stdin "
+        "follows in `stdin` messages",
         default="close",
         message="'stdin' must be 'close' or 'stream'",
     ),
+    "timeout": Seconds(
+        "wall-clock seconds; at most the command's (or server's) maximum",
+        default=None,
+        nullable=True,
+        defaultDoc="the server's `--command-timeout` (or the command's `timeout`)",
+    ),
+    "maxOutput": Count(
+        "ask for a lower output cap than the server's",
+        default=None,
+        nullable=True,
+        message="{name!r} must be a whole number of bytes",
+        defaultDoc="the cap that applies",
+    ),
     "cwd": Text(
-        "working directory, relative to the root (default: the command's)",
+        "working directory relative to the root",
         nullable=True,
         message="'cwd' must be a relative path",
+        defaultDoc="the command's `cwd`, or the root",
     ),
 }
 
@@ -193,8 +197,8 @@ class CommandService(Service, ApplicationService):
         body="stream",
         maxBody=MAX_STDIN_CHUNK,
         fields={
-            "run": Field("the `run` request's id"),
-            "eof": Flag("close the command's stdin after this chunk", default=False),
+            "run": Field("the `run` request's id", typeName="int or string"),
+            "eof": Flag("true closes stdin after this body", default=False),
         },
     )
     def opStdin(self, request: Request) -> BodySink:

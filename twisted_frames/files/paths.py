@@ -104,7 +104,7 @@ class PathField(Field):
         then also the default.
     """
 
-    typeName = "path"
+    typeName = "string"
 
     def __init__(self, doc: str = "", *, allowRoot: bool = False) -> None:
         super().__init__(doc, default="" if allowRoot else None)

@@ -293,7 +293,9 @@ class FileService(Service):
         result["path"] = path
         return result
 
-    @operation("delete", fields={"path": PathField("a file, link or empty directory")})
+    @operation(
+        "delete", fields={"path": PathField("a file, link or empty directory (not the root)")}
+    )
     async def opDelete(self, request: Request) -> dict[str, Any]:
         """
         Remove a file, link or empty directory, and the partial upload to
@@ -332,7 +334,7 @@ class FileService(Service):
         "get",
         fields={
             "path": PathField("a regular file"),
-            "offset": Count("where to start (to resume a download)", default=0),
+            "offset": Count("first byte to send (resume)", default=0),
         },
     )
     async def opGet(self, request: Request) -> dict[str, Any] | None:
@@ -404,14 +406,19 @@ class FileService(Service):
         "put",
         body="stream",
         fields={
-            "path": PathField("the file to write"),
-            "offset": Count("where the body goes in the partial upload", default=0),
-            "final": Flag("the last message: verify and move into place", default=True),
+            "path": PathField("the target file"),
+            "offset": Count("where this message's body goes in the file", default=0),
+            "final": Flag("this message completes the file", default=True),
             "overwrite": Flag("replace an existing file", default=False),
-            "size": Count("the whole file's size, if known", default=None, nullable=True),
+            "size": Count(
+                "the whole file's size, if known: checked against `offset`/`final` and used "
+                "for the free-space check",
+                default=None,
+                nullable=True,
+            ),
             "sha256": HexDigits(
                 64,
-                "the whole file's SHA-256 (only when final)",
+                "the whole file's SHA-256",
                 lower=True,
                 default=None,
                 onlyIf="final",
