@@ -23,6 +23,17 @@ C{ping}, C{opList} handles C{list}), the way Twisted names C{opt_} methods:
 it says at a glance which methods are ops, and keeps op names such as
 C{list} from shadowing builtins in the class.  The mark, not the name, is
 what routes requests.
+
+An op declares its request fields with the types of
+L{twisted_frames.fields} (C{fields=} on L{operation}); the dispatcher checks
+them, in order, before the handler runs, and puts the checked values in
+C{request.fields}.  Every error header, a request's or a closing one, is
+made by L{twisted_frames.wire.errorHeader}.
+
+Why this module is long (about 930 lines): L{Request} and
+L{ServerProtocol} are one unit, each calling back into the other on every
+reply (C{requestFinished}, C{sendMessage}, cancellation, shutdown), and the
+factory owns the shutdown they both take part in.
 """
 
 from __future__ import annotations

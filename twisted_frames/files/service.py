@@ -21,6 +21,13 @@ offsets, and C{get} answers with as many C{data} events as needed.
 All disk work (walks, reads, writes, hashing, fsync) runs in worker threads
 through an injectable C{runInThread}, so one client's transfer never stalls
 another's requests.
+
+Why this module is long (about 980 lines): most of it is C{put}, whose
+steps (prepare the partial, check space and target, stream, verify, link)
+run partly in L{_UploadSink} and partly in the service, which owns the state
+they share between messages and connections (the uploads each connection
+holds, the remembered hash states, the get turns).  The pure pieces already
+live apart (L{twisted_frames.files.paths}, L{twisted_frames.files.store}).
 """
 
 from __future__ import annotations
