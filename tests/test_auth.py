@@ -779,6 +779,33 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual(self.server.auth.penalties.failures("192.0.2.7"), 4)
         self.assertFalse(any(e["log_format"].startswith("login:") for e in self.events))
 
+    def test_lostConnectionCancelsAttemptWaitingOutDelay(self) -> None:
+        """
+        An C{auth} still waiting out its source's delay when its connection
+        is lost is never checked: nothing is left scheduled, and when the
+        delay would have ended it neither logs in, nor logs, nor counts a
+        failure for the connection that is gone.
+        """
+        for proof in (None, "0" * 64):
+            self.server = makeServer(loginTimeout=None)
+            clock = self.server.clock
+            for _ in range(4):
+                # The next attempt from this source waits 8 s.
+                self.server.auth.penalties.failed("192.0.2.7")
+            conn = self.connect()
+            over = {} if proof is None else {"proof": proof}
+            d = self.auth(conn, self.authFields(conn, self.server.alice, **over))
+            conn.serverTransport.loseConnection()
+            conn.pump.flush()
+            self.failureResultOf(d)
+            self.assertEqual(clock.getDelayedCalls(), [])
+            clock.advance(60)
+            self.assertIsNone(conn.server.user)
+            self.assertEqual(self.server.auth.penalties.failures("192.0.2.7"), 4)
+        self.assertEqual(
+            [e["log_format"] for e in self.events if e["log_format"].startswith("login")], []
+        )
+
     def test_deadlineWithoutAttemptPending(self) -> None:
         """
         When the deadline passes between attempts, its message has id

@@ -517,3 +517,44 @@ class FramesErrorTests(SynchronousTestCase):
         )
         self.assertNotIn(ErrorCode.UNKNOWN_OP, wire.VIOLATIONS)
         self.assertTrue(issubclass(ProtocolViolation, FramesError))
+
+
+class ErrorHeaderTests(SynchronousTestCase):
+    """
+    L{wire.errorHeader} is the one shape of an error reply.
+    """
+
+    def test_requestError(self) -> None:
+        """
+        A request's error names its id, in the order C{id}, C{ok}, C{error}.
+        """
+        error = FramesError(ErrorCode.NOT_FOUND, "no such file", path="a")
+        self.assertEqual(
+            wire.encodeHeader(wire.errorHeader(error, 7)),
+            b'{"id":7,"ok":false,"error":{"code":"not_found","message":"no such file",'
+            b'"path":"a"}}',
+        )
+
+    def test_closing(self) -> None:
+        """
+        C{closing=True} adds C{"closing": true} last; no id is sent as C{null}.
+        """
+        error = FramesError(ErrorCode.TIMEOUT, "idle")
+        self.assertEqual(
+            wire.encodeHeader(wire.errorHeader(error, closing=True)),
+            b'{"id":null,"ok":false,"error":{"code":"timeout","message":"idle"},"closing":true}',
+        )
+
+    @fast
+    @given(jsonValues)
+    def test_invalidIdNotEchoed(self, rid: Any) -> None:
+        """
+        An id that is not a valid request id (a peer's broken header) is sent
+        as C{null}; a valid one is echoed unchanged.
+        """
+        try:
+            expected = wire.checkRequestId(rid)
+        except ProtocolViolation:
+            expected = None
+        header = wire.errorHeader(FramesError(ErrorCode.BAD_REQUEST, "x"), rid)
+        self.assertEqual(header["id"], expected)

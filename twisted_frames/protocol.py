@@ -732,6 +732,15 @@ class FrameProtocol(Int32StringReceiver):
         reply = self.violationReply(error, rid)
         self._closing = True
         self._failSink(Failure(error))
+        self.closeWith(reply)
+
+    def closeWith(self, reply: dict[str, Any] | None) -> None:
+        """
+        Close the connection, after sending C{reply} (an error header, the
+        last message) if it is not C{None}: the one way out for a violation
+        and for a connection the server refuses.
+        """
+        self._closing = True
         if reply is not None:
             self.sendLast(wire.encodeMessage(reply))
         self.loseConnectionSoon()
@@ -755,12 +764,7 @@ class FrameProtocol(Int32StringReceiver):
         The header of the error message sent before closing, or C{None} to
         send nothing.
         """
-        return {
-            "id": requestId if _jsonId(requestId) else None,
-            "ok": False,
-            "error": error.toJSON(),
-            "closing": True,
-        }
+        return wire.errorHeader(error, requestId, closing=True)
 
     def loseConnectionSoon(self) -> None:
         """
@@ -1122,14 +1126,6 @@ class FramesErrorLike(Protocol):
     message: str
 
     def toJSON(self) -> dict[str, Any]: ...
-
-
-def _jsonId(value: Any) -> bool:
-    try:
-        wire.checkRequestId(value)
-    except ProtocolViolation:
-        return False
-    return True
 
 
 @implementer(IPushProducer)

@@ -23,6 +23,17 @@ C{ping}, C{opList} handles C{list}), the way Twisted names C{opt_} methods:
 it says at a glance which methods are ops, and keeps op names such as
 C{list} from shadowing builtins in the class.  The mark, not the name, is
 what routes requests.
+
+An op declares its request fields with the types of
+L{twisted_frames.fields} (C{fields=} on L{operation}); the dispatcher checks
+them, in order, before the handler runs, and puts the checked values in
+C{request.fields}.  Every error header, a request's or a closing one, is
+made by L{twisted_frames.wire.errorHeader}.
+
+Why this module is long (about 930 lines): L{Request} and
+L{ServerProtocol} are one unit, each calling back into the other on every
+reply (C{requestFinished}, C{sendMessage}, cancellation, shutdown), and the
+factory owns the shutdown they both take part in.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from __future__ import annotations
 import inspect
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
@@ -42,6 +53,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from . import wire
+from .fields import Field, checkFields
 from .printable import printable
 from .protocol import BodySink, BufferSink, DiscardSink, FrameProtocol, IBodySource, Pipe
 from .wire import ErrorCode, FramesError, Limits, ProtocolViolation, RequestId
@@ -79,17 +91,39 @@ class Operation:
     body: BodyPolicy = "none"
     maxBody: int | None = None
     public: bool = False
+    fields: Mapping[str, Field] = field(default_factory=dict)
+    lateFields: bool = False
 
 
 def operation(
-    name: str, body: BodyPolicy = "none", maxBody: int | None = None, public: bool = False
+    name: str,
+    body: BodyPolicy = "none",
+    maxBody: int | None = None,
+    public: bool = False,
+    fields: Mapping[str, Field] | None = None,
+    lateFields: bool = False,
 ) -> Callable[[_F], _F]:
     """
     Mark a service method as the handler of op C{name}.
+
+    @param fields: the request fields the op takes (see
+        L{twisted_frames.fields}): checked in order before the handler
+        runs, which finds the checked values in C{request.fields}.
+    @param lateFields: the handler checks C{fields} itself, with
+        L{checkFields}, when it chooses (C{auth} does so only after its
+        failure delay, so that a malformed attempt waits and counts like a
+        wrong one); the dispatcher does not.
     """
 
     def mark(f: _F) -> _F:
-        f.__frames_operation__ = (name, body, maxBody, public)  # type: ignore[attr-defined]
+        f.__frames_operation__ = (  # type: ignore[attr-defined]
+            name,
+            body,
+            maxBody,
+            public,
+            dict(fields or {}),
+            lateFields,
+        )
         return f
 
     return mark
@@ -104,12 +138,32 @@ class Service:
         """
         @return: the operations of this service, bound to it.
         """
+        declared = self._declaredFields()
         for attr in dir(type(self)):
             method = getattr(type(self), attr, None)
             mark = getattr(method, "__frames_operation__", None)
             if mark is not None:
-                name, body, maxBody, public = mark
-                yield Operation(name, getattr(self, attr), body, maxBody, public)
+                name, body, maxBody, public, fields, lateFields = mark
+                fields = fields or declared.get(name, {})
+                yield Operation(
+                    name, getattr(self, attr), body, maxBody, public, fields, lateFields
+                )
+
+    @classmethod
+    def _declaredFields(cls) -> dict[str, dict[str, Field]]:
+        """
+        @return: op name to the fields declared for it, nearest class
+            first: a subclass overriding a handler (re-marking its op
+            without fields) keeps the fields its base declared, as an AMP
+            responder keeps its C{Command}'s arguments.
+        """
+        declared: dict[str, dict[str, Field]] = {}
+        for klass in cls.__mro__:
+            for value in vars(klass).values():
+                mark = getattr(value, "__frames_operation__", None)
+                if mark is not None and mark[4]:
+                    declared.setdefault(mark[0], mark[4])
+        return declared
 
     def connectionLost(self, connection: ServerProtocol) -> None:
         """
@@ -149,6 +203,7 @@ class Request:
     @ivar header: the whole request header.
     @ivar bodyLength: the request body's length.
     @ivar body: the gathered body (for C{buffer} ops), else C{b""}.
+    @ivar fields: the op's declared fields, checked (see L{operation}).
     @ivar finished: whether the final reply has been sent.
     """
 
@@ -160,6 +215,7 @@ class Request:
         "header",
         "bodyLength",
         "body",
+        "fields",
         "finished",
         "started",
         "bytesOut",
@@ -182,6 +238,7 @@ class Request:
         self.header = header
         self.bodyLength = bodyLength
         self.body = b""
+        self.fields: dict[str, Any] = {}
         self.finished = False
         self.started = time.monotonic()
         self.bytesOut = 0
@@ -331,9 +388,7 @@ class Request:
         """
         if self.cancelled:
             return
-        header = {"id": self.id, "ok": False, "error": error.toJSON()}
-        if closing:
-            header["closing"] = True
+        header = wire.errorHeader(error, self.id, closing)
         self._finish(error.code)
         self.connection.sendMessage(header)
 
@@ -489,11 +544,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         """
         if self._closing:
             return
-        self._closing = True
         self.setTimeout(None)  # type: ignore[no-untyped-call]
-        refusal = {"id": None, "ok": False, "error": error.toJSON(), "closing": True}
-        self.sendLast(wire.encodeMessage(refusal))
-        self.loseConnectionSoon()
+        self.closeWith(wire.errorHeader(error, closing=True))
 
     def logIn(self, user: str) -> None:
         """
@@ -571,6 +623,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             if not op.public and self.factory.authRequired and self.user is None:
                 raise FramesError(ErrorCode.AUTH_REQUIRED, f"op {opName!r} needs a login first")
             if op.body == "stream":
+                if op.fields and not op.lateFields:
+                    request.fields = checkFields(op.fields, header)
                 sink = op.handler(request)
                 if not isinstance(sink, BodySink):
                     raise TypeError(f"stream op {opName!r} returned {sink!r}, not a BodySink")
@@ -587,6 +641,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
     def _run(self, op: Operation, request: Request, body: bytes) -> None:
         request.body = body
         try:
+            if op.fields and not op.lateFields:
+                request.fields = checkFields(op.fields, request.header)
             result = op.handler(request)
         except FramesError as e:
             request.fail(e)

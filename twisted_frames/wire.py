@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 #: Name and version announced in the greeting.  A client refuses to talk to a
 #: server whose major version it does not know.
@@ -322,6 +322,38 @@ def checkRequestId(value: Any) -> RequestId:
         ErrorCode.BAD_REQUEST,
         "request 'id' must be an integer 0..2**53-1 or a string of 1..128 characters",
     )
+
+
+class SupportsErrorJSON(Protocol):
+    """
+    What L{errorHeader} needs of an error: its C{error} member.
+    """
+
+    def toJSON(self) -> dict[str, Any]: ...
+
+
+def errorHeader(
+    error: SupportsErrorJSON, requestId: Any = None, closing: bool = False
+) -> dict[str, Any]:
+    """
+    The header of an error reply: the one shape of every error the server
+    sends (a request's final error, a violation, a refused connection).
+
+    @param requestId: the request it answers; C{None} (sent as C{null}) for
+        an error about the connection, or when the peer's id is not a valid
+        one (it cannot be echoed back).
+    @param closing: mark it C{"closing": true}, as on the last message
+        before the sender closes the connection.
+    """
+    header: dict[str, Any] = {"id": None, "ok": False, "error": error.toJSON()}
+    if requestId is not None:
+        try:
+            header["id"] = checkRequestId(requestId)
+        except ProtocolViolation:
+            pass
+    if closing:
+        header["closing"] = True
+    return header
 
 
 def checkRequest(header: dict[str, Any]) -> tuple[RequestId, str]:

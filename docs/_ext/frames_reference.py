@@ -7,6 +7,11 @@ extension is not loaded)::
     % generated: twistd-frameserver-options
     % generated: frames-commands
 
+for the table of an op's request fields, made from its declaration (see
+L{twisted_frames.fields})::
+
+    % op-fields: get
+
 and for the error-code table with a fenced block whose lines are
 C{code: meaning} (continuation lines indented)::
 
@@ -26,6 +31,7 @@ L{twisted_frames.wire.VIOLATIONS}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import string
@@ -40,6 +46,7 @@ from sphinx.util import logging
 logger = logging.getLogger(__name__)
 
 MARKER = re.compile(r"^% generated: ([\w-]+)[ \t]*$", re.M)
+OP_FIELDS = re.compile(r"^% op-fields: ([\w-]+)[ \t]*$", re.M)
 ERROR_BLOCK = re.compile(r"^```\{error-codes\}[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 
 _PUNCTUATION = set(string.punctuation)
@@ -262,6 +269,52 @@ GENERATORS = {
 }
 
 
+def declaredFields() -> dict[str, dict[str, Any]]:
+    """
+    @return: op name to its declared request fields, from every service.
+    """
+    from twisted_frames.auth.service import AuthService
+    from twisted_frames.commands.service import CommandService
+    from twisted_frames.files.service import FileService
+
+    ops: dict[str, dict[str, Any]] = {}
+    for service in (FileService, CommandService, AuthService):
+        ops.update(service._declaredFields())
+    return ops
+
+
+def _defaultText(field: Any) -> str:
+    from twisted_frames.fields import ABSENT
+
+    if field.defaultDoc is not None:
+        return cell(field.defaultDoc)
+    if field.onlyIf is not None:
+        return f"required if {code(field.onlyIf)}"
+    if field.default is ABSENT or (field.default is None and not field.nullable):
+        return "required"
+    if field.default is None:
+        return "none"
+    return code(json.dumps(field.default))
+
+
+def opFields(op: str, docname: str) -> str:
+    """
+    The table of op C{op}'s request fields: name, type, default, meaning
+    (the field's doc string, Markdown).
+    """
+    fields = declaredFields().get(op)
+    if fields is None:
+        logger.warning("op %r declares no fields", op, location=docname)
+        return ""
+    rows = ["| request field | type | default | |", "| --- | --- | --- | --- |"]
+    for name, field in fields.items():
+        rows.append(
+            f"| {code(name)} | {escape(field.typeName)} | {_defaultText(field)} "
+            f"| {cell(' '.join(field.doc.split()))} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def expand(app: Sphinx, docname: str, source: list[str]) -> None:
     """
     Replace the markers of one page with generated Markdown.
@@ -280,6 +333,13 @@ def expand(app: Sphinx, docname: str, source: list[str]) -> None:
             return GENERATORS[name]()
 
     text = MARKER.sub(generate, text)
+
+    def fieldTable(match: re.Match[str]) -> str:
+        nonlocal found
+        found = True
+        return opFields(match.group(1), docname)
+
+    text = OP_FIELDS.sub(fieldTable, text)
 
     def table(match: re.Match[str]) -> str:
         nonlocal found

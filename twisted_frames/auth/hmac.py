@@ -37,8 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 
-from ..wire import ErrorCode, FramesError
-
 if TYPE_CHECKING:
     pass
 
@@ -186,14 +184,3 @@ def channelBinding(transport: Any) -> tuple[str, bytes]:
         value = handle.export_keying_material(EXPORTER_LABEL, 32)
         return BINDING_TLS, bytes(value)
     return BINDING_NONE, b""
-
-
-def _fromHex(value: Any, length: int, what: str) -> bytes:
-    # Hex digits only, either case: bytes.fromhex alone would also take
-    # spaces, so "32 hex digits" could decode to fewer bytes.
-    if not isinstance(value, str) or len(value) != 2 * length or not _HEX.fullmatch(value):
-        raise FramesError(ErrorCode.INVALID_ARGUMENT, f"{what} must be {2 * length} hex digits")
-    return bytes.fromhex(value)
-
-
-_HEX = re.compile(r"[0-9a-fA-F]*")

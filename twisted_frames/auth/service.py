@@ -16,16 +16,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .. import wire
+from ..fields import Choice, Field, HexDigits, Text, checkFields
 from ..policy import FailurePenalties, sourceKey
 from ..server import Request, ServerProtocol, Service, operation
 from ..wire import ErrorCode, FramesError
 from .cred import FramesUser, HMACCredentials, IFramesUser
 from .hmac import (
-    MAC_BYTES,
+    MAC_HEX,
     MECHANISM,
     NONCE_BYTES,
+    NONCE_HEX,
     USER_NAME,
-    _fromHex,
     authMessage,
     channelBinding,
 )
@@ -39,6 +40,29 @@ log = Logger(namespace="twisted_frames.auth")
 
 
 # -- the server's auth operation ---------------------------------------------------
+
+
+#: The fields of C{auth}, checked by the op itself after its source's delay.
+AUTH_FIELDS: dict[str, Field] = {
+    "user": Text(
+        "the user's name",
+        default=None,
+        pattern=USER_NAME,
+        message="'user' must be a valid user name",
+    ),
+    "mechanism": Choice(
+        (MECHANISM,),
+        "the only one offered",
+        default=None,
+        message=f"unsupported mechanism {{value!r}}: this server offers only {MECHANISM}",
+    ),
+    "cnonce": HexDigits(NONCE_HEX, "the client's nonce", default=None),
+    "binding": Field(
+        '`"tls-exporter"` (over TLS) or `"none"`: what the server sees, else `auth_failed`',
+        typeName="string",
+    ),
+    "proof": HexDigits(MAC_HEX, "the client's proof (see the security page)", default=None),
+}
 
 
 class _LoginState:
@@ -128,12 +152,16 @@ class AuthService(Service):
 
     def connectionLost(self, connection: ServerProtocol) -> None:
         """
-        Forget the connection.
+        Forget the connection, and cancel a login attempt still waiting out
+        its source's delay: it is never checked, so it neither logs in nor
+        counts as a failure for a connection that is gone.
         """
         self.userLoggedIn(connection)
-        self._states.pop(connection, None)
+        state = self._states.pop(connection, None)
+        if state is not None and state.waiting is not None:
+            state.waiting.cancel()
 
-    @operation("auth", public=True)
+    @operation("auth", public=True, fields=AUTH_FIELDS, lateFields=True)
     async def opAuth(self, request: Request) -> dict[str, Any] | None:
         """
         C{auth}: fields C{user}, C{mechanism} (C{"hmac-sha256"}), C{cnonce}
@@ -168,48 +196,18 @@ class AuthService(Service):
         # Every attempt waits out the penalty its source has earned, before
         # any checking, so dropping the connection early gains nothing.
         state.waiting = self.penalties.wait(source)
-        await state.waiting
+        try:
+            await state.waiting
+        except defer.CancelledError:
+            # The login deadline answered it, or the connection is gone.
+            return None
         state.waiting = None
         # The nonce is single-use: whatever happens, the next attempt on this
         # connection must MAC a new one.
         serverNonce = connection.nonce
         connection.nonce = secrets.token_hex(NONCE_BYTES)
         try:
-            if not isinstance(user, str) or not USER_NAME.match(user):
-                raise FramesError(ErrorCode.INVALID_ARGUMENT, "'user' must be a valid user name")
-            mechanism = header.get("mechanism")
-            if mechanism != MECHANISM:
-                raise FramesError(
-                    ErrorCode.INVALID_ARGUMENT,
-                    f"unsupported mechanism {mechanism!r}: this server offers only {MECHANISM}",
-                )
-            clientNonce = header.get("cnonce")
-            _fromHex(clientNonce, NONCE_BYTES, "'cnonce'")
-            proof = _fromHex(header.get("proof"), MAC_BYTES, "'proof'")
-            bindingType, binding = channelBinding(connection.transport)
-            if header.get("binding") != bindingType:
-                raise FramesError(
-                    ErrorCode.AUTH_FAILED,
-                    f"channel binding mismatch: the server sees {bindingType!r}, the client "
-                    f"{header.get('binding')!r} (a TLS-terminating proxy in between?)",
-                )
-            assert isinstance(clientNonce, str)
-            message = authMessage(
-                wire.PROTOCOL_VERSION, user, serverNonce, clientNonce, bindingType, binding
-            )
-            credentials = HMACCredentials(user, message, proof)
-            try:
-                _, avatar, _ = await self.portal.login(credentials, None, IFramesUser)
-            except UnauthorizedLogin as e:
-                log.warn(
-                    "login failure: {peer} user={user}: {reason}",
-                    peer=connection.peerName(),
-                    user=userForLog,
-                    reason=str(e) or "rejected",
-                )
-                raise FramesError(
-                    ErrorCode.AUTH_FAILED, "authentication failed: unknown user or wrong secret"
-                ) from None
+            credentials, avatar = await self._verify(connection, serverNonce, header, userForLog)
         except FramesError as e:
             if e.code != ErrorCode.AUTH_FAILED:
                 log.warn(
@@ -230,6 +228,44 @@ class AuthService(Service):
         connection.logIn(name)
         log.info("login: {peer} user={user}", peer=connection.peerName(), user=name)
         return {"user": name, "server_proof": credentials.serverProof.hex()}
+
+    async def _verify(
+        self, connection: ServerProtocol, serverNonce: str, header: dict[str, Any], userForLog: str
+    ) -> tuple[HMACCredentials, Any]:
+        """
+        Check an attempt: its fields (only now, after the delay, so that a
+        malformed attempt waits and counts like a wrong one), its channel
+        binding, then its proof through the portal.
+
+        @return: the credentials (with the server's proof) and the avatar.
+        @raise FramesError: C{invalid_argument} or C{auth_failed}.
+        """
+        fields = checkFields(AUTH_FIELDS, header)
+        bindingType, binding = channelBinding(connection.transport)
+        if fields.get("binding") != bindingType:
+            raise FramesError(
+                ErrorCode.AUTH_FAILED,
+                f"channel binding mismatch: the server sees {bindingType!r}, the client "
+                f"{fields.get('binding')!r} (a TLS-terminating proxy in between?)",
+            )
+        user = fields["user"]
+        message = authMessage(
+            wire.PROTOCOL_VERSION, user, serverNonce, fields["cnonce"], bindingType, binding
+        )
+        credentials = HMACCredentials(user, message, bytes.fromhex(fields["proof"]))
+        try:
+            _, avatar, _ = await self.portal.login(credentials, None, IFramesUser)
+        except UnauthorizedLogin as e:
+            log.warn(
+                "login failure: {peer} user={user}: {reason}",
+                peer=connection.peerName(),
+                user=userForLog,
+                reason=str(e) or "rejected",
+            )
+            raise FramesError(
+                ErrorCode.AUTH_FAILED, "authentication failed: unknown user or wrong secret"
+            ) from None
+        return credentials, avatar
 
     def _failed(
         self, request: Request, state: _LoginState, source: str, error: FramesError

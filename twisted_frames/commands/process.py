@@ -4,6 +4,13 @@ Process plumbing for the command service: the scrubbed environment, the
 launchers that put a command in its own session and directory, process-group
 signals, the output pipes and stdin sink that carry backpressure, and
 L{RunningCommand}, one command from spawn to final reply.
+
+Why this module is long (about 700 lines): it is one backpressure loop.  The
+output pipes pause when the connection's transport is full and
+L{RunningCommand} resumes them when it drains; the stdin sink pauses the
+connection while the pipe to the process is full; the kill timers end all of
+it.  Each piece watches the others' state, and split across modules they
+would only reach into each other's private attributes.
 """
 
 from __future__ import annotations

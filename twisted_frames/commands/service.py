@@ -37,6 +37,7 @@ from twisted.application.service import Service as ApplicationService
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ..fields import Argv, Choice, Count, Field, Flag, Seconds, Text
 from ..protocol import BodySink
 from ..server import Request, ServerProtocol, Service, operation, shuttingDownError
 from ..wire import ErrorCode, FramesError, RequestId
@@ -56,6 +57,38 @@ from .process import (
 from .spec import CommandLimits, CommandSpec
 
 log = Logger(namespace="twisted_frames.commands")
+
+
+#: The fields of C{run}.
+RUN_FIELDS: dict[str, Field] = {
+    "argv": Argv("non-empty, no NUL; `argv[0]` is an allowed name"),
+    "stdin": Choice(
+        ("close", "stream"),
+        "`close`: the body is all of stdin, which is closed after it. `stream`: more stdin "
+        "follows in `stdin` messages",
+        default="close",
+        message="'stdin' must be 'close' or 'stream'",
+    ),
+    "timeout": Seconds(
+        "wall-clock seconds; at most the command's (or server's) maximum",
+        default=None,
+        nullable=True,
+        defaultDoc="the server's `--command-timeout` (or the command's `timeout`)",
+    ),
+    "maxOutput": Count(
+        "ask for a lower output cap than the server's",
+        default=None,
+        nullable=True,
+        message="{name!r} must be a whole number of bytes",
+        defaultDoc="the cap that applies",
+    ),
+    "cwd": Text(
+        "working directory relative to the root",
+        nullable=True,
+        message="'cwd' must be a relative path",
+        defaultDoc="the command's `cwd`, or the root",
+    ),
+}
 
 
 def _hashable(value: Any) -> bool:
@@ -103,20 +136,14 @@ class CommandService(Service, ApplicationService):
 
     # -- ops ------------------------------------------------------------------
 
-    @operation("run", body="stream")
+    @operation("run", body="stream", fields=RUN_FIELDS)
     def opRun(self, request: Request) -> BodySink:
         """
         Start an allowed command; its stdin is the request body (and, with
         C{"stdin": "stream"}, the C{stdin} messages that follow).
         """
-        header = request.header
-        argv = header.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise FramesError(
-                ErrorCode.INVALID_ARGUMENT, "'argv' must be a non-empty list of strings"
-            )
-        if any("\0" in a for a in argv):
-            raise FramesError(ErrorCode.INVALID_ARGUMENT, "arguments cannot contain NUL")
+        fields = request.fields
+        argv = fields["argv"]
         spec = self.commands.get(argv[0])
         if spec is None:
             log.warn(
@@ -131,24 +158,11 @@ class CommandService(Service, ApplicationService):
                 command=argv[0],
             )
         self._checkUser(request, spec)
-        timeout = self._timeoutFor(header, spec)
-        maxOutput = self._maxOutputFor(header, spec)
-        stdinMode = header.get("stdin", "close")
-        if stdinMode not in ("close", "stream"):
-            raise FramesError(ErrorCode.INVALID_ARGUMENT, "'stdin' must be 'close' or 'stream'")
-        cwd = self._cwdFor(header, spec)
-        if self.stopping:
-            raise shuttingDownError()
-        mine = self.runs.get(request.connection, {})
-        if len(mine) >= self.limits.maxProcsPerConnection:
-            raise FramesError(
-                ErrorCode.BUSY,
-                f"at most {self.limits.maxProcsPerConnection} commands may run per connection",
-            )
-        if self.count >= self.limits.maxProcs:
-            raise FramesError(
-                ErrorCode.BUSY, f"the server is running its maximum of {self.limits.maxProcs}"
-            )
+        timeout = self._timeoutFor(fields["timeout"], spec)
+        limit = spec.maxOutput if spec.maxOutput is not None else self.limits.maxOutput
+        maxOutput = limit if fields["maxOutput"] is None else min(fields["maxOutput"], limit)
+        cwd = self._cwdFor(fields.get("cwd", spec.cwd))
+        self._checkRoom(request)
         run = RunningCommand(self, request, spec, argv, timeout, maxOutput)
         run.started = self.reactor.seconds()
         command = [*self.launcher, spec.path, *spec.args, *argv[1:]]
@@ -174,11 +188,19 @@ class CommandService(Service, ApplicationService):
         )
         request.event("started", {"pid": run.pid, "timeout": timeout, "maxOutput": maxOutput})
         run.setReady()
-        if stdinMode == "close":
+        if fields["stdin"] == "close":
             return _StdinSink(run, request.connection, run.closeStdin)
         return _StdinSink(run, request.connection, lambda: None)
 
-    @operation("stdin", body="stream", maxBody=MAX_STDIN_CHUNK)
+    @operation(
+        "stdin",
+        body="stream",
+        maxBody=MAX_STDIN_CHUNK,
+        fields={
+            "run": Field("the `run` request's id", typeName="int or string"),
+            "eof": Flag("true closes stdin after this body", default=False),
+        },
+    )
     def opStdin(self, request: Request) -> BodySink:
         """
         More stdin for a run started with C{"stdin": "stream"}; acknowledged
@@ -190,9 +212,7 @@ class CommandService(Service, ApplicationService):
                 ErrorCode.INVALID_ARGUMENT,
                 f"a stdin chunk is at most {MAX_STDIN_CHUNK} bytes ({request.bodyLength} sent)",
             )
-        eof = request.header.get("eof", False)
-        if not isinstance(eof, bool):
-            raise FramesError(ErrorCode.INVALID_ARGUMENT, "'eof' must be true or false")
+        eof = request.fields["eof"]
 
         def acknowledge() -> None:
             if not request.finished:
@@ -308,38 +328,41 @@ class CommandService(Service, ApplicationService):
                 command=spec.name,
             )
 
-    def _timeoutFor(self, header: dict[str, Any], spec: CommandSpec) -> float:
+    def _checkRoom(self, request: Request) -> None:
+        """
+        @raise FramesError: if no more commands may start (the server is
+            stopping, or the connection or the server runs its maximum).
+        """
+        if self.stopping:
+            raise shuttingDownError()
+        mine = self.runs.get(request.connection, {})
+        if len(mine) >= self.limits.maxProcsPerConnection:
+            raise FramesError(
+                ErrorCode.BUSY,
+                f"at most {self.limits.maxProcsPerConnection} commands may run per connection",
+            )
+        if self.count >= self.limits.maxProcs:
+            raise FramesError(
+                ErrorCode.BUSY, f"the server is running its maximum of {self.limits.maxProcs}"
+            )
+
+    def _timeoutFor(self, asked: float | None, spec: CommandSpec) -> float:
+        # The type is checked by the declaration; the bound is the spec's.
         limit = spec.timeout if spec.timeout is not None else self.limits.maxTimeout
-        asked = header.get("timeout")
         if asked is None:
             return min(self.limits.timeout, limit)
-        if isinstance(asked, bool) or not isinstance(asked, int | float) or not asked > 0:
-            raise FramesError(ErrorCode.INVALID_ARGUMENT, "'timeout' must be a positive number")
         if asked > limit:
             raise FramesError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"'timeout' may be at most {limit:g} s for {spec.name!r}",
                 maxTimeout=limit,
             )
-        return float(asked)
+        return asked
 
-    def _maxOutputFor(self, header: dict[str, Any], spec: CommandSpec) -> int:
-        limit = spec.maxOutput if spec.maxOutput is not None else self.limits.maxOutput
-        asked = header.get("maxOutput")
-        if asked is None:
-            return limit
-        if isinstance(asked, bool) or not isinstance(asked, int) or asked < 0:
-            raise FramesError(
-                ErrorCode.INVALID_ARGUMENT, "'maxOutput' must be a whole number of bytes"
-            )
-        return min(asked, limit)
-
-    def _cwdFor(self, header: dict[str, Any], spec: CommandSpec) -> str:
-        relative = header.get("cwd", spec.cwd)
+    def _cwdFor(self, relative: str | None) -> str:
+        # A string without NUL (the declaration); confined to the root here.
         if relative is None:
             return self.root
-        if not isinstance(relative, str) or "\0" in relative:
-            raise FramesError(ErrorCode.INVALID_ARGUMENT, "'cwd' must be a relative path")
         if os.path.isabs(relative):
             raise FramesError(
                 ErrorCode.FORBIDDEN_PATH, "'cwd' must be relative to the server's root"

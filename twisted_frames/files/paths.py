@@ -14,8 +14,9 @@ import heapq
 import json
 import os
 import stat
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
+from ..fields import Field
 from ..wire import ErrorCode, FramesError
 from .store import (
     PARTIAL_PREFIX,
@@ -83,6 +84,34 @@ def checkPath(path: Any, allowRoot: bool = False) -> list[str]:
         if segment.casefold().startswith(PARTIAL_PREFIX):
             raise refuse("names starting with '.frames-partial-' are reserved")
     return segments
+
+
+class RequestPath(NamedTuple):
+    """
+    A request's path, checked by L{checkPath}: as sent, and its segments.
+    """
+
+    text: str
+    segments: list[str]
+
+
+class PathField(Field):
+    """
+    A request field naming a path under the root, checked by L{checkPath}
+    (a missing one is not a string).
+
+    @ivar allowRoot: whether C{""} (the root itself) is acceptable; it is
+        then also the default.
+    """
+
+    typeName = "string"
+
+    def __init__(self, doc: str = "", *, allowRoot: bool = False) -> None:
+        super().__init__(doc, default="" if allowRoot else None)
+        self.allowRoot = allowRoot
+
+    def check(self, name: str, value: Any) -> RequestPath:
+        return RequestPath(value, checkPath(value, self.allowRoot))
 
 
 def partialName(name: str) -> str:

@@ -21,6 +21,13 @@ offsets, and C{get} answers with as many C{data} events as needed.
 All disk work (walks, reads, writes, hashing, fsync) runs in worker threads
 through an injectable C{runInThread}, so one client's transfer never stalls
 another's requests.
+
+Why this module is long (about 980 lines): most of it is C{put}, whose
+steps (prepare the partial, check space and target, stream, verify, link)
+run partly in L{_UploadSink} and partly in the service, which owns the state
+they share between messages and connections (the uploads each connection
+holds, the remembered hash states, the get turns).  The pure pieces already
+live apart (L{twisted_frames.files.paths}, L{twisted_frames.files.store}).
 """
 
 from __future__ import annotations
@@ -41,13 +48,14 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..fields import Count, Flag, HexDigits
 from ..protocol import BodySink
 from ..server import Operation, Request, ServerProtocol, Service, operation
 from ..wire import ErrorCode, FramesError
 from .paths import (
     _DIR_FLAGS,
+    PathField,
     Root,
-    checkPath,
     encodeListing,
     isLinkedAs,
     lockPartial,
@@ -79,24 +87,6 @@ DEFAULT_PARTIAL_TTL = 24 * 3600.0
 #: Uploads one connection may have in progress at once: between its
 #: messages each holds two descriptors (its directory and its partial).
 MAX_UPLOADS_PER_CONNECTION = 16
-
-
-def _field(header: dict[str, Any], name: str, kind: type, default: Any) -> Any:
-    value = header.get(name, default)
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise FramesError(ErrorCode.INVALID_ARGUMENT, f"{name!r} must be a non-negative integer")
-    if kind is bool and not isinstance(value, bool):
-        raise FramesError(ErrorCode.INVALID_ARGUMENT, f"{name!r} must be true or false")
-    return value
-
-
-def _checkSha(value: Any) -> str:
-    if not isinstance(value, str) or len(value) != 64:
-        raise FramesError(ErrorCode.INVALID_ARGUMENT, "'sha256' must be 64 hex digits")
-    value = value.lower()
-    if any(c not in "0123456789abcdef" for c in value):
-        raise FramesError(ErrorCode.INVALID_ARGUMENT, "'sha256' must be 64 hex digits")
-    return str(value)
 
 
 def translateOSErrors(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
@@ -281,14 +271,13 @@ class FileService(Service):
 
     # -- simple ops ------------------------------------------------------------
 
-    @operation("list")
+    @operation("list", fields={"path": PathField("the directory", allowRoot=True)})
     async def opList(self, request: Request) -> Any:
         """
         A directory's entries, as a JSON array in the body.
         """
         self._connection(request)
-        path = request.header.get("path", "")
-        segments = checkPath(path, allowRoot=True)
+        path, segments = request.fields["path"]
         body, count, skipped = await self.run(self._listing, segments, path)
         request.reply({"path": path, "count": count, "skipped": skipped, "format": "json"}, body)
         return None
@@ -299,49 +288,62 @@ class FileService(Service):
         entries, skipped = self.root.listDir(segments, display)
         return encodeListing(entries), len(entries), skipped
 
-    @operation("stat")
+    @operation("stat", fields={"path": PathField("what to describe", allowRoot=True)})
     async def opStat(self, request: Request) -> dict[str, Any]:
         """
         One path's type, size, mtime and mode (a link is reported, not
         followed).
         """
         self._connection(request)
-        path = request.header.get("path", "")
-        segments = checkPath(path, allowRoot=True)
+        path, segments = request.fields["path"]
         result: dict[str, Any] = await self.run(self.root.stat, segments, path)
         result["path"] = path
         return result
 
-    @operation("delete")
+    @operation(
+        "delete", fields={"path": PathField("a file, link or empty directory (not the root)")}
+    )
     async def opDelete(self, request: Request) -> dict[str, Any]:
         """
         Remove a file, link or empty directory, and the partial upload to
         that path (stale, or in progress: that upload is cancelled).
         """
         self._connection(request)
-        path = request.header.get("path")
-        segments = checkPath(path)
+        path, segments = request.fields["path"]
         result: dict[str, Any] = await self.run(self.root.delete, segments, path)
         if result.get("cancelled"):
             log.info("delete of {path} cancelled the upload in progress to it", path=path)
         return {"path": path, **result}
 
-    @operation("mkdir")
+    @operation(
+        "mkdir",
+        fields={
+            "path": PathField("the directory to create"),
+            "parents": Flag(
+                "also create missing parents; an existing directory is fine", default=False
+            ),
+        },
+    )
     async def opMkdir(self, request: Request) -> dict[str, Any]:
         """
         Create a directory; with C{parents}, also its parents, and an
         existing directory is not an error.
         """
         self._connection(request)
-        path = request.header.get("path")
-        segments = checkPath(path)
-        parents = _field(request.header, "parents", bool, False)
+        path, segments = request.fields["path"]
+        parents = request.fields["parents"]
         created = await self.run(self.root.mkdir, segments, path, parents)
         return {"path": path, "created": created}
 
     # -- get -------------------------------------------------------------------
 
-    @operation("get")
+    @operation(
+        "get",
+        fields={
+            "path": PathField("a regular file"),
+            "offset": Count("first byte to send (resume)", default=0),
+        },
+    )
     async def opGet(self, request: Request) -> dict[str, Any] | None:
         """
         Send a file from C{offset} as C{data} events, then a final reply
@@ -349,9 +351,8 @@ class FileService(Service):
         is hashed too, so a resumed download is verified end to end).
         """
         self._connection(request)
-        path = request.header.get("path")
-        segments = checkPath(path)
-        offset = _field(request.header, "offset", int, 0)
+        path, segments = request.fields["path"]
+        offset = request.fields["offset"]
         # One get at a time per connection opens its file: the others wait
         # here holding nothing (their bodies would queue behind its body
         # anyway), so a client pipelining gets it never reads cannot hold
@@ -363,7 +364,7 @@ class FileService(Service):
         try:
             if request.cancelled:
                 return None
-            return await self._sendFile(request, str(path), segments, offset)
+            return await self._sendFile(request, path, segments, offset)
         finally:
             turn.release()
 
@@ -408,7 +409,29 @@ class FileService(Service):
 
     # -- put -------------------------------------------------------------------
 
-    @operation("put", body="stream")
+    @operation(
+        "put",
+        body="stream",
+        fields={
+            "path": PathField("the target file"),
+            "offset": Count("where this message's body goes in the file", default=0),
+            "final": Flag("this message completes the file", default=True),
+            "overwrite": Flag("replace an existing file", default=False),
+            "size": Count(
+                "the whole file's size, if known: checked against `offset`/`final` and used "
+                "for the free-space check",
+                default=None,
+                nullable=True,
+            ),
+            "sha256": HexDigits(
+                64,
+                "the whole file's SHA-256",
+                lower=True,
+                default=None,
+                onlyIf="final",
+            ),
+        },
+    )
     def opPut(self, request: Request) -> BodySink:
         """
         Write the body at C{offset} of the partial upload of C{path}; if
@@ -416,15 +439,10 @@ class FileService(Service):
         place.
         """
         self._connection(request)
-        h = request.header
-        path = h.get("path")
-        segments = checkPath(path)
-        offset = _field(h, "offset", int, 0)
-        final = _field(h, "final", bool, True)
-        overwrite = _field(h, "overwrite", bool, False)
-        size = h.get("size")
+        f = request.fields
+        path, segments = f["path"]
+        offset, final, overwrite, size = f["offset"], f["final"], f["overwrite"], f["size"]
         if size is not None:
-            size = _field(h, "size", int, 0)
             if offset + request.bodyLength > size:
                 raise FramesError(
                     ErrorCode.INVALID_ARGUMENT,
@@ -437,8 +455,7 @@ class FileService(Service):
                     f"final message ends at {offset + request.bodyLength}, not the declared "
                     f"size {size}",
                 )
-        sha = _checkSha(h.get("sha256")) if final else None
-        upload = _Upload(str(path), segments[-1], offset, final, size, sha, overwrite)
+        upload = _Upload(path, segments[-1], offset, final, size, f["sha256"], overwrite)
         return _UploadSink(self, request, segments, upload)
 
     def connectionLost(self, connection: Any) -> None:
