@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import policy, security, wire
+from .bounds import bounded
 from .commands.options import commandOptionParameters, configureCommands
 from .commands.service import CommandService
 from .commands.spec import CommandLimits
@@ -41,20 +42,6 @@ DEFAULT_SHUTDOWN_GRACE = 10
 DEFAULT_THREADS = 10
 
 log = Logger(namespace="twisted_frames.tap")
-
-
-def _positiveInt(name: str, low: int, high: int) -> Any:
-    def coerce(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a whole number, not {value!r}") from None
-        if not low <= n <= high:
-            raise ValueError(f"{name} must be in {low}..{high}, not {n}")
-        return n
-
-    coerce.coerceDoc = f"An integer in {low}..{high}."  # type: ignore[attr-defined]
-    return coerce
 
 
 class Options(security.SecurityOptions, usage.Options):
@@ -82,49 +69,49 @@ class Options(security.SecurityOptions, usage.Options):
             "Directory the file and command services are confined to; it must exist. "
             f"Default: ./{DEFAULT_ROOT}, created if missing.",
         ],
-        ["udp", "u", DEFAULT_UDP, "UDP echo port (0 disables).", _positiveInt("--udp", 0, 65535)],
+        ["udp", "u", DEFAULT_UDP, "UDP echo port (0 disables).", bounded("--udp", 0, 65535)],
         ["udp-interface", None, "127.0.0.1", "Address the UDP echo binds to."],
         [
             "udp-max",
             None,
             8192,
             "Largest UDP datagram echoed; bigger ones are dropped and counted.",
-            _positiveInt("--udp-max", 1, 65507),
+            bounded("--udp-max", 1, 65507),
         ],
         [
             "udp-rate",
             None,
             50,
             "UDP datagrams per second allowed per source address.",
-            _positiveInt("--udp-rate", 1, 1_000_000),
+            bounded("--udp-rate", 1, 1_000_000),
         ],
         [
             "backlog",
             None,
             DEFAULT_BACKLOG,
             "listen() backlog of TCP/SSL endpoints that do not set their own.",
-            _positiveInt("--backlog", 1, 65535),
+            bounded("--backlog", 1, 65535),
         ],
         [
             "max-header",
             None,
             wire.DEFAULT_MAX_HEADER,
             "Largest header frame accepted, in bytes.",
-            _positiveInt("--max-header", 2, wire.MAX_FRAME),
+            bounded("--max-header", 2, wire.MAX_FRAME),
         ],
         [
             "max-body",
             None,
             wire.DEFAULT_MAX_BODY,
             "Largest body frame accepted, in bytes.",
-            _positiveInt("--max-body", 0, wire.MAX_FRAME),
+            bounded("--max-body", 0, wire.MAX_FRAME),
         ],
         [
             "max-in-flight",
             None,
             256,
             "Requests one connection may have unanswered at once; one more closes it.",
-            _positiveInt("--max-in-flight", 1, 1_000_000),
+            bounded("--max-in-flight", 1, 1_000_000),
         ],
         ["name", None, None, "Server name announced in the greeting (default: host name)."],
         ["commands", None, None, "TOML (or .json) file of allowed commands and their limits."],
@@ -134,7 +121,7 @@ class Options(security.SecurityOptions, usage.Options):
             None,
             24 * 3600,
             "Seconds an interrupted upload is kept for resuming before it is deleted.",
-            _positiveInt("--partial-ttl", 1, 10 * 365 * 24 * 3600),
+            bounded("--partial-ttl", 1, 10 * 365 * 24 * 3600),
         ],
         [
             "shutdown-grace",
@@ -143,7 +130,7 @@ class Options(security.SecurityOptions, usage.Options):
             "Seconds a stopping server (SIGTERM) lets requests in flight finish; then the "
             "rest are answered shutting_down and every connection is closed. Must be larger "
             "than the command kill grace when commands are allowed.",
-            _positiveInt("--shutdown-grace", 0, 3600),
+            bounded("--shutdown-grace", 0, 3600),
         ],
     ]
 

@@ -6,25 +6,10 @@ the service.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
+from ..bounds import bounded
 from .spec import CommandLimits, CommandSpec, loadCommandsFile, resolveCommand
-
-
-def _number(option: str, kind: type, low: float) -> Callable[[str], Any]:
-    def coerce(value: str) -> Any:
-        try:
-            n = kind(value)
-        except ValueError:
-            raise ValueError(f"{option} must be a number, not {value!r}") from None
-        if not n >= low:
-            raise ValueError(f"{option} must be at least {low}, not {value}")
-        return n
-
-    coerce.coerceDoc = f"At least {low}."  # type: ignore[attr-defined]
-    return coerce
-
 
 _DEFAULT_LIMITS = CommandLimits()
 
@@ -36,35 +21,35 @@ commandOptionParameters: list[list[Any]] = [
         None,
         _DEFAULT_LIMITS.timeout,
         "Seconds a command may run when the client asks for no timeout.",
-        _number("--command-timeout", float, 0.001),
+        bounded("--command-timeout", 0.001, kind=float, noun="a number"),
     ],
     [
         "command-max-timeout",
         None,
         _DEFAULT_LIMITS.maxTimeout,
         "Most seconds a client may ask a command to run.",
-        _number("--command-max-timeout", float, 0.001),
+        bounded("--command-max-timeout", 0.001, kind=float, noun="a number"),
     ],
     [
         "max-output",
         None,
         _DEFAULT_LIMITS.maxOutput,
         "Output bytes (stdout + stderr) of one run before it is killed and truncated.",
-        _number("--max-output", int, 0),
+        bounded("--max-output", 0, noun="a number"),
     ],
     [
         "max-procs-per-conn",
         None,
         _DEFAULT_LIMITS.maxProcsPerConnection,
         "Commands running at once on one connection.",
-        _number("--max-procs-per-conn", int, 1),
+        bounded("--max-procs-per-conn", 1, noun="a number"),
     ],
     [
         "max-procs",
         None,
         _DEFAULT_LIMITS.maxProcs,
         "Commands running at once on the whole server.",
-        _number("--max-procs", int, 1),
+        bounded("--max-procs", 1, noun="a number"),
     ],
 ]
 
