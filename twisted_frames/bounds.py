@@ -77,8 +77,8 @@ def bounded(
     row) for a number in C{low..high}.
 
     @param name: the option as the message names it, e.g. C{"--udp"}.
-    @param high: the largest value allowed; L{None} for no upper bound.
-    @param kind: L{int} or L{float} (non-finite floats are refused).
+    @param high: the largest value allowed; C{None} for no upper bound.
+    @param kind: C{int} or C{float} (non-finite floats are refused).
     @param noun: what a value must be when it is not a number at all
         (default: C{a whole number} or C{a number}).
     @param unit: said after the range, e.g. C{" seconds"}.
@@ -86,7 +86,7 @@ def bounded(
     @param doc: the C{coerceDoc} shown in C{--help} and the option
         reference (default: C{An integer in LOW..HIGH.} or C{At least LOW.}).
     @return: a function turning the option's text into the number, raising
-        L{ValueError} (which C{usage.Options} reports) with one line.
+        C{ValueError} (which C{usage.Options} reports) with one line.
     """
     range = _describe(low, high, unit, note)
 
@@ -112,8 +112,8 @@ def boundedArgument(
     option in front of the message (C{argument -c/--count: must be at least
     1, not 0}).
 
-    @param high: the largest value allowed; L{None} for no upper bound.
-    @param kind: L{int} or L{float} (non-finite floats are refused).
+    @param high: the largest value allowed; C{None} for no upper bound.
+    @param kind: C{int} or C{float} (non-finite floats are refused).
     @param noun: what a value must be when it is not a number at all.
     @param unit: said after the range, e.g. C{" seconds"}.
     @return: a function turning the argument into the number, raising

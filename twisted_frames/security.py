@@ -3,10 +3,13 @@
 The server's security configuration, for C{twistd frameserver}: options,
 their checks, and the services and TLS wrapping built from them.
 
-L{SecurityOptions} is mixed into C{tap.Options} (Twisted's C{usage.Options}
-collects C{optParameters} and C{optFlags} from every base class), so the
-tap module only calls L{SecurityOptions.securityPostOptions},
-L{makeSecurityServices}, L{configureFactory} and L{listeningFactory}.
+L{SECURITY} is the entry of C{tap.SERVICES} for the connection caps and
+login: L{SecurityOptions} is mixed into C{tap.Options} (Twisted's
+C{usage.Options} collects C{optParameters} and C{optFlags} from every base
+class), L{SecurityOptions.securityPostOptions} checks them, and
+L{buildSecurity} makes the guard and the login service.  Deadlines and TLS
+apply to every connection, so the tap module also calls
+L{configureFactory} and L{listeningFactory}.
 
 Secure defaults: without C{--users}, the server refuses to listen on
 anything but loopback (or a UNIX socket) unless given
@@ -31,6 +34,7 @@ from .auth.service import AuthService
 from .bounds import bounded
 from .policy import ConnectionGuard, ConnectionLimits, FailurePenalties
 from .server import FramesServerFactory, Service
+from .services import Built, ServiceEntry
 from .tls import TLSConfigError, serverOptions
 
 log = Logger(namespace="twisted_frames.security")
@@ -277,6 +281,21 @@ def makeSecurityServices(config: Any, reactor: Any) -> list[Service]:
             )
         )
     return services
+
+
+def buildSecurity(config: Any, reactor: Any) -> Built:
+    """
+    The connection guard and, with C{--users}, the login service: the first
+    services of the factory (L{makeSecurityServices}).
+    """
+    return Built(services=makeSecurityServices(config, reactor))
+
+
+#: The security options' entry in C{tap.SERVICES}; it comes first, so its
+#: services see a new connection before any other.
+SECURITY = ServiceEntry(
+    "security", SecurityOptions, buildSecurity, SecurityOptions.securityPostOptions
+)
 
 
 def configureFactory(factory: FramesServerFactory, config: Any) -> None:

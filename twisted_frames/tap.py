@@ -15,10 +15,11 @@ import os
 import resource
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -26,10 +27,11 @@ from twisted.python import usage
 
 from . import policy, security, wire
 from .bounds import bounded
-from .commands.options import commandOptionParameters, configureCommands
-from .commands.service import CommandService
+from .commands.options import COMMANDS
 from .commands.spec import CommandLimits
-from .server import FramesServerFactory, Service
+from .files.options import FILES
+from .server import FramesServerFactory
+from .services import Built, ServiceEntry
 from .wire import Limits
 
 DEFAULT_ROOT = "srv"
@@ -44,31 +46,16 @@ DEFAULT_THREADS = 10
 log = Logger(namespace="twisted_frames.tap")
 
 
-class Options(security.SecurityOptions, usage.Options):
+class UDPOptions:
     """
-    Command-line options of C{twistd frameserver} (the security ones come
-    from L{security.SecurityOptions}).
+    The UDP echo's options, as a mix-in for C{usage.Options}.
     """
-
-    synopsis = "[frameserver options]"
-    longdesc = (
-        "Serve the twisted-frames protocol (4-byte length prefix, JSON header "
-        "frame, body frame): ping, and the services configured below; plus a "
-        "UDP echo service."
-    )
 
     optFlags = [
         ["udp-upper", None, "UDP echo replies in upper case, like the classic example."],
     ]
 
     optParameters = [
-        [
-            "root",
-            "r",
-            None,
-            "Directory the file and command services are confined to; it must exist. "
-            f"Default: ./{DEFAULT_ROOT}, created if missing.",
-        ],
         ["udp", "u", DEFAULT_UDP, "UDP echo port (0 disables).", bounded("--udp", 0, 65535)],
         ["udp-interface", None, "127.0.0.1", "Address the UDP echo binds to."],
         [
@@ -84,6 +71,62 @@ class Options(security.SecurityOptions, usage.Options):
             50,
             "UDP datagrams per second allowed per source address.",
             bounded("--udp-rate", 1, 1_000_000),
+        ],
+    ]
+
+
+def buildUDP(config: Any, reactor: Any) -> Built:
+    """
+    The UDP echo port, unless C{--udp 0}: no frames service, one twistd
+    child.
+    """
+    if not config["udp"]:
+        return Built()
+    echo = _UDPService(
+        reactor,
+        config["udp"],
+        config["udp-interface"],
+        upper=config["udp-upper"],
+        maxDatagram=config["udp-max"],
+        rate=float(config["udp-rate"]),
+    )
+    return Built(children=[echo])
+
+
+UDP = ServiceEntry("udp", UDPOptions, buildUDP)
+
+#: The services of C{twistd frameserver}, in the order their frames services
+#: see a connection (and their options are listed in the reference).  A new
+#: service is one more entry here (see L{twisted_frames.services}).
+SERVICES: tuple[ServiceEntry, ...] = (security.SECURITY, FILES, COMMANDS, UDP)
+
+
+class ServerOptions(usage.Options):
+    """
+    The options every C{twistd frameserver} has, whatever its services:
+    where to listen, the root, the frame limits, the shutdown grace.
+    L{Options} adds the services' own (L{optionsFor}).
+
+    @cvar services: the entries whose mix-ins the class has, checked and
+        built in this order.
+    """
+
+    services: tuple[ServiceEntry, ...] = ()
+
+    synopsis = "[frameserver options]"
+    longdesc = (
+        "Serve the twisted-frames protocol (4-byte length prefix, JSON header "
+        "frame, body frame): ping, and the services configured below; plus a "
+        "UDP echo service."
+    )
+
+    optParameters = [
+        [
+            "root",
+            "r",
+            None,
+            "Directory the file and command services are confined to; it must exist. "
+            f"Default: ./{DEFAULT_ROOT}, created if missing.",
         ],
         [
             "backlog",
@@ -114,15 +157,6 @@ class Options(security.SecurityOptions, usage.Options):
             bounded("--max-in-flight", 1, 1_000_000),
         ],
         ["name", None, None, "Server name announced in the greeting (default: host name)."],
-        ["commands", None, None, "TOML (or .json) file of allowed commands and their limits."],
-        *commandOptionParameters,
-        [
-            "partial-ttl",
-            None,
-            24 * 3600,
-            "Seconds an interrupted upload is kept for resuming before it is deleted.",
-            bounded("--partial-ttl", 1, 10 * 365 * 24 * 3600),
-        ],
         [
             "shutdown-grace",
             None,
@@ -163,14 +197,11 @@ class Options(security.SecurityOptions, usage.Options):
 
     opt_l = opt_listen
 
-    def opt_allow_command(self, name: str) -> None:
-        """
-        Allow a command (repeatable): a name resolved on the server's PATH
-        now, or an absolute path; clients may give it any arguments.
-        """
-        self.setdefault("allow-command", []).append(name)
-
     def postOptions(self) -> None:
+        """
+        Give the shared options their final values, then run every
+        service's check.
+        """
         # Only the default root is created: a --root that does not exist is
         # more likely a typo than a wish for a new tree.
         self["createRoot"] = self["root"] is None
@@ -185,23 +216,26 @@ class Options(security.SecurityOptions, usage.Options):
             self["limits"] = Limits(maxHeader=self["max-header"], maxBody=self["max-body"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
-        self.securityPostOptions()
-        configureCommands(self)
-        killGrace = self["command-limits"].killGrace
-        if self["command-specs"] and self["shutdown-grace"] <= killGrace:
-            # A command that ignores SIGTERM is killed killGrace seconds into
-            # the shutdown; its final reply must still fit in the grace.
-            raise usage.UsageError(
-                f"--shutdown-grace must be larger than the command kill grace "
-                f"({killGrace:g} s) when commands are allowed, not {self['shutdown-grace']}"
-            )
-        if self["command-specs"] and not self["localOnly"] and self["usersFile"] is None:
-            # Running programs for anyone who can reach the port is never a
-            # default, not even with the insecure flag: commands need a login.
-            raise usage.UsageError(
-                "the command service needs --users when listening off loopback "
-                "(commands are never run for anonymous remote peers)"
-            )
+        for entry in self.services:
+            entry.check(self)
+
+
+def optionsFor(services: Sequence[ServiceEntry]) -> type[ServerOptions]:
+    """
+    The options class of a server with C{services}: L{ServerOptions} and
+    every service's mix-in (L{Options} is C{optionsFor(SERVICES)}).
+    """
+    bases = (*(entry.options for entry in services), ServerOptions)
+    return type("Options", bases, {"services": tuple(services)})
+
+
+class Options(*(entry.options for entry in SERVICES), ServerOptions):  # type: ignore[misc]
+    """
+    Command-line options of C{twistd frameserver}: L{ServerOptions} and the
+    options of every service in L{SERVICES}.
+    """
+
+    services = SERVICES
 
 
 def _withBacklog(endpoint: str, backlog: int) -> str:
@@ -342,7 +376,7 @@ class _EndpointService(StreamServerEndpointService):
         return port
 
 
-def fitDescriptorLimit(config: Options, reactor: Any, rlimit: Any = None) -> None:
+def fitDescriptorLimit(config: ServerOptions, reactor: Any, rlimit: Any = None) -> None:
     """
     Make the caps fit the process's open-file limit (C{RLIMIT_NOFILE}), so
     that a full server refuses connections with C{busy} instead of failing
@@ -409,9 +443,10 @@ def fitDescriptorLimit(config: Options, reactor: Any, rlimit: Any = None) -> Non
     )
 
 
-def makeService(config: Options, reactor: Any = None) -> FrameServerService:
+def makeService(config: ServerOptions, reactor: Any = None) -> FrameServerService:
     """
-    Build the server from parsed L{Options}.
+    Build the server from parsed L{Options}: every service's L{Built}
+    parts, in the order of C{config.services}.
 
     @param reactor: the reactor to listen with (tests pass a
         C{MemoryReactor}); the global one by default.
@@ -420,45 +455,29 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    root = os.path.abspath(config["root"])
-    _checkRoot(root, create=config["createRoot"])
+    _checkRoot(os.path.abspath(config["root"]), create=config["createRoot"])
     fitDescriptorLimit(config, reactor)
-    from .files.service import FileService
-
-    files = FileService(root, partialTTL=float(config["partial-ttl"]), clock=reactor)
-    services: list[Service] = [files]
-    services[0:0] = security.makeSecurityServices(config, reactor)
-    commandService = CommandService(
-        reactor, root, config["command-specs"], config["command-limits"]
-    )
-    services.append(commandService)
+    built = [entry.build(config, reactor) for entry in config.services]
     factory = FramesServerFactory(
-        services, limits=config["limits"], serverName=config["name"], clock=reactor
+        [s for parts in built for s in parts.services],
+        limits=config["limits"],
+        serverName=config["name"],
+        clock=reactor,
     )
     factory.maxInFlight = config["max-in-flight"]
     factory.shutdownGrace = float(config["shutdown-grace"])
     security.configureFactory(factory, config)
     listenFactory = security.listeningFactory(factory, config)
     top = FrameServerService(factory)
-    commandService.setServiceParent(top)
-    expiry = TimerService(min(config["partial-ttl"], 3600), files.expirePartials)
-    expiry.clock = reactor
-    expiry.setServiceParent(top)
+    for parts in built:
+        for child in parts.children:
+            child.setServiceParent(top)
     for description in config["listen"]:
         try:
             endpoint = endpoints.serverFromString(reactor, description)
         except (ValueError, TypeError, KeyError) as e:
             raise SystemExit(f"twistd frameserver: bad --listen {description!r}: {e}") from None
         _EndpointService(endpoint, listenFactory).setServiceParent(top)
-    if config["udp"]:
-        _UDPService(
-            reactor,
-            config["udp"],
-            config["udp-interface"],
-            upper=config["udp-upper"],
-            maxDatagram=config["udp-max"],
-            rate=float(config["udp-rate"]),
-        ).setServiceParent(top)
     return top
 
 
