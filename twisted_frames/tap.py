@@ -391,15 +391,18 @@ def fitDescriptorLimit(config: ServerOptions, reactor: Any, rlimit: Any = None) 
     if rlimit is None:
         rlimit = resource
     connections = config["max-connections"] or None
-    commands: CommandLimits = config["command-limits"]
+    # A server without the command or UDP service has no processes, no UDP
+    # port to count.
+    commands: CommandLimits | None = config.get("command-limits")
+    maxProcs = commands.maxProcs if commands is not None else 0
     pool = getattr(reactor, "threadpool", None)
     threads = getattr(pool, "max", DEFAULT_THREADS)
-    listeners = len(config["listen"]) + (1 if config["udp"] else 0)
+    listeners = len(config["listen"]) + (1 if config.get("udp") else 0)
     soft, hard = rlimit.getrlimit(rlimit.RLIMIT_NOFILE)
     if connections is None:
         need = None
     else:
-        need = policy.descriptorsNeeded(connections, commands.maxProcs, threads, listeners)
+        need = policy.descriptorsNeeded(connections, maxProcs, threads, listeners)
         if need <= soft:
             return
     limit = soft
@@ -414,10 +417,10 @@ def fitDescriptorLimit(config: ServerOptions, reactor: Any, rlimit: Any = None) 
         except (ValueError, OSError):
             pass
     try:
-        fitted = policy.fitDescriptors(limit, connections, commands.maxProcs, threads, listeners)
+        fitted = policy.fitDescriptors(limit, connections, maxProcs, threads, listeners)
     except ValueError as e:
         raise SystemExit(f"twistd frameserver: {e}") from None
-    if fitted == (connections, commands.maxProcs):
+    if fitted == (connections, maxProcs):
         log.info(
             "raised the open-file limit (RLIMIT_NOFILE) from {soft} to {limit} for the caps "
             "(at most {need} descriptors)",
@@ -427,9 +430,12 @@ def fitDescriptorLimit(config: ServerOptions, reactor: Any, rlimit: Any = None) 
         )
         return
     config["max-connections"], procs = fitted
-    config["command-limits"] = dataclasses.replace(
-        commands, maxProcs=procs, maxProcsPerConnection=min(commands.maxProcsPerConnection, procs)
-    )
+    if commands is not None:
+        config["command-limits"] = dataclasses.replace(
+            commands,
+            maxProcs=procs,
+            maxProcsPerConnection=min(commands.maxProcsPerConnection, procs),
+        )
     log.warn(
         "the open-file limit (RLIMIT_NOFILE) is {limit} (hard {hard}): too low for "
         "--max-connections {connections} and --max-procs {procs}; using --max-connections "
@@ -437,7 +443,7 @@ def fitDescriptorLimit(config: ServerOptions, reactor: Any, rlimit: Any = None) 
         limit=limit,
         hard="unlimited" if hard == rlimit.RLIM_INFINITY else hard,
         connections=connections or "0 (no limit)",
-        procs=commands.maxProcs,
+        procs=maxProcs,
         newConnections=fitted[0],
         newProcs=fitted[1],
     )
