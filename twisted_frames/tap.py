@@ -31,12 +31,12 @@ from .commands.options import COMMANDS
 from .commands.spec import CommandLimits
 from .files.options import FILES
 from .server import FramesServerFactory
-from .services import Built, ServiceEntry
+from .services import ServiceEntry
+from .udpservice import UDP
 from .wire import Limits
 
 DEFAULT_ROOT = "srv"
 DEFAULT_LISTEN = "tcp:8007:interface=127.0.0.1"
-DEFAULT_UDP = 8007
 DEFAULT_BACKLOG = 128
 DEFAULT_SHUTDOWN_GRACE = 10
 #: Worker threads of the reactor's pool (Twisted's default size), which
@@ -45,55 +45,6 @@ DEFAULT_THREADS = 10
 
 log = Logger(namespace="twisted_frames.tap")
 
-
-class UDPOptions:
-    """
-    The UDP echo's options, as a mix-in for C{usage.Options}.
-    """
-
-    optFlags = [
-        ["udp-upper", None, "UDP echo replies in upper case, like the classic example."],
-    ]
-
-    optParameters = [
-        ["udp", "u", DEFAULT_UDP, "UDP echo port (0 disables).", bounded("--udp", 0, 65535)],
-        ["udp-interface", None, "127.0.0.1", "Address the UDP echo binds to."],
-        [
-            "udp-max",
-            None,
-            8192,
-            "Largest UDP datagram echoed; bigger ones are dropped and counted.",
-            bounded("--udp-max", 1, 65507),
-        ],
-        [
-            "udp-rate",
-            None,
-            50,
-            "UDP datagrams per second allowed per source address.",
-            bounded("--udp-rate", 1, 1_000_000),
-        ],
-    ]
-
-
-def buildUDP(config: Any, reactor: Any) -> Built:
-    """
-    The UDP echo port, unless C{--udp 0}: no frames service, one twistd
-    child.
-    """
-    if not config["udp"]:
-        return Built()
-    echo = _UDPService(
-        reactor,
-        config["udp"],
-        config["udp-interface"],
-        upper=config["udp-upper"],
-        maxDatagram=config["udp-max"],
-        rate=float(config["udp-rate"]),
-    )
-    return Built(children=[echo])
-
-
-UDP = ServiceEntry("udp", UDPOptions, buildUDP)
 
 #: The services of C{twistd frameserver}, in the order their frames services
 #: see a connection (and their options are listed in the reference).  A new
@@ -508,36 +459,3 @@ def _checkRoot(root: str, create: bool) -> None:
             f"twistd frameserver: --root {root} {problem} (create it first; "
             f"only the default ./{DEFAULT_ROOT} is created)"
         )
-
-
-class _UDPService(service.Service):
-    """
-    The UDP echo port, as a service.
-    """
-
-    def __init__(self, reactor: Any, port: int, interface: str, **kwargs: Any) -> None:
-        self.reactor = reactor
-        self.port = port
-        self.interface = interface
-        self.kwargs = kwargs
-        self.listening: Any = None
-
-    def privilegedStartService(self) -> None:
-        from .udp import listenEcho
-
-        super().privilegedStartService()
-        self.listening = listenEcho(self.reactor, self.port, self.interface, **self.kwargs)
-        address = self.listening.getHost()
-        log.info("udp echo listening on {host}:{port}", host=address.host, port=address.port)
-
-    def startService(self) -> None:
-        super().startService()
-        if self.listening is None:
-            self.privilegedStartService()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        listening, self.listening = self.listening, None
-        if listening is not None:
-            return listening.stopListening()
-        return None
