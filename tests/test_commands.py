@@ -922,6 +922,36 @@ class ConfigTests(SynchronousTestCase):
             loadCommandsFile("/nonexistent/commands.toml")
         self.assertIn("cannot read", str(caught.exception))
 
+    def test_jsonNullsAndBooleans(self) -> None:
+        """
+        In a JSON file, C{null} leaves an optional key (C{users},
+        C{timeout}, C{max-output}, C{cwd}) at its default, but is no
+        C{path}, C{args} or C{env}; a boolean is no number.
+        """
+        [spec] = loadCommandsFile(
+            self.write(
+                ".json",
+                '{"commands": {"sh": {"users": null, "timeout": null, '
+                '"max-output": null, "cwd": null, "args": ["-c"], "env": {"A": "b"}}}}',
+            ),
+            "/bin:/usr/bin",
+        )
+        self.assertEqual(
+            (spec.users, spec.timeout, spec.maxOutput, spec.cwd, spec.args, dict(spec.env)),
+            (None, None, None, None, ("-c",), {"A": "b"}),
+        )
+        for entry, expected in [
+            ('{"path": null}', "'path' must be an absolute path"),
+            ('{"args": null}', "'args' must be a list of strings"),
+            ('{"env": null}', "'env' must be a table of strings (no '=' in names, no NUL)"),
+            ('{"timeout": true}', "'timeout' must be a positive number of seconds"),
+            ('{"max-output": false}', "'max-output' must be a whole number of bytes"),
+        ]:
+            path = self.write(".json", '{"commands": {"sh": ' + entry + "}}")
+            with self.assertRaises(ValueError) as caught:
+                loadCommandsFile(path, "/bin:/usr/bin")
+            self.assertEqual(str(caught.exception), f"{path}: command 'sh': {expected}", entry)
+
     def test_tapOptions(self) -> None:
         """
         C{--allow-command} (repeatable) and the limit options reach the

@@ -8,15 +8,21 @@ operating system picks; the last ones talk to a real C{twistd frameserver}.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_frames import tap
+
+from . import inmemory
 from .serverprocess import ROOT, ServerProcess, childEnv, frames
 
 EXAMPLES = ROOT / "docs" / "examples"
@@ -208,3 +214,66 @@ class EveryExampleTestedTests(SynchronousTestCase):
         source = Path(__file__).read_text(encoding="utf-8")
         missing = [n for n in exampleNames() if f'"{n}"' not in source]
         self.assertEqual(missing, [])
+
+
+def loadExample(name: str) -> ModuleType:
+    """
+    Import one example script of C{docs/examples/} as a module.
+    """
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), EXAMPLES / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class CounterServiceTests(SynchronousTestCase):
+    """
+    C{counter_service.py}: a service added to C{twistd frameserver} by one
+    registration, with no edit to the package.
+    """
+
+    def setUp(self) -> None:
+        self.counter = loadExample("counter_service.py")
+        # The one line of registration: the server's services plus this one.
+        self.Options = tap.optionsFor((*tap.SERVICES, self.counter.COUNTER))
+
+    def parse(self, *argv: str) -> tap.ServerOptions:
+        """
+        Parse C{argv} with the registered service's options added.
+        """
+        root = self.mktemp()
+        os.makedirs(root)
+        options = self.Options()
+        options.parseOptions(["--root", root, "--udp", "0", *argv])
+        return options
+
+    def test_options(self) -> None:
+        """
+        The service's options are parsed and checked with the others, and
+        listed in C{--help}; C{tap.Options} stays without them.
+        """
+        options = self.parse("--counter-start", "41", "--counter-step", "2")
+        self.assertEqual((options["counter-start"], options["counter-step"]), (41, 2))
+        self.assertIn("--counter-step=", str(self.Options()))
+        self.assertNotIn("--counter-step=", str(tap.Options()))
+        with self.assertRaises(SystemExit) as e:
+            self.parse("--counter-step", "0")
+        self.assertIn("--counter-step must be in 1..1000, not 0", str(e.exception))
+
+    def test_countOverAConnection(self) -> None:
+        """
+        C{makeService} builds the service with the others: a client of the
+        server sees C{count} in the greeting and calls it.
+        """
+        options = self.parse("--counter-start", "41", "--counter-step", "2")
+        top = tap.makeService(options, MemoryReactorClock())
+        top.startService()
+        self.addCleanup(top.stopService)
+        connection = inmemory.connect(top.factory, host="127.0.0.1")
+        connection.pump.flush()
+        self.assertIn("count", connection.client.greeting["ops"])
+        frames = connection.frames
+        replies = [self.successResultOf(connection.run(frames.request("count"))) for _ in "ab"]
+        self.assertEqual([r.header["count"] for r in replies], [41, 43])
+        self.assertIn("list", connection.client.greeting["ops"])

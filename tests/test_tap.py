@@ -136,6 +136,41 @@ class OptionsTests(SynchronousTestCase):
             self.assertTrue(message.startswith("twistd frameserver: "), message)
 
 
+class ServiceRegistryTests(SynchronousTestCase):
+    """
+    L{tap.Options} and L{tap.makeService} are built from L{tap.SERVICES},
+    naming no service themselves.
+    """
+
+    def test_optionsCombineTheMixins(self) -> None:
+        """
+        L{tap.Options} has every entry's mix-in, and the same options as
+        L{tap.optionsFor} of the registry.
+        """
+        for entry in tap.SERVICES:
+            self.assertTrue(issubclass(tap.Options, entry.options), entry.name)
+        self.assertEqual(tap.Options.services, tap.SERVICES)
+        self.assertEqual(
+            sorted(tap.optionsFor(tap.SERVICES)().longOpt), sorted(tap.Options().longOpt)
+        )
+
+    def test_withoutAService(self) -> None:
+        """
+        A server built without the commands entry has neither its options
+        nor its op, and the other services are unchanged.
+        """
+        entries = tuple(e for e in tap.SERVICES if e.name != "commands")
+        options = tap.optionsFor(entries)()
+        self.assertNotIn("max-procs=", options.longOpt)
+        options.parseOptions(["--root", existingRoot(self), "--udp", "0"])
+        with self.assertRaises(SystemExit):
+            tap.optionsFor(entries)().parseOptions(["--allow-command", "sh"])
+        top = tap.makeService(options, MemoryReactorClock())
+        names = set(top.factory.operations)
+        self.assertIn("list", names)
+        self.assertNotIn("run", names)
+
+
 class UDPMemoryReactor(MemoryReactorClock):
     """
     A L{MemoryReactorClock} that also records C{listenUDP} calls.

@@ -3,10 +3,13 @@
 The server's security configuration, for C{twistd frameserver}: options,
 their checks, and the services and TLS wrapping built from them.
 
-L{SecurityOptions} is mixed into C{tap.Options} (Twisted's C{usage.Options}
-collects C{optParameters} and C{optFlags} from every base class), so the
-tap module only calls L{SecurityOptions.securityPostOptions},
-L{makeSecurityServices}, L{configureFactory} and L{listeningFactory}.
+L{SECURITY} is the entry of C{tap.SERVICES} for the connection caps and
+login: L{SecurityOptions} is mixed into C{tap.Options} (Twisted's
+C{usage.Options} collects C{optParameters} and C{optFlags} from every base
+class), L{SecurityOptions.securityPostOptions} checks them, and
+L{buildSecurity} makes the guard and the login service.  Deadlines and TLS
+apply to every connection, so the tap module also calls
+L{configureFactory} and L{listeningFactory}.
 
 Secure defaults: without C{--users}, the server refuses to listen on
 anything but loopback (or a UNIX socket) unless given
@@ -16,6 +19,7 @@ C{--insecure-no-auth-on-public-interface}.
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 from typing import Any
 
 from twisted.internet.interfaces import IProtocolFactory
@@ -27,8 +31,10 @@ from .auth.cred import makePortal
 from .auth.hmac import MECHANISM
 from .auth.keys import UsersFile, UsersFileError
 from .auth.service import AuthService
+from .bounds import bounded
 from .policy import ConnectionGuard, ConnectionLimits, FailurePenalties
 from .server import FramesServerFactory, Service
+from .services import Built, ServiceEntry
 from .tls import TLSConfigError, serverOptions
 
 log = Logger(namespace="twisted_frames.security")
@@ -49,32 +55,20 @@ DEFAULT_WRITE_TIMEOUT = 60.0
 MESSAGES_PER_TURN = 16
 
 
-def _count(name: str) -> Any:
-    def coerce(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError(f"--{name} must be a whole number, not {value!r}") from None
-        if not 0 <= n <= 10_000_000:
-            raise ValueError(f"--{name} must be in 0..10000000 (0: no limit), not {n}")
-        return n
-
-    coerce.coerceDoc = "A whole number; 0 means no limit."  # type: ignore[attr-defined]
-    return coerce
-
-
-def _seconds(name: str) -> Any:
-    def coerce(value: str) -> float:
-        try:
-            n = float(value)
-        except ValueError:
-            raise ValueError(f"--{name} must be a number of seconds, not {value!r}") from None
-        if not 0 <= n <= 86400 * 365:
-            raise ValueError(f"--{name} must be in 0..31536000 seconds (0: none), not {n:g}")
-        return n
-
-    coerce.coerceDoc = "Seconds; 0 means none."  # type: ignore[attr-defined]
-    return coerce
+#: The coercers of the connection caps and the deadlines.
+_count = partial(
+    bounded, low=0, high=10_000_000, note=" (0: no limit)", doc="A whole number; 0 means no limit."
+)
+_seconds = partial(
+    bounded,
+    low=0,
+    high=86400 * 365,
+    kind=float,
+    noun="a number of seconds",
+    unit=" seconds",
+    note=" (0: none)",
+    doc="Seconds; 0 means none.",
+)
 
 
 def _splitEndpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
@@ -151,56 +145,56 @@ class SecurityOptions:
             None,
             DEFAULT_MAX_CONNECTIONS,
             "Connections at once, in total.",
-            _count("max-connections"),
+            _count("--max-connections"),
         ],
         [
             "max-per-source",
             None,
             DEFAULT_MAX_PER_SOURCE,
             "Connections at once from one address (IPv6: one /64).",
-            _count("max-per-source"),
+            _count("--max-per-source"),
         ],
         [
             "max-unauthenticated",
             None,
             DEFAULT_MAX_UNAUTHENTICATED,
             "Connections not yet logged in, in total (with --users).",
-            _count("max-unauthenticated"),
+            _count("--max-unauthenticated"),
         ],
         [
             "max-unauthenticated-per-source",
             None,
             DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE,
             "Connections not yet logged in from one address (with --users).",
-            _count("max-unauthenticated-per-source"),
+            _count("--max-unauthenticated-per-source"),
         ],
         [
             "login-timeout",
             None,
             DEFAULT_LOGIN_TIMEOUT,
             "Seconds a connection has to log in (with --users).",
-            _seconds("login-timeout"),
+            _seconds("--login-timeout"),
         ],
         [
             "idle-timeout",
             None,
             DEFAULT_IDLE_TIMEOUT,
             "Seconds without input and no request in flight before closing.",
-            _seconds("idle-timeout"),
+            _seconds("--idle-timeout"),
         ],
         [
             "frame-timeout",
             None,
             DEFAULT_FRAME_TIMEOUT,
             "Seconds to finish a started message header, or between reads of a body.",
-            _seconds("frame-timeout"),
+            _seconds("--frame-timeout"),
         ],
         [
             "write-timeout",
             None,
             DEFAULT_WRITE_TIMEOUT,
             "Seconds the peer may take nothing of what waits for it before it is cut off.",
-            _seconds("write-timeout"),
+            _seconds("--write-timeout"),
         ],
     ]
 
@@ -287,6 +281,21 @@ def makeSecurityServices(config: Any, reactor: Any) -> list[Service]:
             )
         )
     return services
+
+
+def buildSecurity(config: Any, reactor: Any) -> Built:
+    """
+    The connection guard and, with C{--users}, the login service: the first
+    services of the factory (L{makeSecurityServices}).
+    """
+    return Built(services=makeSecurityServices(config, reactor))
+
+
+#: The security options' entry in C{tap.SERVICES}; it comes first, so its
+#: services see a new connection before any other.
+SECURITY = ServiceEntry(
+    "security", SecurityOptions, buildSecurity, SecurityOptions.securityPostOptions
+)
 
 
 def configureFactory(factory: FramesServerFactory, config: Any) -> None:

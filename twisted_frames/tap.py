@@ -15,25 +15,28 @@ import os
 import resource
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
 from . import policy, security, wire
-from .commands.options import commandOptionParameters, configureCommands
-from .commands.service import CommandService
+from .bounds import bounded
+from .commands.options import COMMANDS
 from .commands.spec import CommandLimits
-from .server import FramesServerFactory, Service
+from .files.options import FILES
+from .server import FramesServerFactory
+from .services import ServiceEntry
+from .udpservice import UDP
 from .wire import Limits
 
 DEFAULT_ROOT = "srv"
 DEFAULT_LISTEN = "tcp:8007:interface=127.0.0.1"
-DEFAULT_UDP = 8007
 DEFAULT_BACKLOG = 128
 DEFAULT_SHUTDOWN_GRACE = 10
 #: Worker threads of the reactor's pool (Twisted's default size), which
@@ -43,25 +46,23 @@ DEFAULT_THREADS = 10
 log = Logger(namespace="twisted_frames.tap")
 
 
-def _positiveInt(name: str, low: int, high: int) -> Any:
-    def coerce(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a whole number, not {value!r}") from None
-        if not low <= n <= high:
-            raise ValueError(f"{name} must be in {low}..{high}, not {n}")
-        return n
-
-    coerce.coerceDoc = f"An integer in {low}..{high}."  # type: ignore[attr-defined]
-    return coerce
+#: The services of C{twistd frameserver}, in the order their frames services
+#: see a connection (and their options are listed in the reference).  A new
+#: service is one more entry here (see L{twisted_frames.services}).
+SERVICES: tuple[ServiceEntry, ...] = (security.SECURITY, FILES, COMMANDS, UDP)
 
 
-class Options(security.SecurityOptions, usage.Options):
+class ServerOptions(usage.Options):
     """
-    Command-line options of C{twistd frameserver} (the security ones come
-    from L{security.SecurityOptions}).
+    The options every C{twistd frameserver} has, whatever its services:
+    where to listen, the root, the frame limits, the shutdown grace.
+    L{Options} adds the services' own (L{optionsFor}).
+
+    @cvar services: the entries whose mix-ins the class has, checked and
+        built in this order.
     """
+
+    services: tuple[ServiceEntry, ...] = ()
 
     synopsis = "[frameserver options]"
     longdesc = (
@@ -69,10 +70,6 @@ class Options(security.SecurityOptions, usage.Options):
         "frame, body frame): ping, and the services configured below; plus a "
         "UDP echo service."
     )
-
-    optFlags = [
-        ["udp-upper", None, "UDP echo replies in upper case, like the classic example."],
-    ]
 
     optParameters = [
         [
@@ -82,60 +79,35 @@ class Options(security.SecurityOptions, usage.Options):
             "Directory the file and command services are confined to; it must exist. "
             f"Default: ./{DEFAULT_ROOT}, created if missing.",
         ],
-        ["udp", "u", DEFAULT_UDP, "UDP echo port (0 disables).", _positiveInt("--udp", 0, 65535)],
-        ["udp-interface", None, "127.0.0.1", "Address the UDP echo binds to."],
-        [
-            "udp-max",
-            None,
-            8192,
-            "Largest UDP datagram echoed; bigger ones are dropped and counted.",
-            _positiveInt("--udp-max", 1, 65507),
-        ],
-        [
-            "udp-rate",
-            None,
-            50,
-            "UDP datagrams per second allowed per source address.",
-            _positiveInt("--udp-rate", 1, 1_000_000),
-        ],
         [
             "backlog",
             None,
             DEFAULT_BACKLOG,
             "listen() backlog of TCP/SSL endpoints that do not set their own.",
-            _positiveInt("--backlog", 1, 65535),
+            bounded("--backlog", 1, 65535),
         ],
         [
             "max-header",
             None,
             wire.DEFAULT_MAX_HEADER,
             "Largest header frame accepted, in bytes.",
-            _positiveInt("--max-header", 2, wire.MAX_FRAME),
+            bounded("--max-header", 2, wire.MAX_FRAME),
         ],
         [
             "max-body",
             None,
             wire.DEFAULT_MAX_BODY,
             "Largest body frame accepted, in bytes.",
-            _positiveInt("--max-body", 0, wire.MAX_FRAME),
+            bounded("--max-body", 0, wire.MAX_FRAME),
         ],
         [
             "max-in-flight",
             None,
             256,
             "Requests one connection may have unanswered at once; one more closes it.",
-            _positiveInt("--max-in-flight", 1, 1_000_000),
+            bounded("--max-in-flight", 1, 1_000_000),
         ],
         ["name", None, None, "Server name announced in the greeting (default: host name)."],
-        ["commands", None, None, "TOML (or .json) file of allowed commands and their limits."],
-        *commandOptionParameters,
-        [
-            "partial-ttl",
-            None,
-            24 * 3600,
-            "Seconds an interrupted upload is kept for resuming before it is deleted.",
-            _positiveInt("--partial-ttl", 1, 10 * 365 * 24 * 3600),
-        ],
         [
             "shutdown-grace",
             None,
@@ -143,7 +115,7 @@ class Options(security.SecurityOptions, usage.Options):
             "Seconds a stopping server (SIGTERM) lets requests in flight finish; then the "
             "rest are answered shutting_down and every connection is closed. Must be larger "
             "than the command kill grace when commands are allowed.",
-            _positiveInt("--shutdown-grace", 0, 3600),
+            bounded("--shutdown-grace", 0, 3600),
         ],
     ]
 
@@ -176,14 +148,11 @@ class Options(security.SecurityOptions, usage.Options):
 
     opt_l = opt_listen
 
-    def opt_allow_command(self, name: str) -> None:
-        """
-        Allow a command (repeatable): a name resolved on the server's PATH
-        now, or an absolute path; clients may give it any arguments.
-        """
-        self.setdefault("allow-command", []).append(name)
-
     def postOptions(self) -> None:
+        """
+        Give the shared options their final values, then run every
+        service's check.
+        """
         # Only the default root is created: a --root that does not exist is
         # more likely a typo than a wish for a new tree.
         self["createRoot"] = self["root"] is None
@@ -198,23 +167,26 @@ class Options(security.SecurityOptions, usage.Options):
             self["limits"] = Limits(maxHeader=self["max-header"], maxBody=self["max-body"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
-        self.securityPostOptions()
-        configureCommands(self)
-        killGrace = self["command-limits"].killGrace
-        if self["command-specs"] and self["shutdown-grace"] <= killGrace:
-            # A command that ignores SIGTERM is killed killGrace seconds into
-            # the shutdown; its final reply must still fit in the grace.
-            raise usage.UsageError(
-                f"--shutdown-grace must be larger than the command kill grace "
-                f"({killGrace:g} s) when commands are allowed, not {self['shutdown-grace']}"
-            )
-        if self["command-specs"] and not self["localOnly"] and self["usersFile"] is None:
-            # Running programs for anyone who can reach the port is never a
-            # default, not even with the insecure flag: commands need a login.
-            raise usage.UsageError(
-                "the command service needs --users when listening off loopback "
-                "(commands are never run for anonymous remote peers)"
-            )
+        for entry in self.services:
+            entry.check(self)
+
+
+def optionsFor(services: Sequence[ServiceEntry]) -> type[ServerOptions]:
+    """
+    The options class of a server with C{services}: L{ServerOptions} and
+    every service's mix-in (L{Options} is C{optionsFor(SERVICES)}).
+    """
+    bases = (*(entry.options for entry in services), ServerOptions)
+    return type("Options", bases, {"services": tuple(services)})
+
+
+class Options(*(entry.options for entry in SERVICES), ServerOptions):  # type: ignore[misc]
+    """
+    Command-line options of C{twistd frameserver}: L{ServerOptions} and the
+    options of every service in L{SERVICES}.
+    """
+
+    services = SERVICES
 
 
 def _withBacklog(endpoint: str, backlog: int) -> str:
@@ -355,7 +327,7 @@ class _EndpointService(StreamServerEndpointService):
         return port
 
 
-def fitDescriptorLimit(config: Options, reactor: Any, rlimit: Any = None) -> None:
+def fitDescriptorLimit(config: ServerOptions, reactor: Any, rlimit: Any = None) -> None:
     """
     Make the caps fit the process's open-file limit (C{RLIMIT_NOFILE}), so
     that a full server refuses connections with C{busy} instead of failing
@@ -370,15 +342,18 @@ def fitDescriptorLimit(config: Options, reactor: Any, rlimit: Any = None) -> Non
     if rlimit is None:
         rlimit = resource
     connections = config["max-connections"] or None
-    commands: CommandLimits = config["command-limits"]
+    # A server without the command or UDP service has no processes, no UDP
+    # port to count.
+    commands: CommandLimits | None = config.get("command-limits")
+    maxProcs = commands.maxProcs if commands is not None else 0
     pool = getattr(reactor, "threadpool", None)
     threads = getattr(pool, "max", DEFAULT_THREADS)
-    listeners = len(config["listen"]) + (1 if config["udp"] else 0)
+    listeners = len(config["listen"]) + (1 if config.get("udp") else 0)
     soft, hard = rlimit.getrlimit(rlimit.RLIMIT_NOFILE)
     if connections is None:
         need = None
     else:
-        need = policy.descriptorsNeeded(connections, commands.maxProcs, threads, listeners)
+        need = policy.descriptorsNeeded(connections, maxProcs, threads, listeners)
         if need <= soft:
             return
     limit = soft
@@ -393,10 +368,10 @@ def fitDescriptorLimit(config: Options, reactor: Any, rlimit: Any = None) -> Non
         except (ValueError, OSError):
             pass
     try:
-        fitted = policy.fitDescriptors(limit, connections, commands.maxProcs, threads, listeners)
+        fitted = policy.fitDescriptors(limit, connections, maxProcs, threads, listeners)
     except ValueError as e:
         raise SystemExit(f"twistd frameserver: {e}") from None
-    if fitted == (connections, commands.maxProcs):
+    if fitted == (connections, maxProcs):
         log.info(
             "raised the open-file limit (RLIMIT_NOFILE) from {soft} to {limit} for the caps "
             "(at most {need} descriptors)",
@@ -406,9 +381,12 @@ def fitDescriptorLimit(config: Options, reactor: Any, rlimit: Any = None) -> Non
         )
         return
     config["max-connections"], procs = fitted
-    config["command-limits"] = dataclasses.replace(
-        commands, maxProcs=procs, maxProcsPerConnection=min(commands.maxProcsPerConnection, procs)
-    )
+    if commands is not None:
+        config["command-limits"] = dataclasses.replace(
+            commands,
+            maxProcs=procs,
+            maxProcsPerConnection=min(commands.maxProcsPerConnection, procs),
+        )
     log.warn(
         "the open-file limit (RLIMIT_NOFILE) is {limit} (hard {hard}): too low for "
         "--max-connections {connections} and --max-procs {procs}; using --max-connections "
@@ -416,15 +394,16 @@ def fitDescriptorLimit(config: Options, reactor: Any, rlimit: Any = None) -> Non
         limit=limit,
         hard="unlimited" if hard == rlimit.RLIM_INFINITY else hard,
         connections=connections or "0 (no limit)",
-        procs=commands.maxProcs,
+        procs=maxProcs,
         newConnections=fitted[0],
         newProcs=fitted[1],
     )
 
 
-def makeService(config: Options, reactor: Any = None) -> FrameServerService:
+def makeService(config: ServerOptions, reactor: Any = None) -> FrameServerService:
     """
-    Build the server from parsed L{Options}.
+    Build the server from parsed L{Options}: every service's L{Built}
+    parts, in the order of C{config.services}.
 
     @param reactor: the reactor to listen with (tests pass a
         C{MemoryReactor}); the global one by default.
@@ -433,45 +412,29 @@ def makeService(config: Options, reactor: Any = None) -> FrameServerService:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    root = os.path.abspath(config["root"])
-    _checkRoot(root, create=config["createRoot"])
+    _checkRoot(os.path.abspath(config["root"]), create=config["createRoot"])
     fitDescriptorLimit(config, reactor)
-    from .files.service import FileService
-
-    files = FileService(root, partialTTL=float(config["partial-ttl"]), clock=reactor)
-    services: list[Service] = [files]
-    services[0:0] = security.makeSecurityServices(config, reactor)
-    commandService = CommandService(
-        reactor, root, config["command-specs"], config["command-limits"]
-    )
-    services.append(commandService)
+    built = [entry.build(config, reactor) for entry in config.services]
     factory = FramesServerFactory(
-        services, limits=config["limits"], serverName=config["name"], clock=reactor
+        [s for parts in built for s in parts.services],
+        limits=config["limits"],
+        serverName=config["name"],
+        clock=reactor,
     )
     factory.maxInFlight = config["max-in-flight"]
     factory.shutdownGrace = float(config["shutdown-grace"])
     security.configureFactory(factory, config)
     listenFactory = security.listeningFactory(factory, config)
     top = FrameServerService(factory)
-    commandService.setServiceParent(top)
-    expiry = TimerService(min(config["partial-ttl"], 3600), files.expirePartials)
-    expiry.clock = reactor
-    expiry.setServiceParent(top)
+    for parts in built:
+        for child in parts.children:
+            child.setServiceParent(top)
     for description in config["listen"]:
         try:
             endpoint = endpoints.serverFromString(reactor, description)
         except (ValueError, TypeError, KeyError) as e:
             raise SystemExit(f"twistd frameserver: bad --listen {description!r}: {e}") from None
         _EndpointService(endpoint, listenFactory).setServiceParent(top)
-    if config["udp"]:
-        _UDPService(
-            reactor,
-            config["udp"],
-            config["udp-interface"],
-            upper=config["udp-upper"],
-            maxDatagram=config["udp-max"],
-            rate=float(config["udp-rate"]),
-        ).setServiceParent(top)
     return top
 
 
@@ -496,36 +459,3 @@ def _checkRoot(root: str, create: bool) -> None:
             f"twistd frameserver: --root {root} {problem} (create it first; "
             f"only the default ./{DEFAULT_ROOT} is created)"
         )
-
-
-class _UDPService(service.Service):
-    """
-    The UDP echo port, as a service.
-    """
-
-    def __init__(self, reactor: Any, port: int, interface: str, **kwargs: Any) -> None:
-        self.reactor = reactor
-        self.port = port
-        self.interface = interface
-        self.kwargs = kwargs
-        self.listening: Any = None
-
-    def privilegedStartService(self) -> None:
-        from .udp import listenEcho
-
-        super().privilegedStartService()
-        self.listening = listenEcho(self.reactor, self.port, self.interface, **self.kwargs)
-        address = self.listening.getHost()
-        log.info("udp echo listening on {host}:{port}", host=address.host, port=address.port)
-
-    def startService(self) -> None:
-        super().startService()
-        if self.listening is None:
-            self.privilegedStartService()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        listening, self.listening = self.listening, None
-        if listening is not None:
-            return listening.stopListening()
-        return None

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from twisted.internet import defer
 
+from ..bounds import boundedArgument
 from ..client import FramesClient, connect
 from ..printable import printable
 from ..wire import FramesError
@@ -320,25 +321,7 @@ async def openClient(reactor: Any, args: argparse.Namespace) -> FramesClient:
     return client
 
 
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
-    return n
-
-
-def _seconds(value: str) -> float:
-    try:
-        n = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {value!r}") from None
-    if not 0 <= n < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {value}")
-    return n
-
-
-def _nonNegative(value: str) -> int:
-    n = int(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {n}")
-    return n
+#: C{argparse} types of the client's counts and durations.
+_positive = boundedArgument(1)
+_nonNegative = boundedArgument(0)
+_seconds = boundedArgument(0, kind=float, noun="a number of seconds", unit=" seconds")

@@ -31,6 +31,7 @@ from ..auth.keys import (
     newSecret,
     writePrivate,
 )
+from ..bounds import boundedArgument
 from ..client import parseServer
 from ..tls import clientOptions
 from ..wire import ErrorCode, FramesError
@@ -217,11 +218,7 @@ async def _makeCerts(reactor: Any, args: argparse.Namespace, ui: Any) -> int:
     return 0
 
 
-def _days(value: str) -> int:
-    n = int(value)
-    if not 1 <= n <= 36500:
-        raise argparse.ArgumentTypeError(f"must be in 1..36500, not {n}")
-    return n
+_days = boundedArgument(1, 36500)
 
 
 def register(sub: Any) -> None:

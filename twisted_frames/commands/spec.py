@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,7 +127,87 @@ def loadCommandsFile(path: str, searchPath: str | None = None) -> list[CommandSp
     return [_specFromTable(path, name, entry, searchPath) for name, entry in table.items()]
 
 
-_SPEC_KEYS = {"path", "args", "users", "timeout", "max-output", "cwd", "env"}
+def _isNumber(value: Any, kinds: type | tuple[type, ...] = (int, float)) -> bool:
+    # TOML and JSON booleans are ints to Python; a limit of "true" is a mistake.
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _isEnv(value: Any) -> bool:
+    # A NUL would only fail later, at every run of the command.
+    return isinstance(value, dict) and all(
+        isinstance(k, str)
+        and isinstance(v, str)
+        and k
+        and "=" not in k
+        and "\0" not in k
+        and "\0" not in v
+        for k, v in value.items()
+    )
+
+
+@dataclass(frozen=True)
+class _Field:
+    """
+    How one key of a C{--commands} table becomes an attribute of its
+    L{CommandSpec}.
+
+    @ivar attr: the attribute.
+    @ivar valid: whether a value is acceptable.
+    @ivar problem: what the error says a value must be.
+    @ivar convert: turns an acceptable value into the attribute's.
+    @ivar default: the value of a missing key; a key whose value is
+        C{None} (JSON's C{null}) is missing too when this is C{None}.
+    """
+
+    attr: str
+    valid: Callable[[Any], bool]
+    problem: str
+    convert: Callable[[Any], Any]
+    default: Any = None
+
+
+#: The keys of a command's table but C{path}, checked in this order.
+_FIELDS = {
+    "args": _Field(
+        "args",
+        lambda v: isinstance(v, list) and all(isinstance(a, str) and "\0" not in a for a in v),
+        "'args' must be a list of strings",
+        tuple,
+        default=[],
+    ),
+    "users": _Field(
+        "users",
+        lambda v: isinstance(v, list) and all(isinstance(u, str) for u in v),
+        "'users' must be a list of user names",
+        frozenset,
+    ),
+    "timeout": _Field(
+        "timeout",
+        lambda v: _isNumber(v) and v > 0,
+        "'timeout' must be a positive number of seconds",
+        float,
+    ),
+    "max-output": _Field(
+        "maxOutput",
+        lambda v: _isNumber(v, int) and v >= 0,
+        "'max-output' must be a whole number of bytes",
+        int,
+    ),
+    "cwd": _Field(
+        "cwd",
+        lambda v: isinstance(v, str) and not os.path.isabs(v) and "\0" not in v,
+        "'cwd' must be a path relative to the root",
+        str,
+    ),
+    "env": _Field(
+        "env",
+        _isEnv,
+        "'env' must be a table of strings (no '=' in names, no NUL)",
+        dict,
+        default={},
+    ),
+}
+_SPEC_KEYS = {"path", *_FIELDS}
 
 
 def _specFromTable(source: str, name: str, entry: Any, searchPath: str | None) -> CommandSpec:
@@ -137,58 +217,30 @@ def _specFromTable(source: str, name: str, entry: Any, searchPath: str | None) -
     unknown = set(entry) - _SPEC_KEYS
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(_SPEC_KEYS)})")
-    if "path" in entry:
-        p = entry["path"]
-        if not isinstance(p, str) or not os.path.isabs(p):
-            raise ValueError(f"{where}: 'path' must be an absolute path")
-        if not (os.path.isfile(p) and os.access(p, os.X_OK)):
-            raise ValueError(f"{where}: {p} is not an executable file")
-        spec = CommandSpec(name=name, path=p)
-    else:
+    values: dict[str, Any] = {"path": _pathOf(where, name, entry, searchPath)}
+    for key, spec in _FIELDS.items():
+        value = entry.get(key, spec.default)
+        if value is None and spec.default is None:
+            continue
+        if not spec.valid(value):
+            raise ValueError(f"{where}: {spec.problem}")
+        values[spec.attr] = spec.convert(value)
+    return CommandSpec(name=name, **values)
+
+
+def _pathOf(where: str, name: str, entry: dict[str, Any], searchPath: str | None) -> str:
+    """
+    The program a command's table runs: its C{path}, which must be an
+    executable file, or else its name looked up on the server's C{PATH}.
+    """
+    path = entry.get("path")
+    if "path" not in entry:
         try:
-            spec = resolveCommand(name, searchPath)
+            return resolveCommand(name, searchPath).path
         except ValueError as e:
             raise ValueError(f"{where}: {e}; give its 'path'") from None
-    args = entry.get("args", [])
-    if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a for a in args):
-        raise ValueError(f"{where}: 'args' must be a list of strings")
-    users = entry.get("users")
-    if users is not None and (
-        not isinstance(users, list) or not all(isinstance(u, str) for u in users)
-    ):
-        raise ValueError(f"{where}: 'users' must be a list of user names")
-    timeout = entry.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise ValueError(f"{where}: 'timeout' must be a positive number of seconds")
-    maxOutput = entry.get("max-output")
-    if maxOutput is not None and (
-        isinstance(maxOutput, bool) or not isinstance(maxOutput, int) or maxOutput < 0
-    ):
-        raise ValueError(f"{where}: 'max-output' must be a whole number of bytes")
-    cwd = entry.get("cwd")
-    if cwd is not None and (not isinstance(cwd, str) or os.path.isabs(cwd) or "\0" in cwd):
-        raise ValueError(f"{where}: 'cwd' must be a path relative to the root")
-    env = entry.get("env", {})
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str)
-        and isinstance(v, str)
-        and k
-        and "=" not in k
-        and "\0" not in k
-        and "\0" not in v
-        for k, v in env.items()
-    ):
-        # A NUL would only fail later, at every run of the command.
-        raise ValueError(f"{where}: 'env' must be a table of strings (no '=' in names, no NUL)")
-    return CommandSpec(
-        name=name,
-        path=spec.path,
-        args=tuple(args),
-        users=frozenset(users) if users is not None else None,
-        timeout=float(timeout) if timeout is not None else None,
-        maxOutput=maxOutput,
-        cwd=cwd,
-        env=dict(env),
-    )
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise ValueError(f"{where}: 'path' must be an absolute path")
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise ValueError(f"{where}: {path} is not an executable file")
+    return path

@@ -1,0 +1,55 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The file service's C{twistd frameserver} options, and the service built
+from them (its entry in L{twisted_frames.tap.SERVICES}).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.internet import TimerService
+
+from ..bounds import bounded
+from ..services import Built, ServiceEntry
+
+#: Seconds an interrupted upload is kept by default: a day.
+DEFAULT_PARTIAL_TTL = 24 * 3600
+#: The longest pause between two sweeps of expired partial uploads.
+EXPIRY_INTERVAL = 3600
+
+
+class FileOptions:
+    """
+    The file service's options, as a mix-in for C{usage.Options}; the root
+    it serves is the shared C{--root}.
+    """
+
+    optParameters = [
+        [
+            "partial-ttl",
+            None,
+            DEFAULT_PARTIAL_TTL,
+            "Seconds an interrupted upload is kept for resuming before it is deleted.",
+            bounded("--partial-ttl", 1, 10 * 365 * 24 * 3600),
+        ],
+    ]
+
+
+def buildFiles(config: Any, reactor: Any) -> Built:
+    """
+    The file service over C{--root}, and the timer that deletes expired
+    partial uploads.
+    """
+    from .service import FileService
+
+    files = FileService(
+        os.path.abspath(config["root"]), partialTTL=float(config["partial-ttl"]), clock=reactor
+    )
+    expiry = TimerService(min(config["partial-ttl"], EXPIRY_INTERVAL), files.expirePartials)
+    expiry.clock = reactor
+    return Built(services=[files], children=[expiry])
+
+
+FILES = ServiceEntry("files", FileOptions, buildFiles)
