@@ -34,6 +34,7 @@ cut.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import deque
 from typing import Any, Protocol, cast
@@ -42,7 +43,7 @@ from twisted.internet import abstract, defer, tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.protocols.basic import Int32StringReceiver
+from twisted.protocols.basic import Int32StringReceiver, StringTooLongError
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -339,6 +340,9 @@ class FrameProtocol(Int32StringReceiver):
         self._gathered: list[bytes] | None = None
         self._gatheredBytes = 0
         self._directSend = False
+        # The protocol as a producer (pauseProducing and friends): a pause
+        # of its own, counted with the sinks' ones.
+        self._producer = _ReceiveProducer(self)
 
     def makeConnection(self, transport: Any) -> None:
         """
@@ -366,7 +370,89 @@ class FrameProtocol(Int32StringReceiver):
 
     @property
     def MAX_LENGTH(self) -> int:  # type: ignore[override]
+        """
+        The header frame limit (C{limits.maxHeader}), as
+        C{IntNStringReceiver.MAX_LENGTH} is the frame limit there: setting
+        it sets that limit (a subclass may also set it as a class attribute).
+        """
         return self.limits.maxHeader
+
+    @MAX_LENGTH.setter
+    def MAX_LENGTH(self, value: int) -> None:
+        self.limits = dataclasses.replace(self.limits, maxHeader=value)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass that sets MAX_LENGTH as Twisted's receivers do (a plain
+        # class attribute) sets its header limit, not an ignored attribute.
+        super().__init_subclass__(**kwargs)
+        value = cls.__dict__.get("MAX_LENGTH")
+        if isinstance(value, int):
+            cls.limits = dataclasses.replace(cls.limits, maxHeader=value)
+            del cls.MAX_LENGTH  # type: ignore[misc]
+
+    @property
+    def recvd(self) -> bytes:  # type: ignore[override]
+        """
+        What C{IntNStringReceiver.recvd} is: the bytes received but not yet
+        handed on (a partial prefix or header frame, and what waits unread
+        while reading is paused).  Body bytes are handed to their sink as
+        they arrive, so a body in progress adds none.  Read-only: the
+        receiving state cannot be replaced from outside.
+        """
+        if self._state == _HEADER:
+            pending = wire.PREFIX.pack(len(self._headerBuf) + self._remaining) + self._headerBuf
+        else:
+            pending = bytes(self._prefix)
+        return pending + b"".join(self._unread)
+
+    @property
+    def paused(self) -> bool:  # type: ignore[override]
+        """
+        Whether reading is paused, for whatever reason (L{pauseReceiving}).
+        """
+        return self._pauseCount > 0
+
+    def pauseProducing(self) -> None:
+        """
+        C{IPushProducer.pauseProducing}: stop reading through the
+        protocol's own pause counting (L{pauseReceiving}), so that a sink's
+        pause and this one do not undo each other.  Idempotent, as a
+        producer's pause is.
+        """
+        self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        Undo L{pauseProducing} (reading resumes unless a sink still pauses).
+        """
+        self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        C{IPushProducer.stopProducing}: the connection is dropped.
+        """
+        self._producer.stopProducing()
+
+    def sendString(self, string: bytes) -> None:
+        """
+        Send one frame, C{string} with its length prefix, through the send
+        queue: behind a streamed body in progress, never inside it.  Two
+        frames make a message; L{sendMessage} is the usual way to send one.
+        Nothing is sent once the connection is closing.
+
+        @raise StringTooLongError: if C{string} is over L{wire.MAX_FRAME}.
+        """
+        if len(string) > wire.MAX_FRAME:
+            raise StringTooLongError(
+                f"frame of {len(string)} bytes is over the limit of {wire.MAX_FRAME}"
+            )
+        if self._closing or self.transport is None:
+            return
+        data = wire.PREFIX.pack(len(string)) + string
+        if self._activeSource is None and not self._sendQueue:
+            self._write(data)
+        else:
+            self._sendQueue.append(data)
 
     def _clock(self) -> IReactorTime:
         if self.clock is None:
@@ -496,7 +582,7 @@ class FrameProtocol(Int32StringReceiver):
                     self._prefix.clear()
                 if state == _HEADER_PREFIX:
                     if length > self.limits.maxHeader:
-                        self.lengthLimitExceeded(length)
+                        self._refuseLength(length)
                         return
                     if 0 < length <= end - pos:
                         # Fast path: the whole header frame is in this read
@@ -595,9 +681,20 @@ class FrameProtocol(Int32StringReceiver):
         except ProtocolViolation as e:
             self.protocolViolation(e, None)
 
+    def _refuseLength(self, length: int) -> None:
+        self.lengthLimitExceeded(length)
+        if not self._closing:
+            # An override that only dropped the connection, as Twisted's
+            # default does: what follows the refused frame cannot be parsed,
+            # so nothing more is read.
+            self.loseConnectionSoon()
+
     def lengthLimitExceeded(self, length: int) -> None:
         """
         A header prefix over L{MAX_LENGTH}: refuse before buffering a byte.
+        As in C{IntNStringReceiver}, the default closes the connection (with
+        a C{header_too_large} error); an override may say something else,
+        and nothing more is read from the connection after it either way.
         """
         self.protocolViolation(
             ProtocolViolation(
