@@ -39,7 +39,7 @@ import sys
 from collections import deque
 from typing import Any, Protocol, cast
 
-from twisted.internet import abstract, defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
+from ._speedups.tcp import canSendDirect, sendBeforeStartTLS, sendDirect, unsent
 from .wire import ErrorCode, Limits, ProtocolViolation
 
 _HEADER_PREFIX, _HEADER, _BODY_PREFIX, _BODY = range(4)
@@ -340,6 +341,7 @@ class FrameProtocol(Int32StringReceiver):
         self._gathered: list[bytes] | None = None
         self._gatheredBytes = 0
         self._directSend = False
+        self._gathering = True
         # The protocol as a producer (pauseProducing and friends): a pause
         # of its own, counted with the sinks' ones.
         self._producer = _ReceiveProducer(self)
@@ -355,17 +357,10 @@ class FrameProtocol(Int32StringReceiver):
         if register is not None:
             register(self._pressure, True)
             self._pressureRegistered = True
-        self._directSend = isinstance(transport, tcp.Connection)
-        startTLS = getattr(transport, "startTLS", None)
-        if startTLS is not None:
-            # What was written before TLS starts must go out before it, in
-            # the clear (the reply to a STARTTLS-style request), not be
-            # encrypted with what follows: send what is gathered first.
-            def sendGatheredThenStartTLS(*args: Any, **kwargs: Any) -> Any:
-                self._sendGathered()
-                return startTLS(*args, **kwargs)
-
-            transport.startTLS = sendGatheredThenStartTLS
+        self._directSend = canSendDirect(transport)
+        # Writes are gathered during a read only where startTLS sends them
+        # first (see _speedups.tcp); else each goes out as it is written.
+        self._gathering = sendBeforeStartTLS(transport, self._sendGathered)
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
     @property
@@ -479,7 +474,7 @@ class FrameProtocol(Int32StringReceiver):
             return
         if self.messagesPerTurn is not None:
             self._turnEnd = self._messagesStarted + self.messagesPerTurn
-        if self._gathered is None:
+        if self._gathered is None and self._gathering:
             gathered: list[bytes] = []
             self._gathered = gathered
             try:
@@ -903,12 +898,7 @@ class FrameProtocol(Int32StringReceiver):
         TCP transport's buffer (under the TLS layer, if any); 0 for
         transports that do not say (in-memory ones).
         """
-        t = self.transport
-        if not isinstance(t, abstract.FileDescriptor):
-            t = getattr(t, "transport", None)
-            if not isinstance(t, abstract.FileDescriptor):
-                return 0
-        return len(t.dataBuffer) - t.offset + t._tempDataLen
+        return unsent(self.transport)
 
     def outputWaiting(self) -> int:
         """
@@ -1087,24 +1077,10 @@ class FrameProtocol(Int32StringReceiver):
         if t is None:
             return
         self._handed += len(data)
-        if (
-            self._directSend
-            and t.connected
-            and not t.TLS
-            and not t.disconnecting
-            and not t._aborting
-            and not t._writeDisconnecting
-            and not t._writeDisconnected
-            and not t._tempDataLen
-            and t.offset == len(t.dataBuffer)
-        ):
-            sent = t.writeSomeData(data)
-            if type(sent) is int:
-                if sent == len(data):
-                    return
-                data = data[sent:]
-            # Else the connection is lost: the transport's own write finds
-            # that out and closes it the usual way.
+        if self._directSend:
+            data = sendDirect(t, data)
+            if not data:
+                return
         t.write(data)
         if self._writeTimer is None and self.writeTimeout is not None:
             self._armWriteDeadline()
