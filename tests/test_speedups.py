@@ -157,11 +157,11 @@ class TCPTests(SynchronousTestCase):
         force(self, True)
         proto = FrameProtocol()
         proto.makeConnection(self.conn)
-        self.assertTrue(proto._directSend)
-        self.assertTrue(proto._gathering)
-        proto._gathered = []
+        self.assertTrue(proto._sender.directSend)
+        self.assertTrue(proto._sender.gathering)
+        proto._sender.gathered = []
         proto.sendMessage({"id": 1})
-        proto._sendGathered()
+        proto._sender.sendGathered()
         self.assertEqual(self.conn.dataBuffer, b"")
         self.assertEqual(self.peer.recv(100), wire.encodeMessage({"id": 1}))
         self.conn.write(b"x" * 10)
@@ -178,11 +178,11 @@ class TCPTests(SynchronousTestCase):
         startTLS = self.conn.startTLS
         proto = FrameProtocol()
         proto.makeConnection(self.conn)
-        self.assertFalse(proto._directSend)
-        self.assertFalse(proto._gathering)
+        self.assertFalse(proto._sender.directSend)
+        self.assertFalse(proto._sender.gathering)
         self.assertEqual(self.conn.startTLS, startTLS)
         proto.dataReceived(b"")
-        self.assertIsNone(proto._gathered)
+        self.assertIsNone(proto._sender.gathered)
         proto.sendMessage({"id": 1})
         self.assertEqual(
             bytes(self.conn.dataBuffer) + b"".join(self.conn._tempDataBuffer),
@@ -208,7 +208,7 @@ class TCPTests(SynchronousTestCase):
 
         transport = Transport()
         proto.makeConnection(transport)
-        proto._gathered = []
+        proto._sender.gathered = []
         proto.sendMessage({"id": 1})
         transport.startTLS()
         self.assertEqual(calls, [wire.encodeMessage({"id": 1}), b"startTLS"])

@@ -12,24 +12,10 @@ reading through the producer it is given.
 
 Sending: L{FrameProtocol.sendMessage} writes a whole message at once;
 L{FrameProtocol.sendStreamedMessage} sends a body of known length from an
-L{IBodySource}, registered as the transport's streaming producer so that a slow
-peer pauses the source instead of growing a buffer.  Messages are queued
-behind a body in progress, so frames never interleave.
-
-What is written while a read is being handled (the replies to the requests
-in it, the next request a client sends from a reply's callback) is gathered
-and, at the end of the read, sent with one C{send()} straight to the socket
-when the TCP transport has nothing buffered: the stock path would buffer it,
-ask the reactor to watch the socket for writability and send it on the next
-loop iteration, three system calls and an iteration per message instead of
-one call.  Whatever the socket does not take goes through the transport as
-usual, with its buffering and producer pauses.
-
-The write deadline (L{FrameProtocol.writeTimeout}) closes a connection whose
-peer takes none of what waits for it for that long: progress is bytes leaving
-the transport's buffer (or the transport resuming the connection's producer),
-not bytes written into it, so a peer that reads slowly but steadily is never
-cut.
+L{IBodySource}.  Both go through the protocol's L{FrameSender}
+(L{twisted_frames.sending}: the send queue, the body in progress, the writes
+gathered during a read, the direct send, the write deadline), so frames
+never interleave.
 """
 
 from __future__ import annotations
@@ -48,14 +34,22 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
-from ._speedups.tcp import canSendDirect, sendBeforeStartTLS, sendDirect, unsent
+from .sending import BodyOverrun, FrameSender, IBodySource, SendPressure
 from .wire import ErrorCode, Limits, ProtocolViolation
 
-_HEADER_PREFIX, _HEADER, _BODY_PREFIX, _BODY = range(4)
+# The send side's public names are the protocol's too (sending.py is where
+# they are defined, this module where users of the protocol find them).
+__all__ = [
+    "BodyOverrun",
+    "BodySink",
+    "BufferSink",
+    "DiscardSink",
+    "FrameProtocol",
+    "IBodySource",
+    "Pipe",
+]
 
-#: Bytes gathered while handling one read before they are sent anyway (a
-#: read full of pipelined requests must not gather all their replies).
-_GATHER_LIMIT = 64 * 1024
+_HEADER_PREFIX, _HEADER, _BODY_PREFIX, _BODY = range(4)
 
 
 class BodySink:
@@ -121,31 +115,6 @@ class DiscardSink(BodySink):
     """
 
 
-class IBodySource(Protocol):
-    """
-    A body of known length to send, in the shape of Twisted's
-    C{IBodyProducer}: it writes exactly C{length} bytes to the consumer it is
-    given, honours pause/resume, and fires the returned Deferred when done.
-    """
-
-    length: int
-
-    def startProducing(self, consumer: Any) -> defer.Deferred[Any]: ...
-
-    def pauseProducing(self) -> None: ...
-
-    def resumeProducing(self) -> None: ...
-
-    def stopProducing(self) -> None: ...
-
-
-class BodyOverrun(Exception):
-    """
-    A body source wrote more or fewer bytes than it declared: the frame on the
-    wire is corrupt and the connection must close.
-    """
-
-
 @implementer(IPushProducer)
 class _ReceiveProducer:
     """
@@ -175,78 +144,6 @@ class _ReceiveProducer:
 
     def release(self) -> None:
         self.resumeProducing()
-
-
-@implementer(IPushProducer)
-class _SendPressure:
-    """
-    The connection's producer, registered with its transport for the whole
-    connection: the transport pauses it when its write buffer is full.  It
-    passes that on to the body source being sent, if any, and stops reading
-    from the peer, so a peer that keeps sending requests but does not read
-    the replies cannot make this side buffer replies without bound.
-    """
-
-    def __init__(self, protocol: FrameProtocol) -> None:
-        self._protocol = protocol
-        self.paused = False
-
-    def pauseProducing(self) -> None:
-        if self.paused:
-            return
-        self.paused = True
-        protocol = self._protocol
-        active = protocol._activeSource
-        if active is not None:
-            active[0].pauseProducing()
-        protocol._holdForSend(True)
-        if protocol._writeTimer is None and protocol.writeTimeout is not None:
-            protocol._armWriteDeadline()
-
-    def resumeProducing(self) -> None:
-        if not self.paused:
-            return
-        self.paused = False
-        # The transport drained its whole buffer: the peer is reading.
-        self._protocol._resumes += 1
-        active = self._protocol._activeSource
-        if active is not None:
-            active[0].resumeProducing()
-        self._protocol._holdForSend(False)
-
-    def stopProducing(self) -> None:
-        """
-        The transport is going away; L{FrameProtocol.connectionLost} stops
-        the active source.
-        """
-
-
-class _BodyConsumer:
-    """
-    The consumer a body source writes to: counts bytes so that a source that
-    lies about its length cannot corrupt the framing silently.
-    """
-
-    def __init__(self, protocol: FrameProtocol, length: int) -> None:
-        self._protocol = protocol
-        self.remaining = length
-
-    def write(self, data: bytes) -> None:
-        if len(data) > self.remaining:
-            raise BodyOverrun(f"body source wrote {len(data) - self.remaining} bytes too many")
-        self.remaining -= len(data)
-        if self._protocol.transport is not None:
-            self._protocol._emit(data)
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        """
-        Sources are registered with the transport by the protocol itself.
-        """
-
-    def unregisterProducer(self) -> None:
-        """
-        See L{registerProducer}.
-        """
 
 
 class FrameProtocol(Int32StringReceiver):
@@ -295,8 +192,6 @@ class FrameProtocol(Int32StringReceiver):
     clock: IReactorTime | None = None
     _log = Logger()
     _peerName: str | None = None
-    _pressure: _SendPressure
-    _pressureRegistered = False
 
     def __init__(self) -> None:
         self._state = _HEADER_PREFIX
@@ -319,49 +214,42 @@ class FrameProtocol(Int32StringReceiver):
         self._heldTransport = False
         self._transportPaused = False
         self._closing = False
-        self._sendQueue: deque[Any] = deque()
-        self._activeSource: tuple[IBodySource, _BodyConsumer, defer.Deferred[None]] | None = None
+        # Everything sent goes through the sender (see sending.py).
+        self._sender = FrameSender(self)
         self._closeTimer: IDelayedCall | None = None
         self._frameTimer: IDelayedCall | None = None
         self._frameMark = -1
-        # Write deadline (see writeTimeout): a check runs every quarter of
-        # it while output waits for the peer; _handed counts bytes given to
-        # the transport, _resumes the transport's resumes of _pressure.
-        self._writeTimer: IDelayedCall | None = None
-        self._writeMark = (0, 0)
-        self._writeStalledSince = 0.0
-        self._handed = 0
-        self._resumes = 0
         self._messagesStarted = 0
         # Where this turn ends (see messagesPerTurn): never, unless set.
         self._turnEnd = sys.maxsize
         self.bytesReceived = 0
-        self.bytesSent = 0
-        # Writes gathered while a read is handled (None: not in a read).
-        self._gathered: list[bytes] | None = None
-        self._gatheredBytes = 0
-        self._directSend = False
-        self._gathering = True
         # The protocol as a producer (pauseProducing and friends): a pause
         # of its own, counted with the sinks' ones.
         self._producer = _ReceiveProducer(self)
 
     def makeConnection(self, transport: Any) -> None:
         """
-        Register the connection's producer (L{_SendPressure}) before the
+        Register the connection's producer (L{SendPressure}) before the
         protocol starts, so that a full write buffer always slows the peer
         down: both the body being sent and the reading of new requests.
         """
-        self._pressure = _SendPressure(self)
-        register = getattr(transport, "registerProducer", None)
-        if register is not None:
-            register(self._pressure, True)
-            self._pressureRegistered = True
-        self._directSend = canSendDirect(transport)
-        # Writes are gathered during a read only where startTLS sends them
-        # first (see _speedups.tcp); else each goes out as it is written.
-        self._gathering = sendBeforeStartTLS(transport, self._sendGathered)
+        self._sender.connect(transport)
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
+
+    @property
+    def bytesSent(self) -> int:
+        """
+        Bytes of messages sent or queued on this connection.
+        """
+        return self._sender.bytesSent
+
+    @property
+    def _activeSource(self) -> tuple[IBodySource, Any, defer.Deferred[None]] | None:
+        return self._sender.active
+
+    @property
+    def _pressure(self) -> SendPressure:
+        return self._sender.pressure
 
     @property
     def MAX_LENGTH(self) -> int:  # type: ignore[override]
@@ -443,11 +331,7 @@ class FrameProtocol(Int32StringReceiver):
             )
         if self._closing or self.transport is None:
             return
-        data = wire.PREFIX.pack(len(string)) + string
-        if self._activeSource is None and not self._sendQueue:
-            self._write(data)
-        else:
-            self._sendQueue.append(data)
+        self._sender.sendEncoded(wire.PREFIX.pack(len(string)) + string)
 
     def _clock(self) -> IReactorTime:
         if self.clock is None:
@@ -474,15 +358,16 @@ class FrameProtocol(Int32StringReceiver):
             return
         if self.messagesPerTurn is not None:
             self._turnEnd = self._messagesStarted + self.messagesPerTurn
-        if self._gathered is None and self._gathering:
+        sender = self._sender
+        if sender.gathered is None and sender.gathering:
             gathered: list[bytes] = []
-            self._gathered = gathered
+            sender.gathered = gathered
             try:
                 self._consume(data)
             finally:
                 if gathered:
-                    self._sendGathered()
-                self._gathered = None
+                    sender.sendGathered()
+                sender.gathered = None
         else:
             self._consume(data)
         if self.frameTimeout is not None:
@@ -835,12 +720,7 @@ class FrameProtocol(Int32StringReceiver):
         body in progress, so that frames never interleave;
         L{loseConnectionSoon} waits for that body (or for L{closeTimeout}).
         """
-        if self.transport is None:
-            return
-        if self._activeSource is None:
-            self._write(data)
-        else:
-            self._sendQueue.append(data)
+        self._sender.sendLast(data)
 
     def violationReply(self, error: FramesErrorLike, requestId: Any) -> dict[str, Any] | None:
         """
@@ -864,7 +744,7 @@ class FrameProtocol(Int32StringReceiver):
             return
         if self._closeTimer is None and self.closeTimeout is not None:
             self._closeTimer = self._clock().callLater(self.closeTimeout, self._abort)
-        if self._activeSource is None:
+        if self._sender.active is None:
             self.loseConnection()
         # Else a streamed body is in progress: closing now would cut its frame
         # (and drop the error queued behind it); _flushQueue calls us again.
@@ -879,10 +759,7 @@ class FrameProtocol(Int32StringReceiver):
         transport = self.transport
         if transport is None:
             return
-        self._sendGathered()
-        if self._pressureRegistered:
-            self._pressureRegistered = False
-            transport.unregisterProducer()
+        self._sender.unregister(transport)
         transport.loseConnection()
 
     def _abort(self) -> None:
@@ -892,21 +769,13 @@ class FrameProtocol(Int32StringReceiver):
 
     # -- the write deadline ----------------------------------------------------
 
-    def _unsent(self) -> int:
-        """
-        Bytes the transport holds that its socket has not taken: in the
-        TCP transport's buffer (under the TLS layer, if any); 0 for
-        transports that do not say (in-memory ones).
-        """
-        return unsent(self.transport)
-
     def outputWaiting(self) -> int:
         """
         @return: bytes written but not yet taken by the peer's socket, as
             far as the transport tells (1 when it only says that it is
             full, by pausing this side).
         """
-        return self._unsent() or int(self._pressure.paused)
+        return self._sender.outputWaiting()
 
     def outputProgress(self) -> tuple[int, int]:
         """
@@ -914,7 +783,7 @@ class FrameProtocol(Int32StringReceiver):
         L{outputProgressed}: bytes handed to the transport less those it
         still holds, and how often it has drained all it held.
         """
-        return (self._handed - self._unsent(), self._resumes)
+        return self._sender.outputProgress()
 
     @staticmethod
     def outputProgressed(before: tuple[int, int], after: tuple[int, int]) -> bool:
@@ -924,37 +793,6 @@ class FrameProtocol(Int32StringReceiver):
         the first count may fall; it never rises without the peer taking.)
         """
         return after[0] > before[0] or after[1] != before[1]
-
-    def _armWriteDeadline(self) -> None:
-        assert self.writeTimeout is not None
-        clock = self._clock()
-        self._writeMark = self.outputProgress()
-        self._writeStalledSince = clock.seconds()
-        self._writeTimer = clock.callLater(self.writeTimeout / 4, self._checkWrite)
-
-    def _checkWrite(self) -> None:
-        """
-        Every quarter of L{writeTimeout} while output waits: note whether
-        the peer took some, and give up once it has taken none for the
-        whole deadline.  Stops when nothing waits (the next write re-arms).
-        """
-        self._writeTimer = None
-        timeout = self.writeTimeout
-        if timeout is None or self._closing or self.transport is None:
-            return
-        if not self.outputWaiting():
-            return
-        clock = self._clock()
-        now = clock.seconds()
-        progress = self.outputProgress()
-        if self.outputProgressed(self._writeMark, progress):
-            self._writeStalledSince = now
-        self._writeMark = progress
-        left = timeout - (now - self._writeStalledSince)
-        if left <= timeout * 1e-6:
-            self.writeTimedOut()
-            return
-        self._writeTimer = clock.callLater(min(timeout / 4, left), self._checkWrite)
 
     def writeTimedOut(self) -> None:
         """
@@ -989,24 +827,13 @@ class FrameProtocol(Int32StringReceiver):
         if self._frameTimer is not None and self._frameTimer.active():
             self._frameTimer.cancel()
         self._frameTimer = None
-        if self._writeTimer is not None and self._writeTimer.active():
-            self._writeTimer.cancel()
-        self._writeTimer = None
         self._unread.clear()
         self._unreadBytes = 0
         # Detach the active source before failing the sink: a Pipe is both,
         # and its failure must not be logged as a broken streamed body.
-        active, self._activeSource = self._activeSource, None
+        active = self._sender.takeActive()
         self._failSink(reason)
-        if active is not None:
-            source, _, d = active
-            source.stopProducing()
-            if not d.called:
-                d.errback(reason)
-        queue, self._sendQueue = self._sendQueue, deque()
-        for item in queue:
-            if isinstance(item, tuple):
-                item[3].errback(reason)
+        self._sender.connectionLost(reason, active)
 
     def setNoDelay(self) -> None:
         """
@@ -1037,53 +864,7 @@ class FrameProtocol(Int32StringReceiver):
             self._peerName = name
         return name
 
-    # -- sending -------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        self.bytesSent += len(data)
-        assert self.transport is not None
-        self._emit(data)
-
-    def _emit(self, data: bytes) -> None:
-        """
-        Write C{data}: gathered while a read is handled, else through the
-        transport.
-        """
-        gathered = self._gathered
-        if gathered is None:
-            self._handed += len(data)
-            self.transport.write(data)
-            if self._writeTimer is None and self.writeTimeout is not None:
-                self._armWriteDeadline()
-            return
-        gathered.append(data)
-        self._gatheredBytes += len(data)
-        if self._gatheredBytes >= _GATHER_LIMIT:
-            self._sendGathered()
-
-    def _sendGathered(self) -> None:
-        """
-        Send what was gathered, in one C{send()} straight to the socket when
-        the transport has nothing buffered before it (so order is kept);
-        the rest, or all of it otherwise, through the transport.
-        """
-        gathered = self._gathered
-        if not gathered:
-            return
-        data = gathered[0] if len(gathered) == 1 else b"".join(gathered)
-        gathered.clear()
-        self._gatheredBytes = 0
-        t = self.transport
-        if t is None:
-            return
-        self._handed += len(data)
-        if self._directSend:
-            data = sendDirect(t, data)
-            if not data:
-                return
-        t.write(data)
-        if self._writeTimer is None and self.writeTimeout is not None:
-            self._armWriteDeadline()
+    # -- sending (see sending.py) ----------------------------------------------
 
     def sendMessage(self, header: dict[str, Any], body: bytes = b"") -> None:
         """
@@ -1091,27 +872,8 @@ class FrameProtocol(Int32StringReceiver):
         Once the connection is closing (after a violation, or lost) nothing
         more is sent: a violation's error is the last message.
         """
-        if self._closing:
-            return
-        if len(body) > wire.MAX_FRAME:
-            raise ValueError("body is over 4 GiB - 1: send it as several messages")
-        h = wire.encodeHeader(header)
-        if len(body) <= 65536:
-            data = wire.PREFIX.pack(len(h)) + h + wire.PREFIX.pack(len(body)) + body
-            if self._activeSource is None and not self._sendQueue:
-                if self.transport is not None:
-                    self._write(data)
-            else:
-                self._sendQueue.append(data)
-        else:
-            head = wire.PREFIX.pack(len(h)) + h + wire.PREFIX.pack(len(body))
-            if self._activeSource is None and not self._sendQueue:
-                if self.transport is not None:
-                    self._write(head)
-                    self._write(body)
-            else:
-                self._sendQueue.append(head)
-                self._sendQueue.append(body)
+        if not self._closing:
+            self._sender.sendMessage(header, body)
 
     def sendStreamedMessage(
         self, header: dict[str, Any], source: IBodySource
@@ -1124,70 +886,7 @@ class FrameProtocol(Int32StringReceiver):
             the transport, or fails if the source fails or the connection is
             lost (the connection is closed, since the frame is then broken).
         """
-        if not 0 <= source.length <= wire.MAX_FRAME:
-            raise ValueError(f"body length {source.length} out of range")
-        d: defer.Deferred[None] = defer.Deferred()
-        item = (wire.encodeHeader(header), source, None, d)
-        if self._closing:
-            d.errback(Failure(ConnectionError("connection is closing")))
-        elif self._activeSource is None and not self._sendQueue:
-            self._startSource(item)
-        else:
-            self._sendQueue.append(item)
-        return d
-
-    def _startSource(self, item: tuple[bytes, IBodySource, None, defer.Deferred[None]]) -> None:
-        h, source, _, d = item
-        transport = self.transport
-        assert transport is not None
-        self._write(wire.PREFIX.pack(len(h)) + h + wire.PREFIX.pack(source.length))
-        consumer = _BodyConsumer(self, source.length)
-        self._activeSource = (source, consumer, d)
-        self.bytesSent += source.length
-        try:
-            if self._pressure.paused:
-                # The transport's buffer is already full (the header above
-                # may have filled it): the source starts paused.
-                source.pauseProducing()
-            started = source.startProducing(consumer)
-        except BaseException:
-            started = defer.fail()
-        started.addCallbacks(
-            lambda _: self._sourceDone(source, None),
-            lambda f: self._sourceDone(source, f),
-        )
-
-    def _sourceDone(self, source: IBodySource, failure: Failure | None) -> None:
-        active = self._activeSource
-        if active is None or active[0] is not source:
-            return None
-        _, consumer, d = active
-        self._activeSource = None
-        if failure is None and consumer.remaining:
-            failure = Failure(BodyOverrun(f"body source stopped {consumer.remaining} bytes short"))
-        if failure is not None:
-            # Half a frame is on the wire: nothing after it could be parsed.
-            self._log.failure(
-                "streamed body failed; closing {peer}", failure, peer=self.peerName()
-            )
-            self._closing = True
-            if self.transport is not None:
-                self.transport.abortConnection()
-            d.errback(failure)
-            return None
-        self._flushQueue()
-        d.callback(None)
-        return None
-
-    def _flushQueue(self) -> None:
-        while self._sendQueue and self._activeSource is None and self.transport is not None:
-            item = self._sendQueue.popleft()
-            if isinstance(item, tuple):
-                self._startSource(item)
-            else:
-                self._write(item)
-        if self._closing and self._activeSource is None and not self._sendQueue:
-            self.loseConnectionSoon()
+        return self._sender.sendStreamedMessage(header, source)
 
 
 class FramesErrorLike(Protocol):
