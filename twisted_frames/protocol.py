@@ -408,6 +408,10 @@ class FrameProtocol(Int32StringReceiver):
         )
 
     def _consume(self, data: bytes | memoryview) -> None:
+        """
+        Hand C{data} on, frame by frame: each state's step takes what it
+        needs from C{pos} and says where the next one starts (C{-1}: stop).
+        """
         view = memoryview(data)
         end = len(data)
         pos = 0
@@ -415,74 +419,103 @@ class FrameProtocol(Int32StringReceiver):
             if self._closing:
                 return
             if self._pauseCount or self._held or self._messagesStarted >= self._turnEnd:
-                if not self._pauseCount and not self._held:
-                    self._endTurn()
-                # A view, not a copy: a sink pausing at every message of one
-                # large read must not make the rest of the read be re-copied
-                # each time (quadratic, like ticket #6358).
-                self._unread.appendleft(view[pos:])
-                self._unreadBytes += end - pos
+                self._keepUnread(view, pos, end)
                 return
             state = self._state
             if state == _BODY:
-                take = min(self._remaining, end - pos)
-                if take == end and type(data) is bytes:
-                    chunk = data
-                else:
-                    chunk = bytes(view[pos : pos + take])
-                pos += take
-                self._remaining -= take
-                sink = self._sink
-                assert sink is not None
-                if self._remaining == 0:
-                    self._finishBody(sink, chunk)
-                else:
-                    sink.bodyData(chunk)
+                pos = self._consumeBody(data, view, pos, end)
             elif state == _HEADER:
-                take = min(self._remaining, end - pos)
-                self._headerBuf += view[pos : pos + take]
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    header = bytes(self._headerBuf)
-                    self._headerBuf = bytearray()
-                    self._state = _BODY_PREFIX
-                    self.stringReceived(header)
+                pos = self._consumeHeader(view, pos, end)
             else:
-                if not self._prefix and end - pos >= 4:
-                    (length,) = wire.PREFIX.unpack_from(data, pos)
-                    pos += 4
-                else:
-                    take = min(4 - len(self._prefix), end - pos)
-                    self._prefix += view[pos : pos + take]
-                    pos += take
-                    if len(self._prefix) < 4:
-                        return
-                    (length,) = wire.PREFIX.unpack(self._prefix)
-                    self._prefix.clear()
-                if state == _HEADER_PREFIX:
-                    if length > self.limits.maxHeader:
-                        self._refuseLength(length)
-                        return
-                    if 0 < length <= end - pos:
-                        # Fast path: the whole header frame is in this read
-                        # (the usual case for small messages), so it is
-                        # parsed straight from it, without the header buffer.
-                        self._state = _BODY_PREFIX
-                        pos += length
-                        self.stringReceived(bytes(view[pos - length : pos]))
-                        continue
-                    self._state = _HEADER
-                    self._remaining = length
-                    if length == 0:
-                        self._state = _BODY_PREFIX
-                        self.stringReceived(b"")
-                else:
-                    # Fast path: a small body entirely in this read is handed
-                    # over without a sink's bookkeeping.
-                    self._startBody(length, data, pos, view)
-                    if self._state == _HEADER_PREFIX:
-                        pos += length
+                pos = self._consumePrefix(state, data, view, pos, end)
+                if pos < 0:
+                    return
+
+    def _keepUnread(self, view: memoryview, pos: int, end: int) -> None:
+        """
+        Reading is paused, held, or this turn is over: keep the rest of
+        the read for later.
+        """
+        if not self._pauseCount and not self._held:
+            self._endTurn()
+        # A view, not a copy: a sink pausing at every message of one large
+        # read must not make the rest of the read be re-copied each time
+        # (quadratic, like ticket #6358).
+        self._unread.appendleft(view[pos:])
+        self._unreadBytes += end - pos
+
+    def _consumeBody(self, data: bytes | memoryview, view: memoryview, pos: int, end: int) -> int:
+        """
+        Body bytes, to the body's sink.
+        """
+        take = min(self._remaining, end - pos)
+        if take == end and type(data) is bytes:
+            chunk = data
+        else:
+            chunk = bytes(view[pos : pos + take])
+        self._remaining -= take
+        sink = self._sink
+        assert sink is not None
+        if self._remaining == 0:
+            self._finishBody(sink, chunk)
+        else:
+            sink.bodyData(chunk)
+        return pos + take
+
+    def _consumeHeader(self, view: memoryview, pos: int, end: int) -> int:
+        """
+        Part of a header frame split across reads, into the header buffer.
+        """
+        take = min(self._remaining, end - pos)
+        self._headerBuf += view[pos : pos + take]
+        self._remaining -= take
+        if self._remaining == 0:
+            header = bytes(self._headerBuf)
+            self._headerBuf = bytearray()
+            self._state = _BODY_PREFIX
+            self.stringReceived(header)
+        return pos + take
+
+    def _consumePrefix(
+        self, state: int, data: bytes | memoryview, view: memoryview, pos: int, end: int
+    ) -> int:
+        """
+        A header's or a body's length prefix (perhaps split across reads),
+        and what it starts.
+        """
+        length: int
+        if not self._prefix and end - pos >= 4:
+            (length,) = wire.PREFIX.unpack_from(data, pos)
+            pos += 4
+        else:
+            take = min(4 - len(self._prefix), end - pos)
+            self._prefix += view[pos : pos + take]
+            if len(self._prefix) < 4:
+                return -1
+            pos += take
+            (length,) = wire.PREFIX.unpack(self._prefix)
+            self._prefix.clear()
+        if state != _HEADER_PREFIX:
+            # Fast path: a small body entirely in this read is handed over
+            # without a sink's bookkeeping.
+            self._startBody(length, data, pos, view)
+            return pos + length if self._state == _HEADER_PREFIX else pos
+        if length > self.limits.maxHeader:
+            self._refuseLength(length)
+            return -1
+        if 0 < length <= end - pos:
+            # Fast path: the whole header frame is in this read (the usual
+            # case for small messages), so it is parsed straight from it,
+            # without the header buffer.
+            self._state = _BODY_PREFIX
+            self.stringReceived(bytes(view[pos : pos + length]))
+            return pos + length
+        self._state = _HEADER
+        self._remaining = length
+        if length == 0:
+            self._state = _BODY_PREFIX
+            self.stringReceived(b"")
+        return pos
 
     def _startBody(
         self, length: int, data: bytes | memoryview, pos: int, view: memoryview
