@@ -21,11 +21,15 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.loopback import recordConnections
-from twisted_frames import wire
+from twisted_frames import _speedups, wire
 from twisted_frames.certs import writeQuickStart
 from twisted_frames.client import FramesClient, connect
 from twisted_frames.server import FramesServerFactory, Request, ServerProtocol, Service, operation
 from twisted_frames.tls import clientOptions, serverOptions
+
+#: For the tests of the direct send itself, not run with the speed paths
+#: disabled (TWISTED_FRAMES_NO_SPEEDUPS=1), where it is not used.
+directSendOnly = pytest.mark.skipif(not _speedups.enabled(), reason="the direct send is disabled")
 
 
 def _reactor() -> Any:
@@ -96,6 +100,7 @@ async def _pingChain(client: FramesClient, bodies: list[bytes]) -> list[bytes]:
     return await done
 
 
+@directSendOnly
 @pytest_twisted.ensureDeferred
 async def test_noWriteWatch(pair: tuple[ServerProtocol, FramesClient]) -> None:
     """
@@ -140,6 +145,7 @@ async def test_partialSend(pair: tuple[ServerProtocol, FramesClient]) -> None:
     assert not short[0]
 
 
+@directSendOnly
 @pytest_twisted.ensureDeferred
 async def test_sendErrorLeftToTransport(pair: tuple[ServerProtocol, FramesClient]) -> None:
     """

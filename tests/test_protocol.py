@@ -29,8 +29,8 @@ from twisted_frames.protocol import (
     BufferSink,
     FrameProtocol,
     Pipe,
-    _SendPressure,
 )
+from twisted_frames.sending import SendPressure
 from twisted_frames.wire import Limits
 
 Message = tuple[dict[str, Any], bytes]
@@ -839,7 +839,7 @@ class SendingTests(SynchronousTestCase):
         first = self.proto.sendStreamedMessage({"n": 1}, source)
         # The transport's producer is the connection's for its whole life;
         # it passes pauses on to the source being sent.
-        self.assertIsInstance(self.transport.producer, _SendPressure)
+        self.assertIsInstance(self.transport.producer, SendPressure)
         self.assertTrue(self.transport.streaming)
         assert self.proto._activeSource is not None
         self.assertIs(self.proto._activeSource[0], source)

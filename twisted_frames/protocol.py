@@ -12,136 +12,50 @@ reading through the producer it is given.
 
 Sending: L{FrameProtocol.sendMessage} writes a whole message at once;
 L{FrameProtocol.sendStreamedMessage} sends a body of known length from an
-L{IBodySource}, registered as the transport's streaming producer so that a slow
-peer pauses the source instead of growing a buffer.  Messages are queued
-behind a body in progress, so frames never interleave.
+L{IBodySource}.  Both go through the protocol's L{FrameSender}
+(L{twisted_frames.sending}: the send queue, the body in progress, the writes
+gathered during a read, the direct send, the write deadline), so frames
+never interleave.  Sinks and the C{ping} pipe are in L{twisted_frames.bodies}.
 
-What is written while a read is being handled (the replies to the requests
-in it, the next request a client sends from a reply's callback) is gathered
-and, at the end of the read, sent with one C{send()} straight to the socket
-when the TCP transport has nothing buffered: the stock path would buffer it,
-ask the reactor to watch the socket for writability and send it on the next
-loop iteration, three system calls and an iteration per message instead of
-one call.  Whatever the socket does not take goes through the transport as
-usual, with its buffering and producer pauses.
-
-The write deadline (L{FrameProtocol.writeTimeout}) closes a connection whose
-peer takes none of what waits for it for that long: progress is bytes leaving
-the transport's buffer (or the transport resuming the connection's producer),
-not bytes written into it, so a peer that reads slowly but steadily is never
-cut.
+(Why this module is over 600 lines: what is left is one receive state
+machine whose pauses (a sink's, the protocol's own as a producer, send
+pressure, the end of a turn), deadlines and closing all read and change the
+same state; split into modules, each would reach into the others' state.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import deque
 from typing import Any, Protocol, cast
 
-from twisted.internet import abstract, defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.protocols.basic import Int32StringReceiver
+from twisted.protocols.basic import Int32StringReceiver, StringTooLongError
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
+from .bodies import BodySink, BufferSink, DiscardSink, Pipe
+from .sending import BodyOverrun, FrameSender, IBodySource, SendPressure
 from .wire import ErrorCode, Limits, ProtocolViolation
 
+# The send side's public names are the protocol's too (sending.py is where
+# they are defined, this module where users of the protocol find them).
+__all__ = [
+    "BodyOverrun",
+    "BodySink",
+    "BufferSink",
+    "DiscardSink",
+    "FrameProtocol",
+    "IBodySource",
+    "Pipe",
+]
+
 _HEADER_PREFIX, _HEADER, _BODY_PREFIX, _BODY = range(4)
-
-#: Bytes gathered while handling one read before they are sent anyway (a
-#: read full of pipelined requests must not gather all their replies).
-_GATHER_LIMIT = 64 * 1024
-
-
-class BodySink:
-    """
-    Where one incoming body goes.  Subclass and override; every hook is
-    called at most once except L{bodyData}.
-
-    The sink may call C{producer.pauseProducing()} to stop the connection
-    reading (because its destination is busy) and C{resumeProducing()} later.
-
-    @cvar stopsAtShutdown: whether a server that is shutting down cuts this
-        body short (L{FrameProtocol.abandonBody}) and answers its request
-        C{shutting_down} at once, instead of reading it to its end within
-        the grace period: true for uploads, whose partial file is kept for
-        resuming; false where the body's bytes are answered as they come
-        (the C{ping} echo) or feed a command that is being stopped anyway.
-    """
-
-    stopsAtShutdown = False
-
-    def bodyStarted(self, length: int, producer: IPushProducer) -> None:
-        """
-        The body's length is known; its bytes follow.
-        """
-
-    def bodyData(self, data: bytes) -> None:
-        """
-        Some of the body's bytes, in order.
-        """
-
-    def bodyFinished(self) -> None:
-        """
-        All C{length} bytes have been delivered.
-        """
-
-    def bodyFailed(self, reason: Failure) -> None:
-        """
-        The connection was lost before the body was complete.
-        """
-
-
-class BufferSink(BodySink):
-    """
-    Gather a (small) body in memory and hand it over whole.
-    """
-
-    def __init__(self, done: Any) -> None:
-        self._chunks: list[bytes] = []
-        self._done = done
-
-    def bodyData(self, data: bytes) -> None:
-        self._chunks.append(data)
-
-    def bodyFinished(self) -> None:
-        chunks, self._chunks = self._chunks, []
-        self._done(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-
-
-class DiscardSink(BodySink):
-    """
-    Read a body and throw it away: used after a request-level error, so that
-    the connection stays in step and usable.
-    """
-
-
-class IBodySource(Protocol):
-    """
-    A body of known length to send, in the shape of Twisted's
-    C{IBodyProducer}: it writes exactly C{length} bytes to the consumer it is
-    given, honours pause/resume, and fires the returned Deferred when done.
-    """
-
-    length: int
-
-    def startProducing(self, consumer: Any) -> defer.Deferred[Any]: ...
-
-    def pauseProducing(self) -> None: ...
-
-    def resumeProducing(self) -> None: ...
-
-    def stopProducing(self) -> None: ...
-
-
-class BodyOverrun(Exception):
-    """
-    A body source wrote more or fewer bytes than it declared: the frame on the
-    wire is corrupt and the connection must close.
-    """
 
 
 @implementer(IPushProducer)
@@ -173,78 +87,6 @@ class _ReceiveProducer:
 
     def release(self) -> None:
         self.resumeProducing()
-
-
-@implementer(IPushProducer)
-class _SendPressure:
-    """
-    The connection's producer, registered with its transport for the whole
-    connection: the transport pauses it when its write buffer is full.  It
-    passes that on to the body source being sent, if any, and stops reading
-    from the peer, so a peer that keeps sending requests but does not read
-    the replies cannot make this side buffer replies without bound.
-    """
-
-    def __init__(self, protocol: FrameProtocol) -> None:
-        self._protocol = protocol
-        self.paused = False
-
-    def pauseProducing(self) -> None:
-        if self.paused:
-            return
-        self.paused = True
-        protocol = self._protocol
-        active = protocol._activeSource
-        if active is not None:
-            active[0].pauseProducing()
-        protocol._holdForSend(True)
-        if protocol._writeTimer is None and protocol.writeTimeout is not None:
-            protocol._armWriteDeadline()
-
-    def resumeProducing(self) -> None:
-        if not self.paused:
-            return
-        self.paused = False
-        # The transport drained its whole buffer: the peer is reading.
-        self._protocol._resumes += 1
-        active = self._protocol._activeSource
-        if active is not None:
-            active[0].resumeProducing()
-        self._protocol._holdForSend(False)
-
-    def stopProducing(self) -> None:
-        """
-        The transport is going away; L{FrameProtocol.connectionLost} stops
-        the active source.
-        """
-
-
-class _BodyConsumer:
-    """
-    The consumer a body source writes to: counts bytes so that a source that
-    lies about its length cannot corrupt the framing silently.
-    """
-
-    def __init__(self, protocol: FrameProtocol, length: int) -> None:
-        self._protocol = protocol
-        self.remaining = length
-
-    def write(self, data: bytes) -> None:
-        if len(data) > self.remaining:
-            raise BodyOverrun(f"body source wrote {len(data) - self.remaining} bytes too many")
-        self.remaining -= len(data)
-        if self._protocol.transport is not None:
-            self._protocol._emit(data)
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        """
-        Sources are registered with the transport by the protocol itself.
-        """
-
-    def unregisterProducer(self) -> None:
-        """
-        See L{registerProducer}.
-        """
 
 
 class FrameProtocol(Int32StringReceiver):
@@ -293,8 +135,6 @@ class FrameProtocol(Int32StringReceiver):
     clock: IReactorTime | None = None
     _log = Logger()
     _peerName: str | None = None
-    _pressure: _SendPressure
-    _pressureRegistered = False
 
     def __init__(self) -> None:
         self._state = _HEADER_PREFIX
@@ -317,56 +157,124 @@ class FrameProtocol(Int32StringReceiver):
         self._heldTransport = False
         self._transportPaused = False
         self._closing = False
-        self._sendQueue: deque[Any] = deque()
-        self._activeSource: tuple[IBodySource, _BodyConsumer, defer.Deferred[None]] | None = None
+        # Everything sent goes through the sender (see sending.py).
+        self._sender = FrameSender(self)
         self._closeTimer: IDelayedCall | None = None
         self._frameTimer: IDelayedCall | None = None
         self._frameMark = -1
-        # Write deadline (see writeTimeout): a check runs every quarter of
-        # it while output waits for the peer; _handed counts bytes given to
-        # the transport, _resumes the transport's resumes of _pressure.
-        self._writeTimer: IDelayedCall | None = None
-        self._writeMark = (0, 0)
-        self._writeStalledSince = 0.0
-        self._handed = 0
-        self._resumes = 0
         self._messagesStarted = 0
         # Where this turn ends (see messagesPerTurn): never, unless set.
         self._turnEnd = sys.maxsize
         self.bytesReceived = 0
-        self.bytesSent = 0
-        # Writes gathered while a read is handled (None: not in a read).
-        self._gathered: list[bytes] | None = None
-        self._gatheredBytes = 0
-        self._directSend = False
+        # The protocol as a producer (pauseProducing and friends): a pause
+        # of its own, counted with the sinks' ones.
+        self._producer = _ReceiveProducer(self)
 
     def makeConnection(self, transport: Any) -> None:
         """
-        Register the connection's producer (L{_SendPressure}) before the
+        Register the connection's producer (L{SendPressure}) before the
         protocol starts, so that a full write buffer always slows the peer
         down: both the body being sent and the reading of new requests.
         """
-        self._pressure = _SendPressure(self)
-        register = getattr(transport, "registerProducer", None)
-        if register is not None:
-            register(self._pressure, True)
-            self._pressureRegistered = True
-        self._directSend = isinstance(transport, tcp.Connection)
-        startTLS = getattr(transport, "startTLS", None)
-        if startTLS is not None:
-            # What was written before TLS starts must go out before it, in
-            # the clear (the reply to a STARTTLS-style request), not be
-            # encrypted with what follows: send what is gathered first.
-            def sendGatheredThenStartTLS(*args: Any, **kwargs: Any) -> Any:
-                self._sendGathered()
-                return startTLS(*args, **kwargs)
-
-            transport.startTLS = sendGatheredThenStartTLS
+        self._sender.connect(transport)
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
     @property
+    def bytesSent(self) -> int:
+        """
+        Bytes of messages sent or queued on this connection.
+        """
+        return self._sender.bytesSent
+
+    @property
+    def _activeSource(self) -> tuple[IBodySource, Any, defer.Deferred[None]] | None:
+        return self._sender.active
+
+    @property
+    def _pressure(self) -> SendPressure:
+        return self._sender.pressure
+
+    @property
     def MAX_LENGTH(self) -> int:  # type: ignore[override]
+        """
+        The header frame limit (C{limits.maxHeader}), as
+        C{IntNStringReceiver.MAX_LENGTH} is the frame limit there: setting
+        it sets that limit (a subclass may also set it as a class attribute).
+        """
         return self.limits.maxHeader
+
+    @MAX_LENGTH.setter
+    def MAX_LENGTH(self, value: int) -> None:
+        self.limits = dataclasses.replace(self.limits, maxHeader=value)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass that sets MAX_LENGTH as Twisted's receivers do (a plain
+        # class attribute) sets its header limit, not an ignored attribute.
+        super().__init_subclass__(**kwargs)
+        value = cls.__dict__.get("MAX_LENGTH")
+        if isinstance(value, int):
+            cls.limits = dataclasses.replace(cls.limits, maxHeader=value)
+            del cls.MAX_LENGTH  # type: ignore[misc]
+
+    @property
+    def recvd(self) -> bytes:  # type: ignore[override]
+        """
+        What C{IntNStringReceiver.recvd} is: the bytes received but not yet
+        handed on (a partial prefix or header frame, and what waits unread
+        while reading is paused).  Body bytes are handed to their sink as
+        they arrive, so a body in progress adds none.  Read-only: the
+        receiving state cannot be replaced from outside.
+        """
+        if self._state == _HEADER:
+            pending = wire.PREFIX.pack(len(self._headerBuf) + self._remaining) + self._headerBuf
+        else:
+            pending = bytes(self._prefix)
+        return pending + b"".join(self._unread)
+
+    @property
+    def paused(self) -> bool:  # type: ignore[override]
+        """
+        Whether reading is paused, for whatever reason (L{pauseReceiving}).
+        """
+        return self._pauseCount > 0
+
+    def pauseProducing(self) -> None:
+        """
+        C{IPushProducer.pauseProducing}: stop reading through the
+        protocol's own pause counting (L{pauseReceiving}), so that a sink's
+        pause and this one do not undo each other.  Idempotent, as a
+        producer's pause is.
+        """
+        self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        Undo L{pauseProducing} (reading resumes unless a sink still pauses).
+        """
+        self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """
+        C{IPushProducer.stopProducing}: the connection is dropped.
+        """
+        self._producer.stopProducing()
+
+    def sendString(self, string: bytes) -> None:
+        """
+        Send one frame, C{string} with its length prefix, through the send
+        queue: behind a streamed body in progress, never inside it.  Two
+        frames make a message; L{sendMessage} is the usual way to send one.
+        Nothing is sent once the connection is closing.
+
+        @raise StringTooLongError: if C{string} is over L{wire.MAX_FRAME}.
+        """
+        if len(string) > wire.MAX_FRAME:
+            raise StringTooLongError(
+                f"frame of {len(string)} bytes is over the limit of {wire.MAX_FRAME}"
+            )
+        if self._closing or self.transport is None:
+            return
+        self._sender.sendEncoded(wire.PREFIX.pack(len(string)) + string)
 
     def _clock(self) -> IReactorTime:
         if self.clock is None:
@@ -393,15 +301,16 @@ class FrameProtocol(Int32StringReceiver):
             return
         if self.messagesPerTurn is not None:
             self._turnEnd = self._messagesStarted + self.messagesPerTurn
-        if self._gathered is None:
+        sender = self._sender
+        if sender.gathered is None and sender.gathering:
             gathered: list[bytes] = []
-            self._gathered = gathered
+            sender.gathered = gathered
             try:
                 self._consume(data)
             finally:
                 if gathered:
-                    self._sendGathered()
-                self._gathered = None
+                    sender.sendGathered()
+                sender.gathered = None
         else:
             self._consume(data)
         if self.frameTimeout is not None:
@@ -442,6 +351,10 @@ class FrameProtocol(Int32StringReceiver):
         )
 
     def _consume(self, data: bytes | memoryview) -> None:
+        """
+        Hand C{data} on, frame by frame: each state's step takes what it
+        needs from C{pos} and says where the next one starts (C{-1}: stop).
+        """
         view = memoryview(data)
         end = len(data)
         pos = 0
@@ -449,74 +362,103 @@ class FrameProtocol(Int32StringReceiver):
             if self._closing:
                 return
             if self._pauseCount or self._held or self._messagesStarted >= self._turnEnd:
-                if not self._pauseCount and not self._held:
-                    self._endTurn()
-                # A view, not a copy: a sink pausing at every message of one
-                # large read must not make the rest of the read be re-copied
-                # each time (quadratic, like ticket #6358).
-                self._unread.appendleft(view[pos:])
-                self._unreadBytes += end - pos
+                self._keepUnread(view, pos, end)
                 return
             state = self._state
             if state == _BODY:
-                take = min(self._remaining, end - pos)
-                if take == end and type(data) is bytes:
-                    chunk = data
-                else:
-                    chunk = bytes(view[pos : pos + take])
-                pos += take
-                self._remaining -= take
-                sink = self._sink
-                assert sink is not None
-                if self._remaining == 0:
-                    self._finishBody(sink, chunk)
-                else:
-                    sink.bodyData(chunk)
+                pos = self._consumeBody(data, view, pos, end)
             elif state == _HEADER:
-                take = min(self._remaining, end - pos)
-                self._headerBuf += view[pos : pos + take]
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    header = bytes(self._headerBuf)
-                    self._headerBuf = bytearray()
-                    self._state = _BODY_PREFIX
-                    self.stringReceived(header)
+                pos = self._consumeHeader(view, pos, end)
             else:
-                if not self._prefix and end - pos >= 4:
-                    (length,) = wire.PREFIX.unpack_from(data, pos)
-                    pos += 4
-                else:
-                    take = min(4 - len(self._prefix), end - pos)
-                    self._prefix += view[pos : pos + take]
-                    pos += take
-                    if len(self._prefix) < 4:
-                        return
-                    (length,) = wire.PREFIX.unpack(self._prefix)
-                    self._prefix.clear()
-                if state == _HEADER_PREFIX:
-                    if length > self.limits.maxHeader:
-                        self.lengthLimitExceeded(length)
-                        return
-                    if 0 < length <= end - pos:
-                        # Fast path: the whole header frame is in this read
-                        # (the usual case for small messages), so it is
-                        # parsed straight from it, without the header buffer.
-                        self._state = _BODY_PREFIX
-                        pos += length
-                        self.stringReceived(bytes(view[pos - length : pos]))
-                        continue
-                    self._state = _HEADER
-                    self._remaining = length
-                    if length == 0:
-                        self._state = _BODY_PREFIX
-                        self.stringReceived(b"")
-                else:
-                    # Fast path: a small body entirely in this read is handed
-                    # over without a sink's bookkeeping.
-                    self._startBody(length, data, pos, view)
-                    if self._state == _HEADER_PREFIX:
-                        pos += length
+                pos = self._consumePrefix(state, data, view, pos, end)
+                if pos < 0:
+                    return
+
+    def _keepUnread(self, view: memoryview, pos: int, end: int) -> None:
+        """
+        Reading is paused, held, or this turn is over: keep the rest of
+        the read for later.
+        """
+        if not self._pauseCount and not self._held:
+            self._endTurn()
+        # A view, not a copy: a sink pausing at every message of one large
+        # read must not make the rest of the read be re-copied each time
+        # (quadratic, like ticket #6358).
+        self._unread.appendleft(view[pos:])
+        self._unreadBytes += end - pos
+
+    def _consumeBody(self, data: bytes | memoryview, view: memoryview, pos: int, end: int) -> int:
+        """
+        Body bytes, to the body's sink.
+        """
+        take = min(self._remaining, end - pos)
+        if take == end and type(data) is bytes:
+            chunk = data
+        else:
+            chunk = bytes(view[pos : pos + take])
+        self._remaining -= take
+        sink = self._sink
+        assert sink is not None
+        if self._remaining == 0:
+            self._finishBody(sink, chunk)
+        else:
+            sink.bodyData(chunk)
+        return pos + take
+
+    def _consumeHeader(self, view: memoryview, pos: int, end: int) -> int:
+        """
+        Part of a header frame split across reads, into the header buffer.
+        """
+        take = min(self._remaining, end - pos)
+        self._headerBuf += view[pos : pos + take]
+        self._remaining -= take
+        if self._remaining == 0:
+            header = bytes(self._headerBuf)
+            self._headerBuf = bytearray()
+            self._state = _BODY_PREFIX
+            self.stringReceived(header)
+        return pos + take
+
+    def _consumePrefix(
+        self, state: int, data: bytes | memoryview, view: memoryview, pos: int, end: int
+    ) -> int:
+        """
+        A header's or a body's length prefix (perhaps split across reads),
+        and what it starts.
+        """
+        length: int
+        if not self._prefix and end - pos >= 4:
+            (length,) = wire.PREFIX.unpack_from(data, pos)
+            pos += 4
+        else:
+            take = min(4 - len(self._prefix), end - pos)
+            self._prefix += view[pos : pos + take]
+            if len(self._prefix) < 4:
+                return -1
+            pos += take
+            (length,) = wire.PREFIX.unpack(self._prefix)
+            self._prefix.clear()
+        if state != _HEADER_PREFIX:
+            # Fast path: a small body entirely in this read is handed over
+            # without a sink's bookkeeping.
+            self._startBody(length, data, pos, view)
+            return pos + length if self._state == _HEADER_PREFIX else pos
+        if length > self.limits.maxHeader:
+            self._refuseLength(length)
+            return -1
+        if 0 < length <= end - pos:
+            # Fast path: the whole header frame is in this read (the usual
+            # case for small messages), so it is parsed straight from it,
+            # without the header buffer.
+            self._state = _BODY_PREFIX
+            self.stringReceived(bytes(view[pos : pos + length]))
+            return pos + length
+        self._state = _HEADER
+        self._remaining = length
+        if length == 0:
+            self._state = _BODY_PREFIX
+            self.stringReceived(b"")
+        return pos
 
     def _startBody(
         self, length: int, data: bytes | memoryview, pos: int, view: memoryview
@@ -595,9 +537,20 @@ class FrameProtocol(Int32StringReceiver):
         except ProtocolViolation as e:
             self.protocolViolation(e, None)
 
+    def _refuseLength(self, length: int) -> None:
+        self.lengthLimitExceeded(length)
+        if not self._closing:
+            # An override that only dropped the connection, as Twisted's
+            # default does: what follows the refused frame cannot be parsed,
+            # so nothing more is read.
+            self.loseConnectionSoon()
+
     def lengthLimitExceeded(self, length: int) -> None:
         """
         A header prefix over L{MAX_LENGTH}: refuse before buffering a byte.
+        As in C{IntNStringReceiver}, the default closes the connection (with
+        a C{header_too_large} error); an override may say something else,
+        and nothing more is read from the connection after it either way.
         """
         self.protocolViolation(
             ProtocolViolation(
@@ -752,12 +705,7 @@ class FrameProtocol(Int32StringReceiver):
         body in progress, so that frames never interleave;
         L{loseConnectionSoon} waits for that body (or for L{closeTimeout}).
         """
-        if self.transport is None:
-            return
-        if self._activeSource is None:
-            self._write(data)
-        else:
-            self._sendQueue.append(data)
+        self._sender.sendLast(data)
 
     def violationReply(self, error: FramesErrorLike, requestId: Any) -> dict[str, Any] | None:
         """
@@ -776,7 +724,7 @@ class FrameProtocol(Int32StringReceiver):
             return
         if self._closeTimer is None and self.closeTimeout is not None:
             self._closeTimer = self._clock().callLater(self.closeTimeout, self._abort)
-        if self._activeSource is None:
+        if self._sender.active is None:
             self.loseConnection()
         # Else a streamed body is in progress: closing now would cut its frame
         # (and drop the error queued behind it); _flushQueue calls us again.
@@ -791,10 +739,7 @@ class FrameProtocol(Int32StringReceiver):
         transport = self.transport
         if transport is None:
             return
-        self._sendGathered()
-        if self._pressureRegistered:
-            self._pressureRegistered = False
-            transport.unregisterProducer()
+        self._sender.unregister(transport)
         transport.loseConnection()
 
     def _abort(self) -> None:
@@ -804,26 +749,13 @@ class FrameProtocol(Int32StringReceiver):
 
     # -- the write deadline ----------------------------------------------------
 
-    def _unsent(self) -> int:
-        """
-        Bytes the transport holds that its socket has not taken: in the
-        TCP transport's buffer (under the TLS layer, if any); 0 for
-        transports that do not say (in-memory ones).
-        """
-        t = self.transport
-        if not isinstance(t, abstract.FileDescriptor):
-            t = getattr(t, "transport", None)
-            if not isinstance(t, abstract.FileDescriptor):
-                return 0
-        return len(t.dataBuffer) - t.offset + t._tempDataLen
-
     def outputWaiting(self) -> int:
         """
         @return: bytes written but not yet taken by the peer's socket, as
             far as the transport tells (1 when it only says that it is
             full, by pausing this side).
         """
-        return self._unsent() or int(self._pressure.paused)
+        return self._sender.outputWaiting()
 
     def outputProgress(self) -> tuple[int, int]:
         """
@@ -831,7 +763,7 @@ class FrameProtocol(Int32StringReceiver):
         L{outputProgressed}: bytes handed to the transport less those it
         still holds, and how often it has drained all it held.
         """
-        return (self._handed - self._unsent(), self._resumes)
+        return self._sender.outputProgress()
 
     @staticmethod
     def outputProgressed(before: tuple[int, int], after: tuple[int, int]) -> bool:
@@ -841,37 +773,6 @@ class FrameProtocol(Int32StringReceiver):
         the first count may fall; it never rises without the peer taking.)
         """
         return after[0] > before[0] or after[1] != before[1]
-
-    def _armWriteDeadline(self) -> None:
-        assert self.writeTimeout is not None
-        clock = self._clock()
-        self._writeMark = self.outputProgress()
-        self._writeStalledSince = clock.seconds()
-        self._writeTimer = clock.callLater(self.writeTimeout / 4, self._checkWrite)
-
-    def _checkWrite(self) -> None:
-        """
-        Every quarter of L{writeTimeout} while output waits: note whether
-        the peer took some, and give up once it has taken none for the
-        whole deadline.  Stops when nothing waits (the next write re-arms).
-        """
-        self._writeTimer = None
-        timeout = self.writeTimeout
-        if timeout is None or self._closing or self.transport is None:
-            return
-        if not self.outputWaiting():
-            return
-        clock = self._clock()
-        now = clock.seconds()
-        progress = self.outputProgress()
-        if self.outputProgressed(self._writeMark, progress):
-            self._writeStalledSince = now
-        self._writeMark = progress
-        left = timeout - (now - self._writeStalledSince)
-        if left <= timeout * 1e-6:
-            self.writeTimedOut()
-            return
-        self._writeTimer = clock.callLater(min(timeout / 4, left), self._checkWrite)
 
     def writeTimedOut(self) -> None:
         """
@@ -906,24 +807,13 @@ class FrameProtocol(Int32StringReceiver):
         if self._frameTimer is not None and self._frameTimer.active():
             self._frameTimer.cancel()
         self._frameTimer = None
-        if self._writeTimer is not None and self._writeTimer.active():
-            self._writeTimer.cancel()
-        self._writeTimer = None
         self._unread.clear()
         self._unreadBytes = 0
         # Detach the active source before failing the sink: a Pipe is both,
         # and its failure must not be logged as a broken streamed body.
-        active, self._activeSource = self._activeSource, None
+        active = self._sender.takeActive()
         self._failSink(reason)
-        if active is not None:
-            source, _, d = active
-            source.stopProducing()
-            if not d.called:
-                d.errback(reason)
-        queue, self._sendQueue = self._sendQueue, deque()
-        for item in queue:
-            if isinstance(item, tuple):
-                item[3].errback(reason)
+        self._sender.connectionLost(reason, active)
 
     def setNoDelay(self) -> None:
         """
@@ -954,67 +844,7 @@ class FrameProtocol(Int32StringReceiver):
             self._peerName = name
         return name
 
-    # -- sending -------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        self.bytesSent += len(data)
-        assert self.transport is not None
-        self._emit(data)
-
-    def _emit(self, data: bytes) -> None:
-        """
-        Write C{data}: gathered while a read is handled, else through the
-        transport.
-        """
-        gathered = self._gathered
-        if gathered is None:
-            self._handed += len(data)
-            self.transport.write(data)
-            if self._writeTimer is None and self.writeTimeout is not None:
-                self._armWriteDeadline()
-            return
-        gathered.append(data)
-        self._gatheredBytes += len(data)
-        if self._gatheredBytes >= _GATHER_LIMIT:
-            self._sendGathered()
-
-    def _sendGathered(self) -> None:
-        """
-        Send what was gathered, in one C{send()} straight to the socket when
-        the transport has nothing buffered before it (so order is kept);
-        the rest, or all of it otherwise, through the transport.
-        """
-        gathered = self._gathered
-        if not gathered:
-            return
-        data = gathered[0] if len(gathered) == 1 else b"".join(gathered)
-        gathered.clear()
-        self._gatheredBytes = 0
-        t = self.transport
-        if t is None:
-            return
-        self._handed += len(data)
-        if (
-            self._directSend
-            and t.connected
-            and not t.TLS
-            and not t.disconnecting
-            and not t._aborting
-            and not t._writeDisconnecting
-            and not t._writeDisconnected
-            and not t._tempDataLen
-            and t.offset == len(t.dataBuffer)
-        ):
-            sent = t.writeSomeData(data)
-            if type(sent) is int:
-                if sent == len(data):
-                    return
-                data = data[sent:]
-            # Else the connection is lost: the transport's own write finds
-            # that out and closes it the usual way.
-        t.write(data)
-        if self._writeTimer is None and self.writeTimeout is not None:
-            self._armWriteDeadline()
+    # -- sending (see sending.py) ----------------------------------------------
 
     def sendMessage(self, header: dict[str, Any], body: bytes = b"") -> None:
         """
@@ -1022,27 +852,8 @@ class FrameProtocol(Int32StringReceiver):
         Once the connection is closing (after a violation, or lost) nothing
         more is sent: a violation's error is the last message.
         """
-        if self._closing:
-            return
-        if len(body) > wire.MAX_FRAME:
-            raise ValueError("body is over 4 GiB - 1: send it as several messages")
-        h = wire.encodeHeader(header)
-        if len(body) <= 65536:
-            data = wire.PREFIX.pack(len(h)) + h + wire.PREFIX.pack(len(body)) + body
-            if self._activeSource is None and not self._sendQueue:
-                if self.transport is not None:
-                    self._write(data)
-            else:
-                self._sendQueue.append(data)
-        else:
-            head = wire.PREFIX.pack(len(h)) + h + wire.PREFIX.pack(len(body))
-            if self._activeSource is None and not self._sendQueue:
-                if self.transport is not None:
-                    self._write(head)
-                    self._write(body)
-            else:
-                self._sendQueue.append(head)
-                self._sendQueue.append(body)
+        if not self._closing:
+            self._sender.sendMessage(header, body)
 
     def sendStreamedMessage(
         self, header: dict[str, Any], source: IBodySource
@@ -1055,70 +866,7 @@ class FrameProtocol(Int32StringReceiver):
             the transport, or fails if the source fails or the connection is
             lost (the connection is closed, since the frame is then broken).
         """
-        if not 0 <= source.length <= wire.MAX_FRAME:
-            raise ValueError(f"body length {source.length} out of range")
-        d: defer.Deferred[None] = defer.Deferred()
-        item = (wire.encodeHeader(header), source, None, d)
-        if self._closing:
-            d.errback(Failure(ConnectionError("connection is closing")))
-        elif self._activeSource is None and not self._sendQueue:
-            self._startSource(item)
-        else:
-            self._sendQueue.append(item)
-        return d
-
-    def _startSource(self, item: tuple[bytes, IBodySource, None, defer.Deferred[None]]) -> None:
-        h, source, _, d = item
-        transport = self.transport
-        assert transport is not None
-        self._write(wire.PREFIX.pack(len(h)) + h + wire.PREFIX.pack(source.length))
-        consumer = _BodyConsumer(self, source.length)
-        self._activeSource = (source, consumer, d)
-        self.bytesSent += source.length
-        try:
-            if self._pressure.paused:
-                # The transport's buffer is already full (the header above
-                # may have filled it): the source starts paused.
-                source.pauseProducing()
-            started = source.startProducing(consumer)
-        except BaseException:
-            started = defer.fail()
-        started.addCallbacks(
-            lambda _: self._sourceDone(source, None),
-            lambda f: self._sourceDone(source, f),
-        )
-
-    def _sourceDone(self, source: IBodySource, failure: Failure | None) -> None:
-        active = self._activeSource
-        if active is None or active[0] is not source:
-            return None
-        _, consumer, d = active
-        self._activeSource = None
-        if failure is None and consumer.remaining:
-            failure = Failure(BodyOverrun(f"body source stopped {consumer.remaining} bytes short"))
-        if failure is not None:
-            # Half a frame is on the wire: nothing after it could be parsed.
-            self._log.failure(
-                "streamed body failed; closing {peer}", failure, peer=self.peerName()
-            )
-            self._closing = True
-            if self.transport is not None:
-                self.transport.abortConnection()
-            d.errback(failure)
-            return None
-        self._flushQueue()
-        d.callback(None)
-        return None
-
-    def _flushQueue(self) -> None:
-        while self._sendQueue and self._activeSource is None and self.transport is not None:
-            item = self._sendQueue.popleft()
-            if isinstance(item, tuple):
-                self._startSource(item)
-            else:
-                self._write(item)
-        if self._closing and self._activeSource is None and not self._sendQueue:
-            self.loseConnectionSoon()
+        return self._sender.sendStreamedMessage(header, source)
 
 
 class FramesErrorLike(Protocol):
@@ -1126,83 +874,3 @@ class FramesErrorLike(Protocol):
     message: str
 
     def toJSON(self) -> dict[str, Any]: ...
-
-
-@implementer(IPushProducer)
-class Pipe(BodySink):
-    """
-    A sink that is also a body source: what is received is sent on as it
-    arrives (the C{ping} echo).  When the sending side is paused, the
-    receiving side is paused too, so nothing piles up in between.
-    """
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-        self._consumer: Any = None
-        self._receive: IPushProducer | None = None
-        self._held: list[bytes] = []
-        self._sendPaused = False
-        self._finished = False
-        self._failure: Failure | None = None
-        self._done: defer.Deferred[None] = defer.Deferred()
-
-    # BodySink side
-    def bodyStarted(self, length: int, producer: IPushProducer) -> None:
-        self._receive = producer
-        if self._consumer is None or self._sendPaused:
-            producer.pauseProducing()
-
-    def bodyData(self, data: bytes) -> None:
-        if self._consumer is None or self._sendPaused or self._held:
-            self._held.append(data)
-            if self._receive is not None:
-                self._receive.pauseProducing()
-        else:
-            self._consumer.write(data)
-
-    def bodyFinished(self) -> None:
-        self._finished = True
-        self._maybeDone()
-
-    def bodyFailed(self, reason: Failure) -> None:
-        self._fail(reason)
-
-    def _fail(self, reason: Failure) -> None:
-        self._held = []
-        if self._consumer is None:
-            # Not started: nobody waits on _done yet (failing it now would be
-            # an unhandled error); startProducing, if it comes, reports this.
-            self._failure = reason
-        elif not self._done.called:
-            self._done.errback(reason)
-
-    # body source side
-    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
-        if self._failure is not None:
-            return defer.fail(self._failure)
-        self._consumer = consumer
-        self._flush()
-        return self._done
-
-    def pauseProducing(self) -> None:
-        self._sendPaused = True
-        if self._receive is not None:
-            self._receive.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._sendPaused = False
-        self._flush()
-
-    def stopProducing(self) -> None:
-        self._fail(Failure(ConnectionError("stopped")))
-
-    def _flush(self) -> None:
-        while self._held and not self._sendPaused and self._consumer is not None:
-            self._consumer.write(self._held.pop(0))
-        if not self._held and not self._sendPaused and self._receive is not None:
-            self._receive.resumeProducing()
-        self._maybeDone()
-
-    def _maybeDone(self) -> None:
-        if self._finished and not self._held and self._consumer and not self._done.called:
-            self._done.callback(None)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
+
+from ._speedups.cjson import Codec
 
 #: Name and version announced in the greeting.  A client refuses to talk to a
 #: server whose major version it does not know.
@@ -151,7 +152,7 @@ def encodeHeader(header: dict[str, Any]) -> bytes:
     if not isinstance(header, dict):
         raise ValueError("a header must be a JSON object (dict)")
     try:
-        text = _encode(header)
+        text = _CODEC.encode(header)
     except TypeError as e:
         raise ValueError(f"header is not JSON-serialisable: {e}") from e
     return text.encode("utf-8")
@@ -197,56 +198,16 @@ def _refuseConstant(name: str) -> Any:
 
 
 # Built once: json.dumps/json.loads with options build a new encoder or
-# decoder on every call, a measurable share of a small request's cost.
+# decoder on every call, a measurable share of a small request's cost.  The
+# codec calls their C halves directly where it can (see _speedups.cjson).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _DECODER = json.JSONDecoder(parse_constant=_refuseConstant)
-_scan: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
-
-# The C halves of the two, called directly: JSONEncoder.encode and
-# JSONDecoder.decode are two Python calls each around them, a quarter of a
-# small header's whole encoding or parsing time.  Same options, same output.
-_makeEncoder = getattr(json.encoder, "c_make_encoder", None)
-_encodeChunks: Callable[[Any, int], Any] | None = None
-# Circular-reference markers, as JSONEncoder keeps them (a cycle is a
-# ValueError, not a recursion as deep as the recursion limit allows); shared
-# by all calls (headers are encoded on the reactor thread), so emptied after a
-# failed one, which may leave some behind.
-_markers: dict[int, Any] = {}
-if _makeEncoder is not None:
-    _encodeChunks = _makeEncoder(
-        _markers,
-        _ENCODER.default,
-        json.encoder.encode_basestring,
-        None,
-        ":",
-        ",",
-        False,
-        False,
-        False,  # allow_nan
-    )
-
-
-def _encode(value: Any) -> str:
-    if _encodeChunks is None:
-        return _ENCODER.encode(value)
-    try:
-        return "".join(_encodeChunks(value, 0))
-    except BaseException:
-        _markers.clear()
-        raise
+_CODEC = Codec(_ENCODER, _DECODER)
 
 
 def _decode(text: str) -> Any:
     try:
-        try:
-            value, end = _scan(text, 0)
-        except StopIteration:
-            end = -1
-        if end != len(text):
-            # Leading or trailing whitespace, trailing data, or not a value at
-            # all: the full parser accepts the first and explains the others.
-            return _DECODER.decode(text)
-        return value
+        return _CODEC.decode(text)
     except json.JSONDecodeError:
         raise
     except ValueError:

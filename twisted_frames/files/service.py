@@ -48,6 +48,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._speedups.tcp import tuneOnce
 from ..fields import Count, Flag, HexDigits
 from ..protocol import BodySink
 from ..server import Operation, Request, ServerProtocol, Service, operation
@@ -261,10 +262,7 @@ class FileService(Service):
             yield dataclasses.replace(op, handler=translateOSErrors(op.handler))
 
     def _connection(self, request: Request) -> None:
-        connection = request.connection
-        if not getattr(connection, "_framesNoDelay", False):
-            connection._framesNoDelay = True  # type: ignore[attr-defined]
-            tuneTransport(connection.transport)
+        tuneOnce(request.connection, tuneTransport)
 
     def _now(self) -> float:
         return self.clock.seconds() if self.clock is not None else time.time()
