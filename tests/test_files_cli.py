@@ -297,8 +297,9 @@ def test_longNamesDownload(frameserver: Any) -> None:
 def test_wording(frameserver: Any) -> None:
     """
     An existing target names C{-f/--force} for put (one file or a tree)
-    and get alike; C{get} of a directory suggests C{-r} (exit 2, as put of
-    a local directory) and leaves no partial, nor does a refused get.
+    and get alike, and a tree's error line names the path once; C{get} of
+    a directory suggests C{-r} (exit 2, as put of a local directory) and
+    leaves no partial, nor does a refused get.
     """
     frames, root, tmp = frameserver["frames"], frameserver["root"], frameserver["tmp"]
     hint = b"already exists (use -f/--force to overwrite) [already_exists]"
@@ -314,7 +315,12 @@ def test_wording(frameserver: Any) -> None:
     (root / "tree" / "f").write_bytes(b"y")
     r = frames("put", "-r", "tree", ".")
     assert r.returncode == 1
-    assert b"frames: put: tree/f: tree/f: " + hint in r.stderr
+    assert b"frames: put: tree/f: " + hint in r.stderr
+    assert b"tree/f: tree/f" not in r.stderr
+    r = frames("get", "-r", "tree", "tree")
+    assert r.returncode == 1
+    assert b"frames: get: tree/f: " + hint in r.stderr
+    assert b"tree/f: tree/f" not in r.stderr
 
     (root / "d").mkdir()
     r = frames("get", "d")

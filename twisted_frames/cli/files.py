@@ -368,9 +368,9 @@ def _reportTree(ui: UI, op: str, result: TreeResult, started: float) -> int:
             e = _flagHint(e)
         code = getattr(e, "code", ErrorCode.IO_ERROR)
         message = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
-        ui.error(
-            f"{op}: {path}: {message} [{code}]", {"code": code, "message": message, "path": path}
-        )
+        # Most messages start with the path they are about: name it once.
+        line = message if message.startswith(f"{path}: ") else f"{path}: {message}"
+        ui.error(f"{op}: {line} [{code}]", {"code": code, "message": message, "path": path})
     total = sum(int(f.get("size", 0)) for f in result.files)
     took = time.monotonic() - started
     ui.result(
