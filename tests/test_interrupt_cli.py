@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -264,3 +265,55 @@ def test_putFromBlockedPipe(server: ServerProcess) -> None:
     assert err == "frames: put - interrupted (SIGTERM)\n"
     assert took < 15
     assert not (Path(server.root) / "piped.bin").exists()
+
+
+@pytest.mark.skipif(
+    platform.machine() not in _READ_SYSCALL or not os.path.exists("/proc/self/task"),
+    reason="needs Linux's /proc/PID/task/TID/syscall to see the blocked read",
+)
+def test_putFromPipeSaysWhatServerKeeps(server: ServerProcess) -> None:
+    """
+    C{put -} interrupted after two messages were acknowledged: the line
+    says that the server keeps those bytes (a partial that cannot be
+    resumed) and the exact C{rm} command that removes it, which does.
+    """
+    chunk = 8 * 1024 * 1024
+    partial = Path(server.root) / partialName("piped.bin")
+    client = subprocess.Popen(
+        [*FRAMES, "--server", server.address, "put", "-", "piped.bin"],
+        env=childEnv(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert client.stdin is not None and client.stderr is not None
+    try:
+        # Two chunks' worth, then the pipe stays open: the client sends
+        # both, and waits in read() for the third once the second is
+        # acknowledged.
+        writer = threading.Thread(target=client.stdin.write, args=(os.urandom(2 * chunk),))
+        writer.start()
+        _waitUntil(
+            lambda: _size(partial) == 2 * chunk and _readingStdin(client.pid),
+            "two chunks stored and the client reading stdin again",
+        )
+        writer.join(TIMEOUT)
+        client.send_signal(signal.SIGINT)
+        client.wait(timeout=20)
+        err = client.stderr.read().decode()
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode == 130, err
+    assert err == (
+        f"frames: put - interrupted (SIGINT); the server keeps the {2 * chunk} bytes that "
+        f"arrived; remove them with: frames --server {server.address} rm piped.bin\n"
+    )
+    assert _size(partial) == 2 * chunk
+    argv = shlex.split(err.split("; remove them with: ", 1)[1])
+    done = subprocess.run(
+        [*FRAMES, *argv[1:]], env=childEnv(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    assert not partial.exists()

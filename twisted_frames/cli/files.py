@@ -89,6 +89,7 @@ def _during(
     what: str,
     resume: list[str] | None = None,
     partial: str | None = None,
+    kept: Callable[[], tuple[str, dict[str, Any]] | None] | None = None,
 ) -> None:
     """
     Say what a transfer does, for the line printed if it is interrupted:
@@ -98,7 +99,7 @@ def _during(
     interruption = interruptionOf(args)
     if interruption is None:
         return
-    interruption.during(what, None if resume is None else _resumeArgs(args, resume), partial)
+    interruption.during(what, None if resume is None else _resumeArgs(args, resume), partial, kept)
 
 
 def _resumeArgs(args: argparse.Namespace, command: list[str]) -> list[str]:
@@ -108,6 +109,47 @@ def _resumeArgs(args: argparse.Namespace, command: list[str]) -> list[str]:
     """
     flags = [flag for flag, given in (("-f", args.force), ("-q", args.quiet)) if given]
     return [command[0], "--resume", *flags, *command[1:]]
+
+
+class _StreamedUpload:
+    """
+    How much of an upload from stdin was sent and acknowledged, to say what
+    the server keeps of it (a partial that cannot be resumed) if it is cut
+    short, and the command that removes it.
+    """
+
+    def __init__(self, args: argparse.Namespace, remote: str) -> None:
+        self.args = args
+        self.remote = remote
+        self.sent = 0
+        self.acknowledged = 0
+
+    def onSent(self, n: int) -> None:
+        self.sent += n
+
+    def onAcknowledged(self, n: int) -> None:
+        self.acknowledged += n
+
+    def kept(self) -> tuple[str, dict[str, Any]] | None:
+        """
+        The clause of the interruption's line: what the server keeps and
+        how to give it back (C{None} if nothing was sent).
+        """
+        if not self.sent:
+            return None
+        if self.sent == self.acknowledged:
+            what = f"the server keeps the {self.acknowledged} bytes that arrived"
+        else:
+            what = (
+                f"the server keeps what arrived of the {self.sent} bytes sent "
+                f"({self.acknowledged} acknowledged)"
+            )
+        argv = resumeCommand(self.args, ["rm", self.remote])
+        data = {"path": self.remote, "sent": self.sent, "acknowledged": self.acknowledged}
+        return (
+            f"{what}; remove them with: {' '.join(shellQuote(a) for a in argv)}",
+            {**data, "remove": argv},
+        )
 
 
 def _shuttingDown(ui: UI, args: argparse.Namespace, e: FramesError, command: list[str]) -> int:
@@ -437,7 +479,16 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             remote = await _intoRemoteDir(files, args.remote, remote, base)
         if local == "-":
             bar = _Bar(args, None, remote)
-            result = await files.putStream(sys.stdin.buffer, remote, args.force, bar)
+            streamed = _StreamedUpload(args, remote)
+            _during(args, "put -", kept=streamed.kept)
+
+            def acknowledged(n: int, bar: _Bar = bar) -> None:
+                streamed.onAcknowledged(n)
+                bar(n)
+
+            result = await files.putStream(
+                sys.stdin.buffer, remote, args.force, acknowledged, streamed.onSent
+            )
             bar.close()
             _fileDone(ui, "put", started)("-", result)
             return EXIT_OK

@@ -369,16 +369,25 @@ class FileClient:
         remote: str,
         overwrite: bool = False,
         progress: Progress | None = None,
+        sent: Progress | None = None,
     ) -> dict[str, Any]:
         """
         Upload from a pipe or other stream of unknown length (e.g. stdin),
         in L{STREAM_CHUNK} messages, verified as a whole at the end.
+
+        @param progress: called with the bytes of each message the server
+            has acknowledged.
+        @param sent: called with the bytes of each message as it is sent
+            (what the server keeps of them if the upload is cut short is
+            its partial, which cannot be resumed: the stream is gone).
         """
         hasher = newHash()
         fields: dict[str, Any] = {"path": remote, "overwrite": overwrite}
         pos = 0
         while True:
             chunk = await self.run(_readChunk, stream, STREAM_CHUNK)
+            if sent is not None:
+                sent(len(chunk))
             if pos == 0 and len(chunk) < STREAM_CHUNK:
                 hasher.update(chunk)
                 reply = await self.client.request(
