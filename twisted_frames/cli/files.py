@@ -35,7 +35,8 @@ from .base import (
 # parser is built: it (and the server-side constants it shares) would slow
 # down every start of frames.
 if TYPE_CHECKING:
-    from ..files.client import FileClient, TreeResult
+    from ..files.client import FileClient
+    from ..files.tree import TreeResult
 
 
 def register(sub: Any) -> None:
@@ -78,7 +79,10 @@ def register(sub: Any) -> None:
 def _transferFlags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--recursive", action="store_true", help="transfer a directory tree")
     p.add_argument(
-        "--resume", action="store_true", help="continue an interrupted transfer (still verified)"
+        "--resume",
+        action="store_true",
+        help="continue an interrupted transfer (still verified); with -r, into the same"
+        " place, skipping files already complete (same size)",
     )
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -415,13 +419,16 @@ def _reportTree(ui: UI, op: str, result: TreeResult, started: float) -> int:
         ui.error(f"{op}: {line} [{code}]", {"code": code, "message": message, "path": path})
     total = sum(int(f.get("size", 0)) for f in result.files)
     took = time.monotonic() - started
+    complete = f", {len(result.complete)} already complete" if result.complete else ""
     ui.result(
         f"{op}: {len(result.files)} files, {_human(total)} in {took:.2f} s "
-        f"({_rate(total, took)}), {len(result.skipped)} skipped, {len(result.errors)} failed",
+        f"({_rate(total, took)}){complete}, {len(result.skipped)} skipped, "
+        f"{len(result.errors)} failed",
         {
             "ok": not result.errors,
             "summary": True,
             "files": len(result.files),
+            "complete": len(result.complete),
             "bytes": total,
             "skipped": len(result.skipped),
             "failed": len(result.errors),
@@ -462,8 +469,9 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         ui.error(f"put: {local} is a directory (use -r)", {"code": "is_a_directory"})
         return EXIT_USAGE
     if local == "-" or args.recursive:
-        # From a pipe nothing can be resumed; a tree has no one command that
-        # resumes it (files done would be refused as existing).
+        # From a pipe nothing can be resumed (what the server keeps is said
+        # once bytes are sent); a tree's resume command needs its remote
+        # directory, resolved below.
         _during(args, f"put {'-r ' * args.recursive}{local}")
     else:
         given = [] if args.remote is None else [args.remote]
@@ -475,7 +483,9 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     try:
         base = os.path.basename(os.path.normpath(local))
         remote = _remote(args.remote) if args.remote is not None else base
-        if args.remote is not None and local != "-":
+        if args.remote is not None and local != "-" and not (args.recursive and args.resume):
+            # A resumed tree continues in REMOTE itself: the first run
+            # resolved it, and its resume command names the result.
             remote = await _intoRemoteDir(files, args.remote, remote, base)
         if local == "-":
             bar = _Bar(args, None, remote)
@@ -493,10 +503,17 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             _fileDone(ui, "put", started)("-", result)
             return EXIT_OK
         if args.recursive:
+            command = ["put", "-r", local, remote]
+            _during(args, f"put -r {local}", command)
             bar = _Bar(args, None, remote)
-            tree = await files.putTree(
-                local, remote, args.force, args.resume, _fileDone(ui, "put", started), bar
-            )
+            try:
+                tree = await files.putTree(
+                    local, remote, args.force, args.resume, _fileDone(ui, "put", started), bar
+                )
+            except FramesError as e:
+                if e.code != ErrorCode.SHUTTING_DOWN:
+                    raise
+                return _shuttingDown(ui, args, e, command)
             bar.close()
             return _reportTree(ui, "put", tree, started)
         _during(args, f"put {local}", ["put", local, remote])
@@ -540,7 +557,7 @@ async def _intoRemoteDir(files: FileClient, given: str, remote: str, base: str) 
     Like C{cp}: a REMOTE that is an existing directory (or ends in C{/})
     receives the file under its own name.
     """
-    from ..files.client import joinRemote
+    from ..files.tree import joinRemote
 
     if given.endswith("/") or remote == "":
         return joinRemote(remote, base)
@@ -564,8 +581,10 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         return EXIT_USAGE
     if local != "-" and not args.recursive and os.path.isdir(local):
         local = os.path.join(local, base)
-    if local == "-" or args.recursive:
-        _during(args, f"get {'-r ' * args.recursive}{remote}")
+    if local == "-":
+        _during(args, f"get {remote}")
+    elif args.recursive:
+        _during(args, f"get -r {remote}", ["get", "-r", remote, local])
     else:
         from ..files.client import localPartialName
 
@@ -588,9 +607,14 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             return EXIT_OK
         if args.recursive:
             bar = _Bar(args, None, remote)
-            tree = await files.getTree(
-                remote, local, args.force, args.resume, _fileDone(ui, "get", started), bar
-            )
+            try:
+                tree = await files.getTree(
+                    remote, local, args.force, args.resume, _fileDone(ui, "get", started), bar
+                )
+            except FramesError as e:
+                if e.code != ErrorCode.SHUTTING_DOWN:
+                    raise
+                return _shuttingDown(ui, args, e, ["get", "-r", remote, local])
             bar.close()
             return _reportTree(ui, "get", tree, started)
         info = await files.stat(remote)
