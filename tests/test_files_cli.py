@@ -381,15 +381,20 @@ def _shuttingDownPeer(listener: socket.socket) -> None:
     [
         (["put", "-f", "big.bin", "x y"], "put --resume -f big.bin 'x y'"),
         (["get", "x y", "out.bin"], "get --resume 'x y' out.bin"),
+        (["put", "-r", "tree", "x y"], "put --resume -r tree 'x y'"),
+        (["get", "-r", "x y", "out"], "get --resume -r 'x y' out"),
     ],
 )
 def test_shutdownPrintsResume(tmp_path: Path, args: list[str], resume: str) -> None:
     """
-    A transfer of one file answered C{shutting_down} (the server stopped
-    while it ran; it keeps an upload's partial, the client a download's)
-    exits 1 with the command that resumes it, as an interrupted one does.
+    A transfer of one file or a tree answered C{shutting_down} (the server
+    stopped while it ran; it keeps an upload's partial, the client a
+    download's) exits 1 with the command that resumes it, as an interrupted
+    one does.
     """
     (tmp_path / "big.bin").write_bytes(os.urandom(100_000))
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f").write_bytes(b"x")
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
