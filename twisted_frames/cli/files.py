@@ -158,9 +158,9 @@ class _StreamedUpload:
 
 def _shuttingDown(ui: UI, args: argparse.Namespace, e: FramesError, command: list[str]) -> int:
     """
-    Report a transfer of one file cut short by the server's shutdown with
-    the command that resumes it (the server keeps an upload's partial, the
-    client a download's).
+    Report a transfer of one file or a tree cut short by the server's
+    shutdown with the command that resumes it (the server keeps an upload's
+    partial, the client a download's).
     """
     argv = resumeCommand(args, _resumeArgs(args, command))
     line = f"{args.command}: {printable(e.message)} [{e.code}]; resume with: "
@@ -479,6 +479,9 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     client = await openClient(reactor, args)
     files = FileClient(client)
     bar: _Bar | None = None
+    # The put/get arguments that resume the transfer under way, for the
+    # server's shutdown.
+    resumable: list[str] | None = None
     started = time.monotonic()
     try:
         base = os.path.basename(os.path.normpath(local))
@@ -489,52 +492,59 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             remote = await _intoRemoteDir(files, args.remote, remote, base)
         if local == "-":
             bar = _Bar(args, None, remote)
-            streamed = _StreamedUpload(args, remote)
-            _during(args, "put -", kept=streamed.kept)
-
-            def acknowledged(n: int, bar: _Bar = bar) -> None:
-                streamed.onAcknowledged(n)
-                bar(n)
-
-            result = await files.putStream(
-                sys.stdin.buffer, remote, args.force, acknowledged, streamed.onSent
+            return await _putStdin(files, args, ui, remote, bar, started)
+        if args.recursive:
+            resumable = ["put", "-r", local, remote]
+            _during(args, f"put -r {local}", resumable)
+            bar = _Bar(args, None, remote)
+            tree = await files.putTree(
+                local, remote, args.force, args.resume, _fileDone(ui, "put", started), bar
             )
             bar.close()
-            _fileDone(ui, "put", started)("-", result)
-            return EXIT_OK
-        if args.recursive:
-            command = ["put", "-r", local, remote]
-            _during(args, f"put -r {local}", command)
-            bar = _Bar(args, None, remote)
-            try:
-                tree = await files.putTree(
-                    local, remote, args.force, args.resume, _fileDone(ui, "put", started), bar
-                )
-            except FramesError as e:
-                if e.code != ErrorCode.SHUTTING_DOWN:
-                    raise
-                return _shuttingDown(ui, args, e, command)
-            bar.close()
             return _reportTree(ui, "put", tree, started)
-        _during(args, f"put {local}", ["put", local, remote])
+        resumable = ["put", local, remote]
+        _during(args, f"put {local}", resumable)
         bar = _Bar(args, os.path.getsize(local), remote)
-        try:
-            result = await files.putFile(local, remote, args.force, args.resume, bar)
-        except FramesError as e:
-            if e.code != ErrorCode.SHUTTING_DOWN:
-                raise
-            return _shuttingDown(ui, args, e, ["put", local, remote])
+        result = await files.putFile(local, remote, args.force, args.resume, bar)
         bar.close()
         return _reportFile(ui, "put", local, result["path"], result, started, {"local": local})
     except LocalError as e:
         ui.error(f"put: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
         return EXIT_REMOTE
     except FramesError as e:
+        if resumable is not None and e.code == ErrorCode.SHUTTING_DOWN:
+            return _shuttingDown(ui, args, e, resumable)
         raise _flagHint(e) from None
     finally:
         if bar is not None:
             bar.close()
         await client.close()
+
+
+async def _putStdin(
+    files: FileClient,
+    args: argparse.Namespace,
+    ui: UI,
+    remote: str,
+    bar: _Bar,
+    started: float,
+) -> int:
+    """
+    C{put -}: upload stdin, saying what the server keeps if interrupted.
+    """
+    streamed = _StreamedUpload(args, remote)
+    _during(args, "put -", kept=streamed.kept)
+
+    def acknowledged(n: int) -> None:
+        streamed.onAcknowledged(n)
+        bar(n)
+
+    result = await files.putStream(
+        sys.stdin.buffer, remote, args.force, acknowledged, streamed.onSent
+    )
+    bar.close()
+    _fileDone(ui, "put", started)("-", result)
+    return EXIT_OK
 
 
 def _flagHint(e: FramesError) -> FramesError:
@@ -592,6 +602,8 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     client = await openClient(reactor, args)
     files = FileClient(client)
     bar: _Bar | None = None
+    # As in _put.
+    resumable: list[str] | None = None
     started = time.monotonic()
     try:
         if local == "-":
@@ -606,15 +618,11 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
                 )
             return EXIT_OK
         if args.recursive:
+            resumable = ["get", "-r", remote, local]
             bar = _Bar(args, None, remote)
-            try:
-                tree = await files.getTree(
-                    remote, local, args.force, args.resume, _fileDone(ui, "get", started), bar
-                )
-            except FramesError as e:
-                if e.code != ErrorCode.SHUTTING_DOWN:
-                    raise
-                return _shuttingDown(ui, args, e, ["get", "-r", remote, local])
+            tree = await files.getTree(
+                remote, local, args.force, args.resume, _fileDone(ui, "get", started), bar
+            )
             bar.close()
             return _reportTree(ui, "get", tree, started)
         info = await files.stat(remote)
@@ -624,18 +632,18 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
                 {"code": ErrorCode.IS_A_DIRECTORY, "path": remote},
             )
             return EXIT_USAGE
+        resumable = ["get", remote, local]
         bar = _Bar(args, int(info.get("size", 0)), base)
-        try:
-            result = await files.getFile(remote, local, args.force, args.resume, bar)
-        except FramesError as e:
-            if e.code != ErrorCode.SHUTTING_DOWN:
-                raise
-            return _shuttingDown(ui, args, e, ["get", remote, local])
+        result = await files.getFile(remote, local, args.force, args.resume, bar)
         bar.close()
         return _reportFile(ui, "get", remote, local, result, started, {})
     except LocalError as e:
         ui.error(f"get: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
         return EXIT_REMOTE
+    except FramesError as e:
+        if resumable is not None and e.code == ErrorCode.SHUTTING_DOWN:
+            return _shuttingDown(ui, args, e, resumable)
+        raise
     finally:
         if bar is not None:
             bar.close()
