@@ -199,6 +199,22 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(data["ok"], False)
         self.assertEqual(data["error"]["code"], "timeout")
 
+    def test_lostSaysReasonOnce(self) -> None:
+        """
+        A request on a connection already closed (no closing message from
+        the server) gives its reason once, not after Twisted's generic one
+        (C{lost: Connection was closed cleanly: connection is closed}).
+        """
+        from twisted_frames.cli.main import _failed
+
+        args = buildParser().parse_args(["--server", "127.0.0.1:9", "ls"])
+        err = io.StringIO()
+        code = _failed(ConnectionDone("connection is closed"), args, UI(False, io.StringIO(), err))
+        self.assertEqual(code, EXIT_CONNECT)
+        self.assertEqual(
+            err.getvalue(), "frames: ls: connection to 127.0.0.1:9 lost: connection is closed\n"
+        )
+
 
 class ResumeCommandTests(SynchronousTestCase):
     """

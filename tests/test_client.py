@@ -448,6 +448,22 @@ class StringTransportClientTests(SynchronousTestCase):
         self.client.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.failureResultOf(d, FramesError).value.code, "bad_header")
 
+    def test_requestAfterClosingError(self) -> None:
+        """
+        A request made after the server's closing error (here
+        C{shutting_down}, with the connection then gone) fails with that
+        error, not with a bare lost connection.
+        """
+        error = {"code": "shutting_down", "message": "the server is shutting down"}
+        self.client.dataReceived(
+            wire.encodeMessage({"id": None, "ok": False, "error": error, "closing": True})
+        )
+        before = self.client.request("x")
+        self.client.connectionLost(Failure(ConnectionDone()))
+        after = self.client.request("y")
+        for d in (before, after):
+            self.assertEqual(self.failureResultOf(d, FramesError).value.code, "shutting_down")
+
 
 class ParseServerTests(SynchronousTestCase):
     """

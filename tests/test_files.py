@@ -1503,6 +1503,40 @@ class TreeTests(FilesTestMixin, SynchronousTestCase):
         self.assertTrue(os.path.isdir(os.path.join(back, "empty")))
         self.assertFalse(os.path.lexists(os.path.join(back, "rlink")))
 
+    def test_shutdownEndsTree(self) -> None:
+        """
+        The server's C{shutting_down} ends a tree transfer at once (every
+        later file would fail the same way), instead of being recorded as
+        one file's error while the walk goes on.
+        """
+        from twisted_frames.files.tree import putTree
+
+        top = os.path.join(self.local, "top")
+        os.makedirs(top)
+        for name in ("a", "b"):
+            with open(os.path.join(top, name), "wb") as f:
+                f.write(b"x")
+        tried: list[str] = []
+
+        class Stopping:
+            run = staticmethod(lambda f, *a: defer.maybeDeferred(f, *a))
+
+            async def list(self, path: str = "") -> list[dict[str, Any]]:
+                return []
+
+            async def mkdir(self, path: str, parents: bool = True) -> dict[str, Any]:
+                return {}
+
+            async def putFile(self, local: str, remote: str, *rest: Any) -> dict[str, Any]:
+                tried.append(remote)
+                raise FramesError("shutting_down", "the server is shutting down")
+
+            async def getFile(self, remote: str, local: str, *rest: Any) -> dict[str, Any]:
+                raise AssertionError("not called")
+
+        self.goFails(putTree(Stopping(), top, "t"), "shutting_down")
+        self.assertEqual(tried, ["t/a"])
+
 
 class FileWriterTests(SynchronousTestCase):
     """

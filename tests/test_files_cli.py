@@ -297,8 +297,9 @@ def test_longNamesDownload(frameserver: Any) -> None:
 def test_wording(frameserver: Any) -> None:
     """
     An existing target names C{-f/--force} for put (one file or a tree)
-    and get alike; C{get} of a directory suggests C{-r} (exit 2, as put of
-    a local directory) and leaves no partial, nor does a refused get.
+    and get alike, and a tree's error line names the path once; C{get} of
+    a directory suggests C{-r} (exit 2, as put of a local directory) and
+    leaves no partial, nor does a refused get.
     """
     frames, root, tmp = frameserver["frames"], frameserver["root"], frameserver["tmp"]
     hint = b"already exists (use -f/--force to overwrite) [already_exists]"
@@ -314,7 +315,12 @@ def test_wording(frameserver: Any) -> None:
     (root / "tree" / "f").write_bytes(b"y")
     r = frames("put", "-r", "tree", ".")
     assert r.returncode == 1
-    assert b"frames: put: tree/f: tree/f: " + hint in r.stderr
+    assert b"frames: put: tree/f: " + hint in r.stderr
+    assert b"tree/f: tree/f" not in r.stderr
+    r = frames("get", "-r", "tree", "tree")
+    assert r.returncode == 1
+    assert b"frames: get: tree/f: " + hint in r.stderr
+    assert b"tree/f: tree/f" not in r.stderr
 
     (root / "d").mkdir()
     r = frames("get", "d")
@@ -375,15 +381,20 @@ def _shuttingDownPeer(listener: socket.socket) -> None:
     [
         (["put", "-f", "big.bin", "x y"], "put --resume -f big.bin 'x y'"),
         (["get", "x y", "out.bin"], "get --resume 'x y' out.bin"),
+        (["put", "-r", "tree", "x y"], "put --resume -r tree 'x y'"),
+        (["get", "-r", "x y", "out"], "get --resume -r 'x y' out"),
     ],
 )
 def test_shutdownPrintsResume(tmp_path: Path, args: list[str], resume: str) -> None:
     """
-    A transfer of one file answered C{shutting_down} (the server stopped
-    while it ran; it keeps an upload's partial, the client a download's)
-    exits 1 with the command that resumes it, as an interrupted one does.
+    A transfer of one file or a tree answered C{shutting_down} (the server
+    stopped while it ran; it keeps an upload's partial, the client a
+    download's) exits 1 with the command that resumes it, as an interrupted
+    one does.
     """
     (tmp_path / "big.bin").write_bytes(os.urandom(100_000))
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f").write_bytes(b"x")
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -264,3 +265,143 @@ def test_putFromBlockedPipe(server: ServerProcess) -> None:
     assert err == "frames: put - interrupted (SIGTERM)\n"
     assert took < 15
     assert not (Path(server.root) / "piped.bin").exists()
+
+
+@pytest.mark.skipif(
+    platform.machine() not in _READ_SYSCALL or not os.path.exists("/proc/self/task"),
+    reason="needs Linux's /proc/PID/task/TID/syscall to see the blocked read",
+)
+def test_putFromPipeSaysWhatServerKeeps(server: ServerProcess) -> None:
+    """
+    C{put -} interrupted after two messages were acknowledged: the line
+    says that the server keeps those bytes (a partial that cannot be
+    resumed) and the exact C{rm} command that removes it, which does.
+    """
+    chunk = 8 * 1024 * 1024
+    partial = Path(server.root) / partialName("piped.bin")
+    client = subprocess.Popen(
+        [*FRAMES, "--server", server.address, "put", "-", "piped.bin"],
+        env=childEnv(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert client.stdin is not None and client.stderr is not None
+    try:
+        # Two chunks' worth, then the pipe stays open: the client sends
+        # both, and waits in read() for the third once the second is
+        # acknowledged.
+        writer = threading.Thread(target=client.stdin.write, args=(os.urandom(2 * chunk),))
+        writer.start()
+        _waitUntil(
+            lambda: _size(partial) == 2 * chunk and _readingStdin(client.pid),
+            "two chunks stored and the client reading stdin again",
+        )
+        writer.join(TIMEOUT)
+        client.send_signal(signal.SIGINT)
+        client.wait(timeout=20)
+        err = client.stderr.read().decode()
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode == 130, err
+    assert err == (
+        f"frames: put - interrupted (SIGINT); the server keeps the {2 * chunk} bytes that "
+        f"arrived; remove them with: frames --server {server.address} rm piped.bin\n"
+    )
+    assert _size(partial) == 2 * chunk
+    argv = shlex.split(err.split("; remove them with: ", 1)[1])
+    done = subprocess.run(
+        [*FRAMES, *argv[1:]], env=childEnv(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    assert not partial.exists()
+
+
+def _tree(top: Path, big: bytes) -> dict[str, bytes]:
+    """
+    Write a tree whose middle file (in name order) is C{big}: the first is
+    complete and the last not started when the middle one is interrupted.
+    """
+    files = {"a.bin": b"first", "b.bin": big, "sub/c.bin": b"last"}
+    for name, data in files.items():
+        (top / name).parent.mkdir(parents=True, exist_ok=True)
+        (top / name).write_bytes(data)
+    return files
+
+
+def _sameTree(top: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        assert hashlib.sha256((top / name).read_bytes()).digest() == (
+            hashlib.sha256(data).digest()
+        ), name
+
+
+def test_putTreeInterruptedResumes(server: ServerProcess, tmp_path: Path) -> None:
+    """
+    C{put -r} interrupted prints the exact C{put --resume -r} command, into
+    the same remote directory; it skips the file already complete, resumes
+    the interrupted one and copies the rest.  A new run without C{--resume}
+    still follows the C{cp} rule (an existing remote directory receives
+    the tree inside it).
+    """
+    root = Path(server.root)
+    here = tmp_path / "here"
+    (here / "tree").mkdir(parents=True)
+    files = _tree(here / "tree", os.urandom(SIZE))
+    partial = root / "tree" / partialName("b.bin")
+    r = _interrupt(server, ["put", "-r", "tree", "tree"], here, partial, signal.SIGINT)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr == (
+        "frames: put -r tree interrupted (SIGINT); "
+        f"resume with: frames --server {server.address} put --resume -r tree tree\n"
+    )
+    assert (root / "tree" / "a.bin").exists() and _size(partial) > 0
+
+    done = _resume(r.stderr, here)
+    assert done.returncode == 0, done.stderr
+    assert "1 already complete, 0 skipped, 0 failed" in done.stdout
+    assert "put tree/b.bin -> tree/b.bin" in done.stdout
+    assert "put tree/a.bin" not in done.stdout
+    _sameTree(root / "tree", files)
+    assert not (root / "tree" / "tree").exists() and not partial.exists()
+
+    again = subprocess.run(
+        [*FRAMES, "--server", server.address, "put", "-r", "tree", "tree"],
+        cwd=here,
+        env=childEnv(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert again.returncode == 0, again.stderr
+    _sameTree(root / "tree" / "tree", files)
+
+
+def test_getTreeInterruptedResumes(server: ServerProcess, tmp_path: Path) -> None:
+    """
+    C{get -r} interrupted prints the exact C{get --resume -r} command; it
+    skips the file already complete (instead of failing it as existing),
+    resumes the interrupted one from its partial and copies the rest.
+    """
+    root = Path(server.root)
+    (root / "tree").mkdir()
+    files = _tree(root / "tree", os.urandom(SIZE))
+    here = tmp_path / "here"
+    here.mkdir()
+    partial = here / "tree" / localPartialName("b.bin")
+    r = _interrupt(server, ["get", "-r", "tree"], here, partial, signal.SIGINT)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr == (
+        "frames: get -r tree interrupted (SIGINT); "
+        f"resume with: frames --server {server.address} get --resume -r tree tree\n"
+    )
+    assert (here / "tree" / "a.bin").exists() and _size(partial) > 0
+
+    done = _resume(r.stderr, here)
+    assert done.returncode == 0, done.stderr
+    assert "1 already complete, 0 skipped, 0 failed" in done.stdout
+    assert "get tree/a.bin" not in done.stdout
+    _sameTree(here / "tree", files)
+    assert not partial.exists()

@@ -21,7 +21,14 @@ ROOT = Path(twisted_frames.__file__).resolve().parent
 
 # Modules that run in a client: they must not import the server side, so a
 # client never loads the server's code (shared constants live lower down).
-CLIENT_SIDE = [r"client", r"\w*client", r"[a-z]+\.client", r"cli(\..+)?", r"\w+cli"]
+CLIENT_SIDE = [
+    r"client",
+    r"\w*client",
+    r"[a-z]+\.client",
+    r"files\.(local|tree)",
+    r"cli(\..+)?",
+    r"\w+cli",
+]
 # Modules that exist only to serve: the dispatcher, services, options, tap.
 SERVER_SIDE = [
     r"server",

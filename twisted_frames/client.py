@@ -301,6 +301,11 @@ class ClientProtocol(FrameProtocol):
         header = {"op": op, "id": rid}
         if fields:
             header.update(fields)
+        if self.serverError is not None:
+            # The server said why it closes this connection (it is shutting
+            # down, ...): a later request fails for that reason too.
+            pending.result.errback(Failure(self.serverError))
+            return
         if self._closing or self.transport is None:
             pending.result.errback(Failure(ConnectionDone("connection is closed")))
             return

@@ -98,6 +98,9 @@ class Interruption:
     @ivar what: what the command is doing, for the message.
     @ivar resume: the C{frames} arguments that resume it, if it can be.
     @ivar partial: a local file that holds what was done, if it exists.
+    @ivar kept: says what the server keeps of an upload that cannot be
+        resumed, and how to remove it: a clause for the line (shell-quoted
+        and escaped) and its JSON, or C{None} if it keeps nothing.
     @ivar command: the running command, cancelled if it is interrupted
         while no connection is open (e.g. still connecting).
     @ivar exitCode: the status to exit with, once the command has ended or
@@ -116,6 +119,7 @@ class Interruption:
         self.what: str | None = None
         self.resume: list[str] | None = None
         self.partial: str | None = None
+        self.kept: Callable[[], tuple[str, dict[str, Any]] | None] | None = None
         self.command: defer.Deferred[Any] | None = None
         self._clients: list[FramesClient] = []
         self.exitCode: int | None = None
@@ -163,7 +167,11 @@ class Interruption:
             client.protocol.transport.abortConnection()
 
     def during(
-        self, what: str, resume: list[str] | None = None, partial: str | None = None
+        self,
+        what: str,
+        resume: list[str] | None = None,
+        partial: str | None = None,
+        kept: Callable[[], tuple[str, dict[str, Any]] | None] | None = None,
     ) -> None:
         """
         Say what the command is doing, for the message if it is interrupted.
@@ -171,8 +179,9 @@ class Interruption:
         @param what: e.g. C{"get big.iso"} (printed escaped).
         @param resume: the C{frames} arguments that resume it.
         @param partial: a local file keeping what was done.
+        @param kept: see L{kept}.
         """
-        self.what, self.resume, self.partial = what, resume, partial
+        self.what, self.resume, self.partial, self.kept = what, resume, partial, kept
 
     def exitNow(self) -> None:
         """
@@ -222,6 +231,10 @@ class Interruption:
             argv = resumeCommand(args, self.resume)
             line += f"; resume with: {' '.join(shellQuote(a) for a in argv)}"
             data["resume"] = argv
+        kept = None if self.kept is None else self.kept()
+        if kept is not None:
+            line += f"; {kept[0]}"
+            data["kept"] = kept[1]
         data["message"] = line
         ui.error(line, data, escaped=True)
         return EXIT_SIGNAL_BASE + self.signal

@@ -100,51 +100,70 @@ class _Output:
             self._broken()
 
 
-async def runRemote(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+class _Control:
     """
-    The C{frames run} subcommand.
+    What the user does to a running remote command: Ctrl-C cancels it
+    (C{SIGINT}, then C{SIGKILL}), a third hangs up; a closed stdout stops
+    it (C{SIGTERM}), as C{SIGPIPE} would locally.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.handle: Any = None
+        self.interrupts = 0
+        self.brokenPipe = False
+
+    def stdoutBroken(self) -> None:
+        if not self.brokenPipe:
+            self.brokenPipe = True
+            _silenceStdout()
+            self.handle.cancel("SIGTERM").addErrback(lambda _: None)
+
+    def interrupted(self) -> None:
+        self.interrupts += 1
+        if self.interrupts <= 2:
+            name = "SIGINT" if self.interrupts == 1 else "SIGKILL"
+            self.handle.cancel(name).addErrback(lambda _: None)
+        elif self.client.protocol.transport is not None:
+            self.client.protocol.transport.abortConnection()
+
+
+def _commandArgv(args: argparse.Namespace) -> list[str]:
+    """
+    The remote command's argv, after C{--}.
+
+    @raise ValueError: none was given.
     """
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise ValueError("give the command after --, e.g. frames run -- ls -l")
+    return argv
+
+
+async def runRemote(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    """
+    The C{frames run} subcommand.
+    """
+    argv = _commandArgv(args)
     if args.runTimeout is not None and not args.runTimeout > 0:
         ui.error("run: --timeout must be a positive number of seconds")
         return EXIT_USAGE
     client = await openClient(reactor, args)
-    state = {"interrupts": 0, "brokenPipe": False}
-    handle: Any = None
-
-    def brokenPipe() -> None:
-        # Our reader went away, as with SIGPIPE locally: stop the command.
-        if not state["brokenPipe"]:
-            state["brokenPipe"] = True
-            _silenceStdout()
-            handle.cancel("SIGTERM").addErrback(lambda _: None)
-
-    out = _Output(_binary(sys.stdout), ui.json, brokenPipe)
+    control = _Control(client)
+    out = _Output(_binary(sys.stdout), ui.json, control.stdoutBroken)
     err = _Output(_binary(sys.stderr), ui.json, lambda: None)
     stdin: Any = None
     if not args.noStdin and sys.stdin is not None and not _isTerminal(sys.stdin):
         stdin = sys.stdin.fileno()
-
-    def interrupted() -> None:
-        state["interrupts"] += 1
-        n = state["interrupts"]
-        if n <= 2:
-            handle.cancel("SIGINT" if n == 1 else "SIGKILL").addErrback(lambda _: None)
-        elif client.protocol.transport is not None:
-            transport: Any = client.protocol.transport
-            transport.abortConnection()
-
     previous = signal.signal(
-        signal.SIGINT, lambda signum, frame: reactor.callFromThread(interrupted)
+        signal.SIGINT, lambda signum, frame: reactor.callFromThread(control.interrupted)
     )
     try:
         from ..commands.client import startCommand
 
-        handle = startCommand(
+        control.handle = startCommand(
             client,
             argv,
             stdin=stdin,
@@ -156,16 +175,16 @@ async def runRemote(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             reactor=reactor,
         )
         try:
-            result = await handle.result
+            result = await control.handle.result
         except (ConnectionDone, ConnectionLost):
-            if state["interrupts"] > 2:
+            if control.interrupts > 2:
                 ui.error("run: interrupted; hung up (the server kills the command)")
                 return EXIT_INTERRUPTED
             raise
     finally:
         signal.signal(signal.SIGINT, previous)
         await client.close()
-    return _report(ui, argv, result, out, err, bool(state["brokenPipe"]))
+    return _report(ui, argv, result, out, err, control.brokenPipe)
 
 
 def _report(

@@ -35,7 +35,8 @@ from .base import (
 # parser is built: it (and the server-side constants it shares) would slow
 # down every start of frames.
 if TYPE_CHECKING:
-    from ..files.client import FileClient, TreeResult
+    from ..files.client import FileClient
+    from ..files.tree import TreeResult
 
 
 def register(sub: Any) -> None:
@@ -78,7 +79,10 @@ def register(sub: Any) -> None:
 def _transferFlags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--recursive", action="store_true", help="transfer a directory tree")
     p.add_argument(
-        "--resume", action="store_true", help="continue an interrupted transfer (still verified)"
+        "--resume",
+        action="store_true",
+        help="continue an interrupted transfer (still verified); with -r, into the same"
+        " place, skipping files already complete (same size)",
     )
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -89,6 +93,7 @@ def _during(
     what: str,
     resume: list[str] | None = None,
     partial: str | None = None,
+    kept: Callable[[], tuple[str, dict[str, Any]] | None] | None = None,
 ) -> None:
     """
     Say what a transfer does, for the line printed if it is interrupted:
@@ -98,7 +103,7 @@ def _during(
     interruption = interruptionOf(args)
     if interruption is None:
         return
-    interruption.during(what, None if resume is None else _resumeArgs(args, resume), partial)
+    interruption.during(what, None if resume is None else _resumeArgs(args, resume), partial, kept)
 
 
 def _resumeArgs(args: argparse.Namespace, command: list[str]) -> list[str]:
@@ -110,11 +115,52 @@ def _resumeArgs(args: argparse.Namespace, command: list[str]) -> list[str]:
     return [command[0], "--resume", *flags, *command[1:]]
 
 
+class _StreamedUpload:
+    """
+    How much of an upload from stdin was sent and acknowledged, to say what
+    the server keeps of it (a partial that cannot be resumed) if it is cut
+    short, and the command that removes it.
+    """
+
+    def __init__(self, args: argparse.Namespace, remote: str) -> None:
+        self.args = args
+        self.remote = remote
+        self.sent = 0
+        self.acknowledged = 0
+
+    def onSent(self, n: int) -> None:
+        self.sent += n
+
+    def onAcknowledged(self, n: int) -> None:
+        self.acknowledged += n
+
+    def kept(self) -> tuple[str, dict[str, Any]] | None:
+        """
+        The clause of the interruption's line: what the server keeps and
+        how to give it back (C{None} if nothing was sent).
+        """
+        if not self.sent:
+            return None
+        if self.sent == self.acknowledged:
+            what = f"the server keeps the {self.acknowledged} bytes that arrived"
+        else:
+            what = (
+                f"the server keeps what arrived of the {self.sent} bytes sent "
+                f"({self.acknowledged} acknowledged)"
+            )
+        argv = resumeCommand(self.args, ["rm", self.remote])
+        data = {"path": self.remote, "sent": self.sent, "acknowledged": self.acknowledged}
+        return (
+            f"{what}; remove them with: {' '.join(shellQuote(a) for a in argv)}",
+            {**data, "remove": argv},
+        )
+
+
 def _shuttingDown(ui: UI, args: argparse.Namespace, e: FramesError, command: list[str]) -> int:
     """
-    Report a transfer of one file cut short by the server's shutdown with
-    the command that resumes it (the server keeps an upload's partial, the
-    client a download's).
+    Report a transfer of one file or a tree cut short by the server's
+    shutdown with the command that resumes it (the server keeps an upload's
+    partial, the client a download's).
     """
     argv = resumeCommand(args, _resumeArgs(args, command))
     line = f"{args.command}: {printable(e.message)} [{e.code}]; resume with: "
@@ -368,18 +414,21 @@ def _reportTree(ui: UI, op: str, result: TreeResult, started: float) -> int:
             e = _flagHint(e)
         code = getattr(e, "code", ErrorCode.IO_ERROR)
         message = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
-        ui.error(
-            f"{op}: {path}: {message} [{code}]", {"code": code, "message": message, "path": path}
-        )
+        # Most messages start with the path they are about: name it once.
+        line = message if message.startswith(f"{path}: ") else f"{path}: {message}"
+        ui.error(f"{op}: {line} [{code}]", {"code": code, "message": message, "path": path})
     total = sum(int(f.get("size", 0)) for f in result.files)
     took = time.monotonic() - started
+    complete = f", {len(result.complete)} already complete" if result.complete else ""
     ui.result(
         f"{op}: {len(result.files)} files, {_human(total)} in {took:.2f} s "
-        f"({_rate(total, took)}), {len(result.skipped)} skipped, {len(result.errors)} failed",
+        f"({_rate(total, took)}){complete}, {len(result.skipped)} skipped, "
+        f"{len(result.errors)} failed",
         {
             "ok": not result.errors,
             "summary": True,
             "files": len(result.files),
+            "complete": len(result.complete),
             "bytes": total,
             "skipped": len(result.skipped),
             "failed": len(result.errors),
@@ -420,8 +469,9 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         ui.error(f"put: {local} is a directory (use -r)", {"code": "is_a_directory"})
         return EXIT_USAGE
     if local == "-" or args.recursive:
-        # From a pipe nothing can be resumed; a tree has no one command that
-        # resumes it (files done would be refused as existing).
+        # From a pipe nothing can be resumed (what the server keeps is said
+        # once bytes are sent); a tree's resume command needs its remote
+        # directory, resolved below.
         _during(args, f"put {'-r ' * args.recursive}{local}")
     else:
         given = [] if args.remote is None else [args.remote]
@@ -429,44 +479,72 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     client = await openClient(reactor, args)
     files = FileClient(client)
     bar: _Bar | None = None
+    # The put/get arguments that resume the transfer under way, for the
+    # server's shutdown.
+    resumable: list[str] | None = None
     started = time.monotonic()
     try:
         base = os.path.basename(os.path.normpath(local))
         remote = _remote(args.remote) if args.remote is not None else base
-        if args.remote is not None and local != "-":
+        if args.remote is not None and local != "-" and not (args.recursive and args.resume):
+            # A resumed tree continues in REMOTE itself: the first run
+            # resolved it, and its resume command names the result.
             remote = await _intoRemoteDir(files, args.remote, remote, base)
         if local == "-":
             bar = _Bar(args, None, remote)
-            result = await files.putStream(sys.stdin.buffer, remote, args.force, bar)
-            bar.close()
-            _fileDone(ui, "put", started)("-", result)
-            return EXIT_OK
+            return await _putStdin(files, args, ui, remote, bar, started)
         if args.recursive:
+            resumable = ["put", "-r", local, remote]
+            _during(args, f"put -r {local}", resumable)
             bar = _Bar(args, None, remote)
             tree = await files.putTree(
                 local, remote, args.force, args.resume, _fileDone(ui, "put", started), bar
             )
             bar.close()
             return _reportTree(ui, "put", tree, started)
-        _during(args, f"put {local}", ["put", local, remote])
+        resumable = ["put", local, remote]
+        _during(args, f"put {local}", resumable)
         bar = _Bar(args, os.path.getsize(local), remote)
-        try:
-            result = await files.putFile(local, remote, args.force, args.resume, bar)
-        except FramesError as e:
-            if e.code != ErrorCode.SHUTTING_DOWN:
-                raise
-            return _shuttingDown(ui, args, e, ["put", local, remote])
+        result = await files.putFile(local, remote, args.force, args.resume, bar)
         bar.close()
         return _reportFile(ui, "put", local, result["path"], result, started, {"local": local})
     except LocalError as e:
         ui.error(f"put: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
         return EXIT_REMOTE
     except FramesError as e:
+        if resumable is not None and e.code == ErrorCode.SHUTTING_DOWN:
+            return _shuttingDown(ui, args, e, resumable)
         raise _flagHint(e) from None
     finally:
         if bar is not None:
             bar.close()
         await client.close()
+
+
+async def _putStdin(
+    files: FileClient,
+    args: argparse.Namespace,
+    ui: UI,
+    remote: str,
+    bar: _Bar,
+    started: float,
+) -> int:
+    """
+    C{put -}: upload stdin, saying what the server keeps if interrupted.
+    """
+    streamed = _StreamedUpload(args, remote)
+    _during(args, "put -", kept=streamed.kept)
+
+    def acknowledged(n: int) -> None:
+        streamed.onAcknowledged(n)
+        bar(n)
+
+    result = await files.putStream(
+        sys.stdin.buffer, remote, args.force, acknowledged, streamed.onSent
+    )
+    bar.close()
+    _fileDone(ui, "put", started)("-", result)
+    return EXIT_OK
 
 
 def _flagHint(e: FramesError) -> FramesError:
@@ -489,7 +567,7 @@ async def _intoRemoteDir(files: FileClient, given: str, remote: str, base: str) 
     Like C{cp}: a REMOTE that is an existing directory (or ends in C{/})
     receives the file under its own name.
     """
-    from ..files.client import joinRemote
+    from ..files.tree import joinRemote
 
     if given.endswith("/") or remote == "":
         return joinRemote(remote, base)
@@ -513,8 +591,10 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         return EXIT_USAGE
     if local != "-" and not args.recursive and os.path.isdir(local):
         local = os.path.join(local, base)
-    if local == "-" or args.recursive:
-        _during(args, f"get {'-r ' * args.recursive}{remote}")
+    if local == "-":
+        _during(args, f"get {remote}")
+    elif args.recursive:
+        _during(args, f"get -r {remote}", ["get", "-r", remote, local])
     else:
         from ..files.client import localPartialName
 
@@ -522,6 +602,8 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     client = await openClient(reactor, args)
     files = FileClient(client)
     bar: _Bar | None = None
+    # As in _put.
+    resumable: list[str] | None = None
     started = time.monotonic()
     try:
         if local == "-":
@@ -536,6 +618,7 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
                 )
             return EXIT_OK
         if args.recursive:
+            resumable = ["get", "-r", remote, local]
             bar = _Bar(args, None, remote)
             tree = await files.getTree(
                 remote, local, args.force, args.resume, _fileDone(ui, "get", started), bar
@@ -549,18 +632,18 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
                 {"code": ErrorCode.IS_A_DIRECTORY, "path": remote},
             )
             return EXIT_USAGE
+        resumable = ["get", remote, local]
         bar = _Bar(args, int(info.get("size", 0)), base)
-        try:
-            result = await files.getFile(remote, local, args.force, args.resume, bar)
-        except FramesError as e:
-            if e.code != ErrorCode.SHUTTING_DOWN:
-                raise
-            return _shuttingDown(ui, args, e, ["get", remote, local])
+        result = await files.getFile(remote, local, args.force, args.resume, bar)
         bar.close()
         return _reportFile(ui, "get", remote, local, result, started, {})
     except LocalError as e:
         ui.error(f"get: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
         return EXIT_REMOTE
+    except FramesError as e:
+        if resumable is not None and e.code == ErrorCode.SHUTTING_DOWN:
+            return _shuttingDown(ui, args, e, resumable)
+        raise
     finally:
         if bar is not None:
             bar.close()

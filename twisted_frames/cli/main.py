@@ -210,6 +210,10 @@ def _noGreetingMessage(e: NoGreeting, args: argparse.Namespace) -> str:
 
 def _reason(e: BaseException) -> str:
     text = str(e).strip()
+    if isinstance(e, (ConnectionDone, ConnectionLost)) and e.args:
+        # Twisted's text is its generic reason then ours ("Connection was
+        # closed cleanly: connection is closed."): say ours, once.
+        text = " ".join(str(a) for a in e.args).strip()
     if isinstance(e, ConnectError) and e.osError is not None:
         text = os.strerror(e.osError) if isinstance(e.osError, int) else str(e.osError)
     return text.rstrip(".") or type(e).__name__

@@ -9,17 +9,15 @@ resumable, atomic uploads and downloads of files and directory trees::
 
 Downloads are written to a hidden partial file next to the target, verified
 against the server's SHA-256 and then renamed into place, exactly as uploads
-are on the server.
+are on the server.  Trees are walked by L{twisted_frames.files.tree}; the
+local partial files, their commit and L{LocalError} live in
+L{twisted_frames.files.local}.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
-import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from twisted.python.failure import Failure
@@ -27,9 +25,18 @@ from twisted.python.failure import Failure
 from ..client import FramesClient
 from ..protocol import BodySink
 from ..wire import ErrorCode, FramesError, ProtocolViolation
+from .local import (
+    ALREADY_EXISTS_HINT,
+    LocalError,
+    checkRemoteName,
+    commitLocal,
+    localPartialName,
+    openPartial,
+    openRegular,
+    unlinkQuietly,
+)
 from .store import (
     DEFAULT_SEGMENT,
-    PARTIAL_PREFIX,
     FileSource,
     FileWriter,
     ThreadRunner,
@@ -40,6 +47,16 @@ from .store import (
     readExact,
     tuneTransport,
 )
+from .tree import OnFile, TreeResult, getTree, putTree
+
+__all__ = [
+    "ALREADY_EXISTS_HINT",
+    "FileClient",
+    "LocalError",
+    "TreeResult",
+    "checkRemoteName",
+    "localPartialName",
+]
 
 #: Files up to this size are read whole and sent in one message (one round
 #: trip); larger ones are streamed in segments followed by a commit message.
@@ -48,102 +65,6 @@ SMALL_FILE = 1024 * 1024
 STREAM_CHUNK = 8 * 1024 * 1024
 
 Progress = Callable[[int], None]
-
-#: What an existing target's error says, for C{put} and C{get} alike.
-ALREADY_EXISTS_HINT = "already exists (use -f/--force to overwrite)"
-
-
-class LocalError(Exception):
-    """
-    Something is wrong on the client's side (a local file exists, a remote
-    name would escape the local directory, ...).
-
-    @ivar code: a stable code in the style of L{ErrorCode}.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-#: The longest local file name, in bytes (C{NAME_MAX} of Linux and most
-#: file systems; the server accepts remote names up to this length too).
-MAX_LOCAL_NAME = 255
-_PARTIAL_SUFFIX = ".frames-partial"
-
-
-def localPartialName(target: str) -> str:
-    """
-    The hidden partial file a download to C{target} is written to, in the
-    same directory: C{.NAME.frames-partial}, deterministic so that
-    C{--resume} finds it again.
-
-    When that would pass L{MAX_LOCAL_NAME} bytes (a name of 240 bytes or
-    more), it is C{.PREFIX.HASH.frames-partial} instead: the longest
-    prefix of the name that fits (cut at a character, never inside one)
-    and 16 hex digits of the SHA-256 of the whole name, so that every
-    name the server accepts can be downloaded, and two long names with the
-    same prefix get different partials.
-    """
-    head, tail = os.path.split(target)
-    short = f".{tail}{_PARTIAL_SUFFIX}"
-    if len(os.fsencode(short)) <= MAX_LOCAL_NAME:
-        return os.path.join(head, short)
-    digest = hashlib.sha256(os.fsencode(tail)).hexdigest()[:16]
-    suffix = f".{digest}{_PARTIAL_SUFFIX}"
-    room = MAX_LOCAL_NAME - 1 - len(suffix)
-    prefix = []
-    for ch in tail:
-        room -= len(os.fsencode(ch))
-        if room < 0:
-            break
-        prefix.append(ch)
-    return os.path.join(head, f".{''.join(prefix)}{suffix}")
-
-
-def checkRemoteName(name: Any) -> str:
-    """
-    Check a name from a remote listing before using it as a local file name.
-
-    @raise LocalError: C{forbidden_path} if it could escape the local
-        directory it is joined to.
-    """
-    if (
-        not isinstance(name, str)
-        or name in ("", ".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\x00" in name
-        or name.startswith(PARTIAL_PREFIX)
-        or (name.startswith(".") and name.endswith(_PARTIAL_SUFFIX))
-    ):
-        raise LocalError(
-            ErrorCode.FORBIDDEN_PATH, f"refusing remote name {name!r}: it could escape the target"
-        )
-    return name
-
-
-def joinRemote(*parts: str) -> str:
-    """
-    Join remote path parts with C{/}, ignoring empty ones.
-    """
-    return "/".join(p.strip("/") for p in parts if p.strip("/"))
-
-
-@dataclass
-class TreeResult:
-    """
-    The outcome of a recursive transfer.
-
-    @ivar files: one result dict per file transferred.
-    @ivar skipped: C{(path, reason)} for links and special files.
-    @ivar errors: C{(path, error)} for files that failed.
-    """
-
-    files: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    errors: list[tuple[str, Exception]] = field(default_factory=list)
 
 
 class _DownloadSink(BodySink):
@@ -296,7 +217,7 @@ class FileClient:
         @return: the final reply header (C{path}, C{size}, C{sha256}), plus
             C{resumed_from}.
         """
-        fd = await self.run(_openRegular, local)
+        fd = await self.run(openRegular, local)
         try:
             size = os.fstat(fd).st_size
             offset = await self.partialSize(remote) if resume else 0
@@ -369,16 +290,25 @@ class FileClient:
         remote: str,
         overwrite: bool = False,
         progress: Progress | None = None,
+        sent: Progress | None = None,
     ) -> dict[str, Any]:
         """
         Upload from a pipe or other stream of unknown length (e.g. stdin),
         in L{STREAM_CHUNK} messages, verified as a whole at the end.
+
+        @param progress: called with the bytes of each message the server
+            has acknowledged.
+        @param sent: called with the bytes of each message as it is sent
+            (what the server keeps of them if the upload is cut short is
+            its partial, which cannot be resumed: the stream is gone).
         """
         hasher = newHash()
         fields: dict[str, Any] = {"path": remote, "overwrite": overwrite}
         pos = 0
         while True:
             chunk = await self.run(_readChunk, stream, STREAM_CHUNK)
+            if sent is not None:
+                sent(len(chunk))
             if pos == 0 and len(chunk) < STREAM_CHUNK:
                 hasher.update(chunk)
                 reply = await self.client.request(
@@ -440,7 +370,7 @@ class FileClient:
         if not overwrite and os.path.lexists(local):
             raise LocalError(ErrorCode.ALREADY_EXISTS, f"{local}: {ALREADY_EXISTS_HINT}")
         part = localPartialName(local)
-        fd, offset = await self.run(_openPartial, part, resume)
+        fd, offset = await self.run(openPartial, part, resume)
         try:
             hasher = newHash()
             if offset:
@@ -462,19 +392,19 @@ class FileClient:
                 reply = await self._download(remote, fd, 0, hasher, progress)
             header = reply
             if hasher.hexdigest() != header.get("sha256"):
-                await self.run(_unlinkQuietly, part)
+                await self.run(unlinkQuietly, part)
                 raise LocalError(
                     ErrorCode.INTEGRITY_ERROR,
                     f"{remote}: SHA-256 mismatch (got {hasher.hexdigest()}, server says "
                     f"{header.get('sha256')}); nothing was stored",
                 )
-            await self.run(_commitLocal, fd, part, local, overwrite)
+            await self.run(commitLocal, fd, part, local, overwrite)
             fd = -1
         except FramesError:
             # Refused before a byte came (not found, a directory, ...): leave
             # no empty partial behind.  One with data is kept for --resume.
             if fd >= 0 and os.fstat(fd).st_size == 0:
-                await self.run(_unlinkQuietly, part)
+                await self.run(unlinkQuietly, part)
             raise
         finally:
             if fd >= 0:
@@ -524,7 +454,7 @@ class FileClient:
             )
         return reply.header
 
-    # -- trees ----------------------------------------------------------------
+    # -- trees ------------------------------------------------------------------
 
     async def putTree(
         self,
@@ -532,45 +462,13 @@ class FileClient:
         remote: str,
         overwrite: bool = False,
         resume: bool = False,
-        onFile: Callable[[str, dict[str, Any]], None] | None = None,
+        onFile: OnFile | None = None,
         progress: Progress | None = None,
     ) -> TreeResult:
         """
-        Upload a directory recursively: regular files and directories only;
-        links and special files are reported in C{skipped}.
+        Upload a directory recursively (L{twisted_frames.files.tree.putTree}).
         """
-        result = TreeResult()
-        await self.mkdir(remote, parents=True)
-        await self._putDir(local, remote, overwrite, resume, onFile, progress, result)
-        return result
-
-    async def _putDir(
-        self,
-        local: str,
-        remote: str,
-        overwrite: bool,
-        resume: bool,
-        onFile: Callable[[str, dict[str, Any]], None] | None,
-        progress: Progress | None,
-        result: TreeResult,
-    ) -> None:
-        entries = await self.run(_scan, local)
-        for name, kind in entries:
-            lpath = os.path.join(local, name)
-            rpath = joinRemote(remote, name)
-            try:
-                if kind == "directory":
-                    await self.mkdir(rpath, parents=True)
-                    await self._putDir(lpath, rpath, overwrite, resume, onFile, progress, result)
-                elif kind == "file":
-                    done = await self.putFile(lpath, rpath, overwrite, resume, progress)
-                    result.files.append(done)
-                    if onFile is not None:
-                        onFile(lpath, done)
-                else:
-                    result.skipped.append((lpath, kind))
-            except (FramesError, LocalError, OSError) as e:
-                result.errors.append((lpath, e))
+        return await putTree(self, local, remote, overwrite, resume, onFile, progress)
 
     async def getTree(
         self,
@@ -578,55 +476,13 @@ class FileClient:
         local: str,
         overwrite: bool = False,
         resume: bool = False,
-        onFile: Callable[[str, dict[str, Any]], None] | None = None,
+        onFile: OnFile | None = None,
         progress: Progress | None = None,
     ) -> TreeResult:
         """
-        Download a remote directory recursively; remote names that could
-        escape C{local} are refused and reported in C{errors}.
+        Download a directory recursively (L{twisted_frames.files.tree.getTree}).
         """
-        result = TreeResult()
-        os.makedirs(local, exist_ok=True)
-        await self._getDir(remote, local, overwrite, resume, onFile, progress, result)
-        return result
-
-    async def _getDir(
-        self,
-        remote: str,
-        local: str,
-        overwrite: bool,
-        resume: bool,
-        onFile: Callable[[str, dict[str, Any]], None] | None,
-        progress: Progress | None,
-        result: TreeResult,
-    ) -> None:
-        for entry in await self.list(remote):
-            rpath = joinRemote(remote, str(entry.get("name")))
-            try:
-                name = checkRemoteName(entry.get("name"))
-                lpath = os.path.join(local, name)
-                kind = entry.get("type")
-                if kind == "directory":
-                    await self.run(_makeLocalDir, lpath)
-                    await self._getDir(rpath, lpath, overwrite, resume, onFile, progress, result)
-                elif kind == "file":
-                    done = await self.getFile(rpath, lpath, overwrite, resume, progress)
-                    result.files.append(done)
-                    if onFile is not None:
-                        onFile(rpath, done)
-                else:
-                    result.skipped.append((rpath, str(kind)))
-            except (FramesError, LocalError, OSError) as e:
-                result.errors.append((rpath, e))
-
-
-def _openRegular(path: str) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise LocalError(ErrorCode.INVALID_ARGUMENT, f"{path}: not a regular file")
-    return fd
+        return await getTree(self, remote, local, overwrite, resume, onFile, progress)
 
 
 def _readAndHash(fd: int, size: int, hasher: Any) -> bytes:
@@ -645,77 +501,3 @@ def _readChunk(stream: BinaryIO, n: int) -> bytes:
         parts.append(data)
         got += len(data)
     return b"".join(parts)
-
-
-def _openPartial(part: str, resume: bool) -> tuple[int, int]:
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    if not resume:
-        flags |= os.O_TRUNC
-    fd = os.open(part, flags, 0o666)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise LocalError(ErrorCode.INVALID_ARGUMENT, f"{part}: not a regular file")
-    os.lseek(fd, st.st_size, os.SEEK_SET)
-    return fd, st.st_size
-
-
-def _commitLocal(fd: int, part: str, local: str, overwrite: bool) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if overwrite:
-        os.replace(part, local)
-    else:
-        try:
-            os.link(part, local, follow_symlinks=False)
-        except OSError as e:
-            if e.errno == errno.EEXIST:
-                raise LocalError(
-                    ErrorCode.ALREADY_EXISTS, f"{local}: {ALREADY_EXISTS_HINT}"
-                ) from None
-            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-                raise
-            os.replace(part, local)
-            return
-        os.unlink(part)
-    dirfd = os.open(os.path.dirname(os.path.abspath(local)), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
-
-
-def _unlinkQuietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _makeLocalDir(path: str) -> None:
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        if not os.path.isdir(path) or os.path.islink(path):
-            raise LocalError(
-                ErrorCode.ALREADY_EXISTS, f"{path}: exists and is not a directory"
-            ) from None
-
-
-def _scan(path: str) -> list[tuple[str, str]]:
-    out = []
-    with os.scandir(path) as it:
-        for entry in it:
-            if entry.is_symlink():
-                kind = "symlink"
-            elif entry.is_dir(follow_symlinks=False):
-                kind = "directory"
-            elif entry.is_file(follow_symlinks=False):
-                kind = "file"
-            else:
-                kind = "other"
-            out.append((entry.name, kind))
-    out.sort()
-    return out
