@@ -8,6 +8,7 @@ C{test_tls_sockets.py}.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import Any
 
@@ -112,6 +113,22 @@ class InMemoryTLSTests(SynchronousTestCase):
         f = self.failureResultOf(self._relay(attacker, victim), FramesError)
         self.assertEqual(f.value.code, "auth_failed")
         self.assertIsNone(attacker.server.user)
+
+    def test_noDeprecatedPyOpenSSLObjects(self) -> None:
+        """
+        Both ends hand pyOpenSSL C{cryptography} certificates and keys, not
+        its deprecated C{X509} and C{PKey}: a mutual TLS connection whose
+        server also sends a chain certificate warns of nothing.
+        """
+        c = self.creds
+        chained = os.path.join(tempfile.mkdtemp(prefix="frames-tls-"), "chained.pem")
+        with open(chained, "wb") as out:
+            for path in (c.server, c.ca):
+                with open(path, "rb") as f:
+                    out.write(f.read())
+        conn = self.connect(serverOptions=serverOptions(chained, c.serverKey, c.ca))
+        self.assertIsNotNone(conn.client.greeting)
+        self.assertEqual(self.flushWarnings(), [])
 
     def test_tcpRelayIsNotStopped(self) -> None:
         """
