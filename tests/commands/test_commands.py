@@ -2,7 +2,7 @@
 Unit tests of the command service with fakes only: a clock that records
 C{spawnProcess} calls, fake process transports, and a client and server
 joined in memory by C{iosim}.  Real processes are in
-C{test_commands_process.py}.
+C{tests/commands/test_process.py}.
 """
 
 from __future__ import annotations
