@@ -1,6 +1,7 @@
 """
-In-memory client/server connections for the security tests: no sockets, a
-L{Clock} for every deadline.
+Servers and certificates for the security tests, which connect to them in
+memory with L{twisted_frames.testing}: no sockets, a L{Clock} for every
+deadline.
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
-from twisted.test import iosim
 
 from twisted_frames.auth.cred import makePortal
 from twisted_frames.auth.keys import ClientSecret, UserRecord, newSecret
 from twisted_frames.auth.service import AuthService
 from twisted_frames.certs import Issued, issue, writeQuickStart
-from twisted_frames.client import ClientProtocol, FramesClient
 from twisted_frames.policy import ConnectionGuard, ConnectionLimits, FailurePenalties
 from twisted_frames.server import FramesServerFactory, Request, Service, operation
 
@@ -74,52 +71,6 @@ def makeServer(
     factory.authRequired = authRequired
     factory.authMechanisms = ["hmac-sha256"] if authRequired else []
     return Server(factory, auth, guard, clock, alice)
-
-
-@dataclass
-class Connection:
-    """
-    One in-memory connection: both protocols and the pump between them.
-    """
-
-    client: ClientProtocol
-    server: Any
-    pump: iosim.IOPump
-    clientTransport: iosim.FakeTransport
-    serverTransport: iosim.FakeTransport
-
-    @property
-    def frames(self) -> FramesClient:
-        """
-        The client API over this connection (after the greeting).
-        """
-        return FramesClient(self.client)
-
-    def run(self, d: Any) -> defer.Deferred[Any]:
-        """
-        Wrap a coroutine or Deferred and pump until quiet.
-        """
-        if not isinstance(d, defer.Deferred):
-            d = defer.Deferred.fromCoroutine(d)
-        self.pump.flush()
-        return d
-
-
-def connect(
-    factory: FramesServerFactory, host: str = "192.0.2.7", port: int = 40000
-) -> Connection:
-    """
-    Connect a L{ClientProtocol} to a protocol from C{factory}, the server
-    seeing the peer C{host}.
-    """
-    addressType = IPv6Address if ":" in host else IPv4Address
-    peer = addressType("TCP", host, port)
-    server = factory.buildProtocol(peer)
-    client = ClientProtocol()
-    serverTransport = iosim.FakeTransport(server, True, peerAddress=peer)
-    clientTransport = iosim.FakeTransport(client, False)
-    pump = iosim.connect(server, serverTransport, client, clientTransport)
-    return Connection(client, server, pump, clientTransport, serverTransport)
 
 
 @dataclass
@@ -186,47 +137,3 @@ def makeCredentials(directory: str) -> Credentials:
         paths["client"],
         paths["client-key"],
     )
-
-
-def connectTLS(
-    factory: FramesServerFactory,
-    serverOptions: Any,
-    clientOptions: Any,
-    host: str = "192.0.2.7",
-) -> Connection:
-    """
-    Like L{connect}, with TLS on both sides, all in memory.  The TLS layers
-    batch writes with C{callLater(0)} on the factory's clock, which the pump
-    advances.
-    """
-    clock = factory.clock
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-
-    peer = IPv4Address("TCP", host, 40000)
-    serverTLS = TLSMemoryBIOFactory(serverOptions, False, factory, clock=clock).buildProtocol(peer)
-    client = ClientProtocol()
-    clientTLS = TLSMemoryBIOFactory(
-        clientOptions, True, _OneProtocol(client), clock=clock
-    ).buildProtocol(peer)
-    serverTransport = iosim.FakeTransport(serverTLS, True, peerAddress=peer)
-    clientTransport = iosim.FakeTransport(clientTLS, False)
-    pump = iosim.connect(serverTLS, serverTransport, clientTLS, clientTransport, clock=clock)
-    return Connection(client, serverTLS.wrappedProtocol, pump, clientTransport, serverTransport)
-
-
-class _OneProtocol:
-    """
-    A factory handing out one given protocol.
-    """
-
-    def __init__(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> Any:
-        return self.protocol
-
-    def doStart(self) -> None:
-        pass
-
-    def doStop(self) -> None:
-        pass

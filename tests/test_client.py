@@ -13,7 +13,6 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames import wire
@@ -27,6 +26,7 @@ from twisted_frames.client import (
 )
 from twisted_frames.protocol import BodyOverrun, BodySink
 from twisted_frames.server import FramesServerFactory, ServerProtocol
+from twisted_frames.testing import MemoryEndpoint, connectedPair
 from twisted_frames.wire import FramesError, ProtocolViolation
 
 from .test_protocol import BytesSource, RecordingSink, parseMessages
@@ -48,16 +48,15 @@ def makeClient() -> ClientProtocol:
 class ClientServerMixin:
     """
     A L{ClientProtocol} connected to a L{ServerProtocol} serving
-    L{SampleService}, through L{iosim} transports.
+    L{SampleService}, in memory (L{twisted_frames.testing.connectedPair}).
     """
 
     def connectPair(self, protocol: type[ServerProtocol] = ServerProtocol) -> None:
         self.service = SampleService()
         self.factory = FramesServerFactory([self.service], clock=Clock())
         self.factory.protocol = protocol
-        self.client, self.server, self.pump = iosim.connectedServerAndClient(
-            lambda: self.factory.buildProtocol(None), makeClient
-        )
+        conn = connectedPair(self.factory)
+        self.client, self.server, self.pump = conn.client, conn.server, conn.pump
 
 
 class GreetingTests(ClientServerMixin, SynchronousTestCase):
@@ -510,27 +509,13 @@ class ParseServerTests(SynchronousTestCase):
             self.assertRaises(ValueError, parseServer, server)
 
 
-class FakeEndpoint:
+class PendingEndpoint:
     """
-    A client endpoint that connects, in memory, to a server factory.
+    A client endpoint whose connection attempts never finish.
     """
-
-    def __init__(self, serverFactory: FramesServerFactory | None) -> None:
-        self.serverFactory = serverFactory
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
-        if self.serverFactory is None:
-            return defer.Deferred()
-        client = factory.buildProtocol(None)
-        client.clock = Clock()
-        server = self.serverFactory.buildProtocol(None)
-        self.pump = iosim.connect(
-            server,
-            iosim.FakeTransport(server, isServer=True),
-            client,
-            iosim.FakeTransport(client, isServer=False),
-        )
-        return defer.succeed(client)
+        return defer.Deferred()
 
 
 class ConnectTests(SynchronousTestCase):
@@ -544,7 +529,7 @@ class ConnectTests(SynchronousTestCase):
         timer behind.
         """
         clock = Clock()
-        d = connect(clock, FakeEndpoint(FramesServerFactory(clock=Clock())))
+        d = connect(clock, MemoryEndpoint(FramesServerFactory(clock=Clock())))
         client = self.successResultOf(d)
         self.assertIsInstance(client, FramesClient)
         self.assertEqual(client.greeting["event"], "hello")
@@ -555,7 +540,7 @@ class ConnectTests(SynchronousTestCase):
         A connection that is not greeted within the timeout fails.
         """
         clock = Clock()
-        d = connect(clock, FakeEndpoint(None), timeout=5)
+        d = connect(clock, PendingEndpoint(), timeout=5)
         clock.advance(4.9)
         self.assertNoResult(d)
         clock.advance(0.1)

@@ -21,8 +21,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames import tap
+from twisted_frames.testing import connectedPair
 
-from . import inmemory
 from .serverprocess import ROOT, ServerProcess, childEnv, frames
 
 EXAMPLES = ROOT / "docs" / "examples"
@@ -270,7 +270,7 @@ class CounterServiceTests(SynchronousTestCase):
         top = tap.makeService(options, MemoryReactorClock())
         top.startService()
         self.addCleanup(top.stopService)
-        connection = inmemory.connect(top.factory, host="127.0.0.1")
+        connection = connectedPair(top.factory, peer="127.0.0.1")
         connection.pump.flush()
         self.assertIn("count", connection.client.greeting["ops"])
         frames = connection.frames

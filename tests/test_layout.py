@@ -147,14 +147,18 @@ class ModuleConventionTests(SynchronousTestCase):
     def test_testCaseName(self) -> None:
         """
         Every module starts with a C{test-case-name} line, as Twisted's do,
-        naming a test module that exists.
+        naming a test module that exists (C{tests.files.test_files} is
+        C{tests/files/test_files.py}).
         """
         tests = Path(__file__).resolve().parent
         wrong = []
         for name, path in moduleFiles().items():
             first = path.read_text().split("\n", 1)[0]
-            found = re.fullmatch(r"# -\*- test-case-name: tests\.(\w+) -\*-", first)
-            if found is None or not (tests / f"{found.group(1)}.py").exists():
+            found = re.fullmatch(r"# -\*- test-case-name: tests\.([\w.]+) -\*-", first)
+            if (
+                found is None
+                or not tests.joinpath(*found.group(1).split(".")).with_suffix(".py").exists()
+            ):
                 wrong.append(f"{name}: {first!r}")
         self.assertEqual(wrong, [])
 

@@ -11,10 +11,11 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.inmemory import Connection, connect, makeServer
+from tests.inmemory import makeServer
 from twisted_frames import wire
 from twisted_frames.auth.client import login
 from twisted_frames.policy import ConnectionLimits, FailurePenalties, sourceKey
+from twisted_frames.testing import Connection, connectedPair
 from twisted_frames.wire import FramesError
 
 
@@ -84,13 +85,13 @@ class LimitTests(SynchronousTestCase):
                 maxUnauthenticatedPerSource=None,
             )
         )
-        a = connect(server.factory, "192.0.2.1")
-        connect(server.factory, "192.0.2.2")
-        error = self.refused(connect(server.factory, "192.0.2.3"))
+        a = connectedPair(server.factory, peer="192.0.2.1")
+        connectedPair(server.factory, peer="192.0.2.2")
+        error = self.refused(connectedPair(server.factory, peer="192.0.2.3"))
         self.assertIn("too many connections (limit 2)", error.message)
         a.clientTransport.loseConnection()
         a.pump.flush()
-        self.successResultOf(connect(server.factory, "192.0.2.3").client.greeted)
+        self.successResultOf(connectedPair(server.factory, peer="192.0.2.3").client.greeted)
         self.assertEqual(server.guard.total, 2)
 
     def test_perSource(self) -> None:
@@ -106,11 +107,11 @@ class LimitTests(SynchronousTestCase):
                 maxUnauthenticatedPerSource=None,
             )
         )
-        connect(server.factory)
-        connect(server.factory)
-        error = self.refused(connect(server.factory))
+        connectedPair(server.factory)
+        connectedPair(server.factory)
+        error = self.refused(connectedPair(server.factory))
         self.assertIn("from your address (limit 2)", error.message)
-        self.successResultOf(connect(server.factory, "198.51.100.1").client.greeted)
+        self.successResultOf(connectedPair(server.factory, peer="198.51.100.1").client.greeted)
 
     def test_unauthenticatedTotal(self) -> None:
         """
@@ -125,13 +126,13 @@ class LimitTests(SynchronousTestCase):
                 maxUnauthenticatedPerSource=None,
             )
         )
-        a = connect(server.factory, "192.0.2.1")
-        connect(server.factory, "192.0.2.2")
-        error = self.refused(connect(server.factory, "192.0.2.3"))
+        a = connectedPair(server.factory, peer="192.0.2.1")
+        connectedPair(server.factory, peer="192.0.2.2")
+        error = self.refused(connectedPair(server.factory, peer="192.0.2.3"))
         self.assertIn("waiting to log in (limit 2)", error.message)
         self.successResultOf(a.run(login(a.frames, server.alice)))
         self.assertEqual(server.guard.unauthenticated, 1)
-        self.successResultOf(connect(server.factory, "192.0.2.3").client.greeted)
+        self.successResultOf(connectedPair(server.factory, peer="192.0.2.3").client.greeted)
 
     def test_unauthenticatedPerSource(self) -> None:
         """
@@ -146,12 +147,12 @@ class LimitTests(SynchronousTestCase):
                 maxUnauthenticatedPerSource=1,
             )
         )
-        a = connect(server.factory)
-        error = self.refused(connect(server.factory))
+        a = connectedPair(server.factory)
+        error = self.refused(connectedPair(server.factory))
         self.assertIn("from your address waiting to log in (limit 1)", error.message)
         self.successResultOf(a.run(login(a.frames, server.alice)))
-        self.successResultOf(connect(server.factory).client.greeted)
-        self.successResultOf(connect(server.factory, "198.51.100.1").client.greeted)
+        self.successResultOf(connectedPair(server.factory).client.greeted)
+        self.successResultOf(connectedPair(server.factory, peer="198.51.100.1").client.greeted)
 
     def test_noLoginNoUnauthenticatedCap(self) -> None:
         """
@@ -159,14 +160,14 @@ class LimitTests(SynchronousTestCase):
         """
         server = makeServer(ConnectionLimits(None, None, 1, 1), authRequired=False)
         for _ in range(3):
-            self.successResultOf(connect(server.factory).client.greeted)
+            self.successResultOf(connectedPair(server.factory).client.greeted)
 
     def test_countsReleased(self) -> None:
         """
         Closed and refused connections leave no count behind.
         """
         server = makeServer(ConnectionLimits(2, 2, 2, 2))
-        conns = [connect(server.factory) for _ in range(3)]
+        conns = [connectedPair(server.factory) for _ in range(3)]
         self.refused(conns[2])
         for c in conns:
             c.clientTransport.loseConnection()
@@ -191,7 +192,7 @@ class IdleTimeoutTests(SynchronousTestCase):
         A connection that sends nothing for the idle timeout is told why and
         closed; traffic restarts the timer.
         """
-        conn = connect(self.server.factory)
+        conn = connectedPair(self.server.factory)
         self.server.clock.advance(20)
         self.successResultOf(conn.run(conn.frames.ping(b"x")))
         self.server.clock.advance(29)
@@ -209,7 +210,7 @@ class IdleTimeoutTests(SynchronousTestCase):
         """
         A request still being worked on keeps the connection open.
         """
-        conn = connect(self.server.factory)
+        conn = connectedPair(self.server.factory)
         conn.server.inFlight["pretend"] = object()
         self.server.clock.advance(100)
         conn.pump.flush()
@@ -228,7 +229,7 @@ class FrameDeadlineTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.server = makeServer(authRequired=False)
         self.server.factory.frameTimeout = 10
-        self.conn = connect(self.server.factory)
+        self.conn = connectedPair(self.server.factory)
         self.wire = self.conn.clientTransport
 
     def unsentRequest(self) -> tuple[bytes, Any]:

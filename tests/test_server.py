@@ -15,7 +15,6 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames import wire
@@ -29,6 +28,7 @@ from twisted_frames.server import (
     Service,
     operation,
 )
+from twisted_frames.testing import connectProtocols
 from twisted_frames.wire import ErrorCode, FramesError, Limits
 
 from .test_protocol import (
@@ -950,14 +950,15 @@ class FactoryTests(SynchronousTestCase):
 
 class IOSimTests(ServerTestMixin, SynchronousTestCase):
     """
-    The server against a raw framing client, over L{iosim} transports.
+    The server against a raw framing client, joined in memory by
+    L{twisted_frames.testing.connectProtocols}.
     """
 
     def setUp(self) -> None:
         self.makeFactory()
-        self.client, self.server, self.pump = iosim.connectedServerAndClient(
-            lambda: self.factory.buildProtocol(None), self.makeClient
-        )
+        self.client = self.makeClient()
+        self.server = self.factory.buildProtocol(None)
+        self.pump = connectProtocols(self.server, self.client)
 
     def makeClient(self) -> RecordingProtocol:
         client = RecordingProtocol()

@@ -32,7 +32,7 @@ from twisted_frames.server import (
 )
 from twisted_frames.wire import ErrorCode
 
-from .test_commands import CommandServiceMixin
+from .commands.test_commands import CommandServiceMixin
 from .test_protocol import ManualSource
 from .test_server import CountingSink, SampleService, ServerTestMixin, request
 from .test_tap import UDPMemoryReactor, existingRoot

@@ -18,8 +18,8 @@ from typing import IO, Any
 
 from twisted_frames import wire
 
+from .commands.test_process import alive
 from .serverprocess import ServerProcess, childEnv, frames
-from .test_commands_process import alive
 
 #: A command that ignores SIGTERM, as does the grandchild it starts in its
 #: process group (an ignored signal stays ignored across fork and exec):

@@ -8,6 +8,7 @@ C{test_tls_sockets.py}.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import Any
 
@@ -15,16 +16,10 @@ from OpenSSL import SSL
 from service_identity.exceptions import VerificationError
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.inmemory import (
-    Connection,
-    Credentials,
-    connect,
-    connectTLS,
-    makeCredentials,
-    makeServer,
-)
+from tests.inmemory import Credentials, makeCredentials, makeServer
 from twisted_frames.auth.client import login
 from twisted_frames.auth.hmac import authMessage, channelBinding, clientProof
+from twisted_frames.testing import Connection, connectedPair, connectedTLSPair
 from twisted_frames.tls import TLSConfigError, clientOptions, privateCertificate, serverOptions
 from twisted_frames.wire import FramesError
 
@@ -60,7 +55,9 @@ class InMemoryTLSTests(SynchronousTestCase):
             kw.get("cert", c.client),
             kw.get("key", c.clientKey),
         )
-        return connectTLS(self.server.factory, kw.get("serverOptions", self.serverOptions), opts)
+        return connectedTLSPair(
+            self.server.factory, kw.get("serverOptions", self.serverOptions), opts
+        )
 
     def test_loginOverTLS(self) -> None:
         """
@@ -113,12 +110,28 @@ class InMemoryTLSTests(SynchronousTestCase):
         self.assertEqual(f.value.code, "auth_failed")
         self.assertIsNone(attacker.server.user)
 
+    def test_noDeprecatedPyOpenSSLObjects(self) -> None:
+        """
+        Both ends hand pyOpenSSL C{cryptography} certificates and keys, not
+        its deprecated C{X509} and C{PKey}: a mutual TLS connection whose
+        server also sends a chain certificate warns of nothing.
+        """
+        c = self.creds
+        chained = os.path.join(tempfile.mkdtemp(prefix="frames-tls-"), "chained.pem")
+        with open(chained, "wb") as out:
+            for path in (c.server, c.ca):
+                with open(path, "rb") as f:
+                    out.write(f.read())
+        conn = self.connect(serverOptions=serverOptions(chained, c.serverKey, c.ca))
+        self.assertIsNotNone(conn.client.greeting)
+        self.assertEqual(self.flushWarnings(), [])
+
     def test_tcpRelayIsNotStopped(self) -> None:
         """
         Over plain TCP the same relay succeeds: this is the documented limit
         of logins without TLS, and shows that the binding is what stops it.
         """
-        attacker, victim = connect(self.server.factory), connect(self.server.factory)
+        attacker, victim = connectedPair(self.server.factory), connectedPair(self.server.factory)
         self.successResultOf(self._relay(attacker, victim))
         self.assertEqual(attacker.server.user, "alice")
 
@@ -157,7 +170,7 @@ class InMemoryTLSTests(SynchronousTestCase):
         Under mutual TLS a client without a certificate gets no greeting.
         """
         c = self.creds
-        conn = connectTLS(
+        conn = connectedTLSPair(
             self.server.factory, self.serverOptions, clientOptions("localhost", c.ca)
         )
         self._handshakeFails(conn)
@@ -177,7 +190,7 @@ class InMemoryTLSTests(SynchronousTestCase):
         """
         c = self.creds
         plain = serverOptions(c.server, c.serverKey)
-        conn = connectTLS(self.server.factory, plain, clientOptions("localhost", c.ca))
+        conn = connectedTLSPair(self.server.factory, plain, clientOptions("localhost", c.ca))
         self.assertIsNotNone(conn.client.greeting)
 
 

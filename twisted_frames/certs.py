@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_keytool -*-
+# -*- test-case-name: tests.cli.test_keys -*-
 """
 Make a private CA and certificates signed by it, for a quick start with TLS
 and mutual TLS (C{frames make-certs}), and for tests.

@@ -74,6 +74,9 @@ def loadPrivateKey(path: str) -> Any:
 
 
 def _twistedCertificate(cert: x509.Certificate) -> Certificate:
+    # A trust root is still made of pyOpenSSL certificates: Twisted adds
+    # them to the context's X509Store, whose add_cert takes no other kind
+    # (and does not warn about it).
     return Certificate(crypto.X509.from_cryptography(cert))  # type: ignore[no-untyped-call]
 
 
@@ -85,24 +88,52 @@ def trustRootFromFile(path: str) -> Any:
     return trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]
 
 
+def _spki(key: Any) -> bytes:
+    return cast(
+        bytes,
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
+
+
+def _chainAndKey(certFile: str, keyFile: str | None) -> tuple[list[x509.Certificate], Any]:
+    """
+    The certificates in C{certFile} (leaf first) and the private key that
+    matches the leaf, as C{cryptography} objects.
+
+    @raise TLSConfigError: on a bad file, or if the key does not match.
+    """
+    certs = loadCertificates(certFile)
+    key = loadPrivateKey(keyFile or certFile)
+    if _spki(certs[0].public_key()) != _spki(key.public_key()):
+        raise TLSConfigError(f"the key in {keyFile or certFile} does not match {certFile}")
+    return certs, key
+
+
+def _identityOptions(certFile: str, keyFile: str | None) -> dict[str, Any]:
+    """
+    The C{CertificateOptions} arguments that present C{certFile}'s chain
+    and its key.
+
+    They are C{cryptography} objects: C{CertificateOptions} hands them on
+    to pyOpenSSL's C{Context}, which takes them as they are and deprecates
+    its own C{X509} and C{PKey} wrappers.
+    """
+    certs, key = _chainAndKey(certFile, keyFile)
+    return {"privateKey": key, "certificate": certs[0], "extraCertChain": certs[1:]}
+
+
 def privateCertificate(certFile: str, keyFile: str | None = None) -> PrivateCertificate:
     """
     A certificate and its key (the key may be in the certificate's file).
 
     @raise TLSConfigError: if the key does not match the certificate.
     """
-    cert = loadCertificates(certFile)[0]
-    key = loadPrivateKey(keyFile or certFile)
-    pkey = crypto.PKey.from_cryptography_key(key)
-    if cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ):
-        raise TLSConfigError(f"the key in {keyFile or certFile} does not match {certFile}")
-    pair = KeyPair(pkey)  # type: ignore[no-untyped-call]
+    certs, key = _chainAndKey(certFile, keyFile)
+    pair = KeyPair(crypto.PKey.from_cryptography_key(key))  # type: ignore[no-untyped-call]
     leaf = PrivateCertificate.fromCertificateAndKeyPair(  # type: ignore[no-untyped-call]
-        _twistedCertificate(cert), pair
+        _twistedCertificate(certs[0]), pair
     )
     return cast(PrivateCertificate, leaf)
 
@@ -116,18 +147,10 @@ def serverOptions(certFile: str, keyFile: str | None = None, caFile: str | None 
         certificates (sent along as the chain).
     @raise TLSConfigError: on a bad file.
     """
-    certs = loadCertificates(certFile)
-    leaf = privateCertificate(certFile, keyFile)
-    kwargs: dict[str, Any] = {}
+    kwargs = _identityOptions(certFile, keyFile)
     if caFile is not None:
         kwargs["trustRoot"] = trustRootFromFile(caFile)
-    return CertificateOptions(
-        privateKey=leaf.privateKey.original,
-        certificate=leaf.original,
-        extraCertChain=[crypto.X509.from_cryptography(c) for c in certs[1:]],
-        raiseMinimumTo=MINIMUM_TLS,
-        **kwargs,
-    )
+    return CertificateOptions(raiseMinimumTo=MINIMUM_TLS, **kwargs)
 
 
 def clientOptions(
@@ -143,10 +166,9 @@ def clientOptions(
     asks for a client certificate.
     """
     trustRoot = trustRootFromFile(caFile) if caFile is not None else None
-    clientCertificate = privateCertificate(certFile, keyFile) if certFile is not None else None
-    return optionsForClientTLS(
-        hostname,
-        trustRoot=trustRoot,
-        clientCertificate=clientCertificate,
-        extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS},
-    )
+    # The client certificate goes in through extraCertificateOptions rather
+    # than clientCertificate=, which would pass pyOpenSSL objects on.
+    extra: dict[str, Any] = {"raiseMinimumTo": MINIMUM_TLS}
+    if certFile is not None:
+        extra.update(_identityOptions(certFile, keyFile))
+    return optionsForClientTLS(hostname, trustRoot=trustRoot, extraCertificateOptions=extra)

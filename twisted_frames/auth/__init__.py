@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.auth.test_auth -*-
 """
 Login: an HMAC-SHA256 challenge-response in which both sides prove the key.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.auth.test_auth -*-
 """
 The client's side of login: prove the key, then check the server's proof.
 """

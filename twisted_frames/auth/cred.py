@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.auth.test_auth -*-
 """
 The C{twisted.cred} pieces of login: credentials, the users checker, the realm
 and the portal.

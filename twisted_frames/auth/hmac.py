@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.auth.test_auth -*-
 """
 The login construction as pure functions, shared by client and server.
 

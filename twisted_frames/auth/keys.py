@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.auth.test_auth -*-
 """
 The users-file and secret-file formats, and writing them safely.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.auth.test_auth -*-
 """
 The server's C{auth} operation: the greeting's challenge, the login deadline
 and the delay after failures.

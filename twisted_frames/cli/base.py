@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.cli.test_cli -*-
 """
 What every C{frames} subcommand shares: the L{UI} (text or C{--json}), exit
 statuses, L{Interruption} (Ctrl-C/SIGTERM with the resume command), and

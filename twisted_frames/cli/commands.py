@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_commands_cli -*-
+# -*- test-case-name: tests.cli.test_commands -*-
 """
 C{frames run [--timeout S] [--json] -- ARGV...}: run an allowed command on
 the server, like C{ssh host cmd} for the commands the server allows.

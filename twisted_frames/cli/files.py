@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_files_cli -*-
+# -*- test-case-name: tests.cli.test_files -*-
 """
 The file commands of the C{frames} client: C{ls}, C{stat}, C{put}, C{get},
 C{rm}, C{mkdir}::

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_keytool -*-
+# -*- test-case-name: tests.cli.test_keys -*-
 """
 The client's security flags and the key-making commands of C{frames}.
 

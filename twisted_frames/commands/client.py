@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_commands -*-
+# -*- test-case-name: tests.commands.test_commands -*-
 """
 Client side of the command service: run an allowed command on the server::
 

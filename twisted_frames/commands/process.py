@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_commands_process -*-
+# -*- test-case-name: tests.commands.test_process -*-
 """
 Process plumbing for the command service: the scrubbed environment, the
 launchers that put a command in its own session and directory, process-group

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_commands -*-
+# -*- test-case-name: tests.commands.test_commands -*-
 """
 The command service: run commands the server allows, never through a shell.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_commands -*-
+# -*- test-case-name: tests.commands.test_commands -*-
 """
 Which commands a server allows: L{CommandSpec}, L{CommandLimits}, and the
 C{--allow-command} and TOML C{--commands} file forms that make them.

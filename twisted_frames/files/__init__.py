@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_files -*-
+# -*- test-case-name: tests.files.test_files -*-
 """
 The file service: a confined root served over the frames protocol.
 

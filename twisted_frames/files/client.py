@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_files -*-
+# -*- test-case-name: tests.files.test_files -*-
 """
 The client side of the file service: list, stat, delete, mkdir, and verified,
 resumable, atomic uploads and downloads of files and directory trees::

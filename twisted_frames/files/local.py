@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_local_partial -*-
+# -*- test-case-name: tests.files.test_local_partial -*-
 """
 The local side of the file client: its errors, the hidden partial file a
 download is written to and its commit into place, and the checks on names

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_files -*-
+# -*- test-case-name: tests.files.test_files -*-
 """
 Paths and confinement: request paths checked as text, then walked from a
 descriptor of the root with C{openat}-style calls and C{O_NOFOLLOW}

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_files -*-
+# -*- test-case-name: tests.files.test_files -*-
 """
 The file service: C{list}, C{stat}, C{get}, C{put}, C{delete}, C{mkdir}, all
 confined to one root directory.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_files -*-
+# -*- test-case-name: tests.files.test_files -*-
 """
 Streaming file I/O shared by the file service and its client: a writer that
 appends to a file descriptor in a worker thread while hashing, and a body

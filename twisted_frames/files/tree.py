@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_files -*-
+# -*- test-case-name: tests.files.test_files -*-
 """
 Directory trees over a file client: C{put -r} and C{get -r}, and their
 resume.

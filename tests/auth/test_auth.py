@@ -15,7 +15,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.inmemory import Connection, Server, connect, makeServer
+from tests.inmemory import Server, makeServer
 from tests.serverprocess import ROOT
 from tests.test_docs import codeBlocks
 from twisted_frames.auth import service as authmod
@@ -40,6 +40,7 @@ from twisted_frames.auth.keys import (
     parseSecret,
     parseUsers,
 )
+from twisted_frames.testing import Connection, connectedPair
 from twisted_frames.wire import ErrorCode, FramesError
 
 
@@ -416,7 +417,7 @@ class LoginTests(SynchronousTestCase):
         self.patch(authmod, "log", Logger(namespace="test", observer=self.events.append))
 
     def connect(self, host: str = "192.0.2.7") -> Connection:
-        return connect(self.server.factory, host)
+        return connectedPair(self.server.factory, peer=host)
 
     def authFields(self, conn: Connection, secret: ClientSecret, **over: Any) -> dict[str, Any]:
         """

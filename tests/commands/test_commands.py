@@ -2,7 +2,7 @@
 Unit tests of the command service with fakes only: a clock that records
 C{spawnProcess} calls, fake process transports, and a client and server
 joined in memory by C{iosim}.  Real processes are in
-C{test_commands_process.py}.
+C{tests/commands/test_process.py}.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames import wire
-from twisted_frames.client import ClientProtocol, FramesClient
+from twisted_frames.client import FramesClient
 from twisted_frames.commands.client import CommandResult, startCommand
 from twisted_frames.commands.options import configureCommands
 from twisted_frames.commands.process import SAFE_PATH, scrubbedEnvironment
@@ -37,6 +37,7 @@ from twisted_frames.commands.spec import (
 )
 from twisted_frames.server import FramesServerFactory
 from twisted_frames.tap import Options
+from twisted_frames.testing import connectedPair
 from twisted_frames.wire import ErrorCode, FramesError
 
 
@@ -162,12 +163,8 @@ class CommandServiceMixin:
         )
 
     def connect(self) -> tuple[FramesClient, Any, iosim.IOPump]:
-        server = self.factory.buildProtocol(None)
-        cp = ClientProtocol()
-        pump = iosim.connect(
-            server, iosim.FakeTransport(server, False), cp, iosim.FakeTransport(cp, True)
-        )
-        return FramesClient(cp), server, pump
+        conn = connectedPair(self.factory)
+        return conn.frames, conn.server, conn.pump
 
     def request(
         self,

@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_files import FilesTestMixin, sha
+from tests.files.test_files import FilesTestMixin, sha
 from twisted_frames.files.paths import partialName
 from twisted_frames.files.service import FileService
 from twisted_frames.files.store import synchronousRunner

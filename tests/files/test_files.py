@@ -24,7 +24,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames import wire
-from twisted_frames.client import ClientProtocol, FramesClient
+from twisted_frames.client import FramesClient
 from twisted_frames.files import service as files
 from twisted_frames.files import store as filestore
 from twisted_frames.files.client import FileClient, LocalError, checkRemoteName, localPartialName
@@ -38,6 +38,7 @@ from twisted_frames.files.store import (
     synchronousRunner,
 )
 from twisted_frames.server import FramesServerFactory, Request, operation
+from twisted_frames.testing import connectedPair
 from twisted_frames.wire import ErrorCode, FramesError
 
 
@@ -89,17 +90,9 @@ class FilesTestMixin:
         )
 
     def connect(self) -> None:
-        factory = FramesServerFactory([self.service], clock=self.clock)
-        self.server = factory.buildProtocol(None)
-        self.clientProtocol = ClientProtocol()
-        self.pump = iosim.connect(
-            self.server,
-            iosim.FakeTransport(self.server, False),
-            self.clientProtocol,
-            iosim.FakeTransport(self.clientProtocol, True),
-            clock=self.clock,
-        )
-        self.client = FramesClient(self.clientProtocol)
+        conn = connectedPair(FramesServerFactory([self.service], clock=self.clock))
+        self.server, self.clientProtocol, self.pump = conn.server, conn.client, conn.pump
+        self.client = conn.frames
         self.files = FileClient(
             self.client, runInThread=synchronousRunner, segmentSize=self.clientSegment
         )
@@ -1000,17 +993,8 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         @return: its client, a function sending one request and returning
             the reply or the L{FramesError}, and its pump.
         """
-        factory = FramesServerFactory([service or self.service], clock=self.clock)
-        server = factory.buildProtocol(None)
-        protocol = ClientProtocol()
-        pump = iosim.connect(
-            server,
-            iosim.FakeTransport(server, False),
-            protocol,
-            iosim.FakeTransport(protocol, True),
-            clock=self.clock,
-        )
-        client = FramesClient(protocol)
+        conn = connectedPair(FramesServerFactory([service or self.service], clock=self.clock))
+        client, pump = conn.frames, conn.pump
 
         def ask(op: str, fields: dict[str, Any], body: bytes = b"") -> Any:
             results: list[Any] = []

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from .serverprocess import ServerProcess, twistd
+from tests import serverprocess
+from tests.serverprocess import ServerProcess, twistd
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(serverprocess.ROOT)
 ENV = {**os.environ, "PYTHONPATH": ROOT}
 for _name in ("FRAMES_USER", "FRAMES_SECRET_FILE", "FRAMES_CA", "FRAMES_CERT", "FRAMES_KEY"):
     ENV.pop(_name, None)

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.serverprocess import ServerProcess, childEnv
 from twisted_frames.files.client import localPartialName
 from twisted_frames.files.paths import partialName
-
-from .serverprocess import ServerProcess, childEnv
 
 TIMEOUT = 60
 SIZE = 48 * 1024 * 1024

@@ -20,6 +20,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.serverprocess import ServerProcess, frames, freeUDPPort
 from twisted_frames import wire
 from twisted_frames.cli.base import (
     EXIT_CONNECT,
@@ -32,8 +33,6 @@ from twisted_frames.cli.base import (
 )
 from twisted_frames.cli.main import buildParser
 from twisted_frames.client import ClientProtocol, FramesClient
-
-from .serverprocess import ServerProcess, frames, freeUDPPort
 
 GREETING = {"event": "hello", "protocol": "twisted-frames", "version": wire.PROTOCOL_VERSION}
 

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_files import FilesTestMixin
+from tests.files.test_files import FilesTestMixin
 from twisted_frames.files.paths import LISTING_BATCH, encodeListing, sortListing
 from twisted_frames.files.service import FileService
 from twisted_frames.files.store import synchronousRunner

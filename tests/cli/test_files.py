@@ -19,12 +19,11 @@ from typing import Any
 
 import pytest
 
+from tests.serverprocess import ServerProcess, childEnv
+from tests.serverprocess import frames as runFrames
 from twisted_frames import wire
 from twisted_frames.files.client import localPartialName
 from twisted_frames.files.paths import partialName
-
-from .serverprocess import ServerProcess, childEnv
-from .serverprocess import frames as runFrames
 
 TIMEOUT = 60
 GREETING = {"event": "hello", "protocol": "twisted-frames", "version": wire.PROTOCOL_VERSION}

@@ -20,6 +20,8 @@ from twisted.internet import defer, task, threads
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from tests.serverprocess import ServerProcess
+from tests.serverprocess import frames as runFrames
 from twisted_frames.client import connect
 from twisted_frames.files.client import FileClient
 from twisted_frames.files.paths import partialName
@@ -27,9 +29,6 @@ from twisted_frames.files.service import FileService
 from twisted_frames.files.store import PARTIAL_PREFIX
 from twisted_frames.server import FramesServerFactory
 from twisted_frames.wire import ErrorCode, FramesError
-
-from .serverprocess import ServerProcess
-from .serverprocess import frames as runFrames
 
 MiB = 1024 * 1024
 

@@ -10,7 +10,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .serverprocess import ServerProcess, frames
+from tests.serverprocess import ServerProcess, frames
 
 
 class CommandUsersTests(SynchronousTestCase):

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.serverprocess import ROOT
+
+REPO = ROOT
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 FRAMES = [sys.executable, "-m", "twisted_frames"]
 DEADLINE = 30.0
