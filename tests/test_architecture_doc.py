@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import io
 import re
+from pathlib import Path
 from typing import Any
+from unittest import skipUnless
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -20,9 +23,7 @@ from twisted_frames.cli.base import UI
 from twisted_frames.client import ClientProtocol, FramesClient
 from twisted_frames.server import FramesServerFactory
 
-from .serverprocess import ROOT
-
-PAGE = ROOT / "docs" / "architecture.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 #: A dotted name in the package, as the page writes it.
 DOTTED = re.compile(r"\btwisted_frames(?:\.[A-Za-z_]\w*)+")
@@ -162,6 +163,34 @@ class ExampleTests(SynchronousTestCase):
         d = client.request("shout", {}, b"x" * 1025)
         pump.flush()
         self.assertEqual(self.failureResultOf(d).value.code, "body_too_large")
+
+    @skipUnless(
+        importlib.util.find_spec("twisted_frames.fields") is not None,
+        "needs declared op fields (twisted_frames.fields)",
+    )
+    def test_opFields(self) -> None:
+        """
+        The example op with a declared field gets the checked value in
+        C{request.fields}, its default when the field is not sent, and the
+        dispatcher refuses a bad value before the handler runs.
+        """
+        namespace: dict[str, Any] = {}
+        exec(pythonBlock("class CaseService"), namespace)
+        client, pump = connected(FramesServerFactory([namespace["CaseService"]()]))
+        lower = client.request("case", {"to": "lower"}, b"Hello")
+        default = client.request("case", {}, b"Hello")
+        bad = client.request("case", {"to": "title"}, b"Hello")
+        pump.flush()
+        self.assertEqual(self.successResultOf(lower).body, b"hello")
+        self.assertEqual(self.successResultOf(default).body, b"HELLO")
+        error = self.failureResultOf(bad).value
+        self.assertEqual(
+            (error.code, error.message),
+            ("invalid_argument", "'to' must be one of ['upper', 'lower']"),
+        )
+        self.assertIn(
+            "`'to' must be one of ['upper', 'lower']` (`invalid_argument`)", PAGE.read_text()
+        )
 
     def test_verb(self) -> None:
         """
