@@ -415,7 +415,8 @@ def test_progressBarUnits() -> None:
     The progress bar counts bytes and rate in the binary units of the
     summary line (C{KiB}, C{MiB}), not tqdm's decimal-looking C{MB}.
     """
-    from twisted_frames.cli.files import _human, progressBar
+    from twisted_frames.cli.progress import humanSize as _human
+    from twisted_frames.cli.progress import progressBar
 
     out = io.StringIO()
     bar = progressBar(3 * 1024 * 1024, "big.iso", out)

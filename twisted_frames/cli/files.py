@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from ..printable import printable
 from ..wire import ErrorCode, FramesError
@@ -30,6 +30,7 @@ from .base import (
     resumeCommand,
     shellQuote,
 )
+from .progress import TransferBar, humanSize, transferRate
 
 # The client library is imported by each command as it runs, not when the
 # parser is built: it (and the server-side constants it shares) would slow
@@ -189,77 +190,6 @@ def _remote(path: str) -> str:
     return "/".join(parts)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-#: The progress bar's layout: tqdm's default, with sizes and rate in the
-#: binary units of the summary line (tqdm's own say "MB" for 1024-based
-#: sizes and use 1000-based rates).
-_BAR_FORMAT = "{l_bar}{bar}| {done}/{size} [{elapsed}<{remaining}, {speed}]"
-
-
-def progressBar(total: int | None, label: str, stream: TextIO) -> Any:
-    """
-    A tqdm progress bar of bytes on C{stream}, in the units of L{_human}.
-    """
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
-    class BinaryBar(tqdm):  # type: ignore[misc]
-        @property
-        def format_dict(self) -> dict[str, Any]:
-            d: dict[str, Any] = super().format_dict
-            rate = d.get("rate")
-            d["done"] = _human(d["n"])
-            d["size"] = "?" if d["total"] is None else _human(d["total"])
-            d["speed"] = f"{_human(rate)}/s" if rate else "?"
-            return d
-
-    return BinaryBar(
-        total=total,
-        unit="B",
-        desc=printable(label),
-        file=stream,
-        leave=False,
-        dynamic_ncols=True,
-        bar_format=_BAR_FORMAT,
-    )
-
-
-class _Bar:
-    """
-    A tqdm progress bar on stderr, or nothing when stderr is not a terminal
-    or the user asked for quiet or JSON output.
-    """
-
-    def __init__(self, args: argparse.Namespace, total: int | None, label: str) -> None:
-        self.bar: Any = None
-        if args.quiet or args.json or not sys.stderr.isatty():
-            return
-        self.bar = progressBar(total, label, sys.stderr)
-
-    def __call__(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def retarget(self, total: int | None, label: str) -> None:
-        if self.bar is not None:
-            self.bar.reset(total=total)
-            self.bar.set_description(printable(label))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _rate(size: int, seconds: float) -> str:
-    return f"{_human(size / seconds)}/s" if seconds > 0 else "-"
-
-
 async def _ls(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     from ..files.client import FileClient
 
@@ -395,8 +325,8 @@ def _reportFile(
     size = int(result.get("size", 0))
     resumed = result.get("resumed_from", 0)
     ui.result(
-        f"{op} {printable(source)} -> {printable(destination)}: {_human(size)} in {took:.2f} s "
-        f"({_rate(size - resumed, took)}), sha256 {result['sha256']} verified"
+        f"{op} {printable(source)} -> {printable(destination)}: {humanSize(size)} in {took:.2f} s "
+        f"({transferRate(size - resumed, took)}), sha256 {result['sha256']} verified"
         + (f", resumed from byte {resumed}" if resumed else ""),
         {**_clean(result), **extra, "seconds": took},
     )
@@ -421,8 +351,8 @@ def _reportTree(ui: UI, op: str, result: TreeResult, started: float) -> int:
     took = time.monotonic() - started
     complete = f", {len(result.complete)} already complete" if result.complete else ""
     ui.result(
-        f"{op}: {len(result.files)} files, {_human(total)} in {took:.2f} s "
-        f"({_rate(total, took)}){complete}, {len(result.skipped)} skipped, "
+        f"{op}: {len(result.files)} files, {humanSize(total)} in {took:.2f} s "
+        f"({transferRate(total, took)}){complete}, {len(result.skipped)} skipped, "
         f"{len(result.errors)} failed",
         {
             "ok": not result.errors,
@@ -444,7 +374,7 @@ def _fileDone(ui: UI, op: str, started: float) -> Callable[[str, dict[str, Any]]
         target = str(result.get("local", result.get("path")))
         ui.result(
             f"{op} {printable(source)} -> {printable(target)}: "
-            f"{_human(int(result.get('size', 0)))}, sha256 {result.get('sha256')}",
+            f"{humanSize(int(result.get('size', 0)))}, sha256 {result.get('sha256')}",
             {**_clean(result), "source": source, "seconds": took},
         )
 
@@ -478,7 +408,7 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         _during(args, f"put {local}", ["put", local, *given])
     client = await openClient(reactor, args)
     files = FileClient(client)
-    bar: _Bar | None = None
+    bar: TransferBar | None = None
     # The put/get arguments that resume the transfer under way, for the
     # server's shutdown.
     resumable: list[str] | None = None
@@ -491,12 +421,12 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             # resolved it, and its resume command names the result.
             remote = await _intoRemoteDir(files, args.remote, remote, base)
         if local == "-":
-            bar = _Bar(args, None, remote)
+            bar = TransferBar(args, None, remote)
             return await _putStdin(files, args, ui, remote, bar, started)
         if args.recursive:
             resumable = ["put", "-r", local, remote]
             _during(args, f"put -r {local}", resumable)
-            bar = _Bar(args, None, remote)
+            bar = TransferBar(args, None, remote)
             tree = await files.putTree(
                 local, remote, args.force, args.resume, _fileDone(ui, "put", started), bar
             )
@@ -504,7 +434,7 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             return _reportTree(ui, "put", tree, started)
         resumable = ["put", local, remote]
         _during(args, f"put {local}", resumable)
-        bar = _Bar(args, os.path.getsize(local), remote)
+        bar = TransferBar(args, os.path.getsize(local), remote)
         result = await files.putFile(local, remote, args.force, args.resume, bar)
         bar.close()
         return _reportFile(ui, "put", local, result["path"], result, started, {"local": local})
@@ -526,7 +456,7 @@ async def _putStdin(
     args: argparse.Namespace,
     ui: UI,
     remote: str,
-    bar: _Bar,
+    bar: TransferBar,
     started: float,
 ) -> int:
     """
@@ -601,13 +531,13 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         _during(args, f"get {remote}", ["get", remote, local], localPartialName(local))
     client = await openClient(reactor, args)
     files = FileClient(client)
-    bar: _Bar | None = None
+    bar: TransferBar | None = None
     # As in _put.
     resumable: list[str] | None = None
     started = time.monotonic()
     try:
         if local == "-":
-            bar = _Bar(args, None, remote)
+            bar = TransferBar(args, None, remote)
             sys.stdout.flush()
             result = await files.getStream(remote, sys.stdout.fileno(), bar)
             bar.close()
@@ -619,7 +549,7 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             return EXIT_OK
         if args.recursive:
             resumable = ["get", "-r", remote, local]
-            bar = _Bar(args, None, remote)
+            bar = TransferBar(args, None, remote)
             tree = await files.getTree(
                 remote, local, args.force, args.resume, _fileDone(ui, "get", started), bar
             )
@@ -633,7 +563,7 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             )
             return EXIT_USAGE
         resumable = ["get", remote, local]
-        bar = _Bar(args, int(info.get("size", 0)), base)
+        bar = TransferBar(args, int(info.get("size", 0)), base)
         result = await files.getFile(remote, local, args.force, args.resume, bar)
         bar.close()
         return _reportFile(ui, "get", remote, local, result, started, {})
