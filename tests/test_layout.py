@@ -35,6 +35,8 @@ SERVER_SIDE = [
     r"tap",
     r"policy",
     r"security",
+    r"udpservice",
+    r"services",
     r"[a-z]+\.service",
     r"[a-z]+\.options",
     r"[a-z]+\.cred",
