@@ -399,6 +399,24 @@ class StringTransportClientTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d1), Reply({"id": 1, "ok": True}, b"x"))
         self.assertEqual(self.failureResultOf(d2, FramesError).value.code, "unknown_op")
 
+    def test_readsRepliesWhileSendingWaits(self) -> None:
+        """
+        While the transport has paused the client's producer (its write
+        buffer is full), replies are still read and delivered, and the
+        socket's reading is not paused however much arrives: the server
+        echoes a ping body only as fast as the echo is read, so a client
+        that stopped reading until its own writes drained would wait on
+        the server for ever (a large ping over TLS did).
+        """
+        payload = b"e" * (2 * self.client.sendHoldLimit)
+        d = self.client.request("ping", body=payload)
+        self.transport.producer.pauseProducing()
+        data = wire.encodeMessage({"id": 1, "ok": True}, payload)
+        for i in range(0, len(data), 65536):
+            self.client.dataReceived(data[i : i + 65536])
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(self.successResultOf(d), Reply({"id": 1, "ok": True}, payload))
+
     def test_malformedErrorMember(self) -> None:
         """
         An error reply whose error member is malformed still fails the

@@ -139,6 +139,28 @@ async def test_loginOverRealTLS(server: tuple[int, Any], creds: Credentials) -> 
         await client.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_largePingOverRealTLS(server: tuple[int, Any], creds: Credentials) -> None:
+    """
+    A ping whose body is far larger than the socket and TLS buffers comes
+    back whole over real TLS: the client keeps reading the echo while its
+    own sending of the body waits for the server, which echoes only as fast
+    as the client reads (each side waiting on the other was a deadlock).
+    """
+    port, s = server
+    options = clientOptions("localhost", creds.ca, creds.client, creds.clientKey)
+    client = await connect(reactor, f"127.0.0.1:{port}", timeout=10, tls=options)
+    try:
+        assert await login(client, s.alice) == "alice"
+        payload = bytes(range(256)) * (16 * 4096)
+        ping = client.ping(payload)
+        # Bounded well under the write deadline and the client's timeout.
+        ping.addTimeout(20, reactor)
+        assert await ping == payload
+    finally:
+        await client.close()
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
 @pytest_twisted.ensureDeferred
 async def test_opensslSClientReadsGreeting(server: tuple[int, Any], creds: Credentials) -> None:

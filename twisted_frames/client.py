@@ -129,6 +129,9 @@ class ClientProtocol(FrameProtocol):
     """
 
     limits = CLIENT_LIMITS
+    # Replies are read while requests wait to be sent: the server pauses
+    # reading requests while its replies wait (see holdsReceivingForSend).
+    holdsReceivingForSend = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -123,6 +123,13 @@ class FrameProtocol(Int32StringReceiver):
     #: Bytes from the peer kept unread while replies cannot be written,
     #: before the socket's reading is paused too.
     sendHoldLimit: int = 1024 * 1024
+    #: Whether what the peer sends waits while the transport's write buffer
+    #: is full.  True for a server (a client that sends requests but does
+    #: not read the replies must not make it buffer them without bound);
+    #: a client must keep reading replies while its own writes wait, else a
+    #: server echoing or answering as fast as they are read (and pausing its
+    #: reading while its replies wait) and the client wait on each other.
+    holdsReceivingForSend: bool = True
     closeTimeout: float = 10.0
     frameTimeout: float | None = None
     writeTimeout: float | None = None
@@ -622,6 +629,8 @@ class FrameProtocol(Int32StringReceiver):
         The transport's write buffer filled (C{held}) or drained: stop or
         restart handling what the peer sends.
         """
+        if not self.holdsReceivingForSend:
+            return
         self._held = held
         if held:
             if self._frameTimer is not None:

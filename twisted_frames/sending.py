@@ -102,9 +102,10 @@ class SendPressure:
     """
     The connection's producer, registered with its transport for the whole
     connection: the transport pauses it when its write buffer is full.  It
-    passes that on to the body source being sent, if any, and stops reading
-    from the peer, so a peer that keeps sending requests but does not read
-    the replies cannot make this side buffer replies without bound.
+    passes that on to the body source being sent, if any, and (on a server;
+    see C{FrameProtocol.holdsReceivingForSend}) stops reading from the peer,
+    so a peer that keeps sending requests but does not read the replies
+    cannot make this side buffer replies without bound.
     """
 
     def __init__(self, sender: FrameSender) -> None:
