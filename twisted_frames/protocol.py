@@ -89,6 +89,18 @@ class _ReceiveProducer:
         self.resumeProducing()
 
 
+def clockOrReactor(clock: IReactorTime | None) -> IReactorTime:
+    """
+    @return: C{clock}, or the global reactor when it is C{None} (imported
+        late, so that importing this module installs no reactor).
+    """
+    if clock is None:
+        from twisted.internet import reactor
+
+        return cast(IReactorTime, reactor)
+    return clock
+
+
 class FrameProtocol(Int32StringReceiver):
     """
     Two frames make a message: a UTF-8 JSON header, then a body.
@@ -284,11 +296,7 @@ class FrameProtocol(Int32StringReceiver):
         self._sender.sendEncoded(wire.PREFIX.pack(len(string)) + string)
 
     def _clock(self) -> IReactorTime:
-        if self.clock is None:
-            from twisted.internet import reactor
-
-            return cast(IReactorTime, reactor)
-        return self.clock
+        return clockOrReactor(self.clock)
 
     # -- receiving ---------------------------------------------------------
 

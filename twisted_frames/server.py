@@ -43,7 +43,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -56,7 +56,15 @@ from . import wire
 from ._speedups.logevent import logInfo
 from .fields import Field, checkFields
 from .printable import printable
-from .protocol import BodySink, BufferSink, DiscardSink, FrameProtocol, IBodySource, Pipe
+from .protocol import (
+    BodySink,
+    BufferSink,
+    DiscardSink,
+    FrameProtocol,
+    IBodySource,
+    Pipe,
+    clockOrReactor,
+)
 from .wire import ErrorCode, FramesError, Limits, ProtocolViolation, RequestId
 
 BodyPolicy = Literal["none", "buffer", "stream"]
@@ -862,11 +870,7 @@ class FramesServerFactory(Factory):
         @return: the clock the factory's timers use: C{clock}, or the
             global reactor.
         """
-        if self.clock is None:
-            from twisted.internet import reactor
-
-            return cast(IReactorTime, reactor)
-        return self.clock
+        return clockOrReactor(self.clock)
 
     def shutDown(self) -> defer.Deferred[None]:
         """
