@@ -383,6 +383,10 @@ def _shuttingDownPeer(listener: socket.socket) -> None:
     "args, resume",
     [
         (["put", "-f", "big.bin", "x y"], "put --resume -f big.bin 'x y'"),
+        (
+            ["put", "--hash", "sha256", "big.bin", "x y"],
+            "put --resume --hash sha256 big.bin 'x y'",
+        ),
         (["get", "x y", "out.bin"], "get --resume 'x y' out.bin"),
         (["put", "-r", "tree", "x y"], "put --resume -r tree 'x y'"),
         (["get", "-r", "x y", "out"], "get --resume -r 'x y' out"),
