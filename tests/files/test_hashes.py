@@ -214,6 +214,49 @@ class NegotiationTests(FilesTestMixin, SynchronousTestCase):
         self.assertEqual(got["digest"], b3(b"piped"))
         self.assertEqual(self.readBytes(out), b"piped")
 
+    def test_hashedInWorkerThreads(self) -> None:
+        """
+        Every byte a client hashes, from a file, a stream or a download, is
+        hashed inside C{runInThread}, never on the reactor's thread.
+        """
+        import io
+
+        from twisted_frames.files import client as clientModule
+
+        running: list[bool] = []
+        outside: list[int] = []
+
+        def runner(f: Any, *args: Any) -> Any:
+            running.append(True)
+            try:
+                return synchronousRunner(f, *args)
+            finally:
+                running.pop()
+
+        class Spy:
+            def __init__(self, name: str) -> None:
+                self.wrapped = newHash(name)
+                self.name = name
+
+            def update(self, data: bytes) -> None:
+                if not running:
+                    outside.append(len(data))
+                self.wrapped.update(data)
+
+            def hexdigest(self) -> str:
+                return str(self.wrapped.hexdigest())
+
+        self.patch(clientModule, "newHash", Spy)
+        files = FileClient(self.client, runInThread=runner, segmentSize=1024 * 1024)
+        data = os.urandom(2 * 1024 * 1024 + 1)
+        files.segmentSize = 1024 * 1024
+        self.go(files.putFile(self.writeLocal("a", data), "a"))
+        self.go(files.putFile(self.writeLocal("s", b"small"), "s"))
+        self.go(files.putStream(io.BytesIO(data), "p"))
+        self.go(files.getFile("p", os.path.join(self.local, "p")))
+        self.assertEqual(self.readBytes(self.rootFile("p")), data)
+        self.assertEqual(outside, [])
+
     def test_forcedSha256(self) -> None:
         """
         C{hash="sha256"} sends exactly the fields of before the negotiation

@@ -412,11 +412,12 @@ class FileClient:
         fields: dict[str, Any] = {"path": remote, "overwrite": overwrite, **_hashFields(name)}
         pos = 0
         while True:
-            chunk = await self.run(_readChunk, stream, STREAM_CHUNK)
+            # Hashed where it is read, in the worker thread: never on the
+            # reactor's.
+            chunk = await self.run(_readChunk, stream, STREAM_CHUNK, hasher)
             if sent is not None:
                 sent(len(chunk))
             if pos == 0 and len(chunk) < STREAM_CHUNK:
-                hasher.update(chunk)
                 reply = await self.client.request(
                     "put",
                     {
@@ -444,7 +445,6 @@ class FileClient:
                     },
                 )
                 break
-            hasher.update(chunk)
             await self.client.request("put", {**fields, "offset": pos, "final": False}, chunk)
             pos += len(chunk)
             if progress is not None:
@@ -607,7 +607,7 @@ def _readAndHash(fd: int, size: int, hasher: Any) -> bytes:
     return data
 
 
-def _readChunk(stream: BinaryIO, n: int) -> bytes:
+def _readChunk(stream: BinaryIO, n: int, hasher: Any) -> bytes:
     parts = []
     got = 0
     while got < n:
@@ -616,4 +616,6 @@ def _readChunk(stream: BinaryIO, n: int) -> bytes:
             break
         parts.append(data)
         got += len(data)
-    return b"".join(parts)
+    chunk = b"".join(parts)
+    hasher.update(chunk)
+    return chunk
