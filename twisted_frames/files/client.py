@@ -121,7 +121,7 @@ def _hashFields(name: str, digest: str | None = None) -> dict[str, str]:
     return {"hash": name, "digest": digest}
 
 
-def _checkDigest(remote: str, name: str, hasher: Any, header: dict[str, Any]) -> str:
+def _verifyDownload(remote: str, name: str, hasher: Any, header: dict[str, Any]) -> str:
     """
     Compare what a download hashed to with the server's final reply.
 
@@ -499,7 +499,7 @@ class FileClient:
                 reply = await self._download(remote, fd, 0, hasher, progress, name)
             header = reply
             try:
-                digest = _checkDigest(remote, name, hasher, header)
+                digest = _verifyDownload(remote, name, hasher, header)
             except LocalError as e:
                 await self.run(unlinkQuietly, part)
                 raise LocalError(e.code, f"{e.message}; nothing was stored") from None
@@ -529,7 +529,7 @@ class FileClient:
         name = self.transferHash()
         hasher = newHash(name)
         header = await self._download(remote, fd, 0, hasher, progress, name)
-        return _withDigest(header, name, _checkDigest(remote, name, hasher, header))
+        return _withDigest(header, name, _verifyDownload(remote, name, hasher, header))
 
     async def _download(
         self,
