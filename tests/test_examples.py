@@ -178,19 +178,26 @@ class FramesTests(SynchronousTestCase):
     def test_tutorialCommands(self) -> None:
         """
         Every C{$ frames ...} command in the tutorial's last step succeeds
-        against a real server with the UDP echo on.
+        against a real server with the UDP echo on, after the shell
+        commands before it (which make the files it sends), in one
+        directory.
         """
         page = (TUTORIAL / "5-twisted-frames.md").read_text(encoding="utf-8")
-        commands = re.findall(r"^\$ frames (.+)$", page, flags=re.M)
-        self.assertGreaterEqual(len(commands), 3)
-        root = self.mktemp()
+        commands = re.findall(r"^\$ (.+)$", page, flags=re.M)
+        self.assertGreaterEqual(len([c for c in commands if c.startswith("frames ")]), 3)
+        root, here = self.mktemp(), self.mktemp()
         os.makedirs(root)
+        os.makedirs(here)
         with ServerProcess(root, udp=True) as server:
             for command in commands:
-                args = shlex.split(command)
+                if not command.startswith("frames "):
+                    done = subprocess.run(command, shell=True, cwd=here, timeout=30)
+                    self.assertEqual(done.returncode, 0, command)
+                    continue
+                args = shlex.split(command)[1:]
                 if args[0] == "udp-echo":
                     args += ["--port", str(server.udpPort)]
-                result = frames(*args, server=server.address)
+                result = frames(*args, server=server.address, cwd=here)
                 self.assertEqual(result.returncode, 0, (command, result.stderr))
                 self.assertTrue(result.stdout, command)
 

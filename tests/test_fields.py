@@ -259,7 +259,17 @@ class FieldTableTests(SynchronousTestCase):
         self.assertEqual(rows[0], "| request field | type | default | |")
         self.assertEqual(
             [row.split("|")[1].strip() for row in rows[2:]],
-            ["`path`", "`offset`", "`final`", "`overwrite`", "`size`", "`sha256`"],
+            [
+                "`path`",
+                "`offset`",
+                "`final`",
+                "`overwrite`",
+                "`size`",
+                "`sha256`",
+                "`hash`",
+                "`digest`",
+            ],
         )
         self.assertIn("| `final` | boolean | `true` | this message completes the file |", rows)
-        self.assertIn("required if `final`", rows[-1])
+        self.assertIn("required if `final` without `hash`", rows[-3])
+        self.assertIn("required if `final` with `hash`", rows[-1])

@@ -255,6 +255,25 @@ class GreetingTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(greeting["limits"], {"header": 100, "body": 5})
         self.assertEqual(greeting["ops"], ["ping"])
 
+    def test_serviceFields(self) -> None:
+        """
+        Each service's L{Service.greetingFields} is asked, with the
+        connection, for fields added after the base ones; it cannot change
+        a base field.
+        """
+        asked: list[ServerProtocol] = []
+
+        class Greeter(Service):
+            def greetingFields(self, connection: ServerProtocol) -> dict[str, Any]:
+                asked.append(connection)
+                return {"extra": [1, 2], "server": "not this"}
+
+        self.factory = FramesServerFactory([Greeter()], clock=Clock())
+        proto, _, greeting = self.connect()
+        self.assertEqual(asked, [proto])
+        self.assertEqual((greeting["server"], greeting["extra"]), ("twisted-frames", [1, 2]))
+        self.assertEqual(list(greeting)[-1], "extra")
+
     def test_limitsApplied(self) -> None:
         """
         The connection enforces the factory's limits, not the defaults.

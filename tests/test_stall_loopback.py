@@ -7,13 +7,13 @@ connection meanwhile, and a bystander is served as usual.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import ssl
 import time
 from typing import Any
 
+import blake3
 import pytest
 import pytest_twisted
 from twisted.internet import threads
@@ -97,7 +97,7 @@ async def test_stalledReadersClosedBystanderServed(tmp_path: Any) -> None:
         assert await bystander.ping(b"still there?") == b"still there?"
         assert time.monotonic() - t < 1.0
         got = await FileClient(bystander).getFile("big.bin", str(tmp_path / "copy"))
-        assert got["sha256"] == hashlib.sha256(data).hexdigest()
+        assert (got["hash"], got["digest"]) == ("blake3", blake3.blake3(data).hexdigest())
         assert openFilesOf(big) <= STALLED
 
         await until(lambda: all(not c.transport.connected for c in stalled), timeout=15)

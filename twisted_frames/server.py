@@ -191,6 +191,13 @@ class Service:
         The connection logged in as C{connection.user}.
         """
 
+    def greetingFields(self, connection: ServerProtocol) -> Mapping[str, Any]:
+        """
+        @return: fields this service adds to the connection's greeting (the
+            file service announces its C{hashes}); none by default.
+        """
+        return {}
+
 
 @dataclass
 class ServerReply:
@@ -568,7 +575,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         """
         The first message the server sends: who it is and what it expects.
         """
-        return {
+        hello: dict[str, Any] = {
             "event": "hello",
             "protocol": wire.PROTOCOL_NAME,
             "version": wire.PROTOCOL_VERSION,
@@ -581,6 +588,11 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             "limits": self.limits.toJSON(),
             "ops": sorted(self.operations),
         }
+        for service in self.factory.services:
+            for name, value in service.greetingFields(self).items():
+                # A service adds fields; it never changes the base ones.
+                hello.setdefault(name, value)
+        return hello
 
     def messageStarted(self, header: dict[str, Any], bodyLength: int) -> BodySink:
         rid, opName = wire.checkRequest(header)

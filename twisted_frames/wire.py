@@ -74,6 +74,7 @@ class ErrorCode(StrEnum):
     NO_SPACE = "no_space"
     IO_ERROR = "io_error"
     INTEGRITY_ERROR = "integrity_error"
+    UNSUPPORTED_HASH = "unsupported_hash"
     COMMAND_NOT_ALLOWED = "command_not_allowed"
     BUSY = "busy"
     CANCELLED = "cancelled"

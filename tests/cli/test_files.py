@@ -5,7 +5,6 @@ subprocesses, for every file command, including a killed upload resumed.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -17,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from tests.serverprocess import ServerProcess, childEnv
@@ -74,7 +74,9 @@ def test_fileCommands(frameserver: Any) -> None:
     assert r.returncode == 0, r.stderr
     (result,) = _lines(r.stdout)
     assert result["path"] == "a/b/f.bin"
-    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    # The server offers BLAKE3, so the client verifies with it.
+    assert (result["hash"], result["digest"]) == ("blake3", blake3.blake3(data).hexdigest())
+    assert "sha256" not in result
     assert (root / "a" / "b" / "f.bin").read_bytes() == data
     assert r.stderr == b""  # no progress bar when stderr is not a terminal
 
@@ -91,7 +93,7 @@ def test_fileCommands(frameserver: Any) -> None:
 
     r = frames("get", "a/b/f.bin", "copy.bin")
     assert r.returncode == 0, r.stderr
-    assert b"verified" in r.stdout
+    assert f"blake3 {blake3.blake3(data).hexdigest()} verified".encode() in r.stdout
     assert (tmp / "copy.bin").read_bytes() == data
 
     r = frames("get", "a/b/f.bin", "-")
@@ -200,7 +202,9 @@ def test_killedUploadResumes(frameserver: Any) -> None:
     assert r.returncode == 0, r.stderr
     (result,) = _lines(r.stdout)
     assert result["resumed_from"] == 8 * 1024 * 1024
-    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    # Resumed and verified with BLAKE3 (the server hashes its partial's
+    # prefix with it: it was written by a BLAKE3 upload too).
+    assert (result["hash"], result["digest"]) == ("blake3", blake3.blake3(data).hexdigest())
     assert (root / "big").read_bytes() == data
     assert sorted(p.name for p in root.iterdir()) == ["big"]
 
@@ -379,6 +383,10 @@ def _shuttingDownPeer(listener: socket.socket) -> None:
     "args, resume",
     [
         (["put", "-f", "big.bin", "x y"], "put --resume -f big.bin 'x y'"),
+        (
+            ["put", "--hash", "sha256", "big.bin", "x y"],
+            "put --resume --hash sha256 big.bin 'x y'",
+        ),
         (["get", "x y", "out.bin"], "get --resume 'x y' out.bin"),
         (["put", "-r", "tree", "x y"], "put --resume -r tree 'x y'"),
         (["get", "-r", "x y", "out"], "get --resume -r 'x y' out"),

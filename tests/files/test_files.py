@@ -16,6 +16,7 @@ import struct
 import tempfile
 from typing import Any
 
+import blake3
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -57,6 +58,14 @@ def sha(data: bytes) -> str:
     @return: the hex SHA-256 of C{data}.
     """
     return hashlib.sha256(data).hexdigest()
+
+
+def b3(data: bytes) -> str:
+    """
+    @return: the hex BLAKE3 of C{data} (what a client and this server
+        choose).
+    """
+    return blake3.blake3(data).hexdigest()
 
 
 class FilesTestMixin:
@@ -539,11 +548,11 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
         data = os.urandom(3 * 1024 * 1024 + 17)
         src = self.writeLocal("a", data)
         put = self.go(self.files.putFile(src, "a"))
-        self.assertEqual((put["size"], put["sha256"]), (len(data), sha(data)))
+        self.assertEqual((put["size"], put["digest"]), (len(data), b3(data)))
         self.assertEqual(self.readBytes(self.rootFile("a")), data)
         dst = os.path.join(self.local, "b")
         got = self.go(self.files.getFile("a", dst))
-        self.assertEqual(got["sha256"], sha(data))
+        self.assertEqual(got["digest"], b3(data))
         self.assertEqual(self.readBytes(dst), data)
         self.assertEqual(sorted(os.listdir(self.local)), ["a", "b"])
         self.assertEqual(os.listdir(self.root), ["a"])
@@ -597,7 +606,7 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
             @operation("get")
             async def opGet(self, request: Request) -> Any:
                 result = await super().opGet(request)
-                result["sha256"] = sha(b"something else")
+                result["sha256" if "sha256" in result else "digest"] = sha(b"something else")
                 return result
 
         self.service = Lying(self.root, runInThread=synchronousRunner)
@@ -729,7 +738,7 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
         src = self.writeLocal("big", data)
         result = self.go(self.files.putFile(src, "big", resume=True, progress=sent.append))
         self.assertEqual(result["resumed_from"], 1_000_000)
-        self.assertEqual(result["sha256"], sha(data))
+        self.assertEqual(result["digest"], b3(data))
         self.assertEqual(self.readBytes(self.rootFile("big")), data)
         self.assertEqual(os.listdir(self.root), ["big"])
 
@@ -746,7 +755,7 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
         self.connect()
         src = self.writeLocal("f", data)
         result = self.go(self.files.putFile(src, "f", resume=True))
-        self.assertEqual((result["resumed_from"], result["sha256"]), (700_000, sha(data)))
+        self.assertEqual((result["resumed_from"], result["digest"]), (700_000, b3(data)))
 
     def test_resumeWrongPrefixStartsOver(self) -> None:
         """
@@ -834,7 +843,7 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
         with open(localPartialName(dst), "wb") as f:
             f.write(data[:123_456])
         result = self.go(self.files.getFile("f", dst, resume=True))
-        self.assertEqual((result["resumed_from"], result["sha256"]), (123_456, sha(data)))
+        self.assertEqual((result["resumed_from"], result["digest"]), (123_456, b3(data)))
         self.assertEqual(self.readBytes(dst), data)
         self.assertEqual(os.listdir(self.local), ["f"])
 
@@ -877,7 +886,7 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
             result = self.go(self.files.getStream("f", fd))
         finally:
             os.close(fd)
-        self.assertEqual((result["sha256"], self.readBytes(out)), (sha(data), data))
+        self.assertEqual((result["digest"], self.readBytes(out)), (b3(data), data))
 
     def test_putStream(self) -> None:
         """
@@ -891,7 +900,7 @@ class TransferTests(FilesTestMixin, SynchronousTestCase):
         self.patch(fileclient, "STREAM_CHUNK", 1000)
         for data in [b"", b"tiny", os.urandom(4500), os.urandom(3000)]:
             result = self.go(self.files.putStream(io.BytesIO(data), "s", overwrite=True))
-            self.assertEqual(result["sha256"], sha(data))
+            self.assertEqual(result["digest"], b3(data))
             self.assertEqual(self.readBytes(self.rootFile("s")), data)
 
     def test_expirePartials(self) -> None:
@@ -1372,7 +1381,7 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         os.utime(partial, ns=(later, later))
         src = self.writeLocal("f", data)
         result = self.go(self.files.putFile(src, "f", resume=True))
-        self.assertEqual((result["resumed_from"], result["sha256"]), (0, sha(data)))
+        self.assertEqual((result["resumed_from"], result["digest"]), (0, b3(data)))
         self.assertEqual(self.readBytes(self.rootFile("f")), data)
 
     def test_droppedConnectionKeepsHeldPartial(self) -> None:
@@ -1385,7 +1394,7 @@ class UploadOwnershipTests(FilesTestMixin, SynchronousTestCase):
         self.reconnect()
         src = self.writeLocal("f", data)
         result = self.go(self.files.putFile(src, "f", resume=True))
-        self.assertEqual((result["resumed_from"], result["sha256"]), (1_500_000, sha(data)))
+        self.assertEqual((result["resumed_from"], result["digest"]), (1_500_000, b3(data)))
         self.assertEqual(os.listdir(self.root), ["f"])
 
 
@@ -1418,7 +1427,7 @@ class SegmentedTransferTests(FilesTestMixin, SynchronousTestCase):
         self.assertEqual([p["offset"] for p in puts[:4]], [0, 0, 300_000, 600_000])
         self.assertEqual(len(puts), 9)
         self.assertEqual(puts[-1]["final"], True)
-        self.assertEqual(put["sha256"], sha(data))
+        self.assertEqual(put["digest"], b3(data))
         events: list[dict[str, Any]] = []
         dst = os.path.join(self.local, "b")
         d = defer.Deferred.fromCoroutine(self.files.getFile("a", dst))

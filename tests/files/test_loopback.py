@@ -10,6 +10,7 @@ import hashlib
 import os
 from typing import Any
 
+import blake3
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
@@ -30,8 +31,8 @@ def _reactor() -> Any:
     return reactor
 
 
-def _randomFile(path: str, size: int) -> str:
-    h = hashlib.sha256()
+def _randomFile(path: str, size: int, hashType: Any = hashlib.sha256) -> str:
+    h = hashType()
     with open(path, "wb") as f:
         left = size
         while left:
@@ -66,18 +67,19 @@ def server(tmp_path: Any) -> Any:
 async def test_segmentedRoundTrip(server: Any, tmp_path: Any) -> None:
     """
     A 20 MiB file goes up in 3 MiB segments and comes back in 5 MiB events
-    over real TCP, written by worker threads, with matching SHA-256.
+    over real TCP, written by worker threads, with matching BLAKE3 digests
+    (the hash both ends negotiate).
     """
     src = str(tmp_path / "src")
-    digest = _randomFile(src, 20 * MiB + 3)
+    digest = _randomFile(src, 20 * MiB + 3, blake3.blake3)
     client = await connect(_reactor(), server["address"])
     try:
         files = FileClient(client, segmentSize=3 * MiB)
         put = await files.putFile(src, "f")
-        assert put["sha256"] == digest
+        assert (put["hash"], put["digest"]) == ("blake3", digest)
         dst = str(tmp_path / "dst")
         got = await files.getFile("f", dst)
-        assert got["sha256"] == digest
+        assert (got["hash"], got["digest"]) == ("blake3", digest)
         with open(src, "rb") as a, open(dst, "rb") as b:
             assert a.read() == b.read()
         assert os.listdir(server["root"]) == ["f"]

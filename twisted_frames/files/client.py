@@ -8,8 +8,10 @@ resumable, atomic uploads and downloads of files and directory trees::
     await files.getFile("isos/big.iso", "copy.iso", resume=True)
 
 Downloads are written to a hidden partial file next to the target, verified
-against the server's SHA-256 and then renamed into place, exactly as uploads
-are on the server.  Trees are walked by L{twisted_frames.files.tree}; the
+against the server's digest and then renamed into place, exactly as uploads
+are on the server.  Every transfer is verified with the fastest hash both
+ends have (L{chooseHash}: BLAKE3 where the greeting offers it, else
+SHA-256), or the one the caller names.  Trees are walked by L{twisted_frames.files.tree}; the
 local partial files, their commit and L{LocalError} live in
 L{twisted_frames.files.local}.
 """
@@ -36,7 +38,10 @@ from .local import (
     unlinkQuietly,
 )
 from .store import (
+    DEFAULT_HASH,
     DEFAULT_SEGMENT,
+    HASH_TITLES,
+    HASHES,
     FileSource,
     FileWriter,
     ThreadRunner,
@@ -55,6 +60,7 @@ __all__ = [
     "LocalError",
     "TreeResult",
     "checkRemoteName",
+    "chooseHash",
     "localPartialName",
 ]
 
@@ -65,6 +71,83 @@ SMALL_FILE = 1024 * 1024
 STREAM_CHUNK = 8 * 1024 * 1024
 
 Progress = Callable[[int], None]
+
+
+def chooseHash(greeting: dict[str, Any], forced: str | None = None) -> str:
+    """
+    The transfer hash to use with a server: C{forced} if given, else the
+    first of L{HASHES} (fastest first) that the greeting's C{hashes} lists.
+    A greeting without C{hashes} (a server of before the negotiation)
+    offers SHA-256 only.
+
+    @raise ValueError: if C{forced} is not a hash this client has.
+    @raise FramesError: C{unsupported_hash} if the server does not offer
+        C{forced}.
+    """
+    offered = greeting.get("hashes")
+    if not isinstance(offered, list):
+        offered = [DEFAULT_HASH]
+    if forced is not None:
+        if forced not in HASHES:
+            raise ValueError(f"unknown hash {forced!r} (this client has {', '.join(HASHES)})")
+        if forced not in offered:
+            names = ", ".join(str(n) for n in offered)
+            raise FramesError(
+                ErrorCode.UNSUPPORTED_HASH,
+                f"the server does not offer hash {forced} (it has {names})",
+                hash=forced,
+                hashes=offered,
+            )
+        return forced
+    for name in HASHES:
+        if name in offered:
+            return name
+    # A server offering only hashes this client does not know still
+    # verifies SHA-256, the protocol's first hash, without being asked.
+    return DEFAULT_HASH
+
+
+def _hashFields(name: str, digest: str | None = None) -> dict[str, str]:
+    """
+    The request fields naming a transfer's hash (and carrying its digest):
+    SHA-256 in the first protocol's way (C{sha256} only), so that servers
+    of before the negotiation understand it; any other by C{hash} and
+    C{digest}.
+    """
+    if name == DEFAULT_HASH:
+        return {} if digest is None else {"sha256": digest}
+    if digest is None:
+        return {"hash": name}
+    return {"hash": name, "digest": digest}
+
+
+def _verifyDownload(remote: str, name: str, hasher: Any, header: dict[str, Any]) -> str:
+    """
+    Compare what a download hashed to with the server's final reply.
+
+    @return: C{hasher}'s digest.
+    @raise LocalError: C{integrity_error} if the reply's digest (of the hash
+        asked for) differs.
+    """
+    got: str = hasher.hexdigest()
+    if name == DEFAULT_HASH:
+        says = header.get("sha256")
+    else:
+        says = header.get("digest") if header.get("hash") == name else None
+    if got != says:
+        raise LocalError(
+            ErrorCode.INTEGRITY_ERROR,
+            f"{remote}: {HASH_TITLES[name]} mismatch (got {got}, server says {says})",
+        )
+    return got
+
+
+def _withDigest(header: dict[str, Any], name: str, digest: str) -> dict[str, Any]:
+    """
+    A transfer's result: the server's final reply, with C{hash} and
+    C{digest} whichever way the server sent them.
+    """
+    return {**header, "hash": name, "digest": digest}
 
 
 class _DownloadSink(BodySink):
@@ -138,6 +221,10 @@ class FileClient:
 
     @param runInThread: runs local disk work and hashing off the reactor.
     @param segmentSize: the largest body of one upload message.
+    @param hash: the transfer hash to verify with (a key of
+        L{HASHES<twisted_frames.files.store.HASHES>}); by default the fastest
+        the server offers too (L{chooseHash}).
+    @raise ValueError: for a C{hash} this client does not have.
     """
 
     def __init__(
@@ -145,14 +232,26 @@ class FileClient:
         client: FramesClient,
         runInThread: ThreadRunner | None = None,
         segmentSize: int | None = None,
+        hash: str | None = None,
     ) -> None:
+        if hash is not None and hash not in HASHES:
+            raise ValueError(f"unknown hash {hash!r} (this client has {', '.join(HASHES)})")
         self.client = client
+        self.forcedHash = hash
         tuneTransport(client.protocol.transport)
         self.run: ThreadRunner = runInThread or defaultRunner()
         limit = client.greeting.get("limits", {}).get("body", DEFAULT_SEGMENT)
         if not isinstance(limit, int) or limit <= 0:
             limit = DEFAULT_SEGMENT
         self.segmentSize = min(segmentSize or DEFAULT_SEGMENT, limit)
+
+    def transferHash(self) -> str:
+        """
+        @return: the hash this client's transfers are verified with.
+        @raise FramesError: C{unsupported_hash} if the hash asked for is
+            not one the server offers (nothing is sent).
+        """
+        return chooseHash(self.client.greeting, self.forcedHash)
 
     async def list(self, path: str = "") -> list[dict[str, Any]]:
         """
@@ -210,13 +309,16 @@ class FileClient:
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         """
-        Upload a local regular file, verified with SHA-256 end to end.
+        Upload a local regular file, verified end to end with
+        L{transferHash}.
 
         @param resume: continue an interrupted upload from the bytes the
             server already has (the whole file is still verified).
-        @return: the final reply header (C{path}, C{size}, C{sha256}), plus
-            C{resumed_from}.
+        @return: the final reply header (C{path}, C{size}, and the digest:
+            C{sha256}, or C{hash} and C{digest}), plus C{hash}, C{digest}
+            and C{resumed_from}.
         """
+        name = self.transferHash()
         fd = await self.run(openRegular, local)
         try:
             size = os.fstat(fd).st_size
@@ -224,7 +326,7 @@ class FileClient:
             if offset > size:
                 offset = 0
             try:
-                return await self._putFrom(fd, size, offset, remote, overwrite, progress)
+                return await self._putFrom(fd, size, offset, remote, overwrite, progress, name)
             except FramesError as e:
                 if not offset or e.code != ErrorCode.INTEGRITY_ERROR:
                     raise
@@ -232,7 +334,7 @@ class FileClient:
                 # (the server has discarded it).
                 if progress is not None:
                     progress(-offset)
-                return await self._putFrom(fd, size, 0, remote, overwrite, progress)
+                return await self._putFrom(fd, size, 0, remote, overwrite, progress, name)
         finally:
             os.close(fd)
 
@@ -244,18 +346,20 @@ class FileClient:
         remote: str,
         overwrite: bool,
         progress: Progress | None,
+        name: str,
     ) -> dict[str, Any]:
-        hasher = newHash()
+        hasher = newHash(name)
         if progress is not None and offset:
             progress(offset)
         if offset:
             await self.run(hashPrefix, fd, offset, hasher)
         fields: dict[str, Any] = {"path": remote, "size": size, "overwrite": overwrite}
+        fields.update(_hashFields(name))
         if offset == 0 and size <= SMALL_FILE:
             data = await self.run(_readAndHash, fd, size, hasher)
             reply = await self.client.request(
                 "put",
-                {**fields, "offset": 0, "final": True, "sha256": hasher.hexdigest()},
+                {**fields, "offset": 0, "final": True, **_hashFields(name, hasher.hexdigest())},
                 data,
             )
             if progress is not None:
@@ -278,9 +382,10 @@ class FileClient:
                     await source.whenIdle()
                 pos += n
             reply = await self.client.request(
-                "put", {**fields, "offset": size, "final": True, "sha256": hasher.hexdigest()}
+                "put",
+                {**fields, "offset": size, "final": True, **_hashFields(name, hasher.hexdigest())},
             )
-        result = dict(reply.header)
+        result = _withDigest(reply.header, name, hasher.hexdigest())
         result["resumed_from"] = offset
         return result
 
@@ -302,15 +407,17 @@ class FileClient:
             (what the server keeps of them if the upload is cut short is
             its partial, which cannot be resumed: the stream is gone).
         """
-        hasher = newHash()
-        fields: dict[str, Any] = {"path": remote, "overwrite": overwrite}
+        name = self.transferHash()
+        hasher = newHash(name)
+        fields: dict[str, Any] = {"path": remote, "overwrite": overwrite, **_hashFields(name)}
         pos = 0
         while True:
-            chunk = await self.run(_readChunk, stream, STREAM_CHUNK)
+            # Hashed where it is read, in the worker thread: never on the
+            # reactor's.
+            chunk = await self.run(_readChunk, stream, STREAM_CHUNK, hasher)
             if sent is not None:
                 sent(len(chunk))
             if pos == 0 and len(chunk) < STREAM_CHUNK:
-                hasher.update(chunk)
                 reply = await self.client.request(
                     "put",
                     {
@@ -318,7 +425,7 @@ class FileClient:
                         "offset": 0,
                         "final": True,
                         "size": len(chunk),
-                        "sha256": hasher.hexdigest(),
+                        **_hashFields(name, hasher.hexdigest()),
                     },
                     chunk,
                 )
@@ -334,16 +441,15 @@ class FileClient:
                         "offset": pos,
                         "final": True,
                         "size": pos,
-                        "sha256": hasher.hexdigest(),
+                        **_hashFields(name, hasher.hexdigest()),
                     },
                 )
                 break
-            hasher.update(chunk)
             await self.client.request("put", {**fields, "offset": pos, "final": False}, chunk)
             pos += len(chunk)
             if progress is not None:
                 progress(len(chunk))
-        result = dict(reply.header)
+        result = _withDigest(reply.header, name, hasher.hexdigest())
         result["resumed_from"] = 0
         return result
 
@@ -359,7 +465,7 @@ class FileClient:
     ) -> dict[str, Any]:
         """
         Download to C{local} through a hidden partial file, verified against
-        the server's SHA-256, then renamed into place.
+        the server's digest of L{transferHash}, then renamed into place.
 
         @param resume: continue from the partial file an interrupted
             download left.
@@ -367,37 +473,36 @@ class FileClient:
             C{overwrite}; C{integrity_error} on a hash mismatch (the
             partial is then deleted).
         """
+        name = self.transferHash()
         if not overwrite and os.path.lexists(local):
             raise LocalError(ErrorCode.ALREADY_EXISTS, f"{local}: {ALREADY_EXISTS_HINT}")
         part = localPartialName(local)
         fd, offset = await self.run(openPartial, part, resume)
         try:
-            hasher = newHash()
+            hasher = newHash(name)
             if offset:
                 await self.run(hashPrefix, fd, offset, hasher)
                 if progress is not None:
                     progress(offset)
             try:
-                reply = await self._download(remote, fd, offset, hasher, progress)
+                reply = await self._download(remote, fd, offset, hasher, progress, name)
             except FramesError as e:
                 if not offset or e.code != ErrorCode.INVALID_ARGUMENT or "size" not in e.details:
                     raise
                 # The partial is longer than the remote file: start over.
                 await self.run(os.ftruncate, fd, 0)
                 os.lseek(fd, 0, os.SEEK_SET)
-                hasher = newHash()
+                hasher = newHash(name)
                 if progress is not None:
                     progress(-offset)
                 offset = 0
-                reply = await self._download(remote, fd, 0, hasher, progress)
+                reply = await self._download(remote, fd, 0, hasher, progress, name)
             header = reply
-            if hasher.hexdigest() != header.get("sha256"):
+            try:
+                digest = _verifyDownload(remote, name, hasher, header)
+            except LocalError as e:
                 await self.run(unlinkQuietly, part)
-                raise LocalError(
-                    ErrorCode.INTEGRITY_ERROR,
-                    f"{remote}: SHA-256 mismatch (got {hasher.hexdigest()}, server says "
-                    f"{header.get('sha256')}); nothing was stored",
-                )
+                raise LocalError(e.code, f"{e.message}; nothing was stored") from None
             await self.run(commitLocal, fd, part, local, overwrite)
             fd = -1
         except FramesError:
@@ -409,7 +514,7 @@ class FileClient:
         finally:
             if fd >= 0:
                 closeQuietly(fd)
-        result = dict(header)
+        result = _withDigest(header, name, digest)
         result["local"] = local
         result["resumed_from"] = offset
         return result
@@ -421,23 +526,26 @@ class FileClient:
         Download to an open descriptor (e.g. stdout), verifying the hash at
         the end (what was written cannot be taken back: a mismatch raises).
         """
-        hasher = newHash()
-        header = await self._download(remote, fd, 0, hasher, progress)
-        if hasher.hexdigest() != header.get("sha256"):
-            raise LocalError(
-                ErrorCode.INTEGRITY_ERROR,
-                f"{remote}: SHA-256 mismatch (got {hasher.hexdigest()}, server says "
-                f"{header.get('sha256')})",
-            )
-        return dict(header)
+        name = self.transferHash()
+        hasher = newHash(name)
+        header = await self._download(remote, fd, 0, hasher, progress, name)
+        return _withDigest(header, name, _verifyDownload(remote, name, hasher, header))
 
     async def _download(
-        self, remote: str, fd: int, offset: int, hasher: Any, progress: Progress | None
+        self,
+        remote: str,
+        fd: int,
+        offset: int,
+        hasher: Any,
+        progress: Progress | None,
+        name: str,
     ) -> dict[str, Any]:
         download = _Download(fd, offset, hasher, self.run, progress)
         try:
             reply = await self.client.request(
-                "get", {"path": remote, "offset": offset}, eventSink=download.sinkFor
+                "get",
+                {"path": remote, "offset": offset, **_hashFields(name)},
+                eventSink=download.sinkFor,
             )
         finally:
             try:
@@ -467,7 +575,11 @@ class FileClient:
     ) -> TreeResult:
         """
         Upload a directory recursively (L{twisted_frames.files.tree.putTree}).
+
+        @raise FramesError: C{unsupported_hash} before anything is sent, as
+            L{transferHash}.
         """
+        self.transferHash()
         return await putTree(self, local, remote, overwrite, resume, onFile, progress)
 
     async def getTree(
@@ -481,7 +593,11 @@ class FileClient:
     ) -> TreeResult:
         """
         Download a directory recursively (L{twisted_frames.files.tree.getTree}).
+
+        @raise FramesError: C{unsupported_hash} before anything is sent, as
+            L{transferHash}.
         """
+        self.transferHash()
         return await getTree(self, remote, local, overwrite, resume, onFile, progress)
 
 
@@ -491,7 +607,7 @@ def _readAndHash(fd: int, size: int, hasher: Any) -> bytes:
     return data
 
 
-def _readChunk(stream: BinaryIO, n: int) -> bytes:
+def _readChunk(stream: BinaryIO, n: int, hasher: Any) -> bytes:
     parts = []
     got = 0
     while got < n:
@@ -500,4 +616,6 @@ def _readChunk(stream: BinaryIO, n: int) -> bytes:
             break
         parts.append(data)
         got += len(data)
-    return b"".join(parts)
+    chunk = b"".join(parts)
+    hasher.update(chunk)
+    return chunk

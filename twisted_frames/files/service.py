@@ -14,7 +14,8 @@ never followed.
 
 Uploads go to a hidden partial file in the target directory, named from the
 target's name, so that an interrupted upload can be resumed; they are fsynced,
-verified against the client's SHA-256 and only then linked or renamed into
+verified against the client's digest (of the transfer hash it names, SHA-256
+when it names none: see L{HashField}) and only then linked or renamed into
 place.  Files larger than one frame travel as several C{put} messages with
 offsets, and C{get} answers with as many C{data} events as needed.
 
@@ -49,7 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._speedups.tcp import tuneOnce
-from ..fields import Count, Flag, HexDigits
+from ..fields import ABSENT, Count, Field, Flag, HexDigits
 from ..protocol import BodySink
 from ..server import Operation, Request, ServerProtocol, Service, operation
 from ..wire import ErrorCode, FramesError
@@ -65,7 +66,10 @@ from .paths import (
     removeUnlockedPartial,
 )
 from .store import (
+    DEFAULT_HASH,
     DEFAULT_SEGMENT,
+    HASH_TITLES,
+    HASHES,
     PARTIAL_PREFIX,
     FileSource,
     FileWriter,
@@ -122,6 +126,81 @@ def translateOSErrors(handler: Callable[[Request], Any]) -> Callable[[Request], 
     return handle
 
 
+class HashField(Field):
+    """
+    The C{hash} field of C{put} and C{get}: the name of the transfer hash,
+    one of the server's L{HASHES} (the greeting's C{hashes}).  A request
+    that leaves it out is served as by the first servers: SHA-256, its
+    digest in the C{sha256} field.
+
+    A name the server does not have is C{unsupported_hash}, with the names
+    it has in C{hashes}; a value that is not a name is C{invalid_argument}.
+    """
+
+    typeName = " or ".join(f'"{name}"' for name in HASHES)
+    defaultMessage = "{name!r} must be the name of a hash (a string)"
+
+    def check(self, name: str, value: Any) -> str:
+        if not isinstance(value, str) or not value or len(value) > 64:
+            raise self.error(name, value)
+        if value not in HASHES:
+            raise FramesError(
+                ErrorCode.UNSUPPORTED_HASH,
+                f"unsupported hash {value!r}: this server has {', '.join(HASHES)}",
+                hash=value,
+                hashes=list(HASHES),
+            )
+        return value
+
+
+class Digest(Field):
+    """
+    The C{digest} field: lower- or upper-case hex digits, handed on lower
+    case; their number is checked against the hash once it is known.
+    """
+
+    typeName = "hex digits (64 for each hash this server has)"
+    defaultMessage = "{name!r} must be a string of hex digits"
+
+    def check(self, name: str, value: Any) -> str:
+        if (
+            not isinstance(value, str)
+            or not value
+            or len(value) > 256
+            or any(c not in "0123456789abcdefABCDEF" for c in value)
+        ):
+            raise self.error(name, value)
+        return value.lower()
+
+
+def transferHash(request: Request) -> tuple[str, bool]:
+    """
+    @return: the transfer hash a checked C{put} or C{get} asks for, and
+        whether it asked in the first protocol's way (no C{hash} field:
+        SHA-256 in C{sha256}), which its reply must keep to.
+    """
+    name = request.fields.get("hash", ABSENT)
+    if name is ABSENT:
+        return DEFAULT_HASH, True
+    return str(name), False
+
+
+def digestFields(name: str, legacy: bool, digest: str) -> dict[str, str]:
+    """
+    @return: the reply fields carrying a transfer's digest: C{sha256} for a
+        request in the first protocol's way, else C{hash} and C{digest}.
+    """
+    if legacy:
+        return {"sha256": digest}
+    return {"hash": name, "digest": digest}
+
+
+#: The C{hash} field of C{put} and C{get}, for the docs' op tables.
+_HASH_DOC = (
+    "the transfer hash (see the greeting's `hashes`); left out: SHA-256, its digest in `sha256`"
+)
+
+
 class _Turn:
     """
     A connection's turn to send a file: held by one C{get} at a time, the
@@ -174,8 +253,13 @@ class _Upload:
     offset: int
     final: bool
     size: int | None
-    sha256: str | None
+    #: The digest the client announced (final message only).
+    expected: str | None
     overwrite: bool
+    #: The transfer hash, and whether the request named it (see
+    #: L{transferHash}).
+    hashName: str = DEFAULT_HASH
+    legacy: bool = True
     parent: int = -1
     fd: int = -1
     hasher: Any = None
@@ -261,6 +345,13 @@ class FileService(Service):
         for op in super().operations():
             yield dataclasses.replace(op, handler=translateOSErrors(op.handler))
 
+    def greetingFields(self, connection: ServerProtocol) -> dict[str, Any]:
+        """
+        @return: C{hashes}: the transfer hashes this server has, fastest
+            first (a client picks the first it has too).
+        """
+        return {"hashes": list(HASHES)}
+
     def _connection(self, request: Request) -> None:
         tuneOnce(request.connection, tuneTransport)
 
@@ -340,12 +431,13 @@ class FileService(Service):
         fields={
             "path": PathField("a regular file"),
             "offset": Count("first byte to send (resume)", default=0),
+            "hash": HashField(_HASH_DOC, defaultDoc="none: `sha256`"),
         },
     )
     async def opGet(self, request: Request) -> dict[str, Any] | None:
         """
         Send a file from C{offset} as C{data} events, then a final reply
-        with the whole file's size and SHA-256 (the prefix before C{offset}
+        with the whole file's size and digest (the prefix before C{offset}
         is hashed too, so a resumed download is verified end to end).
         """
         self._connection(request)
@@ -378,7 +470,8 @@ class FileService(Service):
                     f"offset {offset} is beyond the end of {path} ({size} bytes)",
                     size=size,
                 )
-            hasher = newHash()
+            name, legacy = transferHash(request)
+            hasher = newHash(name)
             if offset:
                 await self.run(hashPrefix, fd, offset, hasher)
             pos = offset
@@ -398,7 +491,7 @@ class FileService(Service):
                 "path": path,
                 "size": size,
                 "offset": offset,
-                "sha256": hasher.hexdigest(),
+                **digestFields(name, legacy, hasher.hexdigest()),
                 "mtime": st.st_mtime,
                 "mode": stat.S_IMODE(st.st_mode),
             }
@@ -423,18 +516,31 @@ class FileService(Service):
             ),
             "sha256": HexDigits(
                 64,
-                "the whole file's SHA-256",
+                "the whole file's SHA-256, when the message names no `hash`",
                 lower=True,
                 default=None,
+                # Required only without `hash`: checked by the handler.
+                nullable=True,
                 onlyIf="final",
+                defaultDoc="required if `final` without `hash`",
+            ),
+            "hash": HashField(
+                _HASH_DOC + "; on every message of an upload", defaultDoc="none: `sha256`"
+            ),
+            "digest": Digest(
+                "the whole file's digest of `hash`, required with it on the final message",
+                default=None,
+                nullable=True,
+                onlyIf="final",
+                defaultDoc="required if `final` with `hash`",
             ),
         },
     )
     def opPut(self, request: Request) -> BodySink:
         """
         Write the body at C{offset} of the partial upload of C{path}; if
-        C{final}, verify the whole partial against C{sha256} and move it into
-        place.
+        C{final}, verify the whole partial against its digest (C{sha256}, or
+        C{digest} of C{hash}) and move it into place.
         """
         self._connection(request)
         f = request.fields
@@ -453,7 +559,16 @@ class FileService(Service):
                     f"final message ends at {offset + request.bodyLength}, not the declared "
                     f"size {size}",
                 )
-        upload = _Upload(path, segments[-1], offset, final, size, f["sha256"], overwrite)
+        name, legacy = transferHash(request)
+        if legacy and f["digest"] is not None:
+            raise FramesError(ErrorCode.INVALID_ARGUMENT, "'digest' needs 'hash' (its name)")
+        if legacy and final and f["sha256"] is None:
+            # As when the field itself was required.
+            raise FramesError(ErrorCode.INVALID_ARGUMENT, "'sha256' must be 64 hex digits")
+        expected = f["sha256"] if legacy else _checkDigest(name, f["sha256"], f["digest"], final)
+        upload = _Upload(
+            path, segments[-1], offset, final, size, expected, overwrite, name, legacy
+        )
         return _UploadSink(self, request, segments, upload)
 
     def connectionLost(self, connection: Any) -> None:
@@ -504,11 +619,16 @@ class FileService(Service):
             self._checkTarget(u)
             if u.offset == 0:
                 os.ftruncate(u.fd, 0)
-                u.hasher = newHash()
+                u.hasher = newHash(u.hashName)
             elif u.offset != held.length:
                 raise self._offsetMismatch(u, held.length)
-            else:
+            elif held.hasher.name == u.hashName:
                 u.hasher = held.hasher
+            else:
+                # The client changed its hash between messages: hash what
+                # the server has again, with the new one.
+                u.hasher = newHash(u.hashName)
+                hashPrefix(u.fd, u.offset, u.hasher)
         self._checkSpace(u, bodyLength)
         os.lseek(u.fd, u.offset, os.SEEK_SET)
 
@@ -570,15 +690,15 @@ class FileService(Service):
         st = os.fstat(fd)
         if u.offset == 0:
             os.ftruncate(fd, 0)
-            u.hasher = newHash()
+            u.hasher = newHash(u.hashName)
             return
         if st.st_size != u.offset:
             raise self._offsetMismatch(u, st.st_size)
         cached = self._hashes.pop((st.st_dev, st.st_ino), None)
-        if cached is not None and cached[0] == _version(st):
+        if cached is not None and cached[0] == _version(st) and cached[1].name == u.hashName:
             u.hasher = cached[1]
         else:
-            u.hasher = newHash()
+            u.hasher = newHash(u.hashName)
             hashPrefix(fd, u.offset, u.hasher)
 
     def _offsetMismatch(self, u: _Upload, have: int) -> FramesError:
@@ -633,13 +753,13 @@ class FileService(Service):
         have = u.offset + written
         os.fsync(u.fd)
         digest = u.hasher.hexdigest()
-        if digest != u.sha256:
+        if digest != u.expected:
             raise FramesError(
                 ErrorCode.INTEGRITY_ERROR,
-                f"{u.display}: SHA-256 mismatch: received data hashes to {digest}, "
-                f"expected {u.sha256}; nothing was stored",
+                f"{u.display}: {HASH_TITLES[u.hashName]} mismatch: received data hashes to "
+                f"{digest}, expected {u.expected}; nothing was stored",
                 path=u.display,
-                sha256=digest,
+                **digestFields(u.hashName, u.legacy, digest),
             )
         self._checkLinked(u)
         self._checkTarget(u)
@@ -649,7 +769,7 @@ class FileService(Service):
         else:
             self._linkNoClobber(part, u)
         os.fsync(u.parent)
-        return {"path": u.display, "size": have, "sha256": digest}
+        return {"path": u.display, "size": have, **digestFields(u.hashName, u.legacy, digest)}
 
     def rememberHash(self, st: os.stat_result, length: int, hasher: Any) -> None:
         """
@@ -747,6 +867,33 @@ def _version(st: os.stat_result) -> tuple[int, int, int]:
     process sharing the root changes them).
     """
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _checkDigest(name: str, sha256: str | None, digest: str | None, final: bool) -> str | None:
+    """
+    The digest a C{put} naming its C{hash} announces: C{digest}, required
+    on a final message, with as many hex digits as the hash has.
+
+    @raise FramesError: C{invalid_argument} if it is missing or of the
+        wrong length, or if C{sha256} is given too (one way or the other).
+    """
+    if sha256 is not None:
+        raise FramesError(
+            ErrorCode.INVALID_ARGUMENT,
+            "'sha256' cannot be given with 'hash': send the digest in 'digest'",
+        )
+    if not final:
+        return None
+    if digest is None:
+        raise FramesError(
+            ErrorCode.INVALID_ARGUMENT, "'digest' is required on a final message with 'hash'"
+        )
+    digits = 2 * newHash(name).digest_size
+    if len(digest) != digits:
+        raise FramesError(
+            ErrorCode.INVALID_ARGUMENT, f"'digest' must be {digits} hex digits for {name}"
+        )
+    return digest
 
 
 def _cancelled(display: str) -> FramesError:

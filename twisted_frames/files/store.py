@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import blake3
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
@@ -342,11 +343,31 @@ def hashPrefix(fd: int, length: int, hasher: Any, chunk: int = 4 * READ_CHUNK) -
         pos += n
 
 
-def newHash() -> Any:
+#: The hashes a transfer may be verified with, by their name on the wire,
+#: fastest first: the order a client prefers them in, and the greeting's
+#: C{hashes}.  BLAKE3 runs about three times as fast as SHA-256 on one core
+#: here; its own threads (C{max_threads}) buy nothing on 1 MiB chunks with
+#: both ends of a transfer sharing two cores, so it hashes on the calling
+#: (worker) thread only.  Every digest is the hash's standard 32-byte output.
+HASHES: dict[str, Callable[[], Any]] = {
+    "blake3": blake3.blake3,
+    "sha256": hashlib.sha256,
+}
+#: The hash of a request (or a server) that names none: the only one of the
+#: protocol as first published, carried in the C{sha256} field.
+DEFAULT_HASH = "sha256"
+#: How messages for people name each hash.
+HASH_TITLES = {"blake3": "BLAKE3", "sha256": "SHA-256"}
+
+
+def newHash(name: str = DEFAULT_HASH) -> Any:
     """
-    @return: the hash every transfer is verified with: SHA-256.
+    @param name: a key of L{HASHES}.
+    @return: a fresh hash object of that kind (C{update}, C{hexdigest},
+        and C{name}, its name on the wire).
+    @raise KeyError: for a name not in L{HASHES}.
     """
-    return hashlib.sha256()
+    return HASHES[name]()
 
 
 @implementer(IPushProducer)
