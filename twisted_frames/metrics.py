@@ -81,7 +81,7 @@ from prometheus_client.twisted import MetricsResource
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 from twisted.web.server import Request as WebRequest
 
 from .wire import ErrorCode
@@ -581,6 +581,18 @@ def webRoot(registry: CollectorRegistry, healthy: Callable[[], bool]) -> resourc
     return root
 
 
+class _QuietSite(server.Site):
+    """
+    A site that logs no access line: a scrape every few seconds (and a
+    balancer's health check every second or two) would fill the log.
+    """
+
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
 class MetricsWebService(service.Service):
     """
     Listens on the metrics endpoint while the server runs.
@@ -606,8 +618,7 @@ class MetricsWebService(service.Service):
         self.registry = registry
         self._healthy = healthy
         self._drained = drained
-        self.site = server.Site(webRoot(registry, self.healthy))
-        self.site.noisy = False
+        self.site = _QuietSite(webRoot(registry, self.healthy))  # type: ignore[no-untyped-call]
         self.port: Any = None
 
     def healthy(self) -> bool:
