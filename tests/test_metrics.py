@@ -30,9 +30,11 @@ from twisted_frames.files.store import synchronousRunner
 from twisted_frames.metrics import (
     EXIT_CLASSES,
     FAMILIES,
+    FLUSH_INTERVAL,
     REFUSALS,
     HealthResource,
     Metrics,
+    MetricsTimer,
     MetricsWebService,
     exitClass,
     multiprocessRegistry,
@@ -57,8 +59,10 @@ class WaitingService(Service):
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:
     """
-    @return: the sample C{name} with C{labels} (0 if there is none yet).
+    @return: the sample C{name} with C{labels} (0 if there is none yet),
+        once what was counted has been flushed.
     """
+    metrics.flush()
     found = metrics.registry.get_sample_value(name, labels)
     return 0.0 if found is None else found
 
@@ -451,6 +455,51 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(out.stdout.strip(), "[]", out.stderr)
 
 
+class TimerTests(SynchronousTestCase):
+    """
+    L{MetricsTimer}: the export of the counts.
+    """
+
+    def test_flushes(self) -> None:
+        """
+        Requests counted are exported at the next tick, not before; the
+        process figures are sampled at the first tick.
+        """
+        metrics = Metrics(["ping"])
+        clock = Clock()
+        timer = MetricsTimer(metrics, clock)
+        timer.startService()
+        metrics.requestFinished("ping", "ok", 0.001, 1, 1)
+        get = metrics.registry.get_sample_value
+        ping = {"op": "ping", "outcome": "ok"}
+        self.assertEqual(get("frames_requests_total", ping), 0)
+        clock.advance(FLUSH_INTERVAL)
+        self.assertEqual(get("frames_requests_total", ping), 1)
+        if os.path.exists("/proc/self/statm"):
+            self.assertGreater(get("frames_process_open_fds", {}) or 0, 0)
+
+    def test_lastFlushAfterDrain(self) -> None:
+        """
+        Stopping the timer waits for the server to drain, then exports
+        what the last requests added.
+        """
+        metrics = Metrics(["ping"])
+        drained: defer.Deferred[None] = defer.Deferred()
+        timer = MetricsTimer(metrics, Clock(), drained=lambda: drained)
+        timer.startService()
+        stopped = timer.stopService()
+        metrics.requestFinished("ping", "ok", 0.001, 1, 1)
+        self.assertNoResult(stopped)
+        drained.callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(
+            metrics.registry.get_sample_value(
+                "frames_requests_total", {"op": "ping", "outcome": "ok"}
+            ),
+            1,
+        )
+
+
 class HealthTests(SynchronousTestCase):
     """
     C{/healthz} and the stopping of the web endpoint.
@@ -513,11 +562,11 @@ class HealthTests(SynchronousTestCase):
             ["--root", tempfile.mkdtemp(), "--udp", "0", "--metrics", "tcp:0:interface=127.0.0.1"]
         )
         factory = FramesServerFactory(clock=Clock())
-        web = monitoring.webService(options, MemoryReactor(), factory)
-        self.assertIsNone(web)
+        self.assertEqual(monitoring.monitoringServices(options, MemoryReactor(), factory), [])
         monitoring.buildMetrics(options, MemoryReactor())
-        web = monitoring.webService(options, MemoryReactor(), factory)
-        assert web is not None
+        web, timer = monitoring.monitoringServices(options, MemoryReactor(), factory)
+        assert isinstance(web, MetricsWebService)
+        self.assertIsInstance(timer, MetricsTimer)
         self.assertTrue(web.healthy())
         factory.shutDown()
         self.assertFalse(web.healthy())
@@ -531,6 +580,7 @@ from twisted_frames.metrics import Metrics
 m = Metrics(["ping"])
 for _ in range(int(sys.argv[1])):
     m.requestFinished("ping", "ok", 0.001, 3, 3)
+m.flush()
 m.connectionOpened()
 print("done")
 """

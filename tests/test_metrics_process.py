@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -72,6 +73,24 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def scrapeUntil(port: int, name: str, expected: float, **labels: str) -> str:
+    """
+    Get C{/metrics} until sample C{name} with C{labels} is C{expected}
+    (counts are exported every second), for at most 30 seconds.
+
+    @return: the last exposition text.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        status, text = httpGet(port, "/metrics")
+        assert status == 200
+        found = sample(text, name, **labels)
+        if found == expected:
+            return text
+        assert time.monotonic() < deadline, f"{name} {labels} is {found}, not {expected}"
+        time.sleep(0.1)
+
+
 def test_metricsAndHealth(tmp_path: Path) -> None:
     """
     C{/metrics} has the pings a client sent, under C{op="ping"}, and the
@@ -81,9 +100,7 @@ def test_metricsAndHealth(tmp_path: Path) -> None:
         port = metricsPort(server)
         assert httpGet(port, "/healthz") == (200, "serving\n")
         ping(server.port, 3)
-        status, text = httpGet(port, "/metrics")
-        assert status == 200
-        assert sample(text, "frames_requests_total", op="ping", outcome="ok") == 3.0
+        text = scrapeUntil(port, "frames_requests_total", 3.0, op="ping", outcome="ok")
         assert sample(text, "frames_received_bytes_total", op="ping") == 6.0
         assert sample(text, "frames_connections_total", outcome="closed") == 1.0
         assert httpGet(port, "/nothing")[0] == 404

@@ -18,14 +18,15 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.internet import TimerService
 from twisted.python import usage
 
 from .security import isLocalEndpoint
 from .services import Built, ServiceEntry
 
 if TYPE_CHECKING:
-    from .metrics import Metrics, MetricsWebService
+    from twisted.application.service import IService
+
+    from .metrics import Metrics
     from .server import FramesServerFactory
 
 INSECURE_FLAG = "metrics-insecure"
@@ -96,20 +97,17 @@ def checkMetricsOptions(config: Any) -> None:
 
 def buildMetrics(config: Any, reactor: Any) -> Built:
     """
-    With C{--metrics}: the L{Metrics} the other services count into (put in
-    C{config["metricsRecorder"]}, so that the entries built after this one
-    find it) and the timer sampling the process figures.  Without:
-    C{config["metricsRecorder"]} is C{None} and nothing is built.
+    With C{--metrics}: the L{Metrics} the other services count into, put
+    in C{config["metricsRecorder"]} so that the entries built after this
+    one find it; C{None} there without.  Its timer and web endpoint need
+    the server's factory: see L{monitoringServices}.
     """
     config["metricsRecorder"] = None
-    if config["metrics"] is None:
-        return Built()
-    from .metrics import PROCESS_SAMPLE_INTERVAL, Metrics
+    if config["metrics"] is not None:
+        from .metrics import Metrics
 
-    metrics = config["metricsRecorder"] = Metrics()
-    sampler = TimerService(PROCESS_SAMPLE_INTERVAL, metrics.sampleProcess)
-    sampler.clock = reactor
-    return Built(children=[sampler])
+        config["metricsRecorder"] = Metrics()
+    return Built()
 
 
 def metricsOf(config: Any) -> Metrics | None:
@@ -120,36 +118,43 @@ def metricsOf(config: Any) -> Metrics | None:
     return config.get("metricsRecorder")  # type: ignore[no-any-return]
 
 
-def webService(
-    config: Any, reactor: Any, factory: FramesServerFactory
-) -> MetricsWebService | None:
+def monitoringServices(config: Any, reactor: Any, factory: FramesServerFactory) -> list[IService]:
     """
-    The web endpoint of C{--metrics} for the server of C{factory}, or
-    C{None} without one: C{/healthz} says 503 once the factory shuts down,
-    and the endpoint stops listening once its connections are closed.
+    The twistd services of C{--metrics} for the server of C{factory}
+    (none without it): the web endpoint (unless C{worker}), whose
+    C{/healthz} says 503 once the factory shuts down and which stops
+    listening once the connections are closed; and the timer exporting
+    the counts, which flushes a last time once they are.  The tap makes
+    them the first children, so that they are the last stopped.
 
     @raise SystemExit: if the endpoint string is bad.
     """
     metrics = metricsOf(config)
     if metrics is None:
-        return None
+        return []
+    from .metrics import MetricsTimer, MetricsWebService
+
     metrics.setOperations(factory.operations)
-    if config["metrics"] == WORKER:
-        return None
-    from twisted.internet import endpoints
+    children: list[IService] = []
+    if config["metrics"] != WORKER:
+        from twisted.internet import endpoints
 
-    from .metrics import MetricsWebService
-
-    try:
-        endpoint = endpoints.serverFromString(reactor, config["metrics"])
-    except (ValueError, TypeError, KeyError) as e:
-        raise SystemExit(f"twistd frameserver: bad --metrics {config['metrics']!r}: {e}") from None
-    return MetricsWebService(
-        endpoint,
-        metrics.registry,
-        healthy=lambda: not factory.shuttingDown,
-        drained=factory.shutDown,
-    )
+        try:
+            endpoint = endpoints.serverFromString(reactor, config["metrics"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise SystemExit(
+                f"twistd frameserver: bad --metrics {config['metrics']!r}: {e}"
+            ) from None
+        children.append(
+            MetricsWebService(
+                endpoint,
+                metrics.registry,
+                healthy=lambda: not factory.shuttingDown,
+                drained=factory.shutDown,
+            )
+        )
+    children.append(MetricsTimer(metrics, reactor, drained=factory.shutDown))
+    return children
 
 
 #: The metrics options' entry in C{tap.SERVICES}: first, so that the

@@ -427,11 +427,10 @@ def makeService(config: ServerOptions, reactor: Any = None) -> FrameServerServic
     listenFactory = security.listeningFactory(factory, config)
     top = FrameServerService(factory)
     factory.metrics = monitoring.metricsOf(config)
-    web = monitoring.webService(config, reactor, factory)
-    if web is not None:
-        # The first child, so the last stopped: /healthz says 503 while the
-        # connections drain.
-        web.setServiceParent(top)
+    # The first children, so the last stopped: /healthz says 503 while the
+    # connections drain, and their last requests are counted.
+    for child in monitoring.monitoringServices(config, reactor, factory):
+        child.setServiceParent(top)
     for parts in built:
         for child in parts.children:
             child.setServiceParent(top)
