@@ -641,3 +641,30 @@ class MultiprocessTests(SynchronousTestCase):
         registry = multiprocessRegistry(path)
         self.assertEqual(registry.get_sample_value("frames_connections_open", {}), 1)
         self.assertEqual(registry.get_sample_value("frames_requests_total", ping), 7)
+
+
+class ReferenceTests(SynchronousTestCase):
+    """
+    The metrics reference page is generated from L{FAMILIES}.
+    """
+
+    def test_everyFamilyListed(self) -> None:
+        """
+        The generated table has one row per family, under its exported
+        name (counters with C{_total}), with its multiprocess mode.
+        """
+        try:
+            import sphinx  # noqa: F401
+        except ImportError:
+            raise self.skipTest("sphinx (the docs extra) is not installed") from None
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "docs", "_ext"))
+        self.addCleanup(sys.path.pop, 0)
+        import frames_reference
+
+        table = frames_reference.frameserverMetrics()
+        rows = table.splitlines()[2:]
+        self.assertEqual(len(rows), len(FAMILIES))
+        self.assertIn("`frames_requests_total`", table)
+        self.assertIn("`frames_request_duration_seconds_bucket`", table)
+        self.assertIn("| `frames_connections_open` | gauge |  | Connections open now\\. |", table)
+        self.assertIn("gauge: `livesum`", table)

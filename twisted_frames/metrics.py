@@ -18,7 +18,7 @@ L{LOGIN_RESULTS}, exit classes from L{EXIT_CLASSES}, UDP drop reasons from
 L{UDP_DROPS}.  Client input never becomes a label value.
 
 Several processes (the contract for a supervisor running workers)
-==================================================================
+=================================================================
 
 prometheus_client's multiprocess mode aggregates the metrics of several
 processes through files in one directory.  A supervisor that runs N worker
@@ -262,7 +262,7 @@ FAMILIES: tuple[Family, ...] = (
         "frames_partial_uploads",
         "gauge",
         (),
-        "Partial uploads kept under the root for resuming (counted every sweep, see --metrics).",
+        "Partial uploads kept under the root for resuming (counted every minute).",
         mode="livemostrecent",
     ),
     Family(
