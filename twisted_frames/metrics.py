@@ -732,7 +732,7 @@ class MetricsWebService(service.Service):
         self.port = port
         address = port.getHost()
         where = f"{address.host}:{address.port}" if hasattr(address, "port") else str(address)
-        log.info("metrics listening on {where}", where=where)
+        log.info("metrics listening on {address}", address=where)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
