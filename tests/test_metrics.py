@@ -8,6 +8,7 @@ mode (two real processes' counters summed).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from twisted.internet.testing import FakeDatagramTransport, MemoryReactor, Strin
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from tests.commands.test_commands import CommandServiceMixin
 from tests.inmemory import makeServer
 from tests.serverprocess import childEnv
 from twisted_frames import monitoring, tap, wire
@@ -325,6 +327,54 @@ class ServerHookTests(SynchronousTestCase):
         A factory counts nothing unless given metrics.
         """
         self.assertIsNone(FramesServerFactory().metrics)
+
+
+class CommandHookTests(CommandServiceMixin, SynchronousTestCase):
+    """
+    The command service's hooks, with fake processes: commands running, and
+    how each ended.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.metrics = self.factory.metrics = Metrics(self.factory.operations)
+
+    def exits(self, exitClass: str) -> float:
+        return value(self.metrics, "frames_command_exits_total", **{"class": exitClass})
+
+    def test_running(self) -> None:
+        """
+        A started command counts as running until its process ends.
+        """
+        self.request("run", {"argv": ["sh"]})
+        self.request("run", {"argv": ["sh"]})
+        self.assertEqual(value(self.metrics, "frames_commands_running"), 2)
+        self.process(0).end(0)
+        self.pump.flush()
+        self.assertEqual(value(self.metrics, "frames_commands_running"), 1)
+        self.assertEqual(self.exits("ok"), 1)
+
+    def test_exitClasses(self) -> None:
+        """
+        Each way a command ends is counted under its class: exit 0, another
+        status, a signal, the timeout, a cancel.
+        """
+        self.request("run", {"argv": ["sh"]})
+        self.process().end(3)
+        self.request("run", {"argv": ["sh"]})
+        self.process().end(None, signal.SIGSEGV)
+        self.request("run", {"argv": ["sh"]})
+        self.clock.advance(self.limits.timeout)
+        self.process().end(None, signal.SIGTERM)
+        self.pump.flush()
+        self.request("run", {"argv": ["sh"]})
+        self.request("cancel", {"run": 4})
+        self.process().end(None, signal.SIGTERM)
+        self.pump.flush()
+        self.assertEqual(
+            [self.exits(c) for c in EXIT_CLASSES], [0, 1, 1, 1, 1], list(EXIT_CLASSES)
+        )
+        self.assertEqual(value(self.metrics, "frames_commands_running"), 0)
 
 
 class ServiceHookTests(SynchronousTestCase):
