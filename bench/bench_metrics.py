@@ -3,7 +3,8 @@ What C{--metrics} costs the hot path: ping round trips on one connection
 to a server with metrics on against the same server with metrics off, in
 one run.
 
-    python bench/bench_metrics.py [--rounds 7] [--window 2] [--json FILE]
+    python bench/bench_metrics.py [--rounds 15] [--window 1] [--json FILE]
+                                  [--baseline DIR]
 
 Two server processes are built exactly as C{twistd frameserver} builds
 them (L{twisted_frames.tap.Options} and C{makeService}, listening on
@@ -14,14 +15,26 @@ event is still built).  This process is the client: one blocking socket per
 server, sequential pings with a 16-byte body, so the client adds as little
 as it can to what is measured.
 
-Windows of C{--window} seconds alternate between the two servers, in
-C{--rounds} rounds (the first of each pair alternates too), so that load
-from elsewhere on the machine falls on both alike.  Per round: the rate
+Windows of C{--window} seconds rotate between the servers, in C{--rounds}
+rounds (each round starting with the next server), so that load from
+elsewhere on the machine falls on all alike.  Per round: the rate
 with metrics on over the rate with metrics off; the report gives the
 median ratio and its range, and the server CPU time per round trip (from
 C{/proc/PID/stat}, less disturbed by other load) for both.  The goal
 (issue 13): metrics on costs at most 5% of the round trips, a median ratio
 of at least 0.95.  Machine facts and every window go to the JSON file.
+
+On a machine shared with other work the window rates scatter by tens of
+percent between two identical servers, so the run also times the hook
+itself in this process (L{Metrics.requestFinished}, what metrics add to
+each request; the per-connection hooks run once per connection) and gives
+it as a share of the server CPU time of a round trip with metrics off: a figure
+that other load disturbs much less.
+
+C{--baseline DIR} adds a third server, from another checkout (e.g. C{git
+archive main | tar -x -C DIR}), with metrics off (it need not know
+C{--metrics}) in the same rotation: the ratio of this checkout with metrics
+off to it says what the hooks cost when metrics are off.
 """
 
 from __future__ import annotations
@@ -40,9 +53,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Benchmark the checkout this file is in, not whatever is installed.
+# Benchmark the checkout this file is in (or, in a baseline server, the one
+# it is told), not whatever is installed.
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, os.environ.get("BENCH_METRICS_REPO", str(REPO)))
 
 from twisted_frames import wire  # noqa: E402
 
@@ -105,9 +119,10 @@ class Server:
     A server child process and a connection to it.
     """
 
-    def __init__(self, metrics: bool) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+    def __init__(self, metrics: bool, name: str, repo: Path = REPO) -> None:
+        env = dict(os.environ, PYTHONPATH=str(repo), BENCH_METRICS_REPO=str(repo))
         self.metrics = metrics
+        self.name = name
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--serve", "on" if metrics else "off"],
             stdin=subprocess.PIPE,
@@ -211,40 +226,68 @@ def machine() -> dict[str, Any]:
     }
 
 
-def benchmark(rounds: int, window: float) -> dict[str, Any]:
+def spread(values: list[float]) -> dict[str, float]:
     """
-    Alternate windows between the two servers and summarise.
+    @return: the median and range of C{values}.
     """
-    off, on = Server(False), Server(True)
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def benchmark(rounds: int, window: float, baseline: Path | None) -> dict[str, Any]:
+    """
+    Rotate windows between the servers and summarise.
+    """
+    servers = [Server(False, "off"), Server(True, "on")]
+    if baseline is not None:
+        servers.append(Server(False, "baseline", baseline))
     try:
-        for server in (off, on):
+        for server in servers:
             server.window(min(window, 1.0))  # warm-up
         windows = []
         for n in range(rounds):
-            pair = (off, on) if n % 2 == 0 else (on, off)
-            results = {("on" if s.metrics else "off"): s.window(window) for s in pair}
-            windows.append(results)
+            # Each round starts with the next server, so none is always first.
+            order = servers[n % len(servers) :] + servers[: n % len(servers)]
+            windows.append({s.name: s.window(window) for s in order})
     finally:
-        off.close()
-        on.close()
-    ratios = [w["on"]["rate"] / w["off"]["rate"] for w in windows]
-    cpuRatios = [w["on"]["cpuPerRoundTrip"] / w["off"]["cpuPerRoundTrip"] for w in windows]
-    return {
+        for server in servers:
+            server.close()
+    names = [s.name for s in servers]
+
+    def ratios(a: str, b: str, key: str) -> dict[str, float]:
+        return spread([w[a][key] / w[b][key] for w in windows])
+
+    results: dict[str, Any] = {
         "windows": windows,
-        "ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
-        "cpuRatio": {
-            "median": statistics.median(cpuRatios),
-            "min": min(cpuRatios),
-            "max": max(cpuRatios),
-        },
-        "rate": {
-            side: statistics.median(w[side]["rate"] for w in windows) for side in ("off", "on")
-        },
+        "ratio": ratios("on", "off", "rate"),
+        "cpuRatio": ratios("on", "off", "cpuPerRoundTrip"),
+        "rate": {n: statistics.median(w[n]["rate"] for w in windows) for n in names},
         "cpuPerRoundTripMicroseconds": {
-            side: statistics.median(w[side]["cpuPerRoundTrip"] for w in windows) * 1e6
-            for side in ("off", "on")
+            n: statistics.median(w[n]["cpuPerRoundTrip"] for w in windows) * 1e6 for n in names
         },
     }
+    if baseline is not None:
+        results["offVsBaseline"] = ratios("off", "baseline", "rate")
+        results["offVsBaselineCpu"] = ratios("off", "baseline", "cpuPerRoundTrip")
+    return results
+
+
+def hookCost(count: int = 200_000) -> float:
+    """
+    @return: the seconds one L{Metrics.requestFinished} call takes, best
+        of 5 runs of C{count} calls (the export it leads to runs once a
+        second, not per request).
+    """
+    from twisted_frames.metrics import Metrics
+
+    metrics = Metrics(["ping"])
+    best = float("inf")
+    for _ in range(5):
+        start = time.process_time()
+        for _ in range(count):
+            metrics.requestFinished("ping", "ok", 0.00005, 16, 16)
+        best = min(best, (time.process_time() - start) / count)
+        metrics.flush()
+    return best
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,16 +295,21 @@ def main(argv: list[str] | None = None) -> None:
     Run the benchmark (or, with C{--serve}, be one of its servers).
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=7, help="pairs of windows (default 7)")
-    parser.add_argument("--window", type=float, default=2.0, help="seconds per window")
+    parser.add_argument("--rounds", type=int, default=15, help="rounds of windows (default 15)")
+    parser.add_argument("--window", type=float, default=1.0, help="seconds per window")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout to compare metrics off with"
+    )
     parser.add_argument("--serve", choices=["on", "off"], help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.serve:
         serverMain(options.serve == "on")
         return
     facts = machine()
-    results = benchmark(options.rounds, options.window)
+    results = benchmark(options.rounds, options.window, options.baseline)
+    results["hookSeconds"] = hook = hookCost()
+    results["hookShare"] = share = hook / (results["cpuPerRoundTripMicroseconds"]["off"] / 1e6)
     ratio = results["ratio"]
     print(
         f"machine: {facts['cpus']} CPUs, {facts['cpu'] or facts['platform']}, "
@@ -270,11 +318,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"ping, 1 connection, 16-byte body, {options.rounds} rounds of {options.window:g} s "
-        "windows, alternating"
+        "windows, rotating"
     )
-    for side in ("off", "on"):
+    for side in results["rate"]:
         print(
-            f"  metrics {side:3}: {results['rate'][side]:9.0f} round trips/s (median), "
+            f"  {'metrics ' + side if side != 'baseline' else 'baseline':11}: "
+            f"{results['rate'][side]:9.0f} round trips/s (median), "
             f"server CPU {results['cpuPerRoundTripMicroseconds'][side]:.1f} us/round trip"
         )
     cpu = results["cpuRatio"]
@@ -285,6 +334,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     verdict = "meets" if ratio["median"] >= GOAL else "MISSES"
     print(f"  goal: ratio >= {GOAL}: {verdict}")
+    print(
+        f"  the per-request hook: {hook * 1e6:.2f} us, {share:.1%} of the server CPU of a "
+        "round trip with metrics off"
+    )
+    if "offVsBaseline" in results:
+        base, baseCpu = results["offVsBaseline"], results["offVsBaselineCpu"]
+        print(
+            f"  off/baseline rate ratio: median {base['median']:.3f} "
+            f"(range {base['min']:.3f}-{base['max']:.3f}); server CPU ratio: median "
+            f"{baseCpu['median']:.3f} ({baseCpu['min']:.3f}-{baseCpu['max']:.3f})"
+        )
     if options.json:
         with open(options.json, "w") as f:
             json.dump({"machine": facts, "goal": GOAL, **results}, f, indent=2)
