@@ -481,6 +481,22 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNone(off.factory.metrics)
         self.assertFalse([s for s in off if isinstance(s, MetricsWebService)])
 
+    def test_worker(self) -> None:
+        """
+        With C{--metrics worker} (and C{PROMETHEUS_MULTIPROC_DIR}) the
+        server counts and exports its counts, and serves no endpoint.
+        """
+        saved = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.addCleanup(restoreEnviron, "PROMETHEUS_MULTIPROC_DIR", saved)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
+        reactor = MemoryReactor()
+        top = tap.makeService(self.parse("--metrics", "worker", "--udp", "0"), reactor)
+        self.assertIsInstance(top.factory.metrics, Metrics)
+        self.assertFalse([s for s in top if isinstance(s, MetricsWebService)])
+        self.assertTrue([s for s in top if isinstance(s, MetricsTimer)])
+        top.privilegedStartService()
+        self.assertEqual(len(reactor.tcpServers), 1)
+
     def test_offImportsNothing(self) -> None:
         """
         Without C{--metrics}, building and starting a server does not

@@ -1,7 +1,8 @@
 """
 The metrics endpoint of the real C{twistd frameserver}: C{/metrics} counts
 the requests a raw client sent, C{/healthz} says 200 while it serves and
-503 while it shuts down, and a non-loopback endpoint is refused.
+503 while it shuts down, a non-loopback endpoint is refused, and servers
+run as workers (the multiprocess mode) have their counts summed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from twisted_frames import wire
+from twisted_frames.metrics import (
+    MULTIPROC_ENV,
+    multiprocessRegistry,
+    prepareMultiprocess,
+    workerExited,
+)
 
 from .serverprocess import TWISTD, ServerProcess, childEnv
 from .test_shutdown_process import recvExactly, recvMessage, sendMessage
@@ -164,3 +172,46 @@ def test_refusesNonLoopback(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("twistd frameserver: refusing to serve metrics on tcp:0")
     assert "--metrics-insecure" in lines[0]
+
+
+def test_workersSummed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The multiprocess contract with real servers: two frameservers run as
+    workers (C{--metrics worker}, C{PROMETHEUS_MULTIPROC_DIR} set by
+    L{prepareMultiprocess}) count the pings each was sent; once they have
+    stopped, L{multiprocessRegistry} sums them, and L{workerExited} drops
+    the dead workers' open-connection gauges but not their counts.
+    """
+    path = str(tmp_path / "metrics")
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    prepareMultiprocess(path)
+    # (prepareMultiprocess set it in os.environ; monkeypatch puts it back.)
+    monkeypatch.setenv(MULTIPROC_ENV, path)
+    pids = []
+    for n, count in enumerate((3, 4)):
+        root = tmp_path / f"root{n}"
+        root.mkdir()
+        with ServerProcess(str(root), "--metrics", "worker") as server:
+            assert server.process is not None
+            pids.append(server.process.pid)
+            ping(server.port, count)
+            # Stopped at once: the last export, after the connections
+            # closed, must still count every ping.
+        assert "metrics listening" not in server.log
+    registry = multiprocessRegistry(path)
+    assert registry.get_sample_value("frames_requests_total", {"op": "ping", "outcome": "ok"}) == 7
+    # Closed by the client, or by the shutdown if that came first.
+    closed = [
+        s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "frames_connections_total"
+    ]
+    assert sum(closed) == 2
+    assert registry.get_sample_value("frames_connections_open", {}) == 0
+    for pid in pids:
+        workerExited(pid, path)
+    # The dead workers' live gauges are gone; their counts stay.
+    after = multiprocessRegistry(path)
+    assert after.get_sample_value("frames_connections_open", {}) is None
+    assert after.get_sample_value("frames_requests_total", {"op": "ping", "outcome": "ok"}) == 7
