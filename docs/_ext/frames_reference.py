@@ -286,8 +286,9 @@ def frameserverMetrics() -> str:
             names = [family.name + suffix for suffix in ("_bucket", "_sum", "_count")]
         labels = family.values or ", ".join(family.labels) or ""
         processes = f"gauge: {code(family.mode)}" if family.mode else "summed"
+        shown = ", ".join(code(n) for n in names)
         rows.append(
-            f"| {', '.join(code(n) for n in names)} | {family.kind} | {cell(labels)} | {cell(escape(family.help))} "
+            f"| {shown} | {family.kind} | {cell(labels)} | {cell(escape(family.help))} "
             f"| {processes} |"
         )
     return "\n".join(rows) + "\n"
