@@ -140,10 +140,11 @@ def test_healthDuringShutdown(tmp_path: Path) -> None:
         assert server.process.wait(timeout=20) == -signal.SIGTERM
 
 
-def test_refusesNonLoopback(tmp_path: Path) -> None:
+def failedStart(root: Path, endpoint: str) -> str:
     """
-    C{--metrics} on all interfaces stops start-up with one line and
-    status 1, and nothing listens.
+    Start a frameserver with C{--metrics endpoint}, which must fail.
+
+    @return: the one line it printed on stderr (it exited with status 1).
     """
     result = subprocess.run(
         [
@@ -154,13 +155,13 @@ def test_refusesNonLoopback(tmp_path: Path) -> None:
             "--pidfile=",
             "frameserver",
             "--root",
-            str(tmp_path),
+            str(root),
             "--listen",
             "tcp:0:interface=127.0.0.1",
             "--udp",
             "0",
             "--metrics",
-            "tcp:0",
+            endpoint,
         ],
         capture_output=True,
         text=True,
@@ -170,8 +171,30 @@ def test_refusesNonLoopback(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("twistd frameserver: refusing to serve metrics on tcp:0")
-    assert "--metrics-insecure" in lines[0]
+    return lines[0]
+
+
+def test_refusesNonLoopback(tmp_path: Path) -> None:
+    """
+    C{--metrics} on all interfaces stops start-up with one line and
+    status 1, and nothing listens.
+    """
+    line = failedStart(tmp_path, "tcp:0")
+    assert line.startswith("twistd frameserver: refusing to serve metrics on tcp:0")
+    assert "--metrics-insecure" in line
+
+
+def test_portInUse(tmp_path: Path) -> None:
+    """
+    A metrics port already taken stops start-up with one line, as a main
+    port does.
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = failedStart(tmp_path, f"tcp:{port}:interface=127.0.0.1")
+    assert line == f"twistd frameserver: cannot listen: 127.0.0.1:{port}: Address already in use"
 
 
 def test_workersSummed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

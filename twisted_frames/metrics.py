@@ -7,7 +7,9 @@ This module imports C{prometheus_client}; nothing else of the server does.
 With C{--metrics} off it is never imported (L{twisted_frames.monitoring}
 imports it only when the option is given), and every hook in the server is
 one attribute test (C{if metrics is not None}), so the server runs as it
-did without metrics.
+did without metrics.  With metrics on, the per-request hook adds to plain
+numbers, which L{MetricsTimer} exports every L{FLUSH_INTERVAL} seconds and
+once more when the server stops (after its connections have closed).
 
 The families are made by L{Metrics}; L{FAMILIES} lists their names, kinds,
 labels and help (the reference page is generated from it).  Every label
@@ -35,21 +37,26 @@ processes, each a whole server, does exactly this:
      C{spawnProcess} of C{twistd} inherits it from the environment, which is
      enough.  Pass the variable explicitly if the supervisor builds the
      workers' environment itself.
-  2. Start the workers with the same C{--metrics ...} configuration
-     B{except} the endpoint: workers must not serve C{/metrics} themselves.
-     L{Metrics} in a worker writes its values to the directory whenever
-     C{PROMETHEUS_MULTIPROC_DIR} is set; a worker is given C{--metrics}
-     C{none} (the metrics are recorded, no endpoint is listened on; see
-     L{twisted_frames.monitoring}).
+  2. Start each worker with C{--metrics worker} instead of the endpoint
+     (workers must not serve C{/metrics} themselves): the worker counts as
+     with an endpoint, and its values go to the directory (prometheus_client
+     writes them there whenever C{PROMETHEUS_MULTIPROC_DIR} is set); it
+     listens on nothing for metrics.  C{--metrics worker} without the
+     variable is a usage error.  A worker stopped by C{SIGTERM} exports its
+     last counts before it exits; one killed outright loses at most the
+     last L{FLUSH_INTERVAL} seconds of request counts.
   3. In the supervisor, serve C{/metrics} and C{/healthz} with
-     L{MetricsWebService}C{(endpoint, multiprocessRegistry(path), healthy)}:
+     L{MetricsWebService}C{(endpoint, multiprocessRegistry(path), healthy,
+     drained)}, an C{IService} to start and stop with the supervisor
+     (C{endpoint} from C{endpoints.serverFromString(reactor, config["metrics"])}):
      L{multiprocessRegistry} is a C{CollectorRegistry} holding only a
      C{MultiProcessCollector} over the directory, which sums counters and
      histograms over every process, live or dead (so a restarted worker
      does not make a counter go down), and combines gauges by their mode.
      The supervisor must not create L{Metrics} itself (its own values would
      be one more process in the sums); C{healthy} is its own "not shutting
-     down" test.
+     down" test, and C{drained} returns a Deferred firing once its workers
+     have exited (the endpoint, answering 503, stays up until then).
   4. When a worker exits (whatever the reason), call
      L{workerExited}C{(pid, path)}: it calls C{mark_process_dead}, which
      removes the worker's files of live gauges (C{livesum}, C{liveall},
