@@ -280,6 +280,7 @@ class DeployGuideTests(HowToTestCase):
                 "frames:frames": user,
                 "--uid=frames --gid=frames": f"--uid={os.getuid()} --gid={os.getgid()}",
                 "tcp:8007:": "tcp:0:",
+                "tcp:9108:": "tcp:0:",
             },
         )
 
@@ -303,7 +304,7 @@ class DeployGuideTests(HowToTestCase):
         is still on the page.
         """
         known = ["pip install", "useradd", "systemctl", "jq -c", "LogsDirectory=", "--pidfile="]
-        known += ["frames ping", "An error has occurred"]
+        known += ["frames ping", "An error has occurred", "scrape_configs:", "- alert:"]
         for language, block in fencedBlocks(HOWTO / "deploy.md"):
             matches = [k for k in known if k in block]
             self.assertEqual(len(matches), 1, f"an untested {language} block:\n{block}")
@@ -360,6 +361,8 @@ class DeployGuideTests(HowToTestCase):
             m = server.waitFor(rb'"where": "127\.0\.0\.1:(\d+)"')
             port = int(m.group(1))
             self.checkPing(port)
+            m = server.waitFor(rb'"address": "127\.0\.0\.1:(\d+)"')
+            self.checkHealth(settings, int(m.group(1)))
         finally:
             log = server.stop()
         events = [json.loads(line) for line in log.splitlines()]
@@ -377,6 +380,18 @@ class DeployGuideTests(HowToTestCase):
         selected = [json.loads(line) for line in result.stdout.splitlines()]
         self.assertTrue(selected)
         self.assertTrue(all(e["log_namespace"].startswith("twisted_frames") for e in selected))
+
+    def checkHealth(self, settings: dict[str, str], port: int) -> None:
+        """
+        Run the unit's health check (C{ExecStartPost}) against the metrics
+        endpoint on C{port}: it passes.
+        """
+        if shutil.which("curl") is None:
+            return
+        check = settings["ExecStartPost"].replace("127.0.0.1:9108", f"127.0.0.1:{port}")
+        self.assertEqual(shlex.split(check)[0], "/usr/bin/curl")
+        result = shell(check, self.machine, self.env)
+        self.assertEqual(result.returncode, 0, result.stderr)
 
     def checkPing(self, port: int) -> None:
         """
@@ -446,6 +461,127 @@ SECURE_WORDS = {
     "files.example.com": "localhost",
     "tcp:8443:interface=0.0.0.0": "tcp:0:interface=127.0.0.1",
 }
+
+
+#: Series for C{promtool test rules}: per alert of the page, what makes
+#: it fire (one sample a minute, C{promtool}'s series notation), and the
+#: labels and summary it fires with.
+ALERT_CASES = {
+    "FrameserverDown": (
+        'up{job="frameserver", instance="a"}',
+        "0x20",
+        {"job": "frameserver"},
+        "a: the metrics endpoint does not answer",
+    ),
+    "FrameserverRefusing": (
+        'frames_refusals_total{instance="a", kind="cap", reason="max_per_source"}',
+        "0+60x30",
+        {"kind": "cap"},
+        "a refuses 1 connections/s (cap)",
+    ),
+    "FrameserverLoginFailures": (
+        'frames_logins_total{instance="a", result="failed"}',
+        "0+30x30",
+        {},
+        "a: 0.5 failed logins/s",
+    ),
+    "FrameserverNoSpace": (
+        'frames_requests_total{instance="a", op="put", outcome="no_space"}',
+        "0x14 1x10",
+        {},
+        "a: uploads fail for lack of space under --root",
+    ),
+}
+
+
+class MonitoringGuideTests(HowToTestCase):
+    """
+    The monitoring section of C{docs/howto/deploy.md}: its Prometheus
+    configuration and alert rules pass C{promtool}, every alert fires on
+    the series it is meant for (and not on a quiet server), and they only
+    name metrics the server exports.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        blocks = [b for lang, b in fencedBlocks(HOWTO / "deploy.md") if lang == "yaml"]
+        [self.config] = [b for b in blocks if "scrape_configs:" in b]
+        [self.rules] = [b for b in blocks if "- alert:" in b]
+
+    def promtool(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{promtool} in the test's directory.
+        """
+        if shutil.which("promtool") is None:
+            raise SkipTest("promtool is not installed (Debian: apt install prometheus)")
+        return subprocess.run(
+            ["promtool", *args], capture_output=True, text=True, timeout=TIMEOUT, cwd=self.machine
+        )
+
+    def writeRules(self) -> Path:
+        rules = self.machine / "frameserver.rules.yml"
+        rules.write_text(self.rules)
+        return rules
+
+    def test_metricNames(self) -> None:
+        """
+        Every C{frames_} series the rules use is one the server exports.
+        """
+        from twisted_frames.metrics import Metrics
+
+        exported = {s.name for m in Metrics(["put"]).registry.collect() for s in m.samples}
+        used = set(re.findall(r"\b(frames_\w+)", self.rules))
+        self.assertTrue(used)
+        self.assertEqual(used - exported, set())
+
+    def test_configChecks(self) -> None:
+        """
+        C{promtool check config} accepts the scrape job with the rule file.
+        """
+        rules = self.writeRules()
+        config = self.machine / "prometheus.yml"
+        config.write_text(self.config.replace("/etc/prometheus/frameserver.rules.yml", str(rules)))
+        result = self.promtool("check", "config", str(config))
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("4 rules found", result.stdout)
+
+    def test_alertsFire(self) -> None:
+        """
+        Each alert fires on its own series (after its C{for:}) and none
+        fires for a server that refuses nothing, fails no login and has
+        room.
+        """
+        rules = self.writeRules()
+        tests = []
+        for alert, (series, values, labels, summary) in ALERT_CASES.items():
+            others = [
+                {"series": s, "values": "0x30" if not s.startswith("up") else "1x30"}
+                for name, (s, *_) in ALERT_CASES.items()
+                if name != alert
+            ]
+            expected = [
+                {
+                    "exp_labels": {"instance": "a", **labels},
+                    "exp_annotations": {"summary": summary},
+                }
+            ]
+            tests.append(
+                {
+                    "interval": "1m",
+                    "input_series": [{"series": series, "values": values}, *others],
+                    "alert_rule_test": [
+                        {"eval_time": "20m", "alertname": name, "exp_alerts": expected}
+                        if name == alert
+                        else {"eval_time": "20m", "alertname": name, "exp_alerts": []}
+                        for name in ALERT_CASES
+                    ],
+                }
+            )
+        unitTests = self.machine / "tests.yml"
+        # JSON is YAML: promtool reads it as it is.
+        unitTests.write_text(json.dumps({"rule_files": [str(rules)], "tests": tests}))
+        result = self.promtool("test", "rules", str(unitTests))
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
 
 class SecureGuideTests(HowToTestCase):

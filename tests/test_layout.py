@@ -36,6 +36,8 @@ SERVER_SIDE = [
     r"policy",
     r"security",
     r"udpservice",
+    r"metrics",
+    r"monitoring",
     r"services",
     r"[a-z]+\.service",
     r"[a-z]+\.options",

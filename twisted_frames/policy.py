@@ -226,22 +226,35 @@ class ConnectionGuard(Service):
         self.unauthenticatedPerSource: Counter[str] = Counter()
         self._counted: dict[ServerProtocol, tuple[str, bool]] = {}
 
-    def _refusal(self, source: str, unauthenticated: bool) -> str | None:
+    def _refusal(self, source: str, unauthenticated: bool) -> tuple[str, str] | None:
+        """
+        @return: the cap a new connection from C{source} is over (its name
+            in the metrics) and the message saying so, or C{None}.
+        """
         limits = self.limits
         if limits.maxConnections is not None and self.total >= limits.maxConnections:
-            return f"too many connections (limit {limits.maxConnections})"
+            return "max_connections", f"too many connections (limit {limits.maxConnections})"
         if limits.maxPerSource is not None and self.perSource[source] >= limits.maxPerSource:
-            return f"too many connections from your address (limit {limits.maxPerSource})"
+            return (
+                "max_per_source",
+                f"too many connections from your address (limit {limits.maxPerSource})",
+            )
         if not unauthenticated:
             return None
         if (
             limits.maxUnauthenticated is not None
             and self.unauthenticated >= limits.maxUnauthenticated
         ):
-            return f"too many connections waiting to log in (limit {limits.maxUnauthenticated})"
+            return (
+                "max_unauthenticated",
+                f"too many connections waiting to log in (limit {limits.maxUnauthenticated})",
+            )
         cap = limits.maxUnauthenticatedPerSource
         if cap is not None and self.unauthenticatedPerSource[source] >= cap:
-            return f"too many connections from your address waiting to log in (limit {cap})"
+            return (
+                "max_unauthenticated_per_source",
+                f"too many connections from your address waiting to log in (limit {cap})",
+            )
         return None
 
     def connectionMade(self, connection: ServerProtocol) -> None:
@@ -253,12 +266,13 @@ class ConnectionGuard(Service):
         unauthenticated = bool(connection.factory.authRequired and connection.user is None)
         refusal = self._refusal(source, unauthenticated)
         if refusal is not None:
+            cap, message = refusal
             log.warn(
                 "refused connection from {peer}: {reason}",
                 peer=connection.peerName(),
-                reason=refusal,
+                reason=message,
             )
-            connection.refuse(FramesError(ErrorCode.BUSY, refusal))
+            connection.refuse(FramesError(ErrorCode.BUSY, message), cap)
             return
         self._counted[connection] = (source, unauthenticated)
         self.total += 1

@@ -43,7 +43,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -61,11 +61,15 @@ from .protocol import (
     BufferSink,
     DiscardSink,
     FrameProtocol,
+    FramesErrorLike,
     IBodySource,
     Pipe,
     clockOrReactor,
 )
 from .wire import ErrorCode, FramesError, Limits, ProtocolViolation, RequestId
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 BodyPolicy = Literal["none", "buffer", "stream"]
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -434,6 +438,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
     #: The request whose streamed body is being received, with its sink.
     _receiving: tuple[Request, BodySink] | None = None
     _shutdownCheck: Any = None
+    #: Why the server closed the connection (a L{refusal} reason), if it did.
+    refusedFor: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -456,6 +462,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         self.factory.connections.add(self)
         self.writeTimeout = self.factory.writeTimeout
         self.messagesPerTurn = self.factory.messagesPerTurn
+        if self.factory.metrics is not None:
+            self.factory.metrics.connectionOpened()
         log.info("connection from {peer}", peer=self.peerName())
         if self.factory.shuttingDown:
             # Accepted just before the listening port closed.
@@ -550,18 +558,51 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
                 self.setTimeout(self.factory.idleTimeout)  # type: ignore[no-untyped-call]
                 return
         self.refuse(
-            FramesError(ErrorCode.TIMEOUT, f"idle for {self.factory.idleTimeout:g} s, closing")
+            FramesError(ErrorCode.TIMEOUT, f"idle for {self.factory.idleTimeout:g} s, closing"),
+            "idle_timeout",
         )
 
-    def refuse(self, error: FramesError) -> None:
+    def refuse(self, error: FramesError, reason: str | None = None) -> None:
         """
         Send one error message (id C{null}, C{closing: true}) and close the
         connection: for limits, deadlines and refused connections.
+
+        @param reason: why, for the metrics (see L{refusal}); by default
+            the error's code.
         """
         if self._closing:
             return
+        self.refusal(reason or error.code)
         self.setTimeout(None)  # type: ignore[no-untyped-call]
         self.closeWith(wire.errorHeader(error, closing=True))
+
+    def refusal(self, reason: str) -> None:
+        """
+        The server closes this connection for C{reason}: one of the reasons
+        of L{twisted_frames.metrics.REFUSALS} (counted there, when metrics
+        are on).  The first reason given is the one that counts.
+        """
+        if self.refusedFor is not None:
+            return
+        self.refusedFor = reason
+        if self.factory.metrics is not None:
+            self.factory.metrics.refused(reason)
+
+    def protocolViolation(self, error: FramesErrorLike, header: dict[str, Any] | None) -> None:
+        if not self._closing:
+            code = error.code
+            self.refusal(
+                "frame_timeout"
+                if code == ErrorCode.TIMEOUT
+                else "max_in_flight"
+                if code == ErrorCode.BUSY
+                else code
+            )
+        super().protocolViolation(error, header)
+
+    def writeTimedOut(self) -> None:
+        self.refusal("write_timeout")
+        super().writeTimedOut()
 
     def logIn(self, user: str) -> None:
         """
@@ -733,7 +774,13 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         # escape sequence in them cannot forge or hide log lines.
         op = printable(request.op)
         rid = printable(request.id) if isinstance(request.id, str) else request.id
-        ms = (time.monotonic() - request.started) * 1000
+        seconds = time.monotonic() - request.started
+        metrics = self.factory.metrics
+        if metrics is not None:
+            metrics.requestFinished(
+                request.op, request.outcome, seconds, request.bodyLength, request.bytesOut
+            )
+        ms = seconds * 1000
         logInfo(
             log,
             f"{peer} {user} op={op} id={rid} in={request.bodyLength} "
@@ -762,6 +809,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         for service in self.factory.services:
             service.connectionLost(self)
         self.factory.connectionClosed(self)
+        if self.factory.metrics is not None:
+            self.factory.metrics.connectionClosed(self.refusedFor)
         closed = {
             "peer": self.peerName(),
             "requests": self.requests,
@@ -833,7 +882,11 @@ class FramesServerFactory(Factory):
         that does not read must not hold the shutdown).
     @ivar connections: the open connections.
     @ivar shuttingDown: whether L{shutDown} was called.
+    @ivar metrics: what counts requests, connections and refusals
+        (C{--metrics}), or C{None}.
     """
+
+    metrics: Metrics | None = None
 
     idleTimeout: float | None = None
     frameTimeout: float | None = None

@@ -25,7 +25,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import policy, security, wire
+from . import monitoring, policy, security, wire
 from .bounds import bounded
 from .commands.options import COMMANDS
 from .commands.spec import CommandLimits
@@ -49,7 +49,7 @@ log = Logger(namespace="twisted_frames.tap")
 #: The services of C{twistd frameserver}, in the order their frames services
 #: see a connection (and their options are listed in the reference).  A new
 #: service is one more entry here (see L{twisted_frames.services}).
-SERVICES: tuple[ServiceEntry, ...] = (security.SECURITY, FILES, COMMANDS, UDP)
+SERVICES: tuple[ServiceEntry, ...] = (monitoring.METRICS, security.SECURITY, FILES, COMMANDS, UDP)
 
 
 class ServerOptions(usage.Options):
@@ -426,6 +426,11 @@ def makeService(config: ServerOptions, reactor: Any = None) -> FrameServerServic
     security.configureFactory(factory, config)
     listenFactory = security.listeningFactory(factory, config)
     top = FrameServerService(factory)
+    factory.metrics = monitoring.metricsOf(config)
+    # The first children, so the last stopped: /healthz says 503 while the
+    # connections drain, and their last requests are counted.
+    for child in monitoring.monitoringServices(config, reactor, factory):
+        child.setServiceParent(top)
     for parts in built:
         for child in parts.children:
             child.setServiceParent(top)

@@ -91,6 +91,16 @@ class _DatagramWriter(Protocol):
     def write(self, datagram: bytes, addr: tuple[str, int]) -> object: ...
 
 
+class DatagramMetrics(Protocol):
+    """
+    What counts the echo's datagrams (L{twisted_frames.metrics.Metrics}).
+    """
+
+    def udpAnswered(self) -> None: ...
+
+    def udpDropped(self, reason: str) -> None: ...
+
+
 def _defaultClock() -> IReactorTime:
     # Imported late so that merely importing this module installs no reactor.
     from twisted.internet import reactor
@@ -163,6 +173,7 @@ class EchoProtocol(DatagramProtocol):
         rate: float = 50.0,
         burst: int = 100,
         clock: IReactorTime | None = None,
+        metrics: DatagramMetrics | None = None,
     ) -> None:
         """
         @param upper: Upper-case (ASCII) each reply.
@@ -171,6 +182,7 @@ class EchoProtocol(DatagramProtocol):
         @param burst: Token-bucket size per source host, in datagrams.
         @param clock: The clock for the rate limit; the global reactor if C{None}
             (looked up when first needed, not at construction).
+        @param metrics: Told of every datagram answered or dropped, if given.
         @raise ValueError: If C{maxDatagram} is negative, C{rate} is not positive
             or C{burst} is less than 1.
         """
@@ -185,6 +197,7 @@ class EchoProtocol(DatagramProtocol):
         self.rate = rate
         self.burst = burst
         self._clockOrNone = clock
+        self.metrics = metrics
         self.received = 0
         self.echoed = 0
         self.droppedOversize = 0
@@ -242,15 +255,21 @@ class EchoProtocol(DatagramProtocol):
         host = addr[0]
         if len(datagram) > self.maxDatagram:
             self.droppedOversize += 1
+            if self.metrics is not None:
+                self.metrics.udpDropped("oversize")
             self._dropped("oversize", host, len(datagram))
             return
         if not self._takeToken(host):
             self.droppedRateLimited += 1
+            if self.metrics is not None:
+                self.metrics.udpDropped("rate_limited")
             self._dropped("rate-limited", host, len(datagram))
             return
         reply = datagram.upper() if self.upper else datagram
         cast(_DatagramWriter, self.transport).write(reply, addr)
         self.echoed += 1
+        if self.metrics is not None:
+            self.metrics.udpAnswered()
 
     def _takeToken(self, host: str) -> bool:
         """
@@ -314,6 +333,7 @@ class _EchoOptions(TypedDict, total=False):
     rate: float
     burst: int
     clock: IReactorTime | None
+    metrics: DatagramMetrics | None
 
 
 def listenEcho(

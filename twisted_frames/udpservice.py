@@ -64,6 +64,7 @@ def buildUDP(config: Any, reactor: Any) -> Built:
         upper=config["udp-upper"],
         maxDatagram=config["udp-max"],
         rate=float(config["udp-rate"]),
+        metrics=config.get("metricsRecorder"),
     )
     return Built(children=[echo])
 

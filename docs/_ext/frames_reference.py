@@ -6,6 +6,7 @@ extension is not loaded)::
 
     % generated: twistd-frameserver-options
     % generated: frames-commands
+    % generated: frameserver-metrics
 
 for the table of an op's request fields, made from its declaration (see
 L{twisted_frames.fields})::
@@ -20,8 +21,9 @@ C{code: meaning} (continuation lines indented)::
     ```
 
 The options of C{twistd frameserver} come from L{twisted_frames.tap.Options},
-the commands of C{frames} from L{twisted_frames.cli.buildParser}: options and
-commands added to them later appear here with no change to the docs.  The
+the commands of C{frames} from L{twisted_frames.cli.buildParser}, the metrics
+from L{twisted_frames.metrics.FAMILIES}: options, commands and metric
+families added to them later appear here with no change to the docs.  The
 error-code block is checked against L{twisted_frames.wire.ErrorCode}: a code
 without a meaning, or a meaning for a code that does not exist, is a build
 warning (an error with C{-W}); whether a code closes the connection comes from
@@ -261,11 +263,43 @@ def errorCodes(block: str, docname: str) -> str:
     return "\n".join(rows) + "\n"
 
 
+# -- metrics ---------------------------------------------------------------------------
+
+
+def frameserverMetrics() -> str:
+    """
+    A Markdown table of every metric family of C{twistd frameserver
+    --metrics}: name as exported, type, labels and their values, meaning,
+    and a gauge's multiprocess mode.
+    """
+    from twisted_frames.metrics import FAMILIES, Metrics
+
+    exported = {m.name: m for m in Metrics().registry.collect()}
+    rows = [
+        "| metric | type | labels | meaning | several processes |",
+        "|---|---|---|---|---|",
+    ]
+    for family in FAMILIES:
+        # The exposition name: prometheus_client adds _total to counters.
+        names = [family.name + ("_total" if exported[family.name].type == "counter" else "")]
+        if family.kind == "histogram":
+            names = [family.name + suffix for suffix in ("_bucket", "_sum", "_count")]
+        labels = family.values or ", ".join(family.labels) or ""
+        processes = f"gauge: {code(family.mode)}" if family.mode else "summed"
+        shown = ", ".join(code(n) for n in names)
+        rows.append(
+            f"| {shown} | {family.kind} | {cell(labels)} | {cell(escape(family.help))} "
+            f"| {processes} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 # -- wiring ------------------------------------------------------------------------------
 
 GENERATORS = {
     "twistd-frameserver-options": frameserverOptions,
     "frames-commands": framesCommands,
+    "frameserver-metrics": frameserverMetrics,
 }
 
 

@@ -126,6 +126,7 @@ class AuthService(Service):
         )
         error = FramesError(ErrorCode.TIMEOUT, f"no login within {self.loginTimeout:g} s")
         pending = state.pending if state is not None else None
+        connection.refusal("login_timeout")
         if pending is None or pending.finished:
             connection.refuse(error)
             return
@@ -226,6 +227,8 @@ class AuthService(Service):
         assert credentials.serverProof is not None
         name = cast(FramesUser, avatar).name
         connection.logIn(name)
+        if connection.factory.metrics is not None:
+            connection.factory.metrics.loginAttempt(True)
         log.info("login: {peer} user={user}", peer=connection.peerName(), user=name)
         return {"user": name, "server_proof": credentials.serverProof.hex()}
 
@@ -278,6 +281,8 @@ class AuthService(Service):
             true}, and the connection is closing.
         """
         connection = request.connection
+        if connection.factory.metrics is not None:
+            connection.factory.metrics.loginAttempt(False)
         self.penalties.failed(source)
         state.failures += 1
         left = self.maxAttempts - state.failures
@@ -294,6 +299,7 @@ class AuthService(Service):
             peer=connection.peerName(),
             n=state.failures,
         )
+        connection.refusal("login_attempts")
         request.fail(answer, closing=True)
         # Closing waits for the reply to drain (or the close timeout).
         connection.loseConnectionSoon()

@@ -701,6 +701,9 @@ class RunningCommand(ProcessProtocol):
             pid=self.pid,
             **fields,
         )
+        metrics = self.request.connection.factory.metrics
+        if metrics is not None:
+            metrics.commandEnded(exitCode, signum, self.timedOut, self.cancelled)
         if not self.request.cancelled and not self.request.finished:
             self.request.reply(fields)
         self.commands.runEnded(self)

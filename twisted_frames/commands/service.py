@@ -176,6 +176,8 @@ class CommandService(Service, ApplicationService):
             ) from e
         self.runs.setdefault(request.connection, {})[request.id] = run
         self.count += 1
+        if request.connection.factory.metrics is not None:
+            request.connection.factory.metrics.commandStarted()
         run.startTimer()
         log.info(
             "run id={rid} {name} pid={pid} argc={argc} for {peer} (user {user})",

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from twisted.application.internet import TimerService
+from twisted.logger import Logger
 
 from ..bounds import bounded
 from ..services import Built, ServiceEntry
@@ -18,6 +19,10 @@ from ..services import Built, ServiceEntry
 DEFAULT_PARTIAL_TTL = 24 * 3600
 #: The longest pause between two sweeps of expired partial uploads.
 EXPIRY_INTERVAL = 3600
+#: Seconds between two counts of the partial uploads, for C{--metrics}.
+PARTIAL_SWEEP_INTERVAL = 60.0
+
+log = Logger(namespace="twisted_frames.files")
 
 
 class FileOptions:
@@ -49,7 +54,22 @@ def buildFiles(config: Any, reactor: Any) -> Built:
     )
     expiry = TimerService(min(config["partial-ttl"], EXPIRY_INTERVAL), files.expirePartials)
     expiry.clock = reactor
-    return Built(services=[files], children=[expiry])
+    children = [expiry]
+    metrics = config.get("metricsRecorder")
+    if metrics is not None:
+        # Every sweep reports what it found; a failed one reports nothing.
+        def sweep() -> Any:
+            d = files.countPartials()
+            d.addCallbacks(
+                lambda found: metrics.partialUploadsFound(*found),
+                lambda f: log.failure("counting partial uploads failed", f),
+            )
+            return d
+
+        counting = TimerService(PARTIAL_SWEEP_INTERVAL, sweep)
+        counting.clock = reactor
+        children.append(counting)
+    return Built(services=[files], children=children)
 
 
 FILES = ServiceEntry("files", FileOptions, buildFiles)

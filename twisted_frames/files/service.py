@@ -835,6 +835,28 @@ class FileService(Service):
         log.failure("expiring partial uploads failed", failure)
         return 0
 
+    def countPartials(self) -> defer.Deferred[tuple[int, int]]:
+        """
+        Count the partial uploads under the root and their bytes (in a
+        worker thread: it walks the whole tree).
+
+        @return: a Deferred firing with C{(count, bytes)}.
+        """
+        return self.run(self._countPartials)
+
+    def _countPartials(self) -> tuple[int, int]:
+        count = size = 0
+        for where, _dirs, names in os.walk(self.root.path):
+            for name in names:
+                if name.startswith(PARTIAL_PREFIX):
+                    try:
+                        st = os.lstat(os.path.join(where, name))
+                    except OSError:
+                        continue
+                    count += 1
+                    size += st.st_size
+        return count, size
+
     def _expire(self, deadline: float) -> int:
         removed = 0
         for where, _dirs, names in os.walk(self.root.path):
