@@ -22,6 +22,7 @@ from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -30,6 +31,7 @@ from .bounds import bounded
 from .commands.options import COMMANDS
 from .commands.spec import CommandLimits
 from .files.options import FILES
+from .proxied import ProxiedEndpoint, innerDescription, isProxied
 from .server import FramesServerFactory
 from .services import ServiceEntry
 from .udpservice import UDP
@@ -142,7 +144,9 @@ class ServerOptions(usage.Options):
         Listen on a Twisted server endpoint string (repeatable), e.g.
         tcp:8007:interface=127.0.0.1, tcp6:8007:interface=\\:\\:1,
         unix:/run/frames.sock, ssl:8443:privateKey=key.pem:certKey=cert.pem.
-        Default: tcp:8007:interface=127.0.0.1.
+        Prefix haproxy: (haproxy:tcp:8007:...) behind a balancer sending the
+        PROXY header (v1 or v2): caps, login delays and logs then see the
+        client's address. Default: tcp:8007:interface=127.0.0.1.
         """
         self["listen"].append(endpoint)
 
@@ -194,7 +198,7 @@ def _withBacklog(endpoint: str, backlog: int) -> str:
     Add an explicit C{backlog=} to TCP and SSL endpoint strings that have
     none, so the listen queue is a choice, not Twisted's default of 50.
     """
-    kind = endpoint.split(":", 1)[0]
+    kind = innerDescription(endpoint).split(":", 1)[0]
     if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in endpoint:
         return f"{endpoint}:backlog={backlog}"
     return endpoint
@@ -425,17 +429,39 @@ def makeService(config: ServerOptions, reactor: Any = None) -> FrameServerServic
     factory.shutdownGrace = float(config["shutdown-grace"])
     security.configureFactory(factory, config)
     listenFactory = security.listeningFactory(factory, config)
+    # The balancer sends the PROXY header at once: a connection gets as long
+    # for it as for the rest of a started frame.
+    headerTimeout = factory.frameTimeout
     top = FrameServerService(factory)
     for parts in built:
         for child in parts.children:
             child.setServiceParent(top)
     for description in config["listen"]:
-        try:
-            endpoint = endpoints.serverFromString(reactor, description)
-        except (ValueError, TypeError, KeyError) as e:
-            raise SystemExit(f"twistd frameserver: bad --listen {description!r}: {e}") from None
+        endpoint = listenEndpoint(reactor, description, headerTimeout)
         _EndpointService(endpoint, listenFactory).setServiceParent(top)
     return top
+
+
+def listenEndpoint(
+    reactor: Any, description: str, headerTimeout: float | None
+) -> IStreamServerEndpoint:
+    """
+    The endpoint of one C{--listen}: C{description} parsed by Twisted, or,
+    for a C{haproxy:} one, its inner endpoint behind a L{ProxiedEndpoint}
+    (the peer's address is the client's from the PROXY header on).
+
+    @param headerTimeout: seconds a proxied connection has to send its
+        header.
+    @raise SystemExit: with one line, if C{description} is not valid.
+    """
+    inner = innerDescription(description)
+    try:
+        endpoint: IStreamServerEndpoint = endpoints.serverFromString(reactor, inner)
+    except (ValueError, TypeError, KeyError) as e:
+        raise SystemExit(f"twistd frameserver: bad --listen {description!r}: {e}") from None
+    if isProxied(description):
+        return ProxiedEndpoint(endpoint, reactor, headerTimeout)
+    return endpoint
 
 
 def _checkRoot(root: str, create: bool) -> None:
