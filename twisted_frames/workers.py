@@ -57,6 +57,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,7 +71,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import DatagramProtocol, Factory, ProcessProtocol, Protocol
-from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -355,6 +356,11 @@ class _WorkerProtocol(ProcessProtocol):
         if not isinstance(event, dict):
             self._text(line)
             return
+        # Every observer expects these, which Twisted's own events have.
+        event.setdefault("log_time", time.time())
+        event.setdefault("log_namespace", "twisted_frames.workers")
+        if not isinstance(event.get("log_level"), LogLevel):
+            event["log_level"] = LogLevel.info
         event["worker"] = self.worker.index
         event["log_system"] = f"worker {self.worker.index}"
         globalLogPublisher(event)

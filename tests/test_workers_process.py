@@ -1,0 +1,161 @@
+"""
+C{twistd frameserver --workers N} for real: worker processes sharing the
+main process's sockets, restarted when they die, stopped with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .serverprocess import TWISTD, ServerProcess, childEnv
+
+#: How long a worker may take to start on a loaded machine.
+START = 60.0
+
+
+def greeting(port: int) -> dict[str, object]:
+    """
+    Connect to the server and read its greeting.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        f = s.makefile("rb")
+        (n,) = struct.unpack("!I", f.read(4))
+        header: dict[str, object] = json.loads(f.read(n))
+        f.close()
+        return header
+
+
+def exits(pid: int, timeout: float) -> bool:
+    """
+    Whether process C{pid} exits within C{timeout} seconds (waited for on a
+    pidfd, which is readable once it has exited).
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+def workerPids(server: ServerProcess, count: int) -> dict[int, int]:
+    """
+    Wait until workers 1 to C{count} are ready; their process ids.
+    """
+    pids = {}
+    for index in range(1, count + 1):
+        line = server.waitFor(rf"worker {index} ready \(pid \d+\)", START)
+        pid = re.search(r"ready \(pid (\d+)\)", line)
+        assert pid is not None
+        pids[index] = int(pid.group(1))
+    return pids
+
+
+def test_workersServeRestartAndStop(tmp_path: Path) -> None:
+    """
+    With C{--workers 2}: both workers serve the one TCP port and the UDP
+    echo's; a worker killed with C{SIGKILL} is logged and restarted while
+    the other goes on serving; C{SIGTERM} to the main process stops every
+    worker and the main process exits by that signal, as a single server
+    does.
+    """
+    with ServerProcess(str(tmp_path), "--workers", "2", udp=True) as server:
+        pids = workerPids(server, 2)
+        for _ in range(10):
+            assert greeting(server.port)["event"] == "hello"
+        assert server.udpPort is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.settimeout(30)
+            udp.sendto(b"echo me", ("127.0.0.1", server.udpPort))
+            assert udp.recvfrom(100)[0] == b"echo me"
+        server.waitFor(r"\[worker \d\] connection from 127\.0\.0\.1:")
+
+        os.kill(pids[1], signal.SIGKILL)
+        server.waitFor(
+            rf"worker 1 \(pid {pids[1]}\) was killed by signal 9 after [\d.]+ s; "
+            r"restarting it in [\d.]+ s",
+            START,
+        )
+        # Worker 2 serves meanwhile.
+        assert greeting(server.port)["event"] == "hello"
+        line = server.waitFor(rf"worker 1 ready \(pid (?!{pids[1]}\))\d+\)", START)
+        restarted = int(re.findall(r"pid (\d+)", line)[-1])
+        assert greeting(server.port)["event"] == "hello"
+
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        status = server.process.wait(30)
+        assert status == -signal.SIGTERM
+        for pid in (pids[2], restarted):
+            assert exits(pid, 10), f"worker {pid} still running"
+    for pid in (pids[2], restarted):
+        assert re.search(rf"worker \d \(pid {pid}\) was killed by signal 15", server.log)
+
+
+def test_workersStopWhenTheMainProcessIsKilled(tmp_path: Path) -> None:
+    """
+    A main process killed with C{SIGKILL} cannot stop its workers: each
+    sees its standard input close and stops by itself, so none is left
+    serving on the socket.
+    """
+    with ServerProcess(str(tmp_path), "--workers", "2") as server:
+        pids = workerPids(server, 2)
+        assert server.process is not None
+        server.process.kill()
+        server.process.wait(30)
+        for pid in pids.values():
+            assert exits(pid, 30), f"worker {pid} still running"
+
+
+def test_workerThatCannotStartStopsTheServer(tmp_path: Path) -> None:
+    """
+    A worker that exits at start-up every time is restarted with a growing
+    delay, not in a loop; after five failures in a row the main process
+    gives up, says why, and exits with status 1.
+    """
+    # Python runs sitecustomize at start-up: here it fails every worker (they
+    # have the worker variable) and nothing else.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if 'TWISTED_FRAMES_WORKER' in os.environ:\n"
+        "    sys.exit('this worker cannot start')\n"
+    )
+    root = tmp_path / "srv"
+    root.mkdir()
+    env = childEnv()
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "frameserver"]
+        + ["--listen", "tcp:0:interface=127.0.0.1", "--root", str(root), "--udp", "0"]
+        + ["--workers", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=120,
+    )
+    took = time.monotonic() - started
+    assert done.returncode == 1, done.stdout + done.stderr
+    log = done.stdout
+    assert "this worker cannot start" in log
+    delays = [float(d) for d in re.findall(r"worker 1 .* restarting it in ([\d.]+) s", log)]
+    assert delays == [0.5, 1, 2, 4], log
+    assert re.search(r"worker \d \(pid \d+\) exited with status 1; it never started, 5 times", log)
+    # The delays add up to 7.5 s: no restart loop.
+    assert took >= 7.5
