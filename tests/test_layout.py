@@ -36,6 +36,8 @@ SERVER_SIDE = [
     r"policy",
     r"security",
     r"udpservice",
+    r"proxied",
+    r"workers",
     r"services",
     r"[a-z]+\.service",
     r"[a-z]+\.options",

@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet import main
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -269,13 +269,18 @@ class SupervisorTests(SynchronousTestCase):
         self.supervisor(count=1)
         protocol = self.reactor.spawned[0].protocol
         event = {"log_format": "connection from {peer}", "peer": "192.0.2.1:5", "log_level": None}
-        data = json.dumps(event).encode() + b"\nnot json\n"
+        # As a worker writes it: flattened, the spec not applied.
+        timed = {"log_format": "took {s:.1f}s", "s": 0.123456}
+        timed["log_flattened"] = {"s:.1f": "0.123456", "s:.1f!s": "0.123456"}
+        data = json.dumps(event).encode() + b"\nnot json\n" + json.dumps(timed).encode() + b"\n"
         for i in range(len(data)):
             protocol.outReceived(data[i : i + 1])
         protocol.errReceived(b"Traceback (most recent call last):\n")
         [again] = self.logged("connection from")
         self.assertEqual((again["log_system"], again["worker"]), ("worker 1", 1))
         self.assertEqual(again["peer"], "192.0.2.1:5")
+        [took] = self.logged("took")
+        self.assertEqual(formatEvent(took), "took 0.1s")
         lines = [e["line"] for e in self.logged("worker {worker}: {line}")]
         self.assertEqual(lines, ["not json", "Traceback (most recent call last):"])
 

@@ -71,7 +71,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import DatagramProtocol, Factory, ProcessProtocol, Protocol
-from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
+from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -361,6 +361,12 @@ class _WorkerProtocol(ProcessProtocol):
         event.setdefault("log_namespace", "twisted_frames.workers")
         if not isinstance(event.get("log_level"), LogLevel):
             event["log_level"] = LogLevel.info
+        # A flattened field holds str(value), its format spec not applied
+        # ("{s:.1f}" would show every digit): format from the fields, which
+        # JSON kept, unless one of them did not survive.
+        flattened = event.pop("log_flattened", None)
+        if flattened is not None and formatEvent(event).startswith("Unable to format event"):
+            event["log_flattened"] = flattened
         event["worker"] = self.worker.index
         event["log_system"] = f"worker {self.worker.index}"
         globalLogPublisher(event)
