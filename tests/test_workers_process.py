@@ -159,3 +159,29 @@ def test_workerThatCannotStartStopsTheServer(tmp_path: Path) -> None:
     assert re.search(r"worker \d \(pid \d+\) exited with status 1; it never started, 5 times", log)
     # The delays add up to 7.5 s: no restart loop.
     assert took >= 7.5
+
+
+def test_unixSocketSharedAndRemovedOnce(tmp_path: Path) -> None:
+    """
+    A C{unix:} listen is shared too; the socket's file stays while a worker
+    stops and restarts, and it and its lock file are removed once, by the
+    main process, when the server stops.
+    """
+    path = tmp_path / "frames.sock"
+    with ServerProcess(str(tmp_path), "--workers", "2", "--listen", f"unix:{path}") as server:
+        pids = workerPids(server, 2)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(str(path))
+            (n,) = struct.unpack("!I", s.recv(4, socket.MSG_WAITALL))
+            assert json.loads(s.recv(n, socket.MSG_WAITALL))["event"] == "hello"
+        os.kill(pids[1], signal.SIGTERM)
+        server.waitFor(rf"worker 1 \(pid {pids[1]}\) was killed by signal 15", START)
+        assert path.exists()
+        server.waitFor(rf"worker 1 ready \(pid (?!{pids[1]}\))\d+\)", START)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == -signal.SIGTERM
+    assert not path.exists()
+    assert not Path(f"{path}.lock").exists()
+    assert "Traceback" not in server.log, server.log

@@ -55,9 +55,11 @@ import atexit
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,9 +156,24 @@ class AdoptedEndpoint:
                 )
             finally:
                 os.close(self.fd)
+            if self.family == socket.AF_UNIX:
+                _keepSocketFile(port)
             return port
 
         return defer.execute(adopt)
+
+
+def _keepSocketFile(port: Any) -> None:
+    """
+    A UNIX socket's file belongs to the main process, which removes it (and
+    its lock file) when it stops: a worker that stops listening closes its
+    copy of the socket and leaves the file alone.  Twisted's UNIX port
+    always removes the file when its socket closes, so that step is left
+    out for this port.
+    """
+    from twisted.internet import tcp
+
+    port.connectionLost = types.MethodType(tcp.Port.connectionLost, port)
 
 
 def adoptDatagram(reactor: Any, fd: int, family: int, protocol: Any, maxPacketSize: int) -> Any:
@@ -246,9 +263,13 @@ class SharedPorts(service.Service):
         super().stopService()  # type: ignore[no-untyped-call]
         ports = [*self.listen, *([self.udp] if self.udp is not None else [])]
         self.listen, self.udp = [], None
-        return defer.gatherResults(
-            [defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True
-        )
+        stopped = [
+            defer.maybeDeferred(p.stopListening).addErrback(
+                lambda f: log.failure("closing a listening socket", f)
+            )
+            for p in ports
+        ]
+        return defer.gatherResults(stopped)
 
 
 class _ParentWatch(abstract.FileDescriptor):
