@@ -534,7 +534,11 @@ def makeSupervisor(config: ServerOptions, reactor: Any) -> WorkersService:
     ]
     # A worker has its whole grace and flush time, then some to exit.
     stopTimeout = float(config["shutdown-grace"]) + FramesServerFactory.shutdownFlush + 5.0
-    supervisor = Supervisor(reactor, config["workers"], argv, ports, stopTimeout)
+    # With metrics, the workers write prometheus_client's multiprocess files
+    # to a directory the supervisor makes (Supervisor.metricsDir).
+    supervisor = Supervisor(
+        reactor, config["workers"], argv, ports, stopTimeout, metrics=bool(config.get("metrics"))
+    )
     return WorkersService(ports, supervisor)
 
 
