@@ -11,12 +11,14 @@ import re
 import select
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from .inmemory import makeCredentials
 from .serverprocess import TWISTD, ServerProcess, childEnv
 
 #: How long a worker may take to start on a loaded machine.
@@ -185,3 +187,28 @@ def test_unixSocketSharedAndRemovedOnce(tmp_path: Path) -> None:
     assert not path.exists()
     assert not Path(f"{path}.lock").exists()
     assert "Traceback" not in server.log, server.log
+
+
+def test_tlsBehindTheBalancerInWorkers(tmp_path: Path) -> None:
+    """
+    C{--tls-cert} and C{--listen haproxy:...} with C{--workers 2}: a worker
+    reads the PROXY header, then the TLS handshake; the greeting comes over
+    TLS and the log names the client from the header.
+    """
+    creds = makeCredentials(str(tmp_path / "creds"))
+    root = tmp_path / "srv"
+    root.mkdir()
+    tls = ("--tls-cert", creds.server, "--tls-key", creds.serverKey)
+    listen = "haproxy:tcp:0:interface=127.0.0.1"
+    with ServerProcess(str(root), "--workers", "2", *tls, listen=listen) as server:
+        workerPids(server, 2)
+        context = ssl.create_default_context(cafile=creds.ca)
+        for port in (4321, 4322):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:
+                raw.sendall(f"PROXY TCP4 198.51.100.7 127.0.0.1 {port} 8007\r\n".encode())
+                with context.wrap_socket(raw, server_hostname="localhost") as s:
+                    f = s.makefile("rb")
+                    (n,) = struct.unpack("!I", f.read(4))
+                    assert json.loads(f.read(n))["event"] == "hello"
+                    f.close()
+            server.waitFor(rf"\[worker \d\] connection from 198\.51\.100\.7:{port}")
