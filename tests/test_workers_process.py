@@ -212,3 +212,38 @@ def test_tlsBehindTheBalancerInWorkers(tmp_path: Path) -> None:
                     assert json.loads(f.read(n))["event"] == "hello"
                     f.close()
             server.waitFor(rf"\[worker \d\] connection from 198\.51\.100\.7:{port}")
+
+
+def test_requestInFlightFinishesOnSIGTERM(tmp_path: Path) -> None:
+    """
+    C{SIGTERM} to the main process reaches the worker serving a request in
+    flight as a graceful shutdown: the request, whose body is still
+    arriving, gets its final reply; then the server exits.
+    """
+    with ServerProcess(str(tmp_path), "--workers", "2") as server:
+        workerPids(server, 2)
+        body = os.urandom(1 << 20)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            f = s.makefile("rb")
+            (n,) = struct.unpack("!I", f.read(4))
+            f.read(n + 4)
+            header = json.dumps({"op": "ping", "id": 1}).encode()
+            s.sendall(struct.pack("!I", len(header)) + header + struct.pack("!I", len(body)))
+            s.sendall(body[: len(body) // 2])
+            me = s.getsockname()[1]
+            line = server.waitFor(rf"\[worker (\d)\] connection from 127\.0\.0\.1:{me}\b")
+            worker = re.findall(r"\[worker (\d)\]", line)[0]
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            server.waitFor(rf"\[worker {worker}\] shutting down: 1 connections")
+            s.sendall(body[len(body) // 2 :])
+            while True:
+                (n,) = struct.unpack("!I", f.read(4))
+                reply = json.loads(f.read(n))
+                (m,) = struct.unpack("!I", f.read(4))
+                f.read(m)
+                if "ok" in reply:
+                    break
+            f.close()
+        assert reply["ok"] is True, reply
+        assert server.process.wait(30) == -signal.SIGTERM
