@@ -59,13 +59,17 @@ class ServerProcess:
     """
     A running C{twistd -n frameserver}: C{with ServerProcess(root, ...) as s}.
 
+    @ivar listen: its C{--listen} (a TCP one, on port 0).
     @ivar port: the TCP port it listens on.
     @ivar udpPort: the UDP echo port, or C{None}.
     @ivar log: everything it printed, once stopped.
     """
 
-    def __init__(self, root: str, *extra: str, udp: bool = False) -> None:
+    def __init__(
+        self, root: str, *extra: str, udp: bool = False, listen: str = "tcp:0:interface=127.0.0.1"
+    ) -> None:
         self.root = os.path.abspath(root)
+        self.listen = listen
         self.extra = list(extra)
         self.udp = udp
         self.port = 0
@@ -92,7 +96,7 @@ class ServerProcess:
             "--pidfile=",
             "frameserver",
             "--listen",
-            "tcp:0:interface=127.0.0.1",
+            self.listen,
             "--root",
             self.root,
             "--udp",

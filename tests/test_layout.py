@@ -38,6 +38,8 @@ SERVER_SIDE = [
     r"udpservice",
     r"metrics",
     r"monitoring",
+    r"proxied",
+    r"workers",
     r"services",
     r"[a-z]+\.service",
     r"[a-z]+\.options",

@@ -33,6 +33,7 @@ from .auth.keys import UsersFile, UsersFileError
 from .auth.service import AuthService
 from .bounds import bounded
 from .policy import ConnectionGuard, ConnectionLimits, FailurePenalties
+from .proxied import innerDescription
 from .server import FramesServerFactory, Service
 from .services import Built, ServiceEntry
 from .tls import TLSConfigError, serverOptions
@@ -103,6 +104,10 @@ def isLocalEndpoint(description: str) -> bool:
     it is not local; nor is any endpoint type this cannot judge.
     """
     kind, args, kwargs = _splitEndpoint(description)
+    if kind == "haproxy":
+        # The port itself is what is or is not reachable; who can reach the
+        # balancer in front of it is the balancer's configuration.
+        return isLocalEndpoint(description.split(":", 1)[1])
     if kind == "unix":
         return True
     positional = {"tcp": 1, "tcp6": 1, "ssl": 4}.get(kind)
@@ -217,7 +222,7 @@ def _checkSecurityOptions(config: Any) -> None:
         except UsersFileError as e:
             raise usage.UsageError(str(e)) from None
     listens: list[str] = config["listen"]
-    sslListens = [d for d in listens if _splitEndpoint(d)[0] == "ssl"]
+    sslListens = [d for d in listens if _splitEndpoint(innerDescription(d))[0] == "ssl"]
     config["tlsOptions"] = None
     if config["tls-cert"] is None:
         if config["tls-key"] is not None or config["tls-ca"] is not None:
@@ -311,7 +316,10 @@ def configureFactory(factory: FramesServerFactory, config: Any) -> None:
     factory.messagesPerTurn = MESSAGES_PER_TURN
     for description in config["listen"]:
         local = isLocalEndpoint(description)
-        tls = config["tlsOptions"] is not None or _splitEndpoint(description)[0] == "ssl"
+        tls = (
+            config["tlsOptions"] is not None
+            or _splitEndpoint(innerDescription(description))[0] == "ssl"
+        )
         if not local and not factory.authRequired:
             log.warn(
                 "WARNING: {listen} is reachable from the network and no login is "

@@ -22,6 +22,7 @@ from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -30,10 +31,12 @@ from .bounds import bounded
 from .commands.options import COMMANDS
 from .commands.spec import CommandLimits
 from .files.options import FILES
+from .proxied import ProxiedEndpoint, innerDescription, isProxied
 from .server import FramesServerFactory
 from .services import ServiceEntry
 from .udpservice import UDP
 from .wire import Limits
+from .workers import AdoptedEndpoint, SharedPorts, Supervisor, WorkerService, WorkerSockets
 
 DEFAULT_ROOT = "srv"
 DEFAULT_LISTEN = "tcp:8007:interface=127.0.0.1"
@@ -42,6 +45,8 @@ DEFAULT_SHUTDOWN_GRACE = 10
 #: Worker threads of the reactor's pool (Twisted's default size), which
 #: run the file operations.
 DEFAULT_THREADS = 10
+#: More workers than this is a typo, not a machine.
+MAX_WORKERS = 256
 
 log = Logger(namespace="twisted_frames.tap")
 
@@ -109,6 +114,19 @@ class ServerOptions(usage.Options):
         ],
         ["name", None, None, "Server name announced in the greeting (default: host name)."],
         [
+            "workers",
+            None,
+            1,
+            "Server processes sharing each listening socket, supervised by this one (a "
+            "worker that dies is restarted). Limits are per worker: --max-connections, "
+            "--max-per-source, --max-unauthenticated(-per-source), --max-procs, --udp-rate "
+            "and login failure delays each apply in every worker, so the server as a whole "
+            "allows up to N times each; --max-in-flight and the other per-connection limits "
+            "are unchanged; an upload in progress is 'busy' to every worker (a file lock). "
+            "Not with ssl: listens (use --tls-cert).",
+            bounded("--workers", 1, MAX_WORKERS),
+        ],
+        [
             "shutdown-grace",
             None,
             DEFAULT_SHUTDOWN_GRACE,
@@ -132,6 +150,8 @@ class ServerOptions(usage.Options):
 
         @raise SystemExit: on any usage error.
         """
+        # The workers of --workers run with the same options.
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -142,7 +162,9 @@ class ServerOptions(usage.Options):
         Listen on a Twisted server endpoint string (repeatable), e.g.
         tcp:8007:interface=127.0.0.1, tcp6:8007:interface=\\:\\:1,
         unix:/run/frames.sock, ssl:8443:privateKey=key.pem:certKey=cert.pem.
-        Default: tcp:8007:interface=127.0.0.1.
+        Prefix haproxy: (haproxy:tcp:8007:...) behind a balancer sending the
+        PROXY header (v1 or v2): caps, login delays and logs then see the
+        client's address. Default: tcp:8007:interface=127.0.0.1.
         """
         self["listen"].append(endpoint)
 
@@ -167,6 +189,12 @@ class ServerOptions(usage.Options):
             self["limits"] = Limits(maxHeader=self["max-header"], maxBody=self["max-body"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
+        if self["workers"] > 1:
+            ssl = [d for d in self["listen"] if innerDescription(d).split(":", 1)[0] == "ssl"]
+            if ssl:
+                raise usage.UsageError(
+                    f"--workers cannot share --listen {ssl[0]}: listen on tcp: with --tls-cert"
+                )
         for entry in self.services:
             entry.check(self)
 
@@ -194,7 +222,7 @@ def _withBacklog(endpoint: str, backlog: int) -> str:
     Add an explicit C{backlog=} to TCP and SSL endpoint strings that have
     none, so the listen queue is a choice, not Twisted's default of 50.
     """
-    kind = endpoint.split(":", 1)[0]
+    kind = innerDescription(endpoint).split(":", 1)[0]
     if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in endpoint:
         return f"{endpoint}:backlog={backlog}"
     return endpoint
@@ -260,12 +288,7 @@ class FrameServerService(service.MultiService):
         self.udp = udp
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            raise _cannotStart(f"cannot listen: {_describe(e)}") from None
-        except OSError as e:
-            raise _cannotStart(f"cannot listen: {e}") from None
+        _listenOrExit(super().privilegedStartService)
 
     def stopService(self) -> defer.Deferred[None]:
         """
@@ -296,6 +319,36 @@ class FrameServerService(service.MultiService):
         return done
 
 
+def _listenOrExit(listen: Any) -> None:
+    """
+    Call C{listen()}; a port that cannot be bound stops start-up with one
+    line.
+    """
+    try:
+        listen()
+    except CannotListenError as e:
+        raise _cannotStart(f"cannot listen: {_describe(e)}") from None
+    except OSError as e:
+        raise _cannotStart(f"cannot listen: {e}") from None
+
+
+class WorkersService(service.MultiService):
+    """
+    The main process of C{--workers N}: the shared ports and the
+    L{Supervisor} of the workers (L{makeSupervisor}).
+    """
+
+    def __init__(self, ports: SharedPorts, supervisor: Supervisor) -> None:
+        super().__init__()
+        self.ports = ports
+        self.supervisor = supervisor
+        ports.setServiceParent(self)
+        supervisor.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        _listenOrExit(super().privilegedStartService)
+
+
 def _describe(e: CannotListenError) -> str:
     reason = e.socketError
     detail = getattr(reason, "strerror", None) or str(reason)
@@ -317,14 +370,21 @@ class _EndpointService(StreamServerEndpointService):
         waiting.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
-        address = port.getHost()
-        if hasattr(address, "port"):
-            kind, where = str(address.type).lower(), f"{address.host}:{address.port}"
-        else:
-            name = getattr(address, "name", address)
-            kind, where = "unix", name.decode() if isinstance(name, bytes) else str(name)
-        log.info("frameserver listening on {kind} {where}", kind=kind, where=where)
+        logListening(port)
         return port
+
+
+def logListening(port: Any) -> None:
+    """
+    Log the address C{port} listens on (C{tcp:0} tells its port).
+    """
+    address = port.getHost()
+    if hasattr(address, "port"):
+        kind, where = str(address.type).lower(), f"{address.host}:{address.port}"
+    else:
+        name = getattr(address, "name", address)
+        kind, where = "unix", name.decode() if isinstance(name, bytes) else str(name)
+    log.info("frameserver listening on {kind} {where}", kind=kind, where=where)
 
 
 def fitDescriptorLimit(config: ServerOptions, reactor: Any, rlimit: Any = None) -> None:
@@ -400,13 +460,19 @@ def fitDescriptorLimit(config: ServerOptions, reactor: Any, rlimit: Any = None) 
     )
 
 
-def makeService(config: ServerOptions, reactor: Any = None) -> FrameServerService:
+def makeService(
+    config: ServerOptions, reactor: Any = None, environ: Any = None
+) -> service.MultiService:
     """
     Build the server from parsed L{Options}: every service's L{Built}
-    parts, in the order of C{config.services}.
+    parts, in the order of C{config.services}; with C{--workers} above 1,
+    the main process that runs them (L{makeSupervisor}).
 
     @param reactor: the reactor to listen with (tests pass a
         C{MemoryReactor}); the global one by default.
+    @param environ: the process's environment (C{os.environ} by default),
+        which says whether this is one of the workers
+        (L{twisted_frames.workers.WORKER_ENV}).
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
@@ -414,6 +480,11 @@ def makeService(config: ServerOptions, reactor: Any = None) -> FrameServerServic
         reactor = globalReactor
     _checkRoot(os.path.abspath(config["root"]), create=config["createRoot"])
     fitDescriptorLimit(config, reactor)
+    worker = WorkerSockets.fromEnviron(os.environ if environ is None else environ)
+    if worker is None and config["workers"] > 1:
+        return makeSupervisor(config, reactor)
+    if worker is not None:
+        config["udp-adopted"] = worker.udp
     built = [entry.build(config, reactor) for entry in config.services]
     factory = FramesServerFactory(
         [s for parts in built for s in parts.services],
@@ -425,6 +496,9 @@ def makeService(config: ServerOptions, reactor: Any = None) -> FrameServerServic
     factory.shutdownGrace = float(config["shutdown-grace"])
     security.configureFactory(factory, config)
     listenFactory = security.listeningFactory(factory, config)
+    # The balancer sends the PROXY header at once: a connection gets as long
+    # for it as for the rest of a started frame.
+    headerTimeout = factory.frameTimeout
     top = FrameServerService(factory)
     factory.metrics = monitoring.metricsOf(config)
     # The first children, so the last stopped: /healthz says 503 while the
@@ -434,13 +508,65 @@ def makeService(config: ServerOptions, reactor: Any = None) -> FrameServerServic
     for parts in built:
         for child in parts.children:
             child.setServiceParent(top)
-    for description in config["listen"]:
-        try:
-            endpoint = endpoints.serverFromString(reactor, description)
-        except (ValueError, TypeError, KeyError) as e:
-            raise SystemExit(f"twistd frameserver: bad --listen {description!r}: {e}") from None
+    for i, description in enumerate(config["listen"]):
+        if worker is None:
+            endpoint = listenEndpoint(reactor, description, headerTimeout)
+        else:
+            endpoint = AdoptedEndpoint(reactor, *worker.listen[i])
+            if isProxied(description):
+                endpoint = ProxiedEndpoint(endpoint, reactor, headerTimeout)
         _EndpointService(endpoint, listenFactory).setServiceParent(top)
+    if worker is not None:
+        WorkerService(reactor, worker.index).setServiceParent(top)
     return top
+
+
+def makeSupervisor(config: ServerOptions, reactor: Any) -> WorkersService:
+    """
+    The main process of C{--workers N}: it listens on every C{--listen} (and
+    the UDP echo's port) and runs N workers, each the same server with the
+    same options, serving on those sockets.
+    """
+    listens = [listenEndpoint(reactor, innerDescription(d), None) for d in config["listen"]]
+    udp = (config["udp"], config["udp-interface"]) if config.get("udp") else None
+    ports = SharedPorts(reactor, listens, udp, logListening)
+    argv = [
+        *getattr(config, "argv", []),
+        "--workers",
+        "1",
+        "--root",
+        os.path.abspath(config["root"]),
+    ]
+    # A worker has its whole grace and flush time, then some to exit.
+    stopTimeout = float(config["shutdown-grace"]) + FramesServerFactory.shutdownFlush + 5.0
+    # With metrics, the workers write prometheus_client's multiprocess files
+    # to a directory the supervisor makes (Supervisor.metricsDir).
+    supervisor = Supervisor(
+        reactor, config["workers"], argv, ports, stopTimeout, metrics=bool(config.get("metrics"))
+    )
+    return WorkersService(ports, supervisor)
+
+
+def listenEndpoint(
+    reactor: Any, description: str, headerTimeout: float | None
+) -> IStreamServerEndpoint:
+    """
+    The endpoint of one C{--listen}: C{description} parsed by Twisted, or,
+    for a C{haproxy:} one, its inner endpoint behind a L{ProxiedEndpoint}
+    (the peer's address is the client's from the PROXY header on).
+
+    @param headerTimeout: seconds a proxied connection has to send its
+        header.
+    @raise SystemExit: with one line, if C{description} is not valid.
+    """
+    inner = innerDescription(description)
+    try:
+        endpoint: IStreamServerEndpoint = endpoints.serverFromString(reactor, inner)
+    except (ValueError, TypeError, KeyError) as e:
+        raise SystemExit(f"twistd frameserver: bad --listen {description!r}: {e}") from None
+    if isProxied(description):
+        return ProxiedEndpoint(endpoint, reactor, headerTimeout)
+    return endpoint
 
 
 def _checkRoot(root: str, create: bool) -> None:

@@ -66,6 +66,8 @@ def buildUDP(config: Any, reactor: Any) -> Built:
         rate=float(config["udp-rate"]),
         metrics=config.get("metricsRecorder"),
     )
+    # A worker of --workers serves on its main process's socket.
+    echo.adopted = config.get("udp-adopted")
     return Built(children=[echo])
 
 
@@ -83,12 +85,24 @@ class _UDPService(service.Service):
         self.interface = interface
         self.kwargs = kwargs
         self.listening: Any = None
+        #: C{(descriptor, family)} of a socket to serve on instead of
+        #: binding one.
+        self.adopted: tuple[int, int] | None = None
 
     def privilegedStartService(self) -> None:
         from .udp import listenEcho
 
         super().privilegedStartService()  # type: ignore[no-untyped-call]
-        self.listening = listenEcho(self.reactor, self.port, self.interface, **self.kwargs)
+        if self.adopted is not None:
+            from .udp import EchoProtocol
+            from .workers import adoptDatagram
+
+            proto = EchoProtocol(**self.kwargs)
+            self.listening = adoptDatagram(
+                self.reactor, *self.adopted, proto, proto.maxDatagram + 1
+            )
+        else:
+            self.listening = listenEcho(self.reactor, self.port, self.interface, **self.kwargs)
         address = self.listening.getHost()
         log.info("udp echo listening on {host}:{port}", host=address.host, port=address.port)
 
