@@ -2,8 +2,9 @@
 """
 What the protocol does with C{twisted.internet.tcp.Connection}'s private
 state: a send straight to the socket when its buffer is empty (the direct
-send), the count of bytes its buffer still holds (for the write deadline),
-and a C{startTLS} that first sends what is gathered.
+send), a file sent with C{os.sendfile} the same way (L{sendFile}), the count
+of bytes its buffer still holds (for the write deadline), and a
+C{startTLS} that first sends what is gathered.
 
 Each checks that the attributes it relies on are there (they are private,
 so they may change between Twisted versions) and otherwise, or with the
@@ -16,6 +17,8 @@ needs, is read wherever its attributes are there (without them the count is
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from typing import Any
 from weakref import WeakSet
@@ -53,6 +56,24 @@ def canSendDirect(transport: Any) -> bool:
     )
 
 
+def _nothingBefore(t: Any) -> bool:
+    """
+    @return: whether bytes sent straight to the socket of C{t} now go out
+        in order: it is connected, not closing, not TLS, and its buffer is
+        empty.
+    """
+    return bool(
+        t.connected
+        and not t.TLS
+        and not t.disconnecting
+        and not t._aborting
+        and not t._writeDisconnecting
+        and not t._writeDisconnected
+        and not t._tempDataLen
+        and t.offset == len(t.dataBuffer)
+    )
+
+
 def sendDirect(t: Any, data: bytes) -> bytes:
     """
     Send C{data} with one C{send()} straight to the socket of C{t} (for
@@ -65,16 +86,7 @@ def sendDirect(t: Any, data: bytes) -> bytes:
         when it was not sent (or the connection is lost, which the
         transport's own write finds out and closes the usual way).
     """
-    if (
-        t.connected
-        and not t.TLS
-        and not t.disconnecting
-        and not t._aborting
-        and not t._writeDisconnecting
-        and not t._writeDisconnected
-        and not t._tempDataLen
-        and t.offset == len(t.dataBuffer)
-    ):
+    if _nothingBefore(t):
         sent = t.writeSomeData(data)
         if type(sent) is int:
             return data[sent:] if sent else data
@@ -139,3 +151,58 @@ def tuneOnce(connection: Any, tune: Callable[[Any], None]) -> None:
     if connection not in _tuned:
         _tuned.add(connection)
         tune(connection.transport)
+
+
+#: Socket errors after which the reactor, not the file sender, finds the
+#: connection lost (it watches the socket for writability and reads the
+#: error there, as for any write).
+_LOST = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
+
+
+def canSendFile(transport: Any) -> bool:
+    """
+    @return: whether L{sendFile} may be used on C{transport}: what
+        L{canSendDirect} needs, C{os.sendfile}, and the producer state
+        L{waitWritable} sets.
+    """
+    return (
+        canSendDirect(transport)
+        and hasattr(os, "sendfile")
+        and hasattr(transport, "producerPaused")
+        and hasattr(transport, "startWriting")
+    )
+
+
+def sendFile(t: Any, fd: int, offset: int, count: int) -> int | None:
+    """
+    Send up to C{count} bytes of file C{fd} from C{offset} with
+    C{os.sendfile} straight to the socket of C{t} (for which
+    L{canSendFile} is true), when nothing waits in its buffer before them.
+
+    @return: the bytes sent (0: the file ended first), or C{None} when
+        nothing can be sent now (something is buffered, the socket is
+        full, or the connection is going): call L{waitWritable} then.
+    @raise OSError: on an error of the file.
+    """
+    if not _nothingBefore(t):
+        return None
+    try:
+        return os.sendfile(t.fileno(), fd, offset, count)
+    except BlockingIOError:
+        return None
+    except OSError as e:
+        if e.errno in _LOST:
+            return None
+        raise
+
+
+def waitWritable(t: Any) -> None:
+    """
+    Have C{t} resume its (paused) streaming producer once its socket can
+    take more: its C{doWrite} does that when its buffer is empty and
+    C{producerPaused} is set, so the socket is watched for writability
+    with nothing buffered.
+    """
+    t.producerPaused = True
+    if t.connected:
+        t.startWriting()
