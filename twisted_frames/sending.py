@@ -163,7 +163,8 @@ class _BodyConsumer:
         @return: whether L{sendFile} may be used: the connection is plain
             TCP and its transport's state is what the file send relies on.
         """
-        return self._sender.fileSend
+        t = self._sender.protocol.transport
+        return self._sender.fileSend and t is not None and not t.TLS
 
     def sendFile(self, fd: int, offset: int, count: int) -> int | None:
         """
@@ -188,6 +189,9 @@ class _BodyConsumer:
             # Written during this read, before the body: it goes first.
             sender.sendGathered()
         sent = _tcp.sendFile(t, fd, offset, count)
+        if sent == -1:
+            # The connection is going: connectionLost stops the source.
+            return None
         if sent:
             self.remaining -= sent
             sender.handed += sent

@@ -179,12 +179,19 @@ def sendFile(t: Any, fd: int, offset: int, count: int) -> int | None:
     C{os.sendfile} straight to the socket of C{t} (for which
     L{canSendFile} is true), when nothing waits in its buffer before them.
 
-    @return: the bytes sent (0: the file ended first), or C{None} when
-        nothing can be sent now (something is buffered, the socket is
-        full, or the connection is going): call L{waitWritable} then.
+    A connection that is closing once its output drains (C{disconnecting})
+    still gets the file: the body must be completed before it closes.
+
+    @return: the bytes sent (0: the file ended first); C{None} when
+        nothing can be sent now (something is buffered, or the socket is
+        full): call L{waitWritable} then; or -1 when nothing can be sent
+        any more (the connection is lost or aborted, or its writing side
+        shut): the reactor is about to end it.
     @raise OSError: on an error of the file.
     """
-    if not _nothingBefore(t):
+    if not t.connected or t.TLS or t._aborting or t._writeDisconnecting or t._writeDisconnected:
+        return -1
+    if t._tempDataLen or t.offset != len(t.dataBuffer):
         return None
     try:
         return os.sendfile(t.fileno(), fd, offset, count)
