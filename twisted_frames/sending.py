@@ -170,11 +170,12 @@ class _BodyConsumer:
         """
         Send up to C{count} bytes of the body from file C{fd} at C{offset}
         with C{os.sendfile}, straight from the page cache to the socket
-        (only where L{canSendFile}).  When nothing can go now (the
-        transport still holds bytes before these, or the socket is full),
-        the connection's producer is paused and resumed once the socket
-        takes more, which resumes the source: the write deadline sees that
-        wait as any other.
+        (only where L{canSendFile}), at most the transport's send slice
+        per turn of the reactor.  After each send, and when nothing can go
+        now (the transport still holds bytes before these, or the socket
+        is full), the connection's producer is paused and resumed once the
+        socket takes more, which resumes the source: the write deadline
+        sees that wait as any other.
 
         @return: the bytes sent (0: the file ended first), or C{None}
             when the source has been paused until more can be sent.
@@ -188,14 +189,17 @@ class _BodyConsumer:
         if sender.gathered:
             # Written during this read, before the body: it goes first.
             sender.sendGathered()
-        sent = _tcp.sendFile(t, fd, offset, count)
+        # At most one send slice per turn of the reactor, as the transport's
+        # own doWrite sends: one call filling the whole socket buffer would
+        # hold the reactor thread for milliseconds.
+        sent = _tcp.sendFile(t, fd, offset, min(count, _tcp.sendLimit(t)))
         if sent == -1:
             # The connection is going: connectionLost stops the source.
             return None
         if sent:
             self.remaining -= sent
             sender.handed += sent
-        if sent is None or 0 < sent < count:
+        if sent != 0:
             sender.waitWritable()
         return sent
 

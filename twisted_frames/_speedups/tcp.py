@@ -203,6 +203,14 @@ def sendFile(t: Any, fd: int, offset: int, count: int) -> int | None:
         raise
 
 
+def sendLimit(t: Any) -> int:
+    """
+    @return: the most C{t}'s own C{doWrite} sends at once (its
+        C{SEND_LIMIT}).
+    """
+    return int(getattr(t, "SEND_LIMIT", 128 * 1024))
+
+
 def waitWritable(t: Any) -> None:
     """
     Have C{t} resume its (paused) streaming producer once its socket can
