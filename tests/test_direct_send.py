@@ -20,7 +20,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.loopback import recordConnections
+from tests.loopback import recordConnections, until
 from twisted_frames import _speedups, wire
 from twisted_frames.certs import writeQuickStart
 from twisted_frames.client import FramesClient, connect
@@ -314,3 +314,54 @@ class GatheringTests(SynchronousTestCase):
         """
         self.server.sendMessage({"event": "note"})
         self.assertEqual(self.writes, [wire.encodeMessage({"event": "note"})])
+
+
+@directSendOnly
+@pytest_twisted.ensureDeferred
+async def test_sendFileStraightToTheSocket(tmp_path: Any) -> None:
+    """
+    C{_speedups.tcp.sendFile} sends a file's bytes straight to a TCP
+    transport's socket when its buffer is empty, waits (C{None}) while
+    something is buffered before them, and says the connection is going
+    (-1) once it is aborted.
+    """
+    import os
+    import socket
+
+    from twisted.internet.protocol import Factory, Protocol
+
+    from twisted_frames._speedups import tcp
+
+    path = tmp_path / "f"
+    data = os.urandom(50_000)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    accepted: list[Protocol] = []
+
+    class Accepted(Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(self)
+
+    port = _reactor().listenTCP(0, Factory.forProtocol(Accepted), interface="127.0.0.1")
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        await until(lambda: bool(accepted))
+        t = accepted[0].transport
+        assert tcp.canSendFile(t)
+        assert tcp.sendFile(t, fd, 10, 1000) == 1000
+        t.write(b"buffered")
+        assert tcp.sendFile(t, fd, 1010, 1000) is None
+        t.abortConnection()
+        assert tcp.sendFile(t, fd, 1010, 1000) == -1
+        peer.settimeout(10)
+        got = b""
+        while len(got) < 1000:
+            more = peer.recv(65536)
+            if not more:
+                break
+            got += more
+        assert got[:1000] == data[10:1010]
+    finally:
+        os.close(fd)
+        peer.close()
+        await port.stopListening()

@@ -74,6 +74,36 @@ class InMemoryTLSTests(SynchronousTestCase):
             self.successResultOf(conn.run(login(conn.frames, self.server.alice))), "alice"
         )
 
+    def test_aes128GCMPreferred(self) -> None:
+        """
+        The server picks AES-128-GCM over TLS 1.3, though the client (like
+        OpenSSL by default) offers AES-256-GCM first.
+        """
+        conn = self.connect()
+        for side in (conn.server, conn.client):
+            handle = side.transport.getHandle()
+            self.assertEqual(handle.get_protocol_version_name(), "TLSv1.3")
+            self.assertEqual(handle.get_cipher_name(), "TLS_AES_128_GCM_SHA256")
+
+    def test_aes128GCMPreferredOverTLS12(self) -> None:
+        """
+        A client limited to TLS 1.2 gets an AES-128-GCM cipher too.
+        """
+        from twisted.internet.ssl import TLSVersion, optionsForClientTLS
+
+        from twisted_frames.tls import _identityOptions, trustRootFromFile
+
+        c = self.creds
+        extra: dict[str, Any] = {"lowerMaximumSecurityTo": TLSVersion.TLSv1_2}
+        extra.update(_identityOptions(c.client, c.clientKey))
+        opts = optionsForClientTLS(
+            "localhost", trustRoot=trustRootFromFile(c.ca), extraCertificateOptions=extra
+        )
+        conn = connectedTLSPair(self.server.factory, self.serverOptions, opts)
+        handle = conn.server.transport.getHandle()
+        self.assertEqual(handle.get_protocol_version_name(), "TLSv1.2")
+        self.assertIn("AES128-GCM", handle.get_cipher_name())
+
     def test_bindingDiffersPerConnection(self) -> None:
         """
         Two TLS connections have different exporter values.

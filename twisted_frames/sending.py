@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
+from ._speedups import tcp as _tcp
 from ._speedups.tcp import canSendDirect, sendBeforeStartTLS, sendDirect, unsent
 
 #: Bytes gathered while handling one read before they are sent anyway (a
@@ -157,6 +158,51 @@ class _BodyConsumer:
         if self._sender.protocol.transport is not None:
             self._sender.emit(data)
 
+    def canSendFile(self) -> bool:
+        """
+        @return: whether L{sendFile} may be used: the connection is plain
+            TCP and its transport's state is what the file send relies on.
+        """
+        t = self._sender.protocol.transport
+        return self._sender.fileSend and t is not None and not t.TLS
+
+    def sendFile(self, fd: int, offset: int, count: int) -> int | None:
+        """
+        Send up to C{count} bytes of the body from file C{fd} at C{offset}
+        with C{os.sendfile}, straight from the page cache to the socket
+        (only where L{canSendFile}), at most the transport's send slice
+        per turn of the reactor.  After each send, and when nothing can go
+        now (the transport still holds bytes before these, or the socket
+        is full), the connection's producer is paused and resumed once the
+        socket takes more, which resumes the source: the write deadline
+        sees that wait as any other.
+
+        @return: the bytes sent (0: the file ended first), or C{None}
+            when the source has been paused until more can be sent.
+        """
+        if count > self.remaining:
+            raise BodyOverrun(f"body source sent {count - self.remaining} bytes too many")
+        sender = self._sender
+        t = sender.protocol.transport
+        if t is None:
+            return None
+        if sender.gathered:
+            # Written during this read, before the body: it goes first.
+            sender.sendGathered()
+        # At most one send slice per turn of the reactor, as the transport's
+        # own doWrite sends: one call filling the whole socket buffer would
+        # hold the reactor thread for milliseconds.
+        sent = _tcp.sendFile(t, fd, offset, min(count, _tcp.sendLimit(t)))
+        if sent == -1:
+            # The connection is going: connectionLost stops the source.
+            return None
+        if sent:
+            self.remaining -= sent
+            sender.handed += sent
+        if sent != 0:
+            sender.waitWritable()
+        return sent
+
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         """
         Sources are registered with the transport by the protocol itself.
@@ -190,6 +236,7 @@ class FrameSender:
         self.gathered: list[bytes] | None = None
         self._gatheredBytes = 0
         self.directSend = False
+        self.fileSend = False
         self.gathering = True
         self.pressure = SendPressure(self)
         self.pressureRegistered = False
@@ -214,6 +261,7 @@ class FrameSender:
             register(self.pressure, True)
             self.pressureRegistered = True
         self.directSend = canSendDirect(transport)
+        self.fileSend = _tcp.canSendFile(transport)
         self.gathering = sendBeforeStartTLS(transport, self.sendGathered)
 
     def unregister(self, transport: Any) -> None:
@@ -273,6 +321,16 @@ class FrameSender:
                 return
         t.write(data)
         self.watchWrites()
+
+    def waitWritable(self) -> None:
+        """
+        A body sent around the transport (L{_BodyConsumer.sendFile}) found
+        the socket full: pause as if the transport's buffer were full, and
+        have the transport resume L{pressure} once its socket can take
+        more.
+        """
+        _tcp.waitWritable(self.protocol.transport)
+        self.pressure.pauseProducing()
 
     # -- messages ----------------------------------------------------------------
 

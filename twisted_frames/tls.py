@@ -3,8 +3,9 @@
 TLS options for both ends, from PEM files.
 
 Server: L{serverOptions} builds a C{CertificateOptions} with TLS 1.2 as the
-minimum and, given a CA file, client certificates required and verified
-(mutual TLS: the C{ssl:} endpoint string cannot ask for that).  Client:
+minimum, AES-128-GCM preferred, and, given a CA file, client certificates
+required and verified (mutual TLS: the C{ssl:} endpoint string cannot ask
+for that).  Client:
 L{clientOptions} checks the server's certificate against a CA file (or the
 platform's trust store) and its host name, and can present a client
 certificate.
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import crypto
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
+    AcceptableCiphers,
     Certificate,
     CertificateOptions,
     KeyPair,
@@ -30,6 +32,19 @@ from twisted.internet.ssl import (
 
 #: The oldest protocol either end accepts.
 MINIMUM_TLS = TLSVersion.TLSv1_2
+#: The server's TLS 1.3 cipher suites, in its order of preference (it
+#: chooses: Twisted sets C{OP_CIPHER_SERVER_PREFERENCE}): AES-128-GCM
+#: first, which encrypts bulk data faster than OpenSSL's default first
+#: choice, AES-256-GCM, and is as strong as the P-256 keys of the
+#: certificates; a client that does not offer it gets the next.
+TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+#: The server's TLS 1.2 ciphers: Twisted's defaults with the AES-128-GCM
+#: ones first, for the same reason.
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDH+AESGCM:ECDH+CHACHA20:DH+AESGCM:DH+CHACHA20:ECDH+AES256:DH+AES256:"
+    "ECDH+AES128:DH+AES:RSA+AESGCM:RSA+AES:!aNULL:!MD5:!DSS"
+)
 
 
 class TLSConfigError(ValueError):
@@ -150,7 +165,11 @@ def serverOptions(certFile: str, keyFile: str | None = None, caFile: str | None 
     kwargs = _identityOptions(certFile, keyFile)
     if caFile is not None:
         kwargs["trustRoot"] = trustRootFromFile(caFile)
-    return CertificateOptions(raiseMinimumTo=MINIMUM_TLS, **kwargs)
+    ciphers = AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS)  # type: ignore[no-untyped-call]
+    options = CertificateOptions(raiseMinimumTo=MINIMUM_TLS, acceptableCiphers=ciphers, **kwargs)
+    # The options keep the context they make: every connection uses this one.
+    options.getContext().set_tls13_ciphersuites(TLS13_SUITES.encode("ascii"))
+    return options
 
 
 def clientOptions(

@@ -1650,6 +1650,151 @@ class FileSourceTests(SynchronousTestCase):
         self.assertEqual(b"".join(out), b"\x00" * 2500)
 
 
+class _FileSendingConsumer:
+    """
+    A consumer that sends files itself, as a plain TCP connection's does:
+    C{sendFile} takes at most C{take} bytes per call from the file, and
+    every other call finds the "socket" full, pausing the source until the
+    test resumes it.
+    """
+
+    def __init__(self, source: FileSource, take: int) -> None:
+        self.source = source
+        self.take = take
+        self.sent: list[bytes] = []
+        self.written: list[bytes] = []
+        self.calls = 0
+        self.full = False
+
+    def canSendFile(self) -> bool:
+        return True
+
+    def sendFile(self, fd: int, offset: int, count: int) -> int | None:
+        self.calls += 1
+        if self.calls % 2 == 0:
+            self.full = True
+            self.source.pauseProducing()
+            return None
+        data = os.pread(fd, min(count, self.take), offset)
+        self.sent.append(data)
+        return len(data)
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def drain(self) -> None:
+        """
+        The socket takes more, until the source is done.
+        """
+        while self.full:
+            self.full = False
+            self.source.resumeProducing()
+
+
+class FileSourceSendfileTests(SynchronousTestCase):
+    """
+    L{FileSource} with a consumer that sends files itself: the bytes are
+    sent from the file, only hashed by the worker, in order, read ahead a
+    bounded number of ranges, and zeros once detached.
+    """
+
+    def setUp(self) -> None:
+        path = tempPath(self)
+        self.data = os.urandom(50_000)
+        with open(path, "wb") as f:
+            f.write(self.data)
+        self.fd = os.open(path, os.O_RDONLY)
+        self.addCleanup(os.close, self.fd)
+        self.jobs: list[int] = []
+
+    def runner(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        self.jobs.append(args[1])
+        return synchronousRunner(f, *args)
+
+    def source(self, offset: int = 0, length: int | None = None) -> FileSource:
+        if length is None:
+            length = len(self.data) - offset
+        return FileSource(
+            self.fd, offset, length, hashlib.sha256(), self.runner, sendfileChunk=7000
+        )
+
+    def test_sentFromTheFile(self) -> None:
+        """
+        Every byte goes through C{sendFile}, none through C{write}, in
+        order, from C{offset}; the hash is of exactly those bytes.
+        """
+        source = self.source(offset=1000)
+        consumer = _FileSendingConsumer(source, take=3000)
+        done = source.startProducing(consumer)
+        consumer.drain()
+        self.successResultOf(done)
+        self.assertTrue(source.sendsFile)
+        self.assertEqual(consumer.written, [])
+        self.assertEqual(b"".join(consumer.sent), self.data[1000:])
+        self.assertEqual(source.hasher.hexdigest(), sha(self.data[1000:]))
+        self.assertEqual(sum(self.jobs), len(self.data) - 1000)
+        self.assertEqual(max(self.jobs), 7000)
+
+    def test_readAheadBounded(self) -> None:
+        """
+        While the consumer is paused, at most C{SENDFILE_AHEAD} ranges are
+        hashed ahead of it.
+        """
+        source = self.source()
+        consumer = _FileSendingConsumer(source, take=3000)
+        source.pauseProducing()
+        done = source.startProducing(consumer)
+        self.assertEqual(len(self.jobs), filestore.SENDFILE_AHEAD)
+        self.assertEqual(consumer.sent, [])
+        source.resumeProducing()
+        consumer.drain()
+        self.successResultOf(done)
+        self.assertEqual(b"".join(consumer.sent), self.data)
+
+    def test_detachedSendsZeros(self) -> None:
+        """
+        Once detached, what is left (hashed ranges included) goes as zeros
+        through C{write}: the file may be closed.
+        """
+        source = self.source()
+        consumer = _FileSendingConsumer(source, take=3000)
+        done = source.startProducing(consumer)
+        source.detach()
+        consumer.drain()
+        self.successResultOf(done)
+        sent = b"".join(consumer.sent)
+        self.assertEqual(sent, self.data[: len(sent)])
+        self.assertEqual(sent + b"".join(consumer.written), sent + bytes(50_000 - len(sent)))
+
+    def test_fileEndsEarly(self) -> None:
+        """
+        A file that ends before the announced length (C{sendFile} sends
+        nothing) fails the source.
+        """
+        source = self.source()
+        consumer = _FileSendingConsumer(source, take=3000)
+        consumer.sendFile = lambda fd, offset, count: 0  # type: ignore[method-assign]
+        self.failureResultOf(source.startProducing(consumer), filestore.ShortRead)
+
+    def test_plainConsumer(self) -> None:
+        """
+        A consumer that cannot send files gets the bytes written.
+        """
+        source = self.source()
+        out: list[bytes] = []
+
+        class Consumer:
+            def write(self, chunk: bytes) -> None:
+                out.append(chunk)
+
+            def canSendFile(self) -> bool:
+                return False
+
+        self.successResultOf(source.startProducing(Consumer()))
+        self.assertFalse(source.sendsFile)
+        self.assertEqual(b"".join(out), self.data)
+
+
 class TapTests(SynchronousTestCase):
     """
     C{twistd frameserver} wiring of the file service.

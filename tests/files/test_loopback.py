@@ -16,6 +16,7 @@ import pytest_twisted
 from twisted.internet import defer, task
 
 from tests.loopback import recordConnections, until
+from twisted_frames import _speedups
 from twisted_frames.client import connect
 from twisted_frames.files.client import FileClient
 from twisted_frames.files.service import FileService
@@ -177,5 +178,44 @@ async def test_slowReaderBoundsServerBuffer(server: Any, tmp_path: Any) -> None:
         result = await reply
         assert sum(s.received for s in sinks) == 40 * MiB
         assert result.header["sha256"] == digest == hasher.hexdigest()
+    finally:
+        await client.close()
+
+
+@pytest.mark.skipif(
+    not _speedups.enabled() or not hasattr(os, "sendfile"), reason="the file send is disabled"
+)
+@pytest_twisted.ensureDeferred
+async def test_plainTCPSendsFilesWithSendfile(
+    server: Any, tmp_path: Any, monkeypatch: Any
+) -> None:
+    """
+    Over plain TCP both an upload (the client's side) and a download (the
+    server's) go from the page cache to the socket with C{os.sendfile},
+    every byte of the bodies, and both still verify.
+    """
+    calls: list[int] = []
+    original = os.sendfile
+
+    def counting(out: int, fd: int, offset: int | None, count: int) -> int:
+        sent = original(out, fd, offset, count)
+        calls.append(sent)
+        return sent
+
+    monkeypatch.setattr(os, "sendfile", counting)
+    src = str(tmp_path / "src")
+    digest = _randomFile(src, 12 * MiB + 5)
+    client = await connect(_reactor(), server["address"])
+    try:
+        files = FileClient(client)
+        put = await files.putFile(src, "f")
+        assert put["sha256"] == digest
+        assert sum(calls) == 12 * MiB + 5
+        dst = str(tmp_path / "dst")
+        got = await files.getFile("f", dst)
+        assert got["sha256"] == digest
+        assert sum(calls) == 2 * (12 * MiB + 5)
+        with open(src, "rb") as a, open(dst, "rb") as b:
+            assert a.read() == b.read()
     finally:
         await client.close()

@@ -2,8 +2,9 @@
 """
 What the protocol does with C{twisted.internet.tcp.Connection}'s private
 state: a send straight to the socket when its buffer is empty (the direct
-send), the count of bytes its buffer still holds (for the write deadline),
-and a C{startTLS} that first sends what is gathered.
+send), a file sent with C{os.sendfile} the same way (L{sendFile}), the count
+of bytes its buffer still holds (for the write deadline), and a
+C{startTLS} that first sends what is gathered.
 
 Each checks that the attributes it relies on are there (they are private,
 so they may change between Twisted versions) and otherwise, or with the
@@ -16,6 +17,8 @@ needs, is read wherever its attributes are there (without them the count is
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from typing import Any
 from weakref import WeakSet
@@ -53,6 +56,24 @@ def canSendDirect(transport: Any) -> bool:
     )
 
 
+def _nothingBefore(t: Any) -> bool:
+    """
+    @return: whether bytes sent straight to the socket of C{t} now go out
+        in order: it is connected, not closing, not TLS, and its buffer is
+        empty.
+    """
+    return bool(
+        t.connected
+        and not t.TLS
+        and not t.disconnecting
+        and not t._aborting
+        and not t._writeDisconnecting
+        and not t._writeDisconnected
+        and not t._tempDataLen
+        and t.offset == len(t.dataBuffer)
+    )
+
+
 def sendDirect(t: Any, data: bytes) -> bytes:
     """
     Send C{data} with one C{send()} straight to the socket of C{t} (for
@@ -65,16 +86,7 @@ def sendDirect(t: Any, data: bytes) -> bytes:
         when it was not sent (or the connection is lost, which the
         transport's own write finds out and closes the usual way).
     """
-    if (
-        t.connected
-        and not t.TLS
-        and not t.disconnecting
-        and not t._aborting
-        and not t._writeDisconnecting
-        and not t._writeDisconnected
-        and not t._tempDataLen
-        and t.offset == len(t.dataBuffer)
-    ):
+    if _nothingBefore(t):
         sent = t.writeSomeData(data)
         if type(sent) is int:
             return data[sent:] if sent else data
@@ -139,3 +151,73 @@ def tuneOnce(connection: Any, tune: Callable[[Any], None]) -> None:
     if connection not in _tuned:
         _tuned.add(connection)
         tune(connection.transport)
+
+
+#: Socket errors after which the reactor, not the file sender, finds the
+#: connection lost (it watches the socket for writability and reads the
+#: error there, as for any write).
+_LOST = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
+
+
+def canSendFile(transport: Any) -> bool:
+    """
+    @return: whether L{sendFile} may be used on C{transport}: what
+        L{canSendDirect} needs, C{os.sendfile}, and the producer state
+        L{waitWritable} sets.
+    """
+    return (
+        canSendDirect(transport)
+        and hasattr(os, "sendfile")
+        and hasattr(transport, "producerPaused")
+        and hasattr(transport, "startWriting")
+    )
+
+
+def sendFile(t: Any, fd: int, offset: int, count: int) -> int | None:
+    """
+    Send up to C{count} bytes of file C{fd} from C{offset} with
+    C{os.sendfile} straight to the socket of C{t} (for which
+    L{canSendFile} is true), when nothing waits in its buffer before them.
+
+    A connection that is closing once its output drains (C{disconnecting})
+    still gets the file: the body must be completed before it closes.
+
+    @return: the bytes sent (0: the file ended first); C{None} when
+        nothing can be sent now (something is buffered, or the socket is
+        full): call L{waitWritable} then; or -1 when nothing can be sent
+        any more (the connection is lost or aborted, or its writing side
+        shut): the reactor is about to end it.
+    @raise OSError: on an error of the file.
+    """
+    if not t.connected or t.TLS or t._aborting or t._writeDisconnecting or t._writeDisconnected:
+        return -1
+    if t._tempDataLen or t.offset != len(t.dataBuffer):
+        return None
+    try:
+        return os.sendfile(t.fileno(), fd, offset, count)
+    except BlockingIOError:
+        return None
+    except OSError as e:
+        if e.errno in _LOST:
+            return None
+        raise
+
+
+def sendLimit(t: Any) -> int:
+    """
+    @return: the most C{t}'s own C{doWrite} sends at once (its
+        C{SEND_LIMIT}).
+    """
+    return int(getattr(t, "SEND_LIMIT", 128 * 1024))
+
+
+def waitWritable(t: Any) -> None:
+    """
+    Have C{t} resume its (paused) streaming producer once its socket can
+    take more: its C{doWrite} does that when its buffer is empty and
+    C{producerPaused} is set, so the socket is watched for writability
+    with nothing buffered.
+    """
+    t.producerPaused = True
+    if t.connected:
+        t.startWriting()

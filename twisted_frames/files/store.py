@@ -36,6 +36,15 @@ ThreadRunner = Callable[..., "defer.Deferred[Any]"]
 READ_CHUNK = 1024 * 1024
 #: Chunks read ahead of the network.
 READ_AHEAD = 2
+#: Bytes hashed per worker-thread job when the body goes out with
+#: C{os.sendfile}: no buffer holds them, so jobs can be larger.
+SENDFILE_CHUNK = 4 * 1024 * 1024
+#: The buffer each such range is read into, a piece at a time, to be hashed:
+#: small enough to stay in the CPU's cache between the read and the hash.
+HASH_BUFFER = 256 * 1024
+#: Hashed ranges waiting for the socket, at most, in that case: they cost
+#: no memory of the process (they are in the page cache).
+SENDFILE_AHEAD = 4
 #: Most buffers one C{writev} call accepts (POSIX guarantees 16; Linux 1024).
 IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 #: Socket read size and send slice of connections doing file transfers.
@@ -331,6 +340,21 @@ def readExact(fd: int, offset: int, n: int) -> bytes:
     return data
 
 
+def readInto(fd: int, offset: int, view: memoryview) -> None:
+    """
+    Fill C{view} from C{fd} at C{offset} (no new buffer per read).
+
+    @raise ShortRead: if the file ends first.
+    """
+    got = 0
+    n = len(view)
+    while got < n:
+        k = os.preadv(fd, [view[got:]], offset + got)
+        if not k:
+            raise ShortRead(ErrorCode.IO_ERROR, "the file shrank while being read")
+        got += k
+
+
 def hashPrefix(fd: int, length: int, hasher: Any, chunk: int = 4 * READ_CHUNK) -> None:
     """
     Feed the first C{length} bytes of C{fd} to C{hasher} (blocking: run it
@@ -377,6 +401,18 @@ class FileSource:
     bytes of an open file from C{offset}, read in a worker thread in
     L{READ_CHUNK} pieces, hashed in order, at most L{READ_AHEAD} chunks ahead
     of the consumer.  It does not close the file.
+
+    Where the consumer can send a file itself (C{canSendFile()}: a plain
+    TCP connection, see L{twisted_frames.sending}), the bytes go from the
+    page cache to the socket with C{os.sendfile} instead, never through
+    Python: the worker thread then only reads each range into one reused
+    buffer of L{HASH_BUFFER} bytes, a piece at a time, and hashes it,
+    L{SENDFILE_CHUNK} bytes per job and at most
+    L{SENDFILE_AHEAD} ranges ahead, and a range is sent only once it has
+    been hashed (so it is in the page cache and sending it does not wait
+    for the disk).  The hash is of what was read, the bytes sent are what
+    the file holds when they are sent: a file changed meanwhile fails the
+    receiver's check instead of arriving torn but "verified".
     """
 
     def __init__(
@@ -388,6 +424,7 @@ class FileSource:
         runInThread: ThreadRunner,
         progress: Callable[[int], None] | None = None,
         chunkSize: int = READ_CHUNK,
+        sendfileChunk: int = SENDFILE_CHUNK,
     ) -> None:
         self.fd = fd
         self.offset = offset
@@ -396,16 +433,28 @@ class FileSource:
         self.progress = progress
         self._run = runInThread
         self._chunk = chunkSize
+        self._sendfileChunk = sendfileChunk
         self._requested = 0
         self._sent = 0
         self._reading = False
-        self._ready: deque[bytes] = deque()
+        # Chunks of bytes to write or, when sending the file itself, the
+        # lengths of hashed ranges to send (in order, from _sent on).
+        self._ready: deque[bytes | int] = deque()
+        self._ahead = READ_AHEAD
+        self._buffer: bytearray | None = None
         self._paused = False
         self._stopped = False
         self._consumer: Any = None
         self._done: defer.Deferred[None] = defer.Deferred()
         self._idleWaiters: list[defer.Deferred[None]] = []
         self._detached = False
+
+    @property
+    def sendsFile(self) -> bool:
+        """
+        Whether the body goes to the socket with C{os.sendfile}.
+        """
+        return self._buffer is not None
 
     def whenIdle(self) -> defer.Deferred[None]:
         """
@@ -427,6 +476,11 @@ class FileSource:
 
     def startProducing(self, consumer: Any) -> defer.Deferred[None]:
         self._consumer = consumer
+        canSendFile = getattr(consumer, "canSendFile", None)
+        if canSendFile is not None and canSendFile() and not self._detached:
+            self._buffer = bytearray(max(1, min(HASH_BUFFER, self.length)))
+            self._chunk = self._sendfileChunk
+            self._ahead = SENDFILE_AHEAD
         if self.length == 0:
             self._done.callback(None)
         else:
@@ -454,11 +508,13 @@ class FileSource:
         rest is sent as zeros.  Wait for L{whenIdle} before closing the file.
         """
         self._detached = True
+        # Ranges not sent yet would be read from the file: zeros instead.
+        self._ready = deque(bytes(item) if type(item) is int else item for item in self._ready)
 
     def _fill(self) -> None:
         if self._reading or self._stopped or self._requested >= self.length:
             return
-        if len(self._ready) >= READ_AHEAD:
+        if len(self._ready) >= self._ahead:
             return
         n = min(self._chunk, self.length - self._requested)
         pos = self.offset + self._requested
@@ -469,17 +525,35 @@ class FileSource:
             self._fill()
             return
         self._reading = True
-        self._run(self._read, pos, n).addCallbacks(self._gotChunk, self._failed)
+        read = self._read if self._buffer is None else self._hashRange
+        self._run(read, pos, n).addCallbacks(self._gotChunk, self._failed)
 
     def _read(self, pos: int, n: int) -> bytes:
         data = readExact(self.fd, pos, n)
         self.hasher.update(data)
         return data
 
-    def _gotChunk(self, data: bytes) -> None:
+    def _hashRange(self, pos: int, n: int) -> int:
+        """
+        Read C{n} bytes at C{pos} into the reused buffer and hash them (in
+        a worker thread): what is sent with C{os.sendfile} next.
+        """
+        buffer = self._buffer
+        assert buffer is not None
+        done = 0
+        while done < n:
+            view = memoryview(buffer)[: min(len(buffer), n - done)]
+            readInto(self.fd, pos + done, view)
+            self.hasher.update(view)
+            done += len(view)
+        return n
+
+    def _gotChunk(self, data: bytes | int) -> None:
         self._idle()
         if self._stopped:
             return
+        if self._detached and type(data) is int:
+            data = bytes(data)
         self._ready.append(data)
         self._flush()
         self._fill()
@@ -491,13 +565,48 @@ class FileSource:
 
     def _flush(self) -> None:
         while self._ready and not self._paused and not self._stopped:
-            data = self._ready.popleft()
-            self._sent += len(data)
-            self._consumer.write(data)
-            if self.progress is not None:
-                self.progress(len(data))
+            item = self._ready[0]
+            if isinstance(item, int):
+                if not self._sendRange(item):
+                    return
+                continue
+            self._ready.popleft()
+            self._advance(len(item))
+            self._consumer.write(item)
         if self._sent == self.length and not self._done.called:
             self._done.callback(None)
+
+    def _sendRange(self, n: int) -> bool:
+        """
+        Send what the socket takes of the hashed range of C{n} bytes at
+        the head of the queue.
+
+        @return: whether to go on (C{False}: the consumer paused this
+            source until the socket takes more, or it failed).
+        """
+        try:
+            sent = self._consumer.sendFile(self.fd, self.offset + self._sent, n)
+        except Exception:
+            self._failed(Failure())
+            return False
+        if sent is None:
+            return False
+        if sent == 0:
+            self._failed(
+                Failure(ShortRead(ErrorCode.IO_ERROR, "the file shrank while being sent"))
+            )
+            return False
+        if sent == n:
+            self._ready.popleft()
+        else:
+            self._ready[0] = n - sent
+        self._advance(sent)
+        return True
+
+    def _advance(self, n: int) -> None:
+        self._sent += n
+        if self.progress is not None:
+            self.progress(n)
 
 
 def closeQuietly(fd: int | None) -> None:
