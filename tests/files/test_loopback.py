@@ -204,16 +204,18 @@ async def test_plainTCPSendsFilesWithSendfile(
 
     monkeypatch.setattr(os, "sendfile", counting)
     src = str(tmp_path / "src")
-    digest = _randomFile(src, 12 * MiB + 5)
+    _randomFile(src, 12 * MiB + 5)
+    with open(src, "rb") as f:
+        digest = blake3.blake3(f.read()).hexdigest()
     client = await connect(_reactor(), server["address"])
     try:
         files = FileClient(client)
         put = await files.putFile(src, "f")
-        assert put["sha256"] == digest
+        assert (put["hash"], put["digest"]) == ("blake3", digest)
         assert sum(calls) == 12 * MiB + 5
         dst = str(tmp_path / "dst")
         got = await files.getFile("f", dst)
-        assert got["sha256"] == digest
+        assert (got["hash"], got["digest"]) == ("blake3", digest)
         assert sum(calls) == 2 * (12 * MiB + 5)
         with open(src, "rb") as a, open(dst, "rb") as b:
             assert a.read() == b.read()
