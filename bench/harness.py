@@ -34,6 +34,10 @@ TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twi
 #: The C{frames} console script, from this interpreter and checkout.
 FRAMES = [sys.executable, "-m", "twisted_frames"]
 
+# The benchmarks measure this checkout, in this process too.
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
 
 def checkoutEnv() -> dict[str, str]:
     """
