@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import os
 import platform
+import re
 import socket
 import ssl
 import statistics
@@ -31,6 +32,8 @@ MiB = CHUNK
 
 #: Runs twistd from this interpreter (its module has no C{__main__} guard).
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+#: The line a server logs once it listens (the port is picked by the kernel).
+_LISTENING = re.compile(r"frameserver listening on tcp 127\.0\.0\.1:(\d+)")
 #: The C{frames} console script, from this interpreter and checkout.
 FRAMES = [sys.executable, "-m", "twisted_frames"]
 
@@ -288,7 +291,7 @@ class FrameServer:
     """
 
     def __init__(self, root: str, log: str, options: Sequence[str] = ()) -> None:
-        self.port = freePort()
+        self.log = log
         self.argv = [
             sys.executable,
             "-c",
@@ -299,7 +302,7 @@ class FrameServer:
             log,
             "frameserver",
             "--listen",
-            f"tcp:{self.port}:interface=127.0.0.1",
+            "tcp:0:interface=127.0.0.1",
             "--udp",
             "0",
             "--root",
@@ -308,10 +311,30 @@ class FrameServer:
         ]
         self.proc = subprocess.Popen(self.argv, env=checkoutEnv())
         try:
-            waitForPort(self.port, self.proc, "twistd frameserver")
+            self.port = self._listeningPort()
         except BaseException:
             self.stop()
             raise
+
+    def _listeningPort(self, timeout: float = 30) -> int:
+        """
+        The port the kernel gave the server, from its log line.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(self.log) as f:
+                    found = _LISTENING.search(f.read())
+            except FileNotFoundError:
+                found = None
+            if found:
+                return int(found.group(1))
+            if self.proc.poll() is not None:
+                raise SystemExit(
+                    f"twistd frameserver exited with status {self.proc.returncode}; see {self.log}"
+                )
+            time.sleep(0.05)
+        raise SystemExit(f"twistd frameserver did not listen within {timeout:g} s")
 
     @property
     def address(self) -> str:
