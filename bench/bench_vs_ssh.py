@@ -39,6 +39,7 @@ import argparse
 import getpass
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -242,14 +243,29 @@ class ThrowawaySSHD:
             self.madePrivsep = False
 
 
+def childCPU() -> float:
+    """
+    User + system CPU seconds of every child this process has waited for.
+    """
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+#: Client-side CPU seconds of the last L{timed} command.
+lastCPU = [0.0]
+
+
 def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     """
-    Run a command to completion; return its wall time and its output.
-    Fail, with its output, if it fails.
+    Run a command to completion; return its wall time and its output, and
+    leave its CPU time (user + system, the command and its children, so not
+    a server's) in L{lastCPU}.  Fail, with its output, if it fails.
     """
+    cpu = childCPU()
     t = time.perf_counter()
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env)
     took = time.perf_counter() - t
+    lastCPU[0] = childCPU() - cpu
     if done.returncode:
         raise SystemExit(
             f"{' '.join(argv)} failed with status {done.returncode}:\n"
@@ -352,7 +368,9 @@ class Bench:
             ),
         }
 
-    def transferRound(self, order: Sequence[str], out: dict[str, list[float]]) -> None:
+    def transferRound(
+        self, order: Sequence[str], out: dict[str, list[float]], cpu: dict[str, list[float]]
+    ) -> None:
         """
         Each transfer once, in C{order}; check every copy.
         """
@@ -367,6 +385,7 @@ class Bench:
                 raise SystemExit(f"{name}: the copy differs from the source")
             harness.removeIfThere(written)
             out[name].append(took)
+            cpu[name].append(lastCPU[0])
 
     # -- command lines ----------------------------------------------------------
 
@@ -402,14 +421,18 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     for argv in lines.values():
         timed(argv, bench.env)
     walls: dict[str, list[float]] = {name: [] for name in lines}
+    cliCPU: dict[str, list[float]] = {name: [] for name in lines}
     for r in range(args.cli_runs):
         for name in rotate(list(lines), r):
             walls[name].append(timed(lines[name], bench.env)[0])
+            cliCPU[name].append(lastCPU[0])
+    print("  command lines done", flush=True)
     moves: dict[str, list[float]] = {name: [] for name in bench.transfers()}
+    moveCPU: dict[str, list[float]] = {name: [] for name in bench.transfers()}
     puts = ["frames_put", "sftp_put", "scp_put"]
     gets = ["frames_get", "sftp_get", "scp_get"]
     for r in range(args.rounds):
-        bench.transferRound(rotate(puts, r) + rotate(gets, r), moves)
+        bench.transferRound(rotate(puts, r) + rotate(gets, r), moves, moveCPU)
         print(f"  transfer round {r + 1}/{args.rounds} done", flush=True)
     mb = bench.size / 1e6
     transfers = {}
@@ -417,8 +440,11 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         s = harness.summary(times)
         s["best_MBps"] = mb / s["best"]
         s["median_MBps"] = mb / s["median"]
+        s["client_cpu_s"] = harness.summary(moveCPU[name])
         transfers[name] = s
     cli = {name: harness.summary(times) for name, times in walls.items()}
+    for name, s in cli.items():
+        s["client_cpu_s"] = harness.summary(cliCPU[name])
     ratios = {
         "put_vs_sftp": transfers["frames_put"]["best_MBps"] / transfers["sftp_put"]["best_MBps"],
         "get_vs_sftp": transfers["frames_get"]["best_MBps"] / transfers["sftp_get"]["best_MBps"],
@@ -466,20 +492,24 @@ def report(results: dict[str, Any]) -> None:
         f"Transfers of {o['size_mib']} MiB, files on {o['workdir']}, loopback; whole-process "
         f"wall time, {o['rounds']} rounds"
     )
-    print(f"{'':36} {'best MB/s':>10} {'median MB/s':>12} {'best s':>8} {'max s':>8}")
+    print(
+        f"{'':36} {'best MB/s':>10} {'median MB/s':>12} {'best s':>8} {'max s':>8}"
+        f" {'client CPU s':>13}"
+    )
     for name, s in results["transfers"].items():
         print(
             f"{LABELS[name]:36} {s['best_MBps']:10.0f} {s['median_MBps']:12.0f} "
-            f"{s['best']:8.2f} {s['max']:8.2f}"
+            f"{s['best']:8.2f} {s['max']:8.2f} {s['client_cpu_s']['median']:13.2f}"
         )
     print()
     print(f"Command-line wall time, {o['cli_runs']} runs each, alternating")
-    print(f"{'':36} {'median ms':>10} {'best ms':>8} {'max ms':>8}")
+    print(f"{'':36} {'median ms':>10} {'best ms':>8} {'max ms':>8} {'client CPU ms':>14}")
     for name, s in results["cli"].items():
         print(
             f"{LABELS[name]:36} {s['median'] * 1e3:10.0f} {s['best'] * 1e3:8.0f} "
-            f"{s['max'] * 1e3:8.0f}"
+            f"{s['max'] * 1e3:8.0f} {s['client_cpu_s']['median'] * 1e3:14.0f}"
         )
+    print("(client CPU: user + system time of the command's own processes, medians)")
     print()
     r = results["ratios"]
     print(
