@@ -305,7 +305,8 @@ class Run:
         self.args = args
         self.size = args.size_mib * MiB
         self.src = os.path.join(work, "src.bin")
-        self.srcSHA = harness.makeFile(self.src, self.size)
+        harness.makeFile(self.src, self.size)
+        self.srcDigest = harness.fileDigest(self.src)
         self.root = os.path.join(work, "root")
         os.makedirs(self.root)
         # What the gets read: the same bytes, in the servers' root.
@@ -346,7 +347,7 @@ class Run:
         """
         Fail unless C{path} holds the source's bytes; then remove it.
         """
-        if harness.sha256File(path) != self.srcSHA:
+        if harness.fileDigest(path) != self.srcDigest:
             raise SystemExit(f"{what}: the copy differs from the source")
         os.unlink(path)
 

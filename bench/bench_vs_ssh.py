@@ -20,7 +20,7 @@ It then measures, alternating the tools round by round:
   - transfers of a C{--size-mib} file of random bytes on tmpfs: C{frames put}
     / C{frames get} (the CLI over mutual TLS with login, end-to-end verified by
     the protocol) against C{sftp} put / get and C{scp} both ways with
-    aes128-gcm; every copy is checked against the source's SHA-256 afterwards,
+    aes128-gcm; every copy is checked against the source's BLAKE3 digest afterwards,
     outside the timing.  Whole-process wall time, so start-up and the key
     exchange or TLS handshake and login are in every figure, as a user sees it;
   - whole-process wall time of C{ssh host true} (a full key exchange and
@@ -284,7 +284,8 @@ class Bench:
         self.size = args.size_mib * MiB
         self.env = checkoutEnv()
         self.src = os.path.join(work, "src.bin")
-        self.srcSHA = harness.makeFile(self.src, self.size)
+        harness.makeFile(self.src, self.size)
+        self.srcDigest = harness.fileDigest(self.src)
         self.root = os.path.join(work, "frames-root")
         os.makedirs(self.root)
         # The file the gets read: the same bytes, inside the frames root.
@@ -381,7 +382,7 @@ class Bench:
             took, output = timed(argv(), self.env)
             if name.startswith("frames") and "verified" not in output:
                 raise SystemExit(f"{name}: the CLI did not report a verified copy:\n{output}")
-            if harness.sha256File(written) != self.srcSHA:
+            if harness.fileDigest(written) != self.srcDigest:
                 raise SystemExit(f"{name}: the copy differs from the source")
             harness.removeIfThere(written)
             out[name].append(took)
