@@ -1,7 +1,7 @@
 """
 twisted-frames against OpenSSH, in one run on this machine.
 
-    python bench/bench_vs_ssh.py [--quick] [--size-mib 1024] [--rounds 3]
+    python bench/bench_vs_ssh.py [--quick] [--size-mib 1024] [--rounds 2]
                                  [--cli-runs 10] [--workdir /dev/shm] [--json FILE]
 
 The benchmark starts, and stops at the end:
@@ -537,13 +537,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--quick", action="store_true", help="256 MiB, 1 round, 3 CLI runs")
     parser.add_argument("--size-mib", type=int, default=None, help="file size (default 1024)")
-    parser.add_argument("--rounds", type=int, default=None, help="transfer rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="transfer rounds (default 2)")
     parser.add_argument("--cli-runs", type=int, default=None, help="wall-time runs (default 10)")
     parser.add_argument("--workdir", default="/dev/shm", help="where the files go (tmpfs)")
     parser.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     args = parser.parse_args(argv)
     quick = {"size_mib": 256, "rounds": 1, "cli_runs": 3}
-    full = {"size_mib": 1024, "rounds": 3, "cli_runs": 10}
+    full = {"size_mib": 1024, "rounds": 2, "cli_runs": 10}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
