@@ -457,11 +457,13 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         / transfers["sftp_get"]["median_MBps"],
     }
     ssh = cli["ssh_true"]["median"]
-    for name in ("ping", "run", "ping_tls_login", "run_tls_login"):
-        key = (
-            f"frames_{name}" if "run" not in name else f"frames_{name.replace('run', 'run_true')}"
-        )
-        ratios[f"{name}_vs_ssh"] = cli[key]["median"] / ssh
+    for key, name in (
+        ("ping_vs_ssh", "frames_ping"),
+        ("run_vs_ssh", "frames_run_true"),
+        ("ping_tls_login_vs_ssh", "frames_ping_tls_login"),
+        ("run_tls_login_vs_ssh", "frames_run_true_tls_login"),
+    ):
+        ratios[key] = cli[name]["median"] / ssh
     return {"transfers": transfers, "cli": cli, "ratios": ratios}
 
 
