@@ -30,8 +30,9 @@ C{--rss-size-mib} (sampled every 20 ms), and a small-file rate: C{--small}
 files of 4 KiB put then get over one connection.
 
 It prints the machine facts, the figures and the ratios against the goals of
-issue 12 and, with C{--json}, writes them all.  A full run takes about 2
-minutes; C{--quick} (256 MiB, 1 round, 1 GiB for the RSS) about 40 s.
+issue 12 and, with C{--json}, writes them all.  A full run took 4.5 to 6
+minutes on this 2-core machine while other work loaded it (load average 4 to
+7); C{--quick} is 256 MiB, 1 round and 1 GiB for the RSS.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ It then measures, alternating the tools round by round:
 It prints the machine facts, the figures and the ratios against the goals of
 issue 12, and with C{--json} writes them all.  Where C{sshd} is not installed
 it says so, with how to install it, and exits 0 without measuring.  A full
-run takes about 2 minutes; C{--quick} about 30 s.
+run took 3.5 to 6 minutes on this 2-core machine while other work loaded it
+(load average 4 to 10).
 """
 
 from __future__ import annotations
