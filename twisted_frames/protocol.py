@@ -872,6 +872,15 @@ class FrameProtocol(Int32StringReceiver):
         if not self._closing:
             self._sender.sendMessage(header, body)
 
+    def _sendEncodedMessage(self, header: bytes, body: bytes = b"") -> None:
+        """
+        L{sendMessage} of a header already encoded by L{wire}'s encoders
+        (the hot paths' own: a reply to C{ping}, a request), with a body of
+        at most C{wire.MAX_FRAME} bytes.
+        """
+        if not self._closing:
+            self._sender.sendEncodedMessage(header, body)
+
     def sendStreamedMessage(
         self, header: dict[str, Any], source: IBodySource
     ) -> defer.Deferred[None]:

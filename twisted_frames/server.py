@@ -367,10 +367,16 @@ class Request:
         """
         if self.cancelled:
             return
-        # Sent before being marked finished: a header that is not JSON-able
-        # raises ValueError here, before anything is written, and the request
-        # can still be answered with an error.
-        self.connection.sendMessage(self._successHeader(fields), body)
+        if fields or len(body) > wire.MAX_FRAME:
+            # Sent before being marked finished: a header that is not JSON-able
+            # raises ValueError here, before anything is written, and the
+            # request can still be answered with an error.
+            self.connection.sendMessage(self._successHeader(fields), body)
+        else:
+            # No fields (a ping's reply): the header's bytes made directly.
+            if self.finished:
+                raise RuntimeError(f"request {self.id!r} already finished")
+            self.connection._sendEncodedMessage(wire.encodeSuccessHeader(self.id), body)
         self.bytesOut += len(body)
         self._finish("ok")
 
