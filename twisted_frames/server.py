@@ -616,7 +616,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             # connection stays in step until it closes.
             request.fail(shuttingDownError())
             return DiscardSink()
-        op = self.operations.get(opName)
+        op = self.factory.operations.get(opName)
         if op is not None and op.body == "none" and bodyLength:
             raise ProtocolViolation(
                 ErrorCode.BODY_NOT_ALLOWED,

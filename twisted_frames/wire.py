@@ -205,7 +205,7 @@ def decodeHeader(data: bytes) -> dict[str, Any]:
         raise ProtocolViolation(
             ErrorCode.BAD_HEADER, f"header must be a JSON object, not {type(value).__name__}"
         )
-    if _SURROGATE_ESCAPE.search(text):
+    if "\\" in text and _SURROGATE_ESCAPE.search(text):
         # A "\ud800" escape without its pair decodes to a lone surrogate: not
         # Unicode, so it could never be echoed back (encodeHeader would fail).
         try:
