@@ -237,7 +237,7 @@ class ClientProtocol(FrameProtocol):
                 inner = pending.replySink(header, bodyLength)
                 return _FinalSink(inner, lambda: self._resolve(rid, Reply(header, b"", inner)))
             if pending.bodyOnly:
-                return BufferSink(lambda body: self._resolve(rid, body))
+                return BufferSink(lambda body: self._pending.pop(rid).result.callback(body))
             return BufferSink(lambda body: self._resolve(rid, Reply(header, body)))
         error = FramesError.fromJSON(header.get("error"))
         return BufferSink(lambda body: self._resolve(rid, Failure(error)))
@@ -411,7 +411,7 @@ class FramesClient:
         @return: a Deferred firing with the echoed bytes.
         """
         d: defer.Deferred[bytes] = defer.Deferred()
-        self.protocol._send("ping", None, body, _Pending("ping", d, bodyOnly=True))
+        self.protocol._send("ping", None, body, _Pending("ping", d, None, None, None, True))
         return d
 
     def close(self) -> defer.Deferred[None]:

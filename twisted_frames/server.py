@@ -721,7 +721,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         # kept for JSON logs: a text observer formatting this nine-field
         # format itself takes most of the cost, and a connection closing
         # with hundreds of requests in flight logs a line for each at once.
-        peer = self.peerName()
+        peer = self._peerName or self.peerName()
         user = self.user or "-"
         # Both are the client's text: escaped, so that a newline or an
         # escape sequence in them cannot forge or hide log lines.
