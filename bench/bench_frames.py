@@ -2,7 +2,7 @@
 Foundation benchmarks for twisted-frames, on loopback, with baselines
 measured in the same run.
 
-    python bench/bench_frames.py [--quick] [--json FILE]
+    python bench/bench_frames.py [--quick] [--cases receive,ping,tls] [--json FILE]
 
 1. Receive throughput.  A sender process writes a pre-built byte stream with
    C{sendall} as fast as it can to a server listening on 127.0.0.1 (port 0) in
@@ -30,7 +30,21 @@ measured in the same run.
    such load.  twisted-frames: C{FramesServerFactory} and the public client
    library (C{connect}, C{FramesClient.ping}).  Baseline: a bare
    C{Int32StringReceiver} echo server, and an C{Int32StringReceiver} client
-   that sends the next string from C{stringReceived}.
+   that sends the next string from C{stringReceived}.  The windows go
+   frames, bare, frames, bare, ... (5 of each by default); the ratio of each
+   frames window to the bare window right after it is one sample, and the
+   median of those samples, with their range, is the figure reported.
+
+3. Ping over TLS, on 1 connection: the same alternating windows, with both
+   servers behind Twisted's TLS (C{listenSSL}, C{TLSMemoryBIOProtocol}) and
+   both clients through C{wrapClientTLS}, with the same mutual-TLS options
+   (TLS 1.2 or newer, client certificate required) from the same
+   certificates, made for the run by the project's own cert tooling
+   (L{twisted_frames.certs}) in a temporary directory.
+
+Every run prints the machine it ran on (CPU model, cores, load average at the
+start and the end, Python, Twisted, OpenSSL and pyOpenSSL versions) and, with
+C{--json}, writes it with every figure.
 
 Both processes drop log events below C{warn}: the frames server still emits
 its one info event per request (that cost is measured), but where the lines
@@ -47,9 +61,12 @@ import gc
 import json
 import os
 import platform
+import shutil
 import socket
+import ssl
 import statistics
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,7 +78,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from twisted.internet import defer, task  # noqa: E402
-from twisted.internet.endpoints import HostnameEndpoint  # noqa: E402
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS  # noqa: E402
 from twisted.internet.error import ProcessDone, ProcessTerminated  # noqa: E402
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol  # noqa: E402
 from twisted.logger import (  # noqa: E402
@@ -94,9 +111,11 @@ OVERALL_TIMEOUT = 240.0
 CASE_TIMEOUT = 30.0
 PING_BODY = b"0123456789abcdef"
 PING_CONNECTIONS = (1, 50)
+TLS_CONNECTIONS = (1,)
 GOAL_SINGLE_VS_STOCK = 100.0
 GOAL_SINGLE_VS_MANY = 2.0
 GOAL_PING_VS_BARE = 0.8
+CASES = ("receive", "ping", "tls")
 
 
 def streamHeaders(kind: str) -> list[tuple[bytes, int]]:
@@ -171,10 +190,11 @@ class _ServerControl(LineReceiver):
             reactor.stop()  # type: ignore[attr-defined]
 
 
-def serverMain(kind: str) -> None:
+def serverMain(kind: str, certs: str | None) -> None:
     """
-    A ping server on 127.0.0.1, port 0: print the port, then answer C{cpu}
-    queries on stdin until it closes.
+    A ping server on 127.0.0.1, port 0 (over TLS with the certificates in
+    C{certs}, if given): print the port, then answer C{cpu} queries on stdin
+    until it closes.
     """
     from twisted.internet import reactor, stdio
 
@@ -184,10 +204,56 @@ def serverMain(kind: str) -> None:
         factory = FramesServerFactory()
     else:
         factory = Factory.forProtocol(BareEcho)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        factory.noisy = False
+    if certs is None:
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    else:
+        port = reactor.listenSSL(  # type: ignore[attr-defined]
+            0, factory, serverTLS(certs), interface="127.0.0.1"
+        )
     print(port.getHost().port, flush=True)
     stdio.StandardIO(_ServerControl())
     reactor.run()  # type: ignore[attr-defined]
+
+
+def makeCertificates() -> str:
+    """
+    A private CA, a server certificate for 127.0.0.1 and a client
+    certificate, in a new temporary directory (removed by the caller).
+    """
+    from twisted_frames.certs import writeQuickStart
+
+    directory = tempfile.mkdtemp(prefix="bench-frames-certs-")
+    writeQuickStart(os.path.join(directory, "tls"), ["127.0.0.1"])
+    return os.path.join(directory, "tls")
+
+
+def serverTLS(certs: str) -> Any:
+    """
+    The server's TLS options, as the frameserver builds them for mutual TLS.
+    """
+    from twisted_frames.tls import serverOptions
+
+    return serverOptions(
+        os.path.join(certs, "server.pem"),
+        os.path.join(certs, "server.key"),
+        os.path.join(certs, "ca.pem"),
+    )
+
+
+def clientTLS(certs: str) -> Any:
+    """
+    The client's TLS options: the server checked against the CA and its
+    address, the client certificate presented.
+    """
+    from twisted_frames.tls import clientOptions
+
+    return clientOptions(
+        "127.0.0.1",
+        os.path.join(certs, "ca.pem"),
+        os.path.join(certs, "client.pem"),
+        os.path.join(certs, "client.key"),
+    )
 
 
 def quietLogging() -> None:
@@ -519,18 +585,20 @@ async def pingWindow(
     connections: int,
     warmup: float,
     duration: float,
+    tls: Any = None,
 ) -> dict[str, Any]:
     """
-    Open C{connections}, run sequential round trips on each, and count those
-    completed during C{duration} seconds after C{warmup}; also the CPU time
-    both processes spent meanwhile.
+    Open C{connections} (over TLS with the client options C{tls}, if given),
+    run sequential round trips on each, and count those completed during
+    C{duration} seconds after C{warmup}; also the CPU time both processes
+    spent meanwhile.
     """
     meter = Meter()
     closers: list[Callable[[], Any]] = []
     try:
         if system == "frames":
             clients = await defer.gatherResults(
-                [connect(reactor, f"127.0.0.1:{port}") for _ in range(connections)]
+                [connect(reactor, f"127.0.0.1:{port}", tls=tls) for _ in range(connections)]
             )
             for client in clients:
                 closers.append(client.close)
@@ -539,6 +607,8 @@ async def pingWindow(
             factory = Factory.forProtocol(type("Bare", (BareClient,), {"meter": meter}))
             factory.noisy = False
             endpoint = HostnameEndpoint(reactor, "127.0.0.1", port)
+            if tls is not None:
+                endpoint = wrapClientTLS(tls, endpoint)
             protocols = await defer.gatherResults(
                 [endpoint.connect(factory) for _ in range(connections)]
             )
@@ -586,38 +656,97 @@ def summarisePing(windows: list[dict[str, Any]], connections: int) -> dict[str, 
     }
 
 
-async def pingBenchmarks(
-    reactor: Any, rounds: int, warmup: float, window: float
+def pairRatios(frames: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
+    """
+    The ratio of each frames window to the bare window after it, their
+    median (the reported figure) and range, and the same for CPU per trip.
+    """
+    ratios = [
+        ratio(f, b) for f, b in zip(frames["window_per_s"], bare["window_per_s"], strict=True)
+    ]
+    cpu = [
+        ratio(
+            1e6 * (b["client_cpu_s"] + b["server_cpu_s"]) / max(b["round_trips"], 1),
+            1e6 * (f["client_cpu_s"] + f["server_cpu_s"]) / max(f["round_trips"], 1),
+        )
+        for f, b in zip(frames["windows"], bare["windows"], strict=True)
+    ]
+    return {
+        "window_ratios": ratios,
+        "median_ratio": statistics.median(ratios),
+        "min_ratio": min(ratios),
+        "max_ratio": max(ratios),
+        "total_ratio": ratio(frames["per_s"], bare["per_s"]),
+        "cpu_ratios": cpu,
+        "median_cpu_ratio": statistics.median(cpu),
+    }
+
+
+async def alternate(
+    reactor: Any,
+    servers: dict[str, Child],
+    ports: dict[str, int],
+    connections: int,
+    rounds: int,
+    warmup: float,
+    window: float,
+    tls: Any = None,
 ) -> dict[str, Any]:
     """
-    For each connection count, alternate windows of the bare echo and of
-    twisted-frames, C{rounds} times, so that load from elsewhere on the
-    machine falls on both alike.
+    C{rounds} pairs of windows, frames then bare, so that load from
+    elsewhere on the machine falls on both alike.
     """
+    windows: dict[str, list[dict[str, Any]]] = {"frames": [], "bare": []}
+    for _ in range(rounds):
+        for system in ("frames", "bare"):
+            windows[system].append(
+                await pingWindow(
+                    reactor,
+                    system,
+                    servers[system],
+                    ports[system],
+                    connections,
+                    warmup,
+                    window,
+                    tls,
+                )
+            )
+    out = {system: summarisePing(w, connections) for system, w in windows.items()}
+    out["pairs"] = pairRatios(out["frames"], out["bare"])
+    return out
+
+
+async def pingBenchmarks(
+    reactor: Any,
+    rounds: int,
+    warmup: float,
+    window: float,
+    counts: tuple[int, ...],
+    certs: str | None = None,
+) -> dict[str, Any]:
+    """
+    For each connection count in C{counts}, L{alternate} windows of
+    twisted-frames and of the bare echo (both over TLS with the
+    certificates in C{certs}, if given).
+
+    @return: C{frames/N} and C{bare/N} summaries and C{pairs/N}, the
+        per-window ratios.
+    """
+    extra = [] if certs is None else ["--certs", certs]
     servers = {
-        "bare": Child.spawn(reactor, "bare echo server", "--role", "serve-bare"),
-        "frames": Child.spawn(reactor, "frames server", "--role", "serve-frames"),
+        "frames": Child.spawn(reactor, "frames server", "--role", "serve-frames", *extra),
+        "bare": Child.spawn(reactor, "bare echo server", "--role", "serve-bare", *extra),
     }
+    tls = clientTLS(certs) if certs is not None else None
     results: dict[str, Any] = {}
     try:
         ports = {name: int(await s.nextLine(reactor, 30.0)) for name, s in servers.items()}
-        for connections in PING_CONNECTIONS:
-            windows: dict[str, list[dict[str, Any]]] = {"bare": [], "frames": []}
-            for _ in range(rounds):
-                for system in ("bare", "frames"):
-                    windows[system].append(
-                        await pingWindow(
-                            reactor,
-                            system,
-                            servers[system],
-                            ports[system],
-                            connections,
-                            warmup,
-                            window,
-                        )
-                    )
-            for system, w in windows.items():
-                results[f"{system}/{connections}"] = summarisePing(w, connections)
+        for connections in counts:
+            out = await alternate(
+                reactor, servers, ports, connections, rounds, warmup, window, tls
+            )
+            for key, value in out.items():
+                results[f"{key}/{connections}"] = value
     finally:
         for s in servers.values():
             await s.stop(reactor)
@@ -627,36 +756,76 @@ async def pingBenchmarks(
 # -- report ----------------------------------------------------------------------------
 
 
+def cpuModel() -> str:
+    """
+    The CPU's model name, from C{/proc/cpuinfo} where there is one.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def loadAverage() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def machine(reactor: Any) -> dict[str, Any]:
+    """
+    What the figures were measured on.
+    """
+    import cryptography
+    import OpenSSL
+    from OpenSSL import SSL
+
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpu_model": cpuModel(),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "twisted": twisted.__version__,
+        "openssl": SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),
+        "python_ssl_openssl": ssl.OPENSSL_VERSION,
+        "pyopenssl": OpenSSL.__version__,
+        "cryptography": cryptography.__version__,
         "reactor": type(reactor).__name__,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "loadavg_at_start": loadAverage(),
     }
+
+
+def printMachine(facts: dict[str, Any]) -> None:
+    def load(key: str) -> str:
+        return " ".join(f"{x:.2f}" for x in facts.get(key) or [])
+
+    print(f"twisted-frames benchmarks  {facts['date']}")
+    print(
+        f"  CPU: {facts['cpu_model']}  cores: {facts['cpu_count']} "
+        f"(usable {facts['cpus_usable']})  load avg at start: {load('loadavg_at_start')}"
+        + (f", at end: {load('loadavg_at_end')}" if "loadavg_at_end" in facts else "")
+    )
+    print(
+        f"  Python {facts['python']} ({facts['implementation']})  Twisted {facts['twisted']}  "
+        f"{facts['reactor']}"
+    )
+    print(
+        f"  {facts['openssl']} (pyOpenSSL {facts['pyopenssl']}, cryptography "
+        f"{facts['cryptography']}; Python ssl: {facts['python_ssl_openssl']})"
+    )
+    print(f"  {facts['platform']}")
 
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("inf")
 
 
-def report(facts: dict[str, Any], recv: dict[str, Any], ping: dict[str, Any]) -> dict[str, Any]:
-    print()
-    print(
-        f"twisted-frames benchmarks  {facts['date']}  Python {facts['python']}  "
-        f"Twisted {facts['twisted']}  {facts['reactor']}"
-    )
-    print(
-        f"{facts['platform']}  CPUs: {facts['cpu_count']} "
-        f"(usable {facts['cpus_usable']})  load avg at start: "
-        f"{' '.join(f'{x:.2f}' for x in facts['loadavg_at_start'] or [])}"
-    )
-
+def reportReceive(recv: dict[str, Any]) -> dict[str, Any]:
     print()
     print("Receive: 64 MiB on loopback, first byte to last frame delivered")
     print("(every receiver gets the same stream of header+body messages;")
@@ -694,83 +863,118 @@ def report(facts: dict[str, Any], recv: dict[str, Any], ping: dict[str, Any]) ->
         )
     runsNote = len(recv["frames/many"]["runs"])
     print(f"  (best/median of {runsNote} runs; the stock single frame runs once)")
-
-    print()
-    windows = len(ping["bare/1"]["windows"])
-    print(
-        f"Ping: sequential round trips, {len(PING_BODY)} B body, server in a subprocess; "
-        f"{windows} alternating window(s) of each system"
-    )
-    print(
-        f"  {'connections':<13}{'bare echo /s':>13}{'frames /s':>11}{'frames/bare':>13}"
-        f"{'  per-window ratios':<22}{'CPU us/rt bare':>16}{'frames':>8}"
-    )
-    for n in PING_CONNECTIONS:
-        bare, frames = ping[f"bare/{n}"], ping[f"frames/{n}"]
-        spread = " ".join(
-            f"{ratio(f, b):.2f}"
-            for f, b in zip(frames["window_per_s"], bare["window_per_s"], strict=True)
-        )
-        print(
-            f"  {n:<13}{bare['per_s']:>13.0f}{frames['per_s']:>11.0f}"
-            f"{ratio(frames['per_s'], bare['per_s']):>12.2f}x  {spread:<20}"
-            f"{bare['cpu_us_per_rt']:>16.1f}{frames['cpu_us_per_rt']:>8.1f}"
-        )
-    print("  (CPU us/rt: client + server process CPU time per round trip)")
-
     singleVsStock = ratio(stockSingle, recv["frames/single"]["median_s"])
     singleVsMany = ratio(recv["frames/single"]["median_s"], recv["frames/many"]["median_s"])
-    pingVsBare = ratio(ping["frames/1"]["per_s"], ping["bare/1"]["per_s"])
-    goals = {
+    return {
         "single_64MiB_vs_stock": {
             "value": singleVsStock,
             "goal": f">= {GOAL_SINGLE_VS_STOCK:g}",
             "met": singleVsStock >= GOAL_SINGLE_VS_STOCK,
             "lower_bound": not recv["stock/single"]["finished"],
+            "text": "FrameProtocol one 64 MiB body vs stock on it (x faster)",
         },
         "single_64MiB_vs_many_64KiB": {
             "value": singleVsMany,
             "goal": f"<= {GOAL_SINGLE_VS_MANY:g}",
             "met": singleVsMany <= GOAL_SINGLE_VS_MANY,
-        },
-        "ping_1_connection_vs_bare": {
-            "value": pingVsBare,
-            "goal": f">= {GOAL_PING_VS_BARE:g}",
-            "met": pingVsBare >= GOAL_PING_VS_BARE,
+            "text": "FrameProtocol one 64 MiB body vs 1024 x 64 KiB (x the time)",
         },
     }
+
+
+def reportPing(ping: dict[str, Any], title: str, counts: tuple[int, ...]) -> None:
     print()
-    print("Goals (medians)")
+    windows = len(ping[f"bare/{counts[0]}"]["windows"])
     print(
-        f"  FrameProtocol one 64 MiB body vs stock on it:   {singleVsStock:8.1f}x faster "
-        f"(goal >= {GOAL_SINGLE_VS_STOCK:g}x)  {'MET' if goals['single_64MiB_vs_stock']['met'] else 'NOT MET'}"  # noqa: E501
+        f"{title}: sequential round trips, {len(PING_BODY)} B body, server in a subprocess; "
+        f"{windows} alternating window pair(s), frames then bare"
     )
     print(
-        f"  FrameProtocol one 64 MiB body vs 1024 x 64 KiB: {singleVsMany:8.2f}x the time "
-        f"(goal <= {GOAL_SINGLE_VS_MANY:g}x)  {'MET' if goals['single_64MiB_vs_many_64KiB']['met'] else 'NOT MET'}"  # noqa: E501
+        f"  {'connections':<13}{'bare echo /s':>13}{'frames /s':>11}{'median ratio':>14}"
+        f"{'range':>13}  {'per-window ratios':<32}{'CPU us/rt bare':>15}{'frames':>8}"
     )
-    print(
-        f"  twisted-frames ping, 1 connection, vs bare:     {pingVsBare:8.2f}x the rate "
-        f"(goal >= {GOAL_PING_VS_BARE:g}x)  {'MET' if goals['ping_1_connection_vs_bare']['met'] else 'NOT MET'}"  # noqa: E501
-    )
+    for n in counts:
+        bare, frames, pairs = ping[f"bare/{n}"], ping[f"frames/{n}"], ping[f"pairs/{n}"]
+        spread = " ".join(f"{r:.2f}" for r in pairs["window_ratios"])
+        span = f"{pairs['min_ratio']:.2f}-{pairs['max_ratio']:.2f}"
+        print(
+            f"  {n:<13}{bare['per_s']:>13.0f}{frames['per_s']:>11.0f}"
+            f"{pairs['median_ratio']:>13.2f}x{span:>13}  {spread:<32}"
+            f"{bare['cpu_us_per_rt']:>15.1f}{frames['cpu_us_per_rt']:>8.1f}"
+        )
+    print("  (ratio: frames rate / bare rate, per window pair; CPU us/rt: client + server")
+    print("   process CPU time per round trip, over all windows)")
+
+
+def pingGoals(ping: dict[str, Any], counts: tuple[int, ...], label: str) -> dict[str, Any]:
+    goals = {}
+    for n in counts:
+        pairs = ping[f"pairs/{n}"]
+        value = pairs["median_ratio"]
+        goals[f"{label}_{n}_connection{'s' if n > 1 else ''}_vs_bare"] = {
+            "value": value,
+            "range": [pairs["min_ratio"], pairs["max_ratio"]],
+            "goal": f">= {GOAL_PING_VS_BARE:g}",
+            "met": value >= GOAL_PING_VS_BARE,
+            "text": f"{label.replace('_', ' ')}, {n} connection(s), vs bare (x the rate, median)",
+        }
     return goals
+
+
+def reportGoals(goals: dict[str, Any]) -> None:
+    print()
+    print("Goals")
+    for g in goals.values():
+        extra = f"  range {g['range'][0]:.2f}-{g['range'][1]:.2f}" if "range" in g else ""
+        print(
+            f"  {g['text']:<62}{g['value']:8.2f}  (goal {g['goal']}){extra}  "
+            f"{'MET' if g['met'] else 'NOT MET'}"
+        )
 
 
 async def benchmark(reactor: Any, options: argparse.Namespace) -> None:
     quietLogging()
+    cases = options.cases
     repeats = 3 if options.quick else 5
-    rounds, warmup, window = (1, 0.2, 1.0) if options.quick else (5, 0.2, 1.0)
+    rounds = 1 if options.quick else options.windows
+    warmup, window = 0.2, options.window
     facts = machine(reactor)
-    print(f"receive benchmarks ({repeats} runs each) ...")
-    recv = await receiveBenchmarks(reactor, repeats)
-    print(f"ping benchmarks ({rounds} x {window:g} s per case, after {warmup:g} s warm-ups) ...")
-    ping = await pingBenchmarks(reactor, rounds, warmup, window)
-    goals = report(facts, recv, ping)
+    printMachine(facts)
+    recv: dict[str, Any] = {}
+    ping: dict[str, Any] = {}
+    tlsPing: dict[str, Any] = {}
+    if "receive" in cases:
+        print(f"receive benchmarks ({repeats} runs each) ...")
+        recv = await receiveBenchmarks(reactor, repeats)
+    if "ping" in cases:
+        print(f"ping ({rounds} x {window:g} s per system, after {warmup:g} s warm-ups) ...")
+        ping = await pingBenchmarks(reactor, rounds, warmup, window, PING_CONNECTIONS)
+    if "tls" in cases:
+        print(f"ping over TLS ({rounds} x {window:g} s per system) ...")
+        certs = makeCertificates()
+        try:
+            tlsPing = await pingBenchmarks(reactor, rounds, warmup, window, TLS_CONNECTIONS, certs)
+        finally:
+            shutil.rmtree(os.path.dirname(certs), ignore_errors=True)
+    facts["loadavg_at_end"] = loadAverage()
+    print()
+    printMachine(facts)
+    goals: dict[str, Any] = {}
+    if recv:
+        goals.update(reportReceive(recv))
+    if ping:
+        reportPing(ping, "Ping", PING_CONNECTIONS)
+        goals.update(pingGoals(ping, PING_CONNECTIONS, "ping"))
+    if tlsPing:
+        reportPing(tlsPing, "Ping over TLS (mutual, Twisted TLS both sides)", TLS_CONNECTIONS)
+        goals.update(pingGoals(tlsPing, TLS_CONNECTIONS, "tls_ping"))
+    reportGoals(goals)
     if options.json:
         out = {
             "machine": facts,
             "options": {
                 "quick": options.quick,
+                "cases": sorted(cases),
                 "receive_repeats": repeats,
                 "ping_rounds": rounds,
                 "ping_window_s": window,
@@ -779,16 +983,40 @@ async def benchmark(reactor: Any, options: argparse.Namespace) -> None:
             },
             "receive": recv,
             "ping": ping,
+            "tls_ping": tlsPing,
             "goals": goals,
         }
         Path(options.json).write_text(json.dumps(out, indent=2) + "\n")
         print(f"\nwrote {options.json}")
 
 
+def parseCases(text: str) -> set[str]:
+    cases = {c.strip() for c in text.split(",") if c.strip()}
+    unknown = cases - set(CASES)
+    if unknown or not cases:
+        raise argparse.ArgumentTypeError(
+            f"cases are a comma-separated list of {', '.join(CASES)}; not {text!r}"
+        )
+    return cases
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument(
-        "--quick", action="store_true", help="fewer repeats; 1 ping window per case"
+        "--quick", action="store_true", help="fewer repeats; 1 ping window pair per case"
+    )
+    parser.add_argument(
+        "--cases",
+        type=parseCases,
+        default=set(CASES),
+        metavar="LIST",
+        help=f"which benchmarks to run, comma-separated (default: {','.join(CASES)})",
+    )
+    parser.add_argument(
+        "--windows", type=int, default=5, metavar="N", help="ping window pairs (default: 5)"
+    )
+    parser.add_argument(
+        "--window", type=float, default=1.0, metavar="S", help="seconds per ping window"
     )
     parser.add_argument("--json", metavar="FILE", help="also write all figures to FILE")
     parser.add_argument(
@@ -796,11 +1024,14 @@ def main(argv: list[str] | None = None) -> None:
         choices=["send", "serve-frames", "serve-bare"],
         help=argparse.SUPPRESS,
     )
+    parser.add_argument("--certs", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
+    if options.windows < 1 or options.window <= 0:
+        parser.error("--windows must be at least 1 and --window positive")
     if options.role == "send":
         senderMain()
     elif options.role is not None:
-        serverMain(options.role.removeprefix("serve-"))
+        serverMain(options.role.removeprefix("serve-"), options.certs)
     else:
         task.react(
             lambda reactor: defer.Deferred.fromCoroutine(benchmark(reactor, options)).addTimeout(

@@ -364,6 +364,28 @@ class StringTransportClientTests(SynchronousTestCase):
             [({"op": "put", "id": 1, "path": "a"}, b"data"), ({"op": "ping", "id": 2}, b"")],
         )
 
+    def test_pingHeaderNotThroughEncoder(self) -> None:
+        """
+        A request without fields has its header made without the JSON
+        encoder, from a prefix made once per op: the same bytes.
+        """
+        self.client.request("ping")
+        calls: list[Any] = []
+        encode = wire.encodeHeader
+
+        def counting(header: dict[str, Any]) -> bytes:
+            calls.append(header)
+            return encode(header)
+
+        self.patch(wire, "encodeHeader", counting)
+        self.client.request("ping", body=b"b")
+        self.client.request("ping")
+        self.assertEqual(calls, [])
+        self.assertEqual(
+            parseMessages(self.transport.value()),
+            [({"op": "ping", "id": n}, body) for n, body in [(1, b""), (2, b"b"), (3, b"")]],
+        )
+
     def test_lostMidReplyBody(self) -> None:
         """
         A connection lost while a reply's body is arriving fails the request

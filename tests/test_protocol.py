@@ -406,6 +406,66 @@ class OddChunkTests(FramingTestsMixin, SynchronousTestCase):
             proto.dataReceived(data[i : i + 7])
 
 
+class WholeMessageStepTests(SynchronousTestCase):
+    """
+    A message entirely in one read is taken in one step, both of its
+    prefixes read there; what is split across reads, or meets a pause
+    between its header and its body, goes the step-by-step way.
+    """
+
+    def countPrefixSteps(self) -> list[int]:
+        calls: list[int] = []
+        step = FrameProtocol._consumePrefix
+
+        def counting(proto: FrameProtocol, *args: Any) -> int:
+            calls.append(args[0])
+            return step(proto, *args)
+
+        self.patch(FrameProtocol, "_consumePrefix", counting)
+        return calls
+
+    def test_wholeMessages(self) -> None:
+        """
+        Whole messages, several in one read, need no prefix step.
+        """
+        calls = self.countPrefixSteps()
+        proto, _, _ = connect()
+        proto.dataReceived(encodeAll([({"id": 1}, b"abc"), ({"id": 2}, b""), ({"id": 3}, b"d")]))
+        self.assertEqual(
+            proto.messages, [({"id": 1}, b"abc"), ({"id": 2}, b""), ({"id": 3}, b"d")]
+        )
+        self.assertEqual(calls, [])
+
+    def test_splitMessage(self) -> None:
+        """
+        A message whose body is not all in the read is taken step by step.
+        """
+        calls = self.countPrefixSteps()
+        proto, _, _ = connect()
+        data = wire.encodeMessage({"id": 1}, b"abcdef")
+        proto.dataReceived(data[:-2])
+        proto.dataReceived(data[-2:])
+        self.assertEqual(proto.messages, [({"id": 1}, b"abcdef")])
+        self.assertNotEqual(calls, [])
+
+    def test_pauseAfterHeader(self) -> None:
+        """
+        Reading paused while the header is handled (by an override of
+        C{stringReceived}) holds the body back until it resumes.
+        """
+
+        class Pausing(RecordingProtocol):
+            def stringReceived(self, string: bytes) -> None:
+                super().stringReceived(string)
+                self.pauseReceiving()
+
+        proto, _, _ = connect(Pausing())
+        proto.dataReceived(wire.encodeMessage({"id": 1}, b"abc"))
+        self.assertEqual(proto.messages, [])
+        proto.resumeReceiving()
+        self.assertEqual(proto.messages, [({"id": 1}, b"abc")])
+
+
 class RandomSplitTests(SynchronousTestCase):
     """
     Any split of a stream into reads gives the same messages.

@@ -299,6 +299,25 @@ class PingTests(ServerTestMixin, SynchronousTestCase):
         self.proto.dataReceived(request("ping", 1))
         self.assertEqual(self.replies(self.transport), [({"id": 1, "ok": True}, b"")])
 
+    def test_replyHeaderNotThroughEncoder(self) -> None:
+        """
+        The reply to a ping with an integer id is made without the JSON
+        encoder (its bytes are those the encoder makes: see
+        L{tests.test_wire.FixedShapeEncoderTests}).
+        """
+        data = request("ping", 7, b"x")
+        calls: list[Any] = []
+        encode = wire.encodeHeader
+
+        def counting(header: dict[str, Any]) -> bytes:
+            calls.append(header)
+            return encode(header)
+
+        self.patch(wire, "encodeHeader", counting)
+        self.proto.dataReceived(data)
+        self.assertEqual(self.replies(self.transport), [({"id": 7, "ok": True}, b"x")])
+        self.assertEqual(calls, [])
+
     def test_small(self) -> None:
         """
         A small body is echoed.

@@ -13,14 +13,21 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import ILogObserver, Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import test_client, test_protocol, test_server, test_wire
 from twisted_frames import _speedups, wire
 from twisted_frames._speedups import cjson, logevent
 from twisted_frames._speedups import tcp as fasttcp
+from twisted_frames._speedups import tls as fasttls
 from twisted_frames.protocol import FrameProtocol
 
 
@@ -212,6 +219,96 @@ class TCPTests(SynchronousTestCase):
         proto.sendMessage({"id": 1})
         transport.startTLS()
         self.assertEqual(calls, [wire.encodeMessage({"id": 1}), b"startTLS"])
+
+
+class TLSTests(SynchronousTestCase):
+    """
+    Under Twisted's TLS layer, over a real TCP connection: what is gathered
+    goes to the TLS layer at once (not a reactor iteration later), and its
+    records go straight to the socket; and the fallbacks.
+    """
+
+    def setUp(self) -> None:
+        self.conn, self.peer = connection()
+        self.addCleanup(self.conn.socket.close)
+        self.addCleanup(self.peer.close)
+        self.clock = Clock()
+
+    def tlsProtocol(self) -> tuple[TLSMemoryBIOProtocol, FrameProtocol]:
+        """
+        A client-side TLS layer (its ClientHello is the first record it
+        sends) over the TCP connection, with a L{FrameProtocol} in it.
+        """
+        factory = TLSMemoryBIOFactory(
+            CertificateOptions(),
+            True,
+            Factory.forProtocol(FrameProtocol),
+            clock=self.clock,
+        )
+        tls = factory.buildProtocol(None)
+        assert tls is not None
+        tls.makeConnection(self.conn)
+        proto = tls.wrappedProtocol
+        assert isinstance(proto, FrameProtocol)
+        return tls, proto
+
+    def test_direct(self) -> None:
+        """
+        Enabled, the ClientHello is sent with a C{send()} of its own (the
+        TCP transport buffers nothing), and a gathered message is handed to
+        the TLS layer at once: it holds it until its handshake is done,
+        and no delayed call is scheduled for it.
+        """
+        force(self, True)
+        tls, proto = self.tlsProtocol()
+        self.assertEqual(fasttcp.unsent(self.conn), 0)
+        hello = self.peer.recv(65536)
+        self.assertEqual(hello[:2], b"\x16\x03")
+        proto._sender.gathered = []
+        proto.sendMessage({"id": 1})
+        proto._sender.sendGathered()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(b"".join(tls._appSendBuffer), wire.encodeMessage({"id": 1}))
+        self.assertTrue(proto._sender.tlsUnbuffered)
+
+    def test_fallback(self) -> None:
+        """
+        Disabled, the TLS layer is left as it is: its records go into the
+        TCP transport's buffer, and writes wait in its own buffer for a
+        delayed call.
+        """
+        force(self, False)
+        tls, proto = self.tlsProtocol()
+        self.assertFalse(proto._sender.tlsUnbuffered)
+        self.assertGreater(fasttcp.unsent(self.conn), 0)
+        proto.dataReceived(b"")
+        proto.sendMessage({"id": 1})
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(tls._appSendBuffer, [])
+
+    def test_notBuffering(self) -> None:
+        """
+        A transport that is not Twisted's buffering TLS layer is written to
+        as it is; a TLS layer over something other than a TCP connection
+        keeps its own way of sending records.
+        """
+        force(self, True)
+        self.assertFalse(fasttls.canWriteUnbuffered(self.conn))
+        tls = TLSMemoryBIOProtocol(
+            TLSMemoryBIOFactory(CertificateOptions(), True, Factory()), FrameProtocol()
+        )
+        self.assertFalse(fasttls.sendRecordsDirect(tls))
+
+    def test_afterConnectionLost(self) -> None:
+        """
+        Once the connection is lost (the TLS layer's buffer replaced), a
+        write is the TLS layer's own, which drops it.
+        """
+        force(self, True)
+        tls, proto = self.tlsProtocol()
+        tls.connectionLost(Failure(ConnectionDone()))
+        fasttls.writeUnbuffered(tls, b"x")
+        self.assertEqual(tls._appSendBuffer, [])
 
 
 class LogEventTests(SynchronousTestCase):

@@ -143,6 +143,47 @@ class HeaderRoundTripTests(SynchronousTestCase):
         self.assertEqual(data[8 + hlen :], body)
 
 
+class FixedShapeEncoderTests(SynchronousTestCase):
+    """
+    The encoders of the hot paths' fixed header shapes give the bytes
+    L{wire.encodeHeader} gives.
+    """
+
+    IDS: list[Any] = [0, 1, 77, wire.MAX_ID_INT, "a", 'q"uote\\', "\u00e9\u4e2d\U0001f600", "%d"]
+
+    def test_successHeader(self) -> None:
+        """
+        C{encodeSuccessHeader(rid)} is C{{"id": rid, "ok": true}}, encoded.
+        """
+        for rid in self.IDS:
+            self.assertEqual(
+                wire.encodeSuccessHeader(rid), wire.encodeHeader({"id": rid, "ok": True})
+            )
+
+    def test_requestHeader(self) -> None:
+        """
+        C{requestHeaderEncoder(op)(rid)} is C{{"op": op, "id": rid}}, encoded,
+        whatever the op holds (quotes, escapes, non-ASCII, a C{%}).
+        """
+        for op in ["ping", "get", 'o"p', "a\\b", "\u00e9t\u00e9", "100%", "%s%d"]:
+            encode = wire.requestHeaderEncoder(op)
+            for rid in [0, 1, 123456, wire.MAX_ID_INT]:
+                self.assertEqual(encode(rid), wire.encodeHeader({"op": op, "id": rid}))
+
+    @given(st.text(min_size=1, max_size=64), st.integers(0, wire.MAX_ID_INT))
+    def test_requestHeaderAnyOp(self, op: str, rid: int) -> None:
+        """
+        The same for any op name and id.
+        """
+        try:
+            expected = wire.encodeHeader({"op": op, "id": rid})
+        except ValueError:
+            # A lone surrogate is not UTF-8: neither way encodes it.
+            self.assertRaises(ValueError, wire.requestHeaderEncoder, op)
+            return
+        self.assertEqual(wire.requestHeaderEncoder(op)(rid), expected)
+
+
 class DecodeErrorTests(SynchronousTestCase):
     """
     Bytes that are not a JSON object in UTF-8 are a C{bad_header} violation.

@@ -120,6 +120,31 @@ class _FinalSink(BodySink):
         self._inner.bodyFailed(reason)
 
 
+def _requestHeaderDict(op: str, rid: int, fields: dict[str, Any] | None) -> dict[str, Any]:
+    header = {"op": op, "id": rid}
+    if fields:
+        header.update(fields)
+    return header
+
+
+#: Ops whose request header encoders are kept (see L{_requestHeader}).
+_REQUEST_ENCODERS_KEPT = 64
+_requestEncoders: dict[str, Callable[[int], bytes]] = {}
+
+
+def _requestHeader(op: str) -> Callable[[int], bytes]:
+    """
+    The encoder of C{op}'s request headers without fields
+    (L{wire.requestHeaderEncoder}), made once for the first few ops seen.
+    """
+    encode = _requestEncoders.get(op)
+    if encode is None:
+        encode = wire.requestHeaderEncoder(op)
+        if len(_requestEncoders) < _REQUEST_ENCODERS_KEPT:
+            _requestEncoders[op] = encode
+    return encode
+
+
 class ClientProtocol(FrameProtocol):
     """
     The client side of a connection: checks the greeting, numbers requests,
@@ -212,7 +237,7 @@ class ClientProtocol(FrameProtocol):
                 inner = pending.replySink(header, bodyLength)
                 return _FinalSink(inner, lambda: self._resolve(rid, Reply(header, b"", inner)))
             if pending.bodyOnly:
-                return BufferSink(lambda body: self._resolve(rid, body))
+                return BufferSink(lambda body: self._pending.pop(rid).result.callback(body))
             return BufferSink(lambda body: self._resolve(rid, Reply(header, body)))
         error = FramesError.fromJSON(header.get("error"))
         return BufferSink(lambda body: self._resolve(rid, Failure(error)))
@@ -301,9 +326,6 @@ class ClientProtocol(FrameProtocol):
         rid = self._nextId
         self._nextId += 1
         self.lastRequestId = rid
-        header = {"op": op, "id": rid}
-        if fields:
-            header.update(fields)
         if self.serverError is not None:
             # The server said why it closes this connection (it is shutting
             # down, ...): a later request fails for that reason too.
@@ -314,9 +336,14 @@ class ClientProtocol(FrameProtocol):
             return
         self._pending[rid] = pending
         if isinstance(body, (bytes, bytearray, memoryview)):  # noqa: UP038 (a tuple is faster)
-            self.sendMessage(header, bytes(body))
+            body = bytes(body)
+            if not fields and len(body) <= wire.MAX_FRAME:
+                # The usual ping: its header's bytes from a prefix made once.
+                self._sendEncodedMessage(_requestHeader(op)(rid), body)
+                return
+            self.sendMessage(_requestHeaderDict(op, rid, fields), body)
         else:
-            sent = self.sendStreamedMessage(header, body)
+            sent = self.sendStreamedMessage(_requestHeaderDict(op, rid, fields), body)
             sent.addErrback(lambda f: self._requestSendFailed(rid, f))
 
     def _requestSendFailed(self, rid: int, failure: Failure) -> None:
@@ -384,7 +411,7 @@ class FramesClient:
         @return: a Deferred firing with the echoed bytes.
         """
         d: defer.Deferred[bytes] = defer.Deferred()
-        self.protocol._send("ping", None, body, _Pending("ping", d, bodyOnly=True))
+        self.protocol._send("ping", None, body, _Pending("ping", d, None, None, None, True))
         return d
 
     def close(self) -> defer.Deferred[None]:

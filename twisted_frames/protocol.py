@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 _HEADER_PREFIX, _HEADER, _BODY_PREFIX, _BODY = range(4)
+_unpackPrefix = wire.PREFIX.unpack_from
 
 
 @implementer(IPushProducer)
@@ -373,6 +374,7 @@ class FrameProtocol(Int32StringReceiver):
         view = memoryview(data)
         end = len(data)
         pos = 0
+        unpack = _unpackPrefix
         while pos < end:
             if self._closing:
                 return
@@ -380,6 +382,24 @@ class FrameProtocol(Int32StringReceiver):
                 self._keepUnread(view, pos, end)
                 return
             state = self._state
+            if state == _HEADER_PREFIX and end - pos >= 8 and not self._prefix:
+                # Fast path: a whole message in this read (the usual case for
+                # small ones) is taken in one step, both prefixes read here.
+                (length,) = unpack(data, pos)
+                bodyAt = pos + 4 + length
+                if 0 < length <= self.limits.maxHeader and bodyAt + 4 <= end:
+                    (bodyLength,) = unpack(data, bodyAt)
+                    if bodyAt + 4 + bodyLength <= end:
+                        self._state = _BODY_PREFIX
+                        self.stringReceived(bytes(view[pos + 4 : bodyAt]))
+                        pos = bodyAt
+                        if self._closing or self._pauseCount or self._held:
+                            continue
+                        self._startBody(bodyLength, data, bodyAt + 4, view)
+                        pos = bodyAt + 4
+                        if self._state == _HEADER_PREFIX:
+                            pos += bodyLength
+                        continue
             if state == _BODY:
                 pos = self._consumeBody(data, view, pos, end)
             elif state == _HEADER:
@@ -871,6 +891,15 @@ class FrameProtocol(Int32StringReceiver):
         """
         if not self._closing:
             self._sender.sendMessage(header, body)
+
+    def _sendEncodedMessage(self, header: bytes, body: bytes = b"") -> None:
+        """
+        L{sendMessage} of a header already encoded by L{wire}'s encoders
+        (the hot paths' own: a reply to C{ping}, a request), with a body of
+        at most C{wire.MAX_FRAME} bytes.
+        """
+        if not self._closing:
+            self._sender.sendEncodedMessage(header, body)
 
     def sendStreamedMessage(
         self, header: dict[str, Any], source: IBodySource

@@ -37,6 +37,7 @@ from zope.interface import implementer
 from . import wire
 from ._speedups import tcp as _tcp
 from ._speedups.tcp import canSendDirect, sendBeforeStartTLS, sendDirect, unsent
+from ._speedups.tls import canWriteUnbuffered, sendRecordsDirect, writeUnbuffered
 
 #: Bytes gathered while handling one read before they are sent anyway (a
 #: read full of pipelined requests must not gather all their replies).
@@ -237,6 +238,7 @@ class FrameSender:
         self._gatheredBytes = 0
         self.directSend = False
         self.fileSend = False
+        self.tlsUnbuffered = False
         self.gathering = True
         self.pressure = SendPressure(self)
         self.pressureRegistered = False
@@ -252,9 +254,11 @@ class FrameSender:
     def connect(self, transport: Any) -> None:
         """
         Register L{pressure} with C{transport}, and choose how to write to
-        it: straight to its socket where possible, and gathering writes
-        during a read only where C{startTLS} sends them first (else each
-        goes out as it is written).
+        it: straight to its socket where possible (under TLS: what is
+        gathered to the TLS layer at once, and its records to the socket,
+        see L{twisted_frames._speedups.tls}), and gathering writes during a
+        read only where C{startTLS} sends them first (else each goes out as
+        it is written).
         """
         register = getattr(transport, "registerProducer", None)
         if register is not None:
@@ -262,6 +266,9 @@ class FrameSender:
             self.pressureRegistered = True
         self.directSend = canSendDirect(transport)
         self.fileSend = _tcp.canSendFile(transport)
+        if not self.directSend:
+            self.tlsUnbuffered = canWriteUnbuffered(transport)
+            sendRecordsDirect(transport)
         self.gathering = sendBeforeStartTLS(transport, self.sendGathered)
 
     def unregister(self, transport: Any) -> None:
@@ -319,6 +326,10 @@ class FrameSender:
             data = sendDirect(t, data)
             if not data:
                 return
+        elif self.tlsUnbuffered:
+            writeUnbuffered(t, data)
+            self.watchWrites()
+            return
         t.write(data)
         self.watchWrites()
 
@@ -349,16 +360,32 @@ class FrameSender:
         """
         if len(body) > wire.MAX_FRAME:
             raise ValueError("body is over 4 GiB - 1: send it as several messages")
-        h = wire.encodeHeader(header)
+        self.sendEncodedMessage(wire.encodeHeader(header), body)
+
+    def sendEncodedMessage(self, h: bytes, body: bytes) -> None:
+        """
+        L{sendMessage} of a header already encoded, C{h} (by
+        L{twisted_frames.wire}), and a body of at most C{wire.MAX_FRAME}
+        bytes.
+        """
+        pack = wire.PREFIX.pack
         if len(body) <= 65536:
-            data = wire.PREFIX.pack(len(h)) + h + wire.PREFIX.pack(len(body)) + body
+            data = pack(len(h)) + h + pack(len(body)) + body
             if self.active is None and not self.queue:
-                if self.protocol.transport is not None:
+                if self.protocol.transport is None:
+                    return
+                gathered = self.gathered
+                if gathered is not None and self._gatheredBytes + len(data) < GATHER_LIMIT:
+                    # write(), for the usual case: gathered during a read.
+                    self.bytesSent += len(data)
+                    gathered.append(data)
+                    self._gatheredBytes += len(data)
+                else:
                     self.write(data)
             else:
                 self.queue.append(data)
         else:
-            head = wire.PREFIX.pack(len(h)) + h + wire.PREFIX.pack(len(body))
+            head = pack(len(h)) + h + pack(len(body))
             if self.active is None and not self.queue:
                 if self.protocol.transport is not None:
                     self.write(head)

@@ -378,10 +378,16 @@ class Request:
         """
         if self.cancelled:
             return
-        # Sent before being marked finished: a header that is not JSON-able
-        # raises ValueError here, before anything is written, and the request
-        # can still be answered with an error.
-        self.connection.sendMessage(self._successHeader(fields), body)
+        if fields or len(body) > wire.MAX_FRAME:
+            # Sent before being marked finished: a header that is not JSON-able
+            # raises ValueError here, before anything is written, and the
+            # request can still be answered with an error.
+            self.connection.sendMessage(self._successHeader(fields), body)
+        else:
+            # No fields (a ping's reply): the header's bytes made directly.
+            if self.finished:
+                raise RuntimeError(f"request {self.id!r} already finished")
+            self.connection._sendEncodedMessage(wire.encodeSuccessHeader(self.id), body)
         self.bytesOut += len(body)
         self._finish("ok")
 
@@ -663,7 +669,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             # connection stays in step until it closes.
             request.fail(shuttingDownError())
             return DiscardSink()
-        op = self.operations.get(opName)
+        op = self.factory.operations.get(opName)
         if op is not None and op.body == "none" and bodyLength:
             raise ProtocolViolation(
                 ErrorCode.BODY_NOT_ALLOWED,
@@ -768,7 +774,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         # kept for JSON logs: a text observer formatting this nine-field
         # format itself takes most of the cost, and a connection closing
         # with hundreds of requests in flight logs a line for each at once.
-        peer = self.peerName()
+        peer = self._peerName or self.peerName()
         user = self.user or "-"
         # Both are the client's text: escaped, so that a newline or an
         # escape sequence in them cannot forge or hide log lines.

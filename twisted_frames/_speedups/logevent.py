@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from twisted.logger import ILogObserver, Logger, LogLevel
 
-from . import enabled
+from . import onChange
 
 #: The keys Logger.emit adds to an event's own fields.
 _KEYS = {"log_logger", "log_level", "log_namespace", "log_source", "log_format", "log_time"}
@@ -31,6 +31,16 @@ def _emitBuildsKeys() -> bool:
 
 
 _known = _emitBuildsKeys()
+#: Whether the event is built here (kept by L{_select}, not asked per event).
+_fast = _known
+
+
+def _select(enabled: bool) -> None:
+    global _fast
+    _fast = _known and enabled
+
+
+onChange(_select)
 
 
 def logInfo(logger: Logger, text: str, fields: dict[str, Any]) -> None:
@@ -39,7 +49,7 @@ def logInfo(logger: Logger, text: str, fields: dict[str, Any]) -> None:
     it again) at info level through C{logger}, with C{fields} (which this
     may use as the event itself) for JSON observers.
     """
-    if not (_known and enabled()):
+    if not _fast:
         logger.info("{log_text}", log_text=text, **fields)
         return
     fields["log_logger"] = logger
