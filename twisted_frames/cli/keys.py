@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
-
-from OpenSSL import SSL
-from service_identity.exceptions import VerificationError
 
 from ..auth.hmac import AuthError
 from ..auth.keys import (
@@ -32,8 +30,6 @@ from ..auth.keys import (
     writePrivate,
 )
 from ..bounds import boundedArgument
-from ..client import parseServer
-from ..tls import clientOptions
 from ..wire import ErrorCode, FramesError
 
 
@@ -115,6 +111,11 @@ def clientSecurity(args: argparse.Namespace) -> dict[str, Any]:
     if args.tls or args.ca or args.cert:
         if ":" in args.server and args.server.split(":", 1)[0] in ("tcp", "unix", "ssl", "tls"):
             raise ValueError("--tls needs --server HOST:PORT (the host name is checked)")
+        # Here, not at the top: the client and pyOpenSSL load only once the
+        # command runs (see twisted_frames.cli.main.main).
+        from ..client import parseServer
+        from ..tls import clientOptions
+
         host, _ = parseServer(args.server)
         tls = clientOptions(host, args.ca, args.cert, args.key)
     return {"tls": tls, "secret": secret}
@@ -125,12 +126,16 @@ def explainTLSFailure(error: BaseException, server: str) -> TLSFailure | None:
     Turn an OpenSSL or host-name verification error into one sentence, or
     C{None} if C{error} is not a TLS failure.
     """
-    if isinstance(error, VerificationError):
+    # An error of pyOpenSSL or service_identity can only come from a module
+    # that is loaded: a command without TLS does not import them for this.
+    identity = sys.modules.get("service_identity.exceptions")
+    if identity is not None and isinstance(error, identity.VerificationError):
         return TLSFailure(
             f"the server's certificate is not valid for the host name in {server} "
             "(host name mismatch)"
         )
-    if not isinstance(error, SSL.Error):
+    SSL = sys.modules.get("OpenSSL.SSL")
+    if SSL is None or not isinstance(error, SSL.Error):
         return None
     text = str(error)
     if "certificate verify failed" in text:

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
 
 from .. import __version__
-from ..client import DEFAULT_GREETING_TIMEOUT, NoGreeting
-from ..wire import FramesError
+from ..wire import DEFAULT_GREETING_TIMEOUT, FramesError
 from . import commands, files, keys, ping
 from .base import (
     DEFAULT_TIMEOUT,
@@ -40,6 +41,9 @@ from .base import (
     _seconds,
     interruptionOf,
 )
+
+if TYPE_CHECKING:
+    from ..client import NoGreeting
 
 #: Modules adding subcommands: each has C{register(subparsers)}.
 REGISTRARS: list[Callable[[Any], None]] = [
@@ -98,8 +102,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     ui = UI(args.json)
 
-    from twisted.internet import reactor as globalReactor
-    from twisted.internet.task import react
+    with _withoutPyOpenSSL(argv is None and not needsTLS(args)):
+        from twisted.internet import reactor as globalReactor
+        from twisted.internet.task import react
 
     interruption = args.interruption = Interruption(globalReactor, args, ui)
     interruption.install()
@@ -125,6 +130,53 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise
 
 
+#: The types of endpoint string for C{--server} that connect with TLS (the
+#: others L{twisted_frames.client.connect} takes are C{tcp}, C{tcp6} and
+#: C{unix}).
+TLS_ENDPOINTS = ("ssl", "tls")
+
+
+def needsTLS(args: argparse.Namespace) -> bool:
+    """
+    Whether the command's connection may use TLS: C{--tls}, C{--ca} or
+    C{--cert} (or their environment variables), or a C{--server} endpoint
+    string of a TLS type.
+    """
+    return bool(args.tls or args.ca or args.cert) or (
+        args.server.split(":", 1)[0] in TLS_ENDPOINTS
+    )
+
+
+@contextmanager
+def _withoutPyOpenSSL(applies: bool) -> Iterator[None]:
+    """
+    Import Twisted's reactor, in the block, as where pyOpenSSL is not
+    installed, if C{applies} and nothing has imported either yet.
+
+    The reactor imports C{twisted.internet.ssl} and the TLS layer of its TCP
+    transport whenever pyOpenSSL can be imported (pyOpenSSL, cryptography,
+    service_identity and idna: a third of the start-up of a command without
+    TLS, for a connection that never uses them).  A C{None} in
+    C{sys.modules} makes C{import OpenSSL} raise C{ImportError}, which
+    Twisted catches: its TCP transport then has no C{startTLS} and the
+    reactor no C{connectSSL}, for the rest of the process.  So
+    L{main} applies it only when it runs as the process's program (the
+    C{frames} console script and C{python -m twisted_frames}, which pass no
+    C{argv}) for a command that does not need TLS (L{needsTLS}); once the
+    block ends, pyOpenSSL may be imported again (C{frames make-certs} uses
+    cryptography).
+    """
+    if not applies or "OpenSSL" in sys.modules or "twisted.internet.tcp" in sys.modules:
+        yield
+        return
+    sys.modules["OpenSSL"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if "OpenSSL" in sys.modules and sys.modules["OpenSSL"] is None:
+            del sys.modules["OpenSSL"]
+
+
 async def runCommand(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     """
     Run one parsed subcommand, mapping failures to one line and an exit
@@ -146,6 +198,8 @@ def _failed(error: Exception, args: argparse.Namespace, ui: UI) -> int:
     """
     Map a command's failure to one line and an exit status.
     """
+    from ..client import NoGreeting
+
     try:
         # Re-raised so that one ladder of except clauses sorts it.
         raise error
