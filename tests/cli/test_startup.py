@@ -93,7 +93,7 @@ class ImportBudgetTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.tmp = self.mktemp()
+        self.tmp = os.path.abspath(self.mktemp())
         root = os.path.join(self.tmp, "srv")
         os.makedirs(root)
         self.server = ServerProcess(root, "--allow-command", "true").__enter__()
@@ -134,6 +134,32 @@ class ImportBudgetTests(SynchronousTestCase):
         """
         modules = self.assertLean("run", "--", "true")
         self.assertIn("twisted_frames.commands.client", modules)
+
+    def test_loginWithoutTLS(self) -> None:
+        """
+        A login over plain TCP (whose channel binding is none) works without
+        pyOpenSSL loaded, and loads none of L{NOT_LOADED} either.
+        """
+        users, secret = os.path.join(self.tmp, "users"), os.path.join(self.tmp, "alice.secret")
+        made, _ = loadedBy(self.tmp, "keygen", "alice", "--users", users, "-o", secret)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        root = os.path.join(self.tmp, "srv2")
+        os.makedirs(root)
+        with ServerProcess(root, "--users", users) as server:
+            result, modules = loadedBy(
+                self.tmp,
+                "--server",
+                server.address,
+                "--user",
+                "alice",
+                "--secret-file",
+                secret,
+                "ls",
+            )
+            server.waitFor(r"login: .*user=alice")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("twisted_frames.auth.client", modules)
+        self.assertEqual(heavy(modules), [])
 
     def test_tlsLoadsPyOpenSSL(self) -> None:
         """
