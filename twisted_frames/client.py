@@ -480,8 +480,8 @@ def connect(
 
 
 def _endpointFor(reactor: Any, server: str, timeout: float) -> IStreamClientEndpoint:
-    # twisted.internet.endpoints is imported only where it is needed: it is
-    # a fifth of the CLI's start-up (see twisted_frames.tcpclient).
+    # twisted.internet.endpoints is imported only where it is needed (see
+    # twisted_frames.tcpclient).
     prefix = server.split(":", 1)[0]
     if prefix in ("tcp", "unix", "ssl", "tls", "tcp6"):
         from twisted.internet.endpoints import clientFromString

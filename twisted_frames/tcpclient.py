@@ -5,9 +5,10 @@ C{twisted.internet.endpoints}' C{TCP4ClientEndpoint}/C{TCP6ClientEndpoint}
 and C{wrapClientTLS} do without importing that module.
 
 C{twisted.internet.endpoints} loads the endpoint-string parser, the plugin
-system, C{FilePath}, systemd and stdio support: a fifth of the C{frames}
-client's start-up, spent before a byte is sent, for a connection that is
-one C{reactor.connectTCP}.  A C{HOST:PORT} whose host is a name still goes
+system, zip imports, systemd and stdio support, and its C{HostnameEndpoint}
+resolves even an address with C{getaddrinfo} in the reactor's thread pool:
+start-up time of the C{frames} client, spent before a byte is sent, for a
+connection that is one C{reactor.connectTCP}.  A C{HOST:PORT} whose host is a name still goes
 through C{HostnameEndpoint} (both address families, tried in turn), and an
 endpoint string through C{clientFromString}: see
 L{twisted_frames.client.connect}.

@@ -135,6 +135,21 @@ class ImportBudgetTests(SynchronousTestCase):
         modules = self.assertLean("run", "--", "true")
         self.assertIn("twisted_frames.commands.client", modules)
 
+    def test_putAndGet(self) -> None:
+        """
+        C{frames put} and C{frames get} without a terminal (so without a
+        progress bar) load the file client but not tqdm, nor any of
+        L{NOT_LOADED}.
+        """
+        local = os.path.join(self.tmp, "small")
+        with open(local, "wb") as f:
+            f.write(b"x" * 1000)
+        modules = self.assertLean("put", local, "small")
+        self.assertIn("twisted_frames.files.client", modules)
+        self.assertLean("get", "small", os.path.join(self.tmp, "back"))
+        with open(os.path.join(self.tmp, "back"), "rb") as f:
+            self.assertEqual(f.read(), b"x" * 1000)
+
     def test_loginWithoutTLS(self) -> None:
         """
         A login over plain TCP (whose channel binding is none) works without

@@ -97,6 +97,10 @@ def buildParser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """
     Entry point of the C{frames} console script.
+
+    @param argv: the arguments, or C{None} for the process's own command
+        line; then a command that needs no TLS runs on a reactor imported
+        without pyOpenSSL (L{_withoutPyOpenSSL}).
     """
     parser = buildParser()
     args = parser.parse_args(argv)
@@ -155,8 +159,8 @@ def _withoutPyOpenSSL(applies: bool) -> Iterator[None]:
 
     The reactor imports C{twisted.internet.ssl} and the TLS layer of its TCP
     transport whenever pyOpenSSL can be imported (pyOpenSSL, cryptography,
-    service_identity and idna: a third of the start-up of a command without
-    TLS, for a connection that never uses them).  A C{None} in
+    service_identity and idna: about a fifth of the start-up of a command
+    without TLS, for a connection that never uses them).  A C{None} in
     C{sys.modules} makes C{import OpenSSL} raise C{ImportError}, which
     Twisted catches: its TCP transport then has no C{startTLS} and the
     reactor no C{connectSSL}, for the rest of the process.  So
