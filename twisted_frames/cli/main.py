@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     @param argv: the arguments, or C{None} for the process's own command
         line; then a command that needs no TLS runs on a reactor imported
-        without pyOpenSSL (L{_withoutPyOpenSSL}).
+        without pyOpenSSL (C{_withoutPyOpenSSL}).
     """
     parser = buildParser()
     args = parser.parse_args(argv)
