@@ -37,9 +37,10 @@ sys.exit(main())
 #: pyOpenSSL and what it brings (Twisted's reactor imports its TLS support
 #: whenever pyOpenSSL is importable), Twisted's endpoints (the endpoint
 #: string parser, the plugin system; a connection to an address is one
-#: C{connectTCP}), tqdm (only for a progress bar), and the server side.
-#: Not listed: C{asyncio} and C{twisted.logger}, which
-#: C{twisted.internet.defer} itself imports.
+#: C{connectTCP}), tqdm (only for a progress bar), the server side, and
+#: what C{http.cookiejar} imports (Twisted's C{compat} imports it only to
+#: offer it under a deprecated name).  Not listed: C{asyncio} and
+#: C{twisted.logger}, which C{twisted.internet.defer} itself imports.
 NOT_LOADED = (
     "OpenSSL",
     "cryptography",
@@ -58,6 +59,9 @@ NOT_LOADED = (
     "twisted_frames.security",
     "twisted_frames.commands.process",
     "twisted_frames.files.service",
+    "urllib.request",
+    "http.client",
+    "email",
 )
 
 
@@ -189,6 +193,41 @@ class ImportBudgetTests(SynchronousTestCase):
         self.assertIn("twisted.protocols.tls", modules)
         self.assertNotIn("twisted.internet.endpoints", modules)
         self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+
+
+class LeanImportTests(SynchronousTestCase):
+    """
+    The lean imports of L{twisted_frames.cli.main.main} leave the process
+    able to use what they held back.
+    """
+
+    def test_cookieJarOnFirstUse(self) -> None:
+        """
+        In a process that imported Twisted's reactor lean, C{http.cookiejar}
+        has not run until it is used, and then works (in a subprocess: the
+        lean imports change the process for good).
+        """
+        code = (
+            "import sys\n"
+            "from twisted_frames.cli.main import _leanImports\n"
+            "with _leanImports(True, False):\n"
+            "    from twisted.internet import reactor\n"
+            "from twisted.python import compat\n"
+            "assert 'urllib.request' not in sys.modules\n"
+            "from http.cookiejar import CookieJar\n"
+            "assert 'urllib.request' in sys.modules\n"
+            "assert 'twisted.protocols.tls' not in sys.modules\n"
+            "import OpenSSL.SSL\n"
+            "print(len(CookieJar()))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=childEnv(),
+            timeout=60,
+        )
+        self.assertEqual((result.returncode, result.stdout), (0, "0\n"), result.stderr)
 
 
 class NeedsTLSTests(SynchronousTestCase):

@@ -17,14 +17,14 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from twisted.internet import defer
-
 from ..bounds import boundedArgument
 from ..printable import printable
 from ..wire import FramesError
 from . import keys
 
 if TYPE_CHECKING:
+    from twisted.internet import defer
+
     from ..client import FramesClient
 
 EXIT_OK = 0

@@ -17,20 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..auth.hmac import AuthError
-from ..auth.keys import (
-    ClientSecret,
-    UsersFileError,
-    addUser,
-    checkUserName,
-    loadSecretFile,
-    newSecret,
-    writePrivate,
-)
 from ..bounds import boundedArgument
 from ..wire import ErrorCode, FramesError
+
+if TYPE_CHECKING:
+    from ..auth.keys import ClientSecret
 
 
 class TLSFailure(Exception):
@@ -92,6 +86,10 @@ def clientSecurity(args: argparse.Namespace) -> dict[str, Any]:
     @raise ValueError: for inconsistent flags or unusable files (the
         message says which).
     """
+    # Here, not at the top: auth.keys imports Twisted, which the CLI imports
+    # once the command line is read (see twisted_frames.cli.main.main).
+    from ..auth.keys import UsersFileError, loadSecretFile
+
     secret: ClientSecret | None = None
     if args.secret_file:
         try:
@@ -170,6 +168,8 @@ def explainLoginFailure(error: FramesError, user: str) -> FramesError:
 
 
 async def _keygen(reactor: Any, args: argparse.Namespace, ui: Any) -> int:
+    from ..auth.keys import addUser, checkUserName, newSecret, writePrivate
+
     checkUserName(args.name)
     secret = newSecret(args.name)
     if args.users:

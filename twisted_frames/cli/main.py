@@ -23,9 +23,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
-from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
-
 from .. import __version__
 from ..wire import DEFAULT_GREETING_TIMEOUT, FramesError
 from . import commands, files, keys, ping
@@ -43,6 +40,8 @@ from .base import (
 )
 
 if TYPE_CHECKING:
+    from twisted.internet import defer
+
     from ..client import NoGreeting
 
 #: Modules adding subcommands: each has C{register(subparsers)}.
@@ -99,14 +98,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     Entry point of the C{frames} console script.
 
     @param argv: the arguments, or C{None} for the process's own command
-        line; then a command that needs no TLS runs on a reactor imported
-        without pyOpenSSL (C{_withoutPyOpenSSL}).
+        line; then Twisted is imported without what the command does not
+        use (C{_leanImports}).
     """
     parser = buildParser()
     args = parser.parse_args(argv)
     ui = UI(args.json)
 
-    with _withoutPyOpenSSL(argv is None and not needsTLS(args)):
+    # Twisted is imported here, once the command line is read, and nowhere
+    # at the top of the CLI's modules: see _leanImports.
+    with _leanImports(argv is None, needsTLS(args)):
+        from twisted.internet import defer
         from twisted.internet import reactor as globalReactor
         from twisted.internet.task import react
 
@@ -152,25 +154,37 @@ def needsTLS(args: argparse.Namespace) -> bool:
 
 
 @contextmanager
-def _withoutPyOpenSSL(applies: bool) -> Iterator[None]:
+def _leanImports(program: bool, tls: bool) -> Iterator[None]:
     """
-    Import Twisted's reactor, in the block, as where pyOpenSSL is not
-    installed, if C{applies} and nothing has imported either yet.
+    Import Twisted, in the block, without two things that it imports and a
+    C{frames} command does not use, if C{program} (L{main} runs as the
+    process's program: the C{frames} console script and C{python -m
+    twisted_frames}, which pass no C{argv}) and nothing has imported them
+    yet:
 
-    The reactor imports C{twisted.internet.ssl} and the TLS layer of its TCP
-    transport whenever pyOpenSSL can be imported (pyOpenSSL, cryptography,
-    service_identity and idna: about a fifth of the start-up of a command
-    without TLS, for a connection that never uses them).  A C{None} in
-    C{sys.modules} makes C{import OpenSSL} raise C{ImportError}, which
-    Twisted catches: its TCP transport then has no C{startTLS} and the
-    reactor no C{connectSSL}, for the rest of the process.  So
-    L{main} applies it only when it runs as the process's program (the
-    C{frames} console script and C{python -m twisted_frames}, which pass no
-    C{argv}) for a command that does not need TLS (L{needsTLS}); once the
-    block ends, pyOpenSSL may be imported again (C{frames make-certs} uses
-    cryptography).
+      - pyOpenSSL, unless C{tls} (L{needsTLS}).  The reactor imports
+        C{twisted.internet.ssl} and the TLS layer of its TCP transport
+        whenever pyOpenSSL can be imported (pyOpenSSL, cryptography,
+        service_identity and idna: about a fifth of the start-up of a
+        command without TLS).  A C{None} in C{sys.modules} makes C{import
+        OpenSSL} raise C{ImportError}, which Twisted catches, as where
+        pyOpenSSL is not installed: its TCP transport then has no
+        C{startTLS} and the reactor no C{connectSSL}, for the rest of the
+        process.  Once the block ends, pyOpenSSL may be imported again
+        (C{frames make-certs} uses cryptography).
+      - C{http.cookiejar}, which C{twisted.python.compat} imports only to
+        offer it under a deprecated name, and with it C{urllib.request},
+        C{http.client} and C{email}: about a tenth of the start-up.  It
+        becomes a module that runs on first use (the standard library's
+        C{importlib.util.LazyLoader}), so it is all there if anything
+        uses it.
     """
-    if not applies or "OpenSSL" in sys.modules or "twisted.internet.tcp" in sys.modules:
+    if not program:
+        yield
+        return
+    if "http.cookiejar" not in sys.modules:
+        _importOnFirstUse("http.cookiejar")
+    if tls or "OpenSSL" in sys.modules or "twisted.internet.tcp" in sys.modules:
         yield
         return
     sys.modules["OpenSSL"] = None  # type: ignore[assignment]
@@ -179,6 +193,27 @@ def _withoutPyOpenSSL(applies: bool) -> Iterator[None]:
     finally:
         if "OpenSSL" in sys.modules and sys.modules["OpenSSL"] is None:
             del sys.modules["OpenSSL"]
+
+
+def _importOnFirstUse(name: str) -> None:
+    """
+    Import the module C{name} so that its code runs when one of its
+    attributes is first looked up, as C{importlib.util.LazyLoader}'s
+    documentation shows.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        return
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, module)
 
 
 async def runCommand(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
@@ -202,6 +237,9 @@ def _failed(error: Exception, args: argparse.Namespace, ui: UI) -> int:
     """
     Map a command's failure to one line and an exit status.
     """
+    from twisted.internet import defer
+    from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
+
     from ..client import NoGreeting
 
     try:
@@ -267,6 +305,8 @@ def _noGreetingMessage(e: NoGreeting, args: argparse.Namespace) -> str:
 
 
 def _reason(e: BaseException) -> str:
+    from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
+
     text = str(e).strip()
     if isinstance(e, (ConnectionDone, ConnectionLost)) and e.args:
         # Twisted's text is its generic reason then ours ("Connection was
