@@ -201,6 +201,19 @@ class LeanImportTests(SynchronousTestCase):
     able to use what they held back.
     """
 
+    def test_versionNeedsNoTwisted(self) -> None:
+        """
+        C{frames --version} and a usage error answer before Twisted is
+        imported.
+        """
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        for argv, status in [(["--version"], 0), (["ping", "--count", "0"], 2)]:
+            result, modules = loadedBy(tmp, *argv)
+            self.assertEqual(result.returncode, status, result.stderr)
+            self.assertIn("twisted_frames.cli.main", modules)
+            self.assertEqual([m for m in modules if m.split(".")[0] == "twisted"], [], argv)
+
     def test_cookieJarOnFirstUse(self) -> None:
         """
         In a process that imported Twisted's reactor lean, C{http.cookiejar}
