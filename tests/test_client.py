@@ -26,6 +26,7 @@ from twisted_frames.client import (
 )
 from twisted_frames.protocol import BodyOverrun, BodySink
 from twisted_frames.server import FramesServerFactory, ServerProtocol
+from twisted_frames.tcpclient import TCPAddressEndpoint
 from twisted_frames.testing import MemoryEndpoint, connectedPair
 from twisted_frames.wire import FramesError, ProtocolViolation
 
@@ -588,11 +589,14 @@ class ConnectTests(SynchronousTestCase):
 
     def test_endpointStrings(self) -> None:
         """
-        C{HOST:PORT} makes a hostname endpoint; an endpoint description
-        string is parsed as one.
+        C{HOST:PORT} makes a hostname endpoint for a name and a plain
+        C{connectTCP} one for an IPv4 or IPv6 address; an endpoint
+        description string is parsed as one.
         """
         reactor = MemoryReactorClock()
         self.assertIsInstance(_endpointFor(reactor, "example.com:1", 5), HostnameEndpoint)
+        for server in ("127.0.0.1:1", "[::1]:1"):
+            self.assertIsInstance(_endpointFor(reactor, server, 5), TCPAddressEndpoint)
         self.assertIsInstance(
             _endpointFor(reactor, "tcp:host=127.0.0.1:port=1", 5), TCP4ClientEndpoint
         )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from . import wire
 from .protocol import BodySink, BufferSink, DiscardSink, FrameProtocol, IBodySource
+from .tcpclient import TCPAddressEndpoint, TLSClientEndpoint
 from .wire import ErrorCode, FramesError, Limits, ProtocolViolation
 
 if TYPE_CHECKING:
@@ -44,10 +45,8 @@ EventHandler = Callable[[dict[str, Any], bytes], None]
 #: factory is gathered, so the server's own body limit is the bound.
 CLIENT_LIMITS = Limits(maxBody=wire.MAX_FRAME, bufferThreshold=wire.MAX_FRAME)
 
-#: Seconds to wait for the greeting once connected: a server greets at once,
-#: so a silent peer is not one (most often a TLS server waiting for a
-#: ClientHello that a client without TLS never sends).
-DEFAULT_GREETING_TIMEOUT = 5.0
+#: Seconds to wait for the greeting once connected (see L{wire}).
+DEFAULT_GREETING_TIMEOUT = wire.DEFAULT_GREETING_TIMEOUT
 
 #: The first byte of a TLS record: change_cipher_spec, alert, handshake,
 #: application_data; the second is the major version, 3.
@@ -482,7 +481,7 @@ def connect(
     else:
         endpoint = server
     if tls is not None:
-        endpoint = wrapClientTLS(tls, endpoint)
+        endpoint = TLSClientEndpoint(tls, endpoint)
     factory = Factory.forProtocol(ClientProtocol)
 
     async def go() -> FramesClient:
@@ -508,9 +507,17 @@ def connect(
 
 
 def _endpointFor(reactor: Any, server: str, timeout: float) -> IStreamClientEndpoint:
+    # twisted.internet.endpoints is imported only where it is needed (see
+    # twisted_frames.tcpclient).
     prefix = server.split(":", 1)[0]
     if prefix in ("tcp", "unix", "ssl", "tls", "tcp6"):
+        from twisted.internet.endpoints import clientFromString
+
         endpoint: IStreamClientEndpoint = clientFromString(reactor, server)
         return endpoint
     host, port = parseServer(server)
+    if isIPAddress(host) or isIPv6Address(host):
+        return TCPAddressEndpoint(reactor, host, port, timeout=timeout)
+    from twisted.internet.endpoints import HostnameEndpoint
+
     return HostnameEndpoint(reactor, host, port, timeout=timeout)

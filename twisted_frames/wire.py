@@ -24,6 +24,11 @@ from ._speedups.cjson import Codec
 #: server whose major version it does not know.
 PROTOCOL_NAME = "twisted-frames"
 PROTOCOL_VERSION = 1
+#: Seconds a client waits for the greeting once connected: a server greets
+#: at once, so a silent peer is not one (most often a TLS server waiting for
+#: a ClientHello that a client without TLS never sends).  Here, not in the
+#: client, so that the C{frames} parser can show it without loading Twisted.
+DEFAULT_GREETING_TIMEOUT = 5.0
 
 #: The length prefix: unsigned, big-endian, 32 bits, as in C{Int32StringReceiver}.
 PREFIX = struct.Struct("!I")

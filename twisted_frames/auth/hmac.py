@@ -32,10 +32,9 @@ import hashlib
 import hmac
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from OpenSSL import SSL
 
 if TYPE_CHECKING:
     pass
@@ -180,7 +179,10 @@ def channelBinding(transport: Any) -> tuple[str, bytes]:
     """
     getHandle = getattr(transport, "getHandle", None)
     handle = getHandle() if getHandle is not None else None
-    if isinstance(handle, SSL.Connection):
+    # A TLS connection's handle exists only once pyOpenSSL is loaded: a
+    # login over plain TCP does not import it just to say it is not TLS.
+    SSL = sys.modules.get("OpenSSL.SSL")
+    if SSL is not None and isinstance(handle, SSL.Connection):
         value = handle.export_keying_material(EXPORTER_LABEL, 32)
         return BINDING_TLS, bytes(value)
     return BINDING_NONE, b""

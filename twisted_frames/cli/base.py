@@ -15,15 +15,17 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TextIO
-
-from twisted.internet import defer
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..bounds import boundedArgument
-from ..client import FramesClient, connect
 from ..printable import printable
 from ..wire import FramesError
 from . import keys
+
+if TYPE_CHECKING:
+    from twisted.internet import defer
+
+    from ..client import FramesClient
 
 EXIT_OK = 0
 EXIT_REMOTE = 1
@@ -311,6 +313,11 @@ async def openClient(reactor: Any, args: argparse.Namespace) -> FramesClient:
     Connect to C{args.server}, within C{args.timeout}, with TLS and login
     as the security flags say.
     """
+    # Here, not at the top: the client loads Twisted's TCP transport, which
+    # twisted_frames.cli.main.main imports only once it knows whether the
+    # command needs TLS.
+    from ..client import connect
+
     security = keys.clientSecurity(args)
     try:
         client = await connect(

@@ -19,8 +19,6 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.error import ConnectionDone, ConnectionLost
-
 from .base import EXIT_USAGE, UI, openClient
 
 if TYPE_CHECKING:
@@ -161,6 +159,8 @@ async def runRemote(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         signal.SIGINT, lambda signum, frame: reactor.callFromThread(control.interrupted)
     )
     try:
+        from twisted.internet.error import ConnectionDone, ConnectionLost
+
         from ..commands.client import startCommand
 
         control.handle = startCommand(

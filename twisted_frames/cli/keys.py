@@ -16,25 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
-
-from OpenSSL import SSL
-from service_identity.exceptions import VerificationError
+import sys
+from typing import TYPE_CHECKING, Any
 
 from ..auth.hmac import AuthError
-from ..auth.keys import (
-    ClientSecret,
-    UsersFileError,
-    addUser,
-    checkUserName,
-    loadSecretFile,
-    newSecret,
-    writePrivate,
-)
 from ..bounds import boundedArgument
-from ..client import parseServer
-from ..tls import clientOptions
 from ..wire import ErrorCode, FramesError
+
+if TYPE_CHECKING:
+    from ..auth.keys import ClientSecret
 
 
 class TLSFailure(Exception):
@@ -96,6 +86,10 @@ def clientSecurity(args: argparse.Namespace) -> dict[str, Any]:
     @raise ValueError: for inconsistent flags or unusable files (the
         message says which).
     """
+    # Here, not at the top: auth.keys imports Twisted, which the CLI imports
+    # once the command line is read (see twisted_frames.cli.main.main).
+    from ..auth.keys import UsersFileError, loadSecretFile
+
     secret: ClientSecret | None = None
     if args.secret_file:
         try:
@@ -115,6 +109,11 @@ def clientSecurity(args: argparse.Namespace) -> dict[str, Any]:
     if args.tls or args.ca or args.cert:
         if ":" in args.server and args.server.split(":", 1)[0] in ("tcp", "unix", "ssl", "tls"):
             raise ValueError("--tls needs --server HOST:PORT (the host name is checked)")
+        # Here, not at the top: the client and pyOpenSSL load only once the
+        # command runs (see twisted_frames.cli.main.main).
+        from ..client import parseServer
+        from ..tls import clientOptions
+
         host, _ = parseServer(args.server)
         tls = clientOptions(host, args.ca, args.cert, args.key)
     return {"tls": tls, "secret": secret}
@@ -125,12 +124,16 @@ def explainTLSFailure(error: BaseException, server: str) -> TLSFailure | None:
     Turn an OpenSSL or host-name verification error into one sentence, or
     C{None} if C{error} is not a TLS failure.
     """
-    if isinstance(error, VerificationError):
+    # An error of pyOpenSSL or service_identity can only come from a module
+    # that is loaded: a command without TLS does not import them for this.
+    identity = sys.modules.get("service_identity.exceptions")
+    if identity is not None and isinstance(error, identity.VerificationError):
         return TLSFailure(
             f"the server's certificate is not valid for the host name in {server} "
             "(host name mismatch)"
         )
-    if not isinstance(error, SSL.Error):
+    SSL = sys.modules.get("OpenSSL.SSL")
+    if SSL is None or not isinstance(error, SSL.Error):
         return None
     text = str(error)
     if "certificate verify failed" in text:
@@ -165,6 +168,8 @@ def explainLoginFailure(error: FramesError, user: str) -> FramesError:
 
 
 async def _keygen(reactor: Any, args: argparse.Namespace, ui: Any) -> int:
+    from ..auth.keys import addUser, checkUserName, newSecret, writePrivate
+
     checkUserName(args.name)
     secret = newSecret(args.name)
     if args.users:

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
-
-from twisted.internet import defer
-from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..client import DEFAULT_GREETING_TIMEOUT, NoGreeting
-from ..wire import FramesError
+from ..wire import DEFAULT_GREETING_TIMEOUT, FramesError
 from . import commands, files, keys, ping
 from .base import (
     DEFAULT_TIMEOUT,
@@ -40,6 +38,11 @@ from .base import (
     _seconds,
     interruptionOf,
 )
+
+if TYPE_CHECKING:
+    from twisted.internet import defer
+
+    from ..client import NoGreeting
 
 #: Modules adding subcommands: each has C{register(subparsers)}.
 REGISTRARS: list[Callable[[Any], None]] = [
@@ -93,13 +96,21 @@ def buildParser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """
     Entry point of the C{frames} console script.
+
+    @param argv: the arguments, or C{None} for the process's own command
+        line; then Twisted is imported without what the command does not
+        use (C{_leanImports}).
     """
     parser = buildParser()
     args = parser.parse_args(argv)
     ui = UI(args.json)
 
-    from twisted.internet import reactor as globalReactor
-    from twisted.internet.task import react
+    # Twisted is imported here, once the command line is read, and nowhere
+    # at the top of the CLI's modules: see _leanImports.
+    with _leanImports(argv is None, needsTLS(args)):
+        from twisted.internet import defer
+        from twisted.internet import reactor as globalReactor
+        from twisted.internet.task import react
 
     interruption = args.interruption = Interruption(globalReactor, args, ui)
     interruption.install()
@@ -125,6 +136,86 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise
 
 
+#: The types of endpoint string for C{--server} that connect with TLS (the
+#: others L{twisted_frames.client.connect} takes are C{tcp}, C{tcp6} and
+#: C{unix}).
+TLS_ENDPOINTS = ("ssl", "tls")
+
+
+def needsTLS(args: argparse.Namespace) -> bool:
+    """
+    Whether the command's connection may use TLS: C{--tls}, C{--ca} or
+    C{--cert} (or their environment variables), or a C{--server} endpoint
+    string of a TLS type.
+    """
+    return bool(args.tls or args.ca or args.cert) or (
+        args.server.split(":", 1)[0] in TLS_ENDPOINTS
+    )
+
+
+@contextmanager
+def _leanImports(program: bool, tls: bool) -> Iterator[None]:
+    """
+    Import Twisted, in the block, without two things that it imports and a
+    C{frames} command does not use, if C{program} (L{main} runs as the
+    process's program: the C{frames} console script and C{python -m
+    twisted_frames}, which pass no C{argv}) and nothing has imported them
+    yet:
+
+      - pyOpenSSL, unless C{tls} (L{needsTLS}).  The reactor imports
+        C{twisted.internet.ssl} and the TLS layer of its TCP transport
+        whenever pyOpenSSL can be imported (pyOpenSSL, cryptography,
+        service_identity and idna: about a fifth of the start-up of a
+        command without TLS).  A C{None} in C{sys.modules} makes C{import
+        OpenSSL} raise C{ImportError}, which Twisted catches, as where
+        pyOpenSSL is not installed: its TCP transport then has no
+        C{startTLS} and the reactor no C{connectSSL}, for the rest of the
+        process.  Once the block ends, pyOpenSSL may be imported again
+        (C{frames make-certs} uses cryptography).
+      - C{http.cookiejar}, which C{twisted.python.compat} imports only to
+        offer it under a deprecated name, and with it C{urllib.request},
+        C{http.client} and C{email}: about a tenth of the start-up.  It
+        becomes a module that runs on first use (the standard library's
+        C{importlib.util.LazyLoader}), so it is all there if anything
+        uses it.
+    """
+    if not program:
+        yield
+        return
+    if "http.cookiejar" not in sys.modules:
+        _importOnFirstUse("http.cookiejar")
+    if tls or "OpenSSL" in sys.modules or "twisted.internet.tcp" in sys.modules:
+        yield
+        return
+    sys.modules["OpenSSL"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if "OpenSSL" in sys.modules and sys.modules["OpenSSL"] is None:
+            del sys.modules["OpenSSL"]
+
+
+def _importOnFirstUse(name: str) -> None:
+    """
+    Import the module C{name} so that its code runs when one of its
+    attributes is first looked up, as C{importlib.util.LazyLoader}'s
+    documentation shows.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        return
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, module)
+
+
 async def runCommand(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     """
     Run one parsed subcommand, mapping failures to one line and an exit
@@ -146,6 +237,11 @@ def _failed(error: Exception, args: argparse.Namespace, ui: UI) -> int:
     """
     Map a command's failure to one line and an exit status.
     """
+    from twisted.internet import defer
+    from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
+
+    from ..client import NoGreeting
+
     try:
         # Re-raised so that one ladder of except clauses sorts it.
         raise error
@@ -209,6 +305,8 @@ def _noGreetingMessage(e: NoGreeting, args: argparse.Namespace) -> str:
 
 
 def _reason(e: BaseException) -> str:
+    from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
+
     text = str(e).strip()
     if isinstance(e, (ConnectionDone, ConnectionLost)) and e.args:
         # Twisted's text is its generic reason then ours ("Connection was

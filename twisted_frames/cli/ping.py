@@ -10,7 +10,6 @@ import os
 import time
 from typing import Any
 
-from ..client import parseServer
 from ..printable import printable
 from .base import EXIT_OK, EXIT_REMOTE, EXIT_TIMEOUT, UI, _nonNegative, _positive, openClient
 
@@ -54,6 +53,7 @@ async def _ping(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
 
 
 async def _udpEcho(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
+    from ..client import parseServer
     from ..udp import EchoTimeout, udpEcho
 
     host, port = parseServer(args.server)
