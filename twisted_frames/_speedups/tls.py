@@ -25,20 +25,24 @@ it is: writes through C{transport.write}.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
-
-from OpenSSL.SSL import WantReadError
-from twisted.protocols import tls
 
 from . import enabled
 from .tcp import canSendDirect, sendDirect
 
-_Buffering: Any = getattr(tls, "BufferingTLSTransport", None)
-_Aggregator: Any = getattr(tls, "_AggregateSmallWrites", None)
-#: The write below the buffering: encrypt and hand the records on now.
-_unbufferedWrite: Any = getattr(tls.TLSMemoryBIOProtocol, "write", None)
 #: How much C{_flushSendBIO} reads from the send BIO at a time, as Twisted does.
 _BIO_READ = 2**15
+
+
+def _tlsModule() -> Any:
+    """
+    @return: C{twisted.protocols.tls} if something has imported it, else
+        C{None}.  Nothing here imports it (nor pyOpenSSL): a transport can
+        only be a TLS one once it is loaded, and a C{frames} command without
+        TLS must not pay for importing pyOpenSSL (see L{twisted_frames.cli}).
+    """
+    return sys.modules.get("twisted.protocols.tls")
 
 
 def canWriteUnbuffered(transport: Any) -> bool:
@@ -46,13 +50,17 @@ def canWriteUnbuffered(transport: Any) -> bool:
     @return: whether L{writeUnbuffered} may be used on C{transport}: a
         C{BufferingTLSTransport} with the buffer it is known to have.
     """
+    tls = _tlsModule()
+    if tls is None or not enabled():
+        return False
+    buffering = getattr(tls, "BufferingTLSTransport", None)
+    aggregator = getattr(tls, "_AggregateSmallWrites", None)
     return (
-        enabled()
-        and _Buffering is not None
-        and _Aggregator is not None
-        and _unbufferedWrite is not None
-        and isinstance(transport, _Buffering)
-        and isinstance(getattr(transport, "_aggregator", None), _Aggregator)
+        buffering is not None
+        and aggregator is not None
+        and callable(getattr(tls.TLSMemoryBIOProtocol, "write", None))
+        and isinstance(transport, buffering)
+        and isinstance(getattr(transport, "_aggregator", None), aggregator)
         and callable(getattr(transport._aggregator, "flush", None))
     )
 
@@ -64,12 +72,14 @@ def writeUnbuffered(transport: Any, data: bytes) -> None:
     connection is lost (its buffer replaced), as its own C{write}, which
     drops it.
     """
+    tls = _tlsModule()
     aggregator = transport._aggregator
-    if not isinstance(aggregator, _Aggregator):
+    if not isinstance(aggregator, tls._AggregateSmallWrites):
         transport.write(data)
         return
     aggregator.flush()
-    _unbufferedWrite(transport, data)
+    # The write below the buffering: encrypt and hand the records on now.
+    tls.TLSMemoryBIOProtocol.write(transport, data)
 
 
 def sendRecordsDirect(transport: Any) -> bool:
@@ -82,8 +92,11 @@ def sendRecordsDirect(transport: Any) -> bool:
         over a TCP connection (L{canSendDirect}) with the attributes this
         relies on, and the speed paths are enabled.
     """
-    if not (enabled() and isinstance(transport, tls.TLSMemoryBIOProtocol)):
+    tls = _tlsModule()
+    if not (enabled() and tls is not None and isinstance(transport, tls.TLSMemoryBIOProtocol)):
         return False
+    # Loaded with twisted.protocols.tls.
+    WantReadError = sys.modules["OpenSSL.SSL"].WantReadError
     below = getattr(transport, "transport", None)
     connection = getattr(transport, "_tlsConnection", None)
     if (
