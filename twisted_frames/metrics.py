@@ -622,14 +622,41 @@ def prepareMultiprocess(path: str) -> None:
     os.environ[MULTIPROC_ENV] = path
 
 
-def multiprocessRegistry(path: str | None = None) -> CollectorRegistry:
+class _DirectoryCollector:
+    """
+    A C{MultiProcessCollector} over whatever directory C{directory()} names
+    at each scrape: nothing while it names none (before the first worker
+    starts, after the last has stopped).
+    """
+
+    def __init__(self, directory: Callable[[], str | None]) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Any]:
+        path = self.directory()
+        if path is None or not os.path.isdir(path):
+            return []
+        collector = multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+        return cast(Iterable[Any], collector.collect())  # type: ignore[no-untyped-call]
+
+
+def multiprocessRegistry(
+    path: str | Callable[[], str | None] | None = None,
+) -> CollectorRegistry:
     """
     A registry exporting the sum of every worker's values in C{path}
     (default: C{PROMETHEUS_MULTIPROC_DIR}), for the process that serves
     C{/metrics}.
+
+    @param path: the directory, or a callable returning it at each scrape
+        (or C{None}: then the registry exports nothing), for a supervisor
+        that makes the directory only when it starts its workers.
     """
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    if callable(path):
+        registry.register(_DirectoryCollector(path))  # type: ignore[arg-type]
+    else:
+        multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return registry
 
 
