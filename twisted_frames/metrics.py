@@ -64,6 +64,13 @@ processes, each a whole server, does exactly this:
      figures), so that a dead worker's connections stop counting as open.
      Counters and histograms are kept.
 
+C{twistd frameserver --workers N --metrics ENDPOINT} is such a supervisor
+(L{twisted_frames.workers.Supervisor} does steps 1, 2 and 4;
+L{twisted_frames.monitoring.supervisorMonitoring} step 3, with
+L{multiprocessRegistry} given a callable, since the directory exists only
+while the workers run).  Its main process counts nothing and has no series
+of its own: the process figures are the live workers' only.
+
 Gauge modes chosen here: C{frames_connections_open} and
 C{frames_commands_running} are C{livesum} (the server-wide figure is the
 sum over live workers); C{frames_process_resident_memory_bytes} and

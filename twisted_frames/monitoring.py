@@ -56,7 +56,8 @@ class MetricsOptions:
             None,
             "Serve Prometheus metrics (/metrics) and a health check (/healthz: 200 "
             "while serving, 503 while shutting down) over HTTP on this endpoint, "
-            "e.g. tcp:9108:interface=127.0.0.1. Default: off. 'worker': record "
+            "e.g. tcp:9108:interface=127.0.0.1; with --workers N, the main process "
+            "serves the sum over its workers. Default: off. 'worker': record "
             "metrics into $PROMETHEUS_MULTIPROC_DIR and serve none (for the "
             "workers of a supervisor that serves them).",
         ],
