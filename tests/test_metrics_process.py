@@ -142,9 +142,10 @@ def test_healthDuringShutdown(tmp_path: Path) -> None:
         assert server.process.wait(timeout=20) == -signal.SIGTERM
 
 
-def failedStart(root: Path, endpoint: str) -> str:
+def failedStart(root: Path, endpoint: str, *extra: str) -> str:
     """
-    Start a frameserver with C{--metrics endpoint}, which must fail.
+    Start a frameserver with C{--metrics endpoint} (and C{extra}
+    options), which must fail.
 
     @return: the one line it printed on stderr (it exited with status 1).
     """
@@ -164,6 +165,7 @@ def failedStart(root: Path, endpoint: str) -> str:
             "0",
             "--metrics",
             endpoint,
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -196,6 +198,20 @@ def test_portInUse(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         line = failedStart(tmp_path, f"tcp:{port}:interface=127.0.0.1")
+    assert line == f"twistd frameserver: cannot listen: 127.0.0.1:{port}: Address already in use"
+
+
+def test_portInUseWithWorkers(tmp_path: Path) -> None:
+    """
+    With C{--workers 2}, the main process binds the metrics endpoint before
+    it starts any worker: a port already taken stops start-up with the
+    same one line (no worker tries it).
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = failedStart(tmp_path, f"tcp:{port}:interface=127.0.0.1", "--workers", "2")
     assert line == f"twistd frameserver: cannot listen: 127.0.0.1:{port}: Address already in use"
 
 
