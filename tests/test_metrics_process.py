@@ -8,6 +8,7 @@ run as workers (the multiprocess mode) have their counts summed.
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import signal
 import socket
@@ -29,6 +30,7 @@ from twisted_frames.metrics import (
 
 from .serverprocess import TWISTD, ServerProcess, childEnv
 from .test_shutdown_process import recvExactly, recvMessage, sendMessage
+from .test_workers_process import START, workerPids
 
 METRICS = "tcp:0:interface=127.0.0.1"
 _METRICS_PORT = re.compile(r"metrics listening on 127\.0\.0\.1:(\d+)")
@@ -140,9 +142,10 @@ def test_healthDuringShutdown(tmp_path: Path) -> None:
         assert server.process.wait(timeout=20) == -signal.SIGTERM
 
 
-def failedStart(root: Path, endpoint: str) -> str:
+def failedStart(root: Path, endpoint: str, *extra: str) -> str:
     """
-    Start a frameserver with C{--metrics endpoint}, which must fail.
+    Start a frameserver with C{--metrics endpoint} (and C{extra}
+    options), which must fail.
 
     @return: the one line it printed on stderr (it exited with status 1).
     """
@@ -162,6 +165,7 @@ def failedStart(root: Path, endpoint: str) -> str:
             "0",
             "--metrics",
             endpoint,
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -194,6 +198,20 @@ def test_portInUse(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         line = failedStart(tmp_path, f"tcp:{port}:interface=127.0.0.1")
+    assert line == f"twistd frameserver: cannot listen: 127.0.0.1:{port}: Address already in use"
+
+
+def test_portInUseWithWorkers(tmp_path: Path) -> None:
+    """
+    With C{--workers 2}, the main process binds the metrics endpoint before
+    it starts any worker: a port already taken stops start-up with the
+    same one line (no worker tries it).
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = failedStart(tmp_path, f"tcp:{port}:interface=127.0.0.1", "--workers", "2")
     assert line == f"twistd frameserver: cannot listen: 127.0.0.1:{port}: Address already in use"
 
 
@@ -238,3 +256,60 @@ def test_workersSummed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     after = multiprocessRegistry(path)
     assert after.get_sample_value("frames_connections_open", {}) is None
     assert after.get_sample_value("frames_requests_total", {"op": "ping", "outcome": "ok"}) == 7
+
+
+def processPids(port: int, expected: set[str]) -> None:
+    """
+    Get C{/metrics} until the process figures have one series per process
+    of C{expected} (their C{pid} labels), for at most 30 seconds.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        _, text = httpGet(port, "/metrics")
+        found = {
+            s.labels.get("pid", "")
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "frames_process_resident_memory_bytes"
+        }
+        if found == expected:
+            return
+        assert time.monotonic() < deadline, f"process figures of {found}, not {expected}"
+        time.sleep(0.1)
+
+
+def test_workersServeTheSum(tmp_path: Path) -> None:
+    """
+    C{--workers 2 --metrics ENDPOINT}: the main process alone listens on
+    the endpoint, and its C{/metrics} is the sum of the pings the workers
+    served over several connections; the process figures are the live
+    workers'.  A worker killed with C{SIGKILL} is restarted and the pings
+    it counted stay counted; C{SIGTERM} stops the whole server.
+    """
+    with ServerProcess(str(tmp_path), "--workers", "2", "--metrics", METRICS) as server:
+        pids = workerPids(server, 2)
+        port = metricsPort(server)
+        assert httpGet(port, "/healthz") == (200, "serving\n")
+        for _ in range(6):
+            ping(server.port, 5)
+        scrapeUntil(port, "frames_requests_total", 30.0, op="ping", outcome="ok")
+        processPids(port, {str(pid) for pid in pids.values()})
+
+        os.kill(pids[1], signal.SIGKILL)
+        line = server.waitFor(rf"worker 1 ready \(pid (?!{pids[1]}\))\d+\)", START)
+        restarted = int(re.findall(r"pid (\d+)", line)[-1])
+        # The dead worker's counts stay; its live gauges are gone.
+        processPids(port, {str(pids[2]), str(restarted)})
+        status, text = httpGet(port, "/metrics")
+        assert status == 200
+        assert sample(text, "frames_requests_total", op="ping", outcome="ok") == 30.0
+        for _ in range(2):
+            ping(server.port, 2)
+        scrapeUntil(port, "frames_requests_total", 34.0, op="ping", outcome="ok")
+        assert httpGet(port, "/healthz") == (200, "serving\n")
+
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == -signal.SIGTERM
+    assert len(_METRICS_PORT.findall(server.log)) == 1, server.log
+    assert "Traceback" not in server.log, server.log

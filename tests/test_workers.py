@@ -20,7 +20,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_frames import tap
+from twisted_frames import monitoring, tap
+from twisted_frames.metrics import MetricsWebService
 from twisted_frames.proxied import ProxiedFactory
 from twisted_frames.workers import (
     READY_FIELD,
@@ -30,6 +31,28 @@ from twisted_frames.workers import (
     WorkerSockets,
     describeExit,
 )
+
+#: The labels of the pings answered.
+PING_OK = {"op": "ping", "outcome": "ok"}
+
+
+def writeCounter(path: str, pid: int, value: float) -> None:
+    """
+    Write the file of C{frames_requests_total} of worker C{pid} into the
+    multiprocess directory C{path}, as prometheus_client does in a worker.
+    """
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    key = mmap_key(
+        "frames_requests",
+        "frames_requests_total",
+        ["op", "outcome"],
+        ["ping", "ok"],
+        "requests",
+    )
+    db = MmapedDict(os.path.join(path, f"counter_{pid}.db"))
+    db.write_value(key, value, 0.0)
+    db.close()
 
 
 class FakeProcess:
@@ -312,6 +335,44 @@ class SupervisorTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(path))
         self.assertIsNone(supervisor.metricsDir)
 
+    def test_metricsServedByTheMainProcess(self) -> None:
+        """
+        The main process's metrics endpoint: C{/healthz} is 200 only while a
+        worker is ready and the supervisor is not stopping; from the stop on
+        it is 503, and the endpoint stops listening only once every worker
+        has exited.  C{/metrics} sums the files of the supervisor's
+        directory, and is empty while there is none.
+        """
+        supervisor = self.supervisor(metrics=True)
+        web = monitoring.supervisorMonitoring(
+            {"metrics": "tcp:0:interface=127.0.0.1"}, self.reactor, supervisor
+        )
+        assert isinstance(web, MetricsWebService)
+        web.privilegedStartService()
+        web.startService()
+        self.assertEqual([port[1] for port in self.reactor.tcpServers], [web.site])
+        self.assertFalse(web.healthy())
+        self.reactor.spawned[0].ready()
+        self.assertTrue(web.healthy())
+        first, second = self.reactor.spawned
+        assert supervisor.metricsDir is not None
+        for process, count in ((first.process, 3.0), (second.process, 4.0)):
+            writeCounter(supervisor.metricsDir, process.pid, count)
+        self.assertEqual(web.registry.get_sample_value("frames_requests_total", PING_OK), 7.0)
+
+        stopped = supervisor.stopService()
+        webStopped = web.stopService()
+        self.assertFalse(web.healthy())
+        first.end(ProcessTerminated(signal=15))
+        self.assertNoResult(webStopped)
+        self.assertIsNotNone(web.port)
+        second.end(ProcessTerminated(signal=15))
+        self.successResultOf(stopped)
+        self.successResultOf(webStopped)
+        self.assertIsNone(web.port)
+        self.assertIsNone(web.registry.get_sample_value("frames_requests_total", PING_OK))
+        self.successResultOf(supervisor.whenStopped())
+
     def test_describeExit(self) -> None:
         """
         L{describeExit} names the exit status or the signal.
@@ -415,6 +476,34 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(supervisor.stopTimeout, 10 + 1 + 5)
         single = tap.makeService(self.options(), MemoryReactorClock(), environ={})
         self.assertIsInstance(single, tap.FrameServerService)
+
+    def test_mainProcessMetrics(self) -> None:
+        """
+        With C{--workers 2 --metrics ENDPOINT}, the workers run with
+        C{--metrics worker} (they count, and do not listen on the endpoint)
+        and the main process serves the endpoint, its first service, so the
+        last stopped.
+        """
+        options = self.options("--workers", "2", "--metrics", "tcp:0:interface=127.0.0.1")
+        service = tap.makeService(options, MemoryReactorClock(), environ={})
+        assert isinstance(service, tap.WorkersService)
+        self.assertEqual(service.supervisor.argv[-2:], ["--metrics", "worker"])
+        self.assertTrue(service.supervisor.metrics)
+        self.assertIsInstance(service.web, MetricsWebService)
+        self.assertIs(list(service)[0], service.web)
+        plain = tap.makeService(self.options("--workers", "2"), MemoryReactorClock(), environ={})
+        assert isinstance(plain, tap.WorkersService)
+        self.assertIsNone(plain.web)
+        self.assertNotIn("--metrics", plain.supervisor.argv)
+
+    def test_mainProcessMetricsInsecure(self) -> None:
+        """
+        The main process checks C{--metrics} as a single server does: a
+        non-loopback endpoint needs C{--metrics-insecure}.
+        """
+        with self.assertRaises(SystemExit) as e:
+            self.options("--workers", "2", "--metrics", "tcp:0")
+        self.assertIn("refusing to serve metrics on tcp:0", str(e.exception))
 
     def test_workersBounded(self) -> None:
         """

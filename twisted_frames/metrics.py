@@ -64,6 +64,13 @@ processes, each a whole server, does exactly this:
      figures), so that a dead worker's connections stop counting as open.
      Counters and histograms are kept.
 
+C{twistd frameserver --workers N --metrics ENDPOINT} is such a supervisor
+(L{twisted_frames.workers.Supervisor} does steps 1, 2 and 4;
+L{twisted_frames.monitoring.supervisorMonitoring} step 3, with
+L{multiprocessRegistry} given a callable, since the directory exists only
+while the workers run).  Its main process counts nothing and has no series
+of its own: the process figures are the live workers' only.
+
 Gauge modes chosen here: C{frames_connections_open} and
 C{frames_commands_running} are C{livesum} (the server-wide figure is the
 sum over live workers); C{frames_process_resident_memory_bytes} and
@@ -622,14 +629,41 @@ def prepareMultiprocess(path: str) -> None:
     os.environ[MULTIPROC_ENV] = path
 
 
-def multiprocessRegistry(path: str | None = None) -> CollectorRegistry:
+class _DirectoryCollector:
+    """
+    A C{MultiProcessCollector} over whatever directory C{directory()} names
+    at each scrape: nothing while it names none (before the first worker
+    starts, after the last has stopped).
+    """
+
+    def __init__(self, directory: Callable[[], str | None]) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Any]:
+        path = self.directory()
+        if path is None or not os.path.isdir(path):
+            return []
+        collector = multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+        return cast(Iterable[Any], collector.collect())  # type: ignore[no-untyped-call]
+
+
+def multiprocessRegistry(
+    path: str | Callable[[], str | None] | None = None,
+) -> CollectorRegistry:
     """
     A registry exporting the sum of every worker's values in C{path}
     (default: C{PROMETHEUS_MULTIPROC_DIR}), for the process that serves
     C{/metrics}.
+
+    @param path: the directory, or a callable returning it at each scrape
+        (or C{None}: then the registry exports nothing), for a supervisor
+        that makes the directory only when it starts its workers.
     """
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    if callable(path):
+        registry.register(_DirectoryCollector(path))  # type: ignore[arg-type]
+    else:
+        multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return registry
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from .metrics import Metrics
     from .server import FramesServerFactory
+    from .workers import Supervisor
 
 INSECURE_FLAG = "metrics-insecure"
 #: The C{--metrics} value of a worker whose supervisor serves the metrics.
@@ -55,7 +56,8 @@ class MetricsOptions:
             None,
             "Serve Prometheus metrics (/metrics) and a health check (/healthz: 200 "
             "while serving, 503 while shutting down) over HTTP on this endpoint, "
-            "e.g. tcp:9108:interface=127.0.0.1. Default: off. 'worker': record "
+            "e.g. tcp:9108:interface=127.0.0.1; with --workers N, the main process "
+            "serves the sum over its workers. Default: off. 'worker': record "
             "metrics into $PROMETHEUS_MULTIPROC_DIR and serve none (for the "
             "workers of a supervisor that serves them).",
         ],
@@ -137,17 +139,9 @@ def monitoringServices(config: Any, reactor: Any, factory: FramesServerFactory) 
     metrics.setOperations(factory.operations)
     children: list[IService] = []
     if config["metrics"] != WORKER:
-        from twisted.internet import endpoints
-
-        try:
-            endpoint = endpoints.serverFromString(reactor, config["metrics"])
-        except (ValueError, TypeError, KeyError) as e:
-            raise SystemExit(
-                f"twistd frameserver: bad --metrics {config['metrics']!r}: {e}"
-            ) from None
         children.append(
             MetricsWebService(
-                endpoint,
+                _endpoint(config, reactor),
                 metrics.registry,
                 healthy=lambda: not factory.shuttingDown,
                 drained=factory.shutDown,
@@ -155,6 +149,43 @@ def monitoringServices(config: Any, reactor: Any, factory: FramesServerFactory) 
         )
     children.append(MetricsTimer(metrics, reactor, drained=factory.shutDown))
     return children
+
+
+def _endpoint(config: Any, reactor: Any) -> Any:
+    """
+    The endpoint of C{--metrics}.
+
+    @raise SystemExit: if the endpoint string is bad.
+    """
+    from twisted.internet import endpoints
+
+    try:
+        return endpoints.serverFromString(reactor, config["metrics"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise SystemExit(f"twistd frameserver: bad --metrics {config['metrics']!r}: {e}") from None
+
+
+def supervisorMonitoring(config: Any, reactor: Any, supervisor: Supervisor) -> IService | None:
+    """
+    The web endpoint of C{--metrics} in the main process of C{--workers N}
+    (C{None} without C{--metrics}): C{/metrics} is the sum of the workers'
+    values in L{Supervisor.metricsDir} (the main process counts nothing
+    itself), C{/healthz} says 200 while a worker serves and the supervisor
+    is not stopping, and the endpoint stays up, answering 503, until every
+    worker has exited.
+
+    @raise SystemExit: if the endpoint string is bad.
+    """
+    if config["metrics"] is None or config["metrics"] == WORKER:
+        return None
+    from .metrics import MetricsWebService, multiprocessRegistry
+
+    return MetricsWebService(
+        _endpoint(config, reactor),
+        multiprocessRegistry(lambda: supervisor.metricsDir),
+        healthy=supervisor.serving,
+        drained=supervisor.whenStopped,
+    )
 
 
 #: The metrics options' entry in C{tap.SERVICES}: first, so that the

@@ -335,13 +335,21 @@ def _listenOrExit(listen: Any) -> None:
 class WorkersService(service.MultiService):
     """
     The main process of C{--workers N}: the shared ports and the
-    L{Supervisor} of the workers (L{makeSupervisor}).
+    L{Supervisor} of the workers (L{makeSupervisor}), and with C{--metrics}
+    the web endpoint serving their sum (L{monitoring.supervisorMonitoring}).
     """
 
-    def __init__(self, ports: SharedPorts, supervisor: Supervisor) -> None:
+    def __init__(
+        self, ports: SharedPorts, supervisor: Supervisor, web: service.IService | None = None
+    ) -> None:
         super().__init__()
         self.ports = ports
         self.supervisor = supervisor
+        self.web = web
+        # The first child, so the last stopped: /healthz says 503 until
+        # every worker has exited.
+        if web is not None:
+            web.setServiceParent(self)
         ports.setServiceParent(self)
         supervisor.setServiceParent(self)
 
@@ -537,6 +545,10 @@ def makeSupervisor(config: ServerOptions, reactor: Any) -> WorkersService:
         "--root",
         os.path.abspath(config["root"]),
     ]
+    if config.get("metrics") is not None:
+        # Only the main process listens on the endpoint; the workers count
+        # into the supervisor's directory.
+        argv += ["--metrics", monitoring.WORKER]
     # A worker has its whole grace and flush time, then some to exit.
     stopTimeout = float(config["shutdown-grace"]) + FramesServerFactory.shutdownFlush + 5.0
     # With metrics, the workers write prometheus_client's multiprocess files
@@ -544,7 +556,8 @@ def makeSupervisor(config: ServerOptions, reactor: Any) -> WorkersService:
     supervisor = Supervisor(
         reactor, config["workers"], argv, ports, stopTimeout, metrics=bool(config.get("metrics"))
     )
-    return WorkersService(ports, supervisor)
+    web = monitoring.supervisorMonitoring(config, reactor, supervisor)
+    return WorkersService(ports, supervisor, web)
 
 
 def listenEndpoint(

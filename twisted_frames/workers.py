@@ -46,7 +46,9 @@ C{prometheus_client}'s multiprocess mode before the first worker starts,
 passes it to every worker as C{PROMETHEUS_MULTIPROC_DIR}, marks each
 worker that exits dead in it, and removes it once the last worker has
 stopped; L{Supervisor.metricsDir} is the directory the main process reads
-to serve the sum.
+to serve the sum.  The workers are started with C{--metrics worker} in
+place of the endpoint (L{twisted_frames.tap.makeSupervisor}), so that only
+the main process listens on it.
 """
 
 from __future__ import annotations
@@ -524,6 +526,8 @@ class Supervisor(service.Service):
         self.executable = executable
         self.workers = [_Worker(i) for i in range(1, count + 1)]
         self.stopping = False
+        self.stopped = False
+        self._stopWaiters: list[defer.Deferred[None]] = []
 
     def command(self) -> list[str]:
         """
@@ -575,6 +579,24 @@ class Supervisor(service.Service):
 
     def _ready(self, worker: _Worker) -> None:
         worker.ready = worker.everReady = True
+
+    def serving(self) -> bool:
+        """
+        Whether the server serves: it is not stopping and at least one
+        worker is running and ready (the main process's C{/healthz}).
+        """
+        return not self.stopping and any(w.ready and w.process is not None for w in self.workers)
+
+    def whenStopped(self) -> defer.Deferred[None]:
+        """
+        @return: a Deferred firing once L{stopService} has seen every worker
+            exit (at once if it has).
+        """
+        if self.stopped:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._stopWaiters.append(d)
+        return d
 
     def _ended(self, worker: _Worker, reason: Failure) -> None:
         worker.process = None
@@ -641,7 +663,11 @@ class Supervisor(service.Service):
             if kill.active():
                 kill.cancel()
             self._removeMetricsDir()
+            self.stopped = True
             done.callback(None)
+            waiters, self._stopWaiters = self._stopWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
         defer.DeferredList(ended).addCallback(allEnded)
         return done
