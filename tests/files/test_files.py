@@ -1751,6 +1751,34 @@ class FileSourceSendfileTests(SynchronousTestCase):
         self.successResultOf(done)
         self.assertEqual(b"".join(consumer.sent), self.data)
 
+    def test_rangesGrowWithWhatWasSent(self) -> None:
+        """
+        The first ranges are C{sendfileFirst} bytes, and no range is larger
+        than what was already sent: a consumer that takes nothing has only
+        C{SENDFILE_AHEAD} small ranges hashed ahead of it, one that takes
+        everything soon gets whole ranges.
+        """
+        source = FileSource(
+            self.fd,
+            0,
+            len(self.data),
+            hashlib.sha256(),
+            self.runner,
+            sendfileChunk=8000,
+            sendfileFirst=1000,
+        )
+        consumer = _FileSendingConsumer(source, take=3000)
+        source.pauseProducing()
+        done = source.startProducing(consumer)
+        self.assertEqual(self.jobs, [1000] * filestore.SENDFILE_AHEAD)
+        source.resumeProducing()
+        consumer.drain()
+        self.successResultOf(done)
+        self.assertEqual(b"".join(consumer.sent), self.data)
+        self.assertEqual(source.hasher.hexdigest(), sha(self.data))
+        self.assertEqual(max(self.jobs), 8000)
+        self.assertEqual(sum(self.jobs), len(self.data))
+
     def test_detachedSendsZeros(self) -> None:
         """
         Once detached, what is left (hashed ranges included) goes as zeros

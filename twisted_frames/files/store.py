@@ -45,6 +45,12 @@ HASH_BUFFER = 256 * 1024
 #: Hashed ranges waiting for the socket, at most, in that case: they cost
 #: no memory of the process (they are in the page cache).
 SENDFILE_AHEAD = 4
+#: The first ranges' size; a range is never larger than what was already
+#: sent (up to L{SENDFILE_CHUNK}), so that a peer that reads nothing costs
+#: at most L{SENDFILE_AHEAD} of these of hashing, not of L{SENDFILE_CHUNK}
+#: (85 stalled readers' pipelined gets otherwise hashed 1.3 GiB ahead and
+#: kept a bystander's 16 MiB download waiting 1.5 s for the worker threads).
+SENDFILE_FIRST = 256 * 1024
 #: Most buffers one C{writev} call accepts (POSIX guarantees 16; Linux 1024).
 IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 #: Socket read size and send slice of connections doing file transfers.
@@ -407,7 +413,8 @@ class FileSource:
     page cache to the socket with C{os.sendfile} instead, never through
     Python: the worker thread then only reads each range into one reused
     buffer of L{HASH_BUFFER} bytes, a piece at a time, and hashes it,
-    L{SENDFILE_CHUNK} bytes per job and at most
+    L{SENDFILE_CHUNK} bytes per job (less while little has been sent: see
+    L{SENDFILE_FIRST}) and at most
     L{SENDFILE_AHEAD} ranges ahead, and a range is sent only once it has
     been hashed (so it is in the page cache and sending it does not wait
     for the disk).  The hash is of what was read, the bytes sent are what
@@ -425,6 +432,7 @@ class FileSource:
         progress: Callable[[int], None] | None = None,
         chunkSize: int = READ_CHUNK,
         sendfileChunk: int = SENDFILE_CHUNK,
+        sendfileFirst: int = SENDFILE_FIRST,
     ) -> None:
         self.fd = fd
         self.offset = offset
@@ -434,6 +442,7 @@ class FileSource:
         self._run = runInThread
         self._chunk = chunkSize
         self._sendfileChunk = sendfileChunk
+        self._sendfileFirst = sendfileFirst
         self._requested = 0
         self._sent = 0
         self._reading = False
@@ -517,6 +526,9 @@ class FileSource:
         if len(self._ready) >= self._ahead:
             return
         n = min(self._chunk, self.length - self._requested)
+        if self._buffer is not None:
+            # Ranges grow with what the peer has taken (see SENDFILE_FIRST).
+            n = min(n, max(self._sendfileFirst, self._sent))
         pos = self.offset + self._requested
         self._requested += n
         if self._detached:
