@@ -77,7 +77,6 @@ class ProxiedProtocol(HAProxyProtocolWrapper):
     factory: ProxiedFactory
     _buffer = b""
     _deadline: IDelayedCall | None = None
-    _wrappedConnected = False
 
     def makeConnection(self, transport: Any) -> None:
         """
@@ -136,7 +135,6 @@ class ProxiedProtocol(HAProxyProtocolWrapper):
 
     def _connectWrapped(self) -> None:
         self._cancelDeadline()
-        self._wrappedConnected = True
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
 
     def _cancelDeadline(self) -> None:
@@ -154,10 +152,11 @@ class ProxiedProtocol(HAProxyProtocolWrapper):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         """
-        Tell the wrapped protocol, if it was ever connected.
+        Tell the wrapped protocol, if it was ever connected (it is once
+        the header has been read).
         """
         self._cancelDeadline()
-        if self._wrappedConnected:
+        if self._proxyInfo is not None:
             super().connectionLost(reason)  # type: ignore[no-untyped-call]
         else:
             self.factory.unregisterProtocol(self)  # type: ignore[no-untyped-call]
