@@ -133,7 +133,7 @@ class EchoProtocol(DatagramProtocol):
     buffer bigger than C{maxDatagram}: Twisted's UDP port reads at most
     C{maxPacketSize} bytes (8192 by default) and the kernel silently truncates the
     rest, which would make an oversize datagram look like an acceptable one. So
-    listen with C{maxPacketSize=maxDatagram + 1} or more, as L{listenEcho} does.
+    listen with C{maxPacketSize=}L{readSize} or more, as L{listenEcho} does.
 
     Each source host (the address, not the port, since a sender can pick any
     port) gets a token bucket holding up to C{burst} datagrams and refilled at
@@ -207,6 +207,15 @@ class EchoProtocol(DatagramProtocol):
         self._unloggedDrops = 0
 
     @property
+    def readSize(self) -> int:
+        """
+        The C{maxPacketSize} to listen with: one byte more than
+        C{maxDatagram}, so that a larger datagram is seen as such and
+        dropped, not truncated into an acceptable one.
+        """
+        return self.maxDatagram + 1
+
+    @property
     def trackedSources(self) -> int:
         """
         How many source hosts the rate limiter currently remembers (at most
@@ -233,7 +242,7 @@ class EchoProtocol(DatagramProtocol):
                 "maxPacketSize={needed} (see listenEcho)",
                 maxPacketSize=maxPacketSize,
                 maxDatagram=self.maxDatagram,
-                needed=self.maxDatagram + 1,
+                needed=self.readSize,
             )
 
     def stopProtocol(self) -> None:
@@ -345,8 +354,9 @@ def listenEcho(
     """
     Listen for UDP echo requests.
 
-    The port reads with C{maxPacketSize=maxDatagram + 1}, so that a datagram
-    larger than C{maxDatagram} is seen as such and dropped, not truncated.
+    The port reads with C{maxPacketSize=}L{EchoProtocol.readSize}, so that a
+    datagram larger than C{maxDatagram} is seen as such and dropped, not
+    truncated.
 
     @param reactor: The reactor to listen with.
     @param port: The UDP port number; 0 picks a free one (see C{getHost()}).
@@ -358,7 +368,7 @@ def listenEcho(
     """
     proto = EchoProtocol(**kwargs)
     return cast(_ServerReactor, reactor).listenUDP(
-        port, proto, interface=interface, maxPacketSize=proto.maxDatagram + 1
+        port, proto, interface=interface, maxPacketSize=proto.readSize
     )
 
 

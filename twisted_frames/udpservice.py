@@ -98,9 +98,7 @@ class _UDPService(service.Service):
             from .workers import adoptDatagram
 
             proto = EchoProtocol(**self.kwargs)
-            self.listening = adoptDatagram(
-                self.reactor, *self.adopted, proto, proto.maxDatagram + 1
-            )
+            self.listening = adoptDatagram(self.reactor, *self.adopted, proto, proto.readSize)
         else:
             self.listening = listenEcho(self.reactor, self.port, self.interface, **self.kwargs)
         address = self.listening.getHost()
