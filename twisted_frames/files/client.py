@@ -88,8 +88,7 @@ def chooseHash(greeting: dict[str, Any], forced: str | None = None) -> str:
     if not isinstance(offered, list):
         offered = [DEFAULT_HASH]
     if forced is not None:
-        if forced not in HASHES:
-            raise ValueError(f"unknown hash {forced!r} (this client has {', '.join(HASHES)})")
+        _checkKnown(forced)
         if forced not in offered:
             names = ", ".join(str(n) for n in offered)
             raise FramesError(
@@ -105,6 +104,14 @@ def chooseHash(greeting: dict[str, Any], forced: str | None = None) -> str:
     # A server offering only hashes this client does not know still
     # verifies SHA-256, the protocol's first hash, without being asked.
     return DEFAULT_HASH
+
+
+def _checkKnown(name: str) -> None:
+    """
+    @raise ValueError: if C{name} is not a hash this client has.
+    """
+    if name not in HASHES:
+        raise ValueError(f"unknown hash {name!r} (this client has {', '.join(HASHES)})")
 
 
 def _hashFields(name: str, digest: str | None = None) -> dict[str, str]:
@@ -234,8 +241,8 @@ class FileClient:
         segmentSize: int | None = None,
         hash: str | None = None,
     ) -> None:
-        if hash is not None and hash not in HASHES:
-            raise ValueError(f"unknown hash {hash!r} (this client has {', '.join(HASHES)})")
+        if hash is not None:
+            _checkKnown(hash)
         self.client = client
         self.forcedHash = hash
         tuneTransport(client.protocol.transport)

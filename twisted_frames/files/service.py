@@ -622,13 +622,8 @@ class FileService(Service):
                 u.hasher = newHash(u.hashName)
             elif u.offset != held.length:
                 raise self._offsetMismatch(u, held.length)
-            elif held.hasher.name == u.hashName:
-                u.hasher = held.hasher
             else:
-                # The client changed its hash between messages: hash what
-                # the server has again, with the new one.
-                u.hasher = newHash(u.hashName)
-                hashPrefix(u.fd, u.offset, u.hasher)
+                _continueHash(u, held.hasher)
         self._checkSpace(u, bodyLength)
         os.lseek(u.fd, u.offset, os.SEEK_SET)
 
@@ -695,11 +690,7 @@ class FileService(Service):
         if st.st_size != u.offset:
             raise self._offsetMismatch(u, st.st_size)
         cached = self._hashes.pop((st.st_dev, st.st_ino), None)
-        if cached is not None and cached[0] == _version(st) and cached[1].name == u.hashName:
-            u.hasher = cached[1]
-        else:
-            u.hasher = newHash(u.hashName)
-            hashPrefix(fd, u.offset, u.hasher)
+        _continueHash(u, cached[1] if cached is not None and cached[0] == _version(st) else None)
 
     def _offsetMismatch(self, u: _Upload, have: int) -> FramesError:
         if not have:
@@ -889,6 +880,19 @@ def _version(st: os.stat_result) -> tuple[int, int, int]:
     process sharing the root changes them).
     """
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _continueHash(u: _Upload, hasher: Any) -> None:
+    """
+    Give C{u}, which continues a partial at its offset, the hash state of
+    what the partial holds: C{hasher} if it is of C{u}'s hash, else (none
+    kept, or the client changed its hash) the partial hashed again.
+    """
+    if hasher is not None and hasher.name == u.hashName:
+        u.hasher = hasher
+    else:
+        u.hasher = newHash(u.hashName)
+        hashPrefix(u.fd, u.offset, u.hasher)
 
 
 def _checkDigest(name: str, sha256: str | None, digest: str | None, final: bool) -> str | None:
