@@ -311,10 +311,6 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
-def _family(name: str) -> Family:
-    return next(f for f in FAMILIES if f.name == name)
-
-
 class _OpMetrics:
     """
     What one op's requests have added since the last L{Metrics.flush}, as
