@@ -311,10 +311,6 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
-def _family(name: str) -> Family:
-    return next(f for f in FAMILIES if f.name == name)
-
-
 class _OpMetrics:
     """
     What one op's requests have added since the last L{Metrics.flush}, as
@@ -425,6 +421,18 @@ class Metrics:
         self._ops: dict[str, _OpMetrics] = {}
         self._unknown = self._ops[UNKNOWN_OP] = _OpMetrics(self, UNKNOWN_OP)
         self.setOperations(operations)
+        # The other labelled series are made now too, so that each starts at 0 (a
+        # rate over a counter that appears late misses its first increments).
+        for outcome in CONNECTION_OUTCOMES:
+            self.connections.labels(outcome)
+        for reason, kind in REFUSALS.items():
+            self.refusals.labels(kind, reason)
+        for result in LOGIN_RESULTS:
+            self.logins.labels(result)
+        for exitClass in EXIT_CLASSES:
+            self.commandExits.labels(exitClass)
+        for drop in UDP_DROPS:
+            self.udpDroppedTotal.labels(drop)
 
     def setOperations(self, names: Iterable[str]) -> None:
         """
@@ -436,16 +444,6 @@ class Metrics:
         for name in names:
             if name not in self._ops:
                 self._ops[name] = _OpMetrics(self, name)
-        for outcome in CONNECTION_OUTCOMES:
-            self.connections.labels(outcome)
-        for reason, kind in REFUSALS.items():
-            self.refusals.labels(kind, reason)
-        for result in LOGIN_RESULTS:
-            self.logins.labels(result)
-        for exitClass in EXIT_CLASSES:
-            self.commandExits.labels(exitClass)
-        for drop in UDP_DROPS:
-            self.udpDroppedTotal.labels(drop)
 
     # -- hooks -----------------------------------------------------------------
 

@@ -72,6 +72,13 @@ if TYPE_CHECKING:
     from .metrics import Metrics
 
 BodyPolicy = Literal["none", "buffer", "stream"]
+#: The refusal reasons (see L{ServerProtocol.refusal}) of the protocol
+#: violations not named by their error code: the frame deadline, and too
+#: many requests in flight.
+_VIOLATION_REFUSALS: dict[str, str] = {
+    ErrorCode.TIMEOUT: "frame_timeout",
+    ErrorCode.BUSY: "max_in_flight",
+}
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 log = Logger(namespace="twisted_frames")
@@ -596,14 +603,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
 
     def protocolViolation(self, error: FramesErrorLike, header: dict[str, Any] | None) -> None:
         if not self._closing:
-            code = error.code
-            self.refusal(
-                "frame_timeout"
-                if code == ErrorCode.TIMEOUT
-                else "max_in_flight"
-                if code == ErrorCode.BUSY
-                else code
-            )
+            self.refusal(_VIOLATION_REFUSALS.get(error.code, error.code))
         super().protocolViolation(error, header)
 
     def writeTimedOut(self) -> None:

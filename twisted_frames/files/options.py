@@ -13,6 +13,7 @@ from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
 from ..bounds import bounded
+from ..monitoring import metricsOf
 from ..services import Built, ServiceEntry
 
 #: Seconds an interrupted upload is kept by default: a day.
@@ -55,7 +56,7 @@ def buildFiles(config: Any, reactor: Any) -> Built:
     expiry = TimerService(min(config["partial-ttl"], EXPIRY_INTERVAL), files.expirePartials)
     expiry.clock = reactor
     children = [expiry]
-    metrics = config.get("metricsRecorder")
+    metrics = metricsOf(config)
     if metrics is not None:
         # Every sweep reports what it found; a failed one reports nothing.
         def sweep() -> Any:
