@@ -13,6 +13,7 @@ from twisted.application import service
 from twisted.logger import Logger
 
 from .bounds import bounded
+from .monitoring import metricsOf
 from .services import Built, ServiceEntry
 
 DEFAULT_UDP = 8007
@@ -64,7 +65,7 @@ def buildUDP(config: Any, reactor: Any) -> Built:
         upper=config["udp-upper"],
         maxDatagram=config["udp-max"],
         rate=float(config["udp-rate"]),
-        metrics=config.get("metricsRecorder"),
+        metrics=metricsOf(config),
     )
     # A worker of --workers serves on its main process's socket.
     echo.adopted = config.get("udp-adopted")
