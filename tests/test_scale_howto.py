@@ -147,7 +147,7 @@ class ScaleGuideTests(HowToTestCase):
                 kinds.append("stop")
                 self.stopDaemons(block, ["a.pid", "b.pid"])
                 for log in ("a.log", "b.log"):
-                    self.waitForLog(log, r"worker 2 \(pid \d+\) was killed by signal 15")
+                    self.waitForLog(log, r"worker 2 \(pid \d+\) stopped")
             elif language == "text" and "option httpchk GET /healthz" in block:
                 kinds.append("production check (needs --metrics)")
             else:

@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet import main
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -252,7 +252,9 @@ class SupervisorTests(SynchronousTestCase):
     def test_stopIsGraceful(self) -> None:
         """
         Stopping sends C{SIGTERM} to every worker, cancels a pending
-        restart, restarts nothing, and fires once every worker has exited.
+        restart, restarts nothing, and fires once every worker has exited;
+        a worker ending by that C{SIGTERM} (as twistd ends once drained) is
+        logged as stopped, not as killed.
         """
         supervisor = self.supervisor(count=3)
         self.reactor.spawned[2].end(ProcessDone(0))
@@ -266,6 +268,12 @@ class SupervisorTests(SynchronousTestCase):
         self.reactor.advance(100)
         self.assertEqual(len(self.reactor.spawned), 3)
         self.assertEqual(first.process.signals, ["TERM"])
+        stopped = [e for e in self.logged("{how}") if e.get("how") == "stopped"]
+        self.assertEqual(
+            [(e["worker"], e["log_level"]) for e in stopped],
+            [(1, LogLevel.info), (2, LogLevel.info)],
+        )
+        self.assertEqual(self.logged("while stopping"), [])
 
     def test_killedAfterTheStopTimeout(self) -> None:
         """
@@ -282,6 +290,10 @@ class SupervisorTests(SynchronousTestCase):
         self.assertNoResult(d)
         spawned.end(ProcessTerminated(signal=9))
         self.successResultOf(d)
+        [warning] = self.logged("while stopping")
+        self.assertEqual(
+            (warning["how"], warning["log_level"]), ("was killed by signal 9", LogLevel.warn)
+        )
 
     def test_eventsLoggedAgain(self) -> None:
         """

@@ -104,7 +104,7 @@ def test_workersServeRestartAndStop(tmp_path: Path) -> None:
         for pid in (pids[2], restarted):
             assert exits(pid, 10), f"worker {pid} still running"
     for pid in (pids[2], restarted):
-        assert re.search(rf"worker \d \(pid {pid}\) was killed by signal 15", server.log)
+        assert re.search(rf"worker \d \(pid {pid}\) stopped", server.log)
 
 
 def test_workersStopWhenTheMainProcessIsKilled(tmp_path: Path) -> None:

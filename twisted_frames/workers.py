@@ -57,6 +57,7 @@ import atexit
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -345,8 +346,6 @@ class WorkerService(service.Service):
 
 
 def _ignoreSIGINT() -> None:
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -449,6 +448,20 @@ def describeExit(reason: Failure) -> str:
         return f"was killed by signal {signal}"
     code = getattr(value, "exitCode", None)
     return f"exited with status {code if code is not None else '?'}"
+
+
+def _stoppedAsAsked(reason: Failure) -> bool:
+    """
+    Whether a worker sent C{SIGTERM} ended as a worker that drained and
+    stopped does: twistd, once its reactor has stopped on C{SIGTERM},
+    ends the process with that signal again, so that its parent sees how
+    it was stopped (status 0 would do as well).  C{SIGKILL} (L{Supervisor._killAll}
+    after the stop timeout) or any other status is worth a warning.
+    """
+    value = reason.value
+    return getattr(value, "signal", None) == signal.SIGTERM or (
+        getattr(value, "signal", None) is None and getattr(value, "exitCode", None) == 0
+    )
 
 
 def _exitFailed() -> None:
@@ -608,7 +621,18 @@ class Supervisor(service.Service):
             d.callback(None)
         how = describeExit(reason)
         if self.stopping:
-            log.info("worker {worker} (pid {pid}) {how}", worker=worker.index, pid=pid, how=how)
+            if _stoppedAsAsked(reason):
+                how = "stopped"
+                log.info(
+                    "worker {worker} (pid {pid}) {how}", worker=worker.index, pid=pid, how=how
+                )
+            else:
+                log.warn(
+                    "worker {worker} (pid {pid}) {how} while stopping",
+                    worker=worker.index,
+                    pid=pid,
+                    how=how,
+                )
             return
         ran = self.reactor.seconds() - worker.startedAt
         worker.failures = 0 if ran >= self.stableAfter else worker.failures + 1
