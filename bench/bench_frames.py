@@ -892,6 +892,7 @@ def reportPing(ping: dict[str, Any], title: str, counts: tuple[int, ...]) -> Non
     print(
         f"  {'connections':<13}{'bare echo /s':>13}{'frames /s':>11}{'median ratio':>14}"
         f"{'range':>13}  {'per-window ratios':<32}{'CPU us/rt bare':>15}{'frames':>8}"
+        f"{'bare c+s':>14}{'frames c+s':>14}"
     )
     for n in counts:
         bare, frames, pairs = ping[f"bare/{n}"], ping[f"frames/{n}"], ping[f"pairs/{n}"]
@@ -901,9 +902,19 @@ def reportPing(ping: dict[str, Any], title: str, counts: tuple[int, ...]) -> Non
             f"  {n:<13}{bare['per_s']:>13.0f}{frames['per_s']:>11.0f}"
             f"{pairs['median_ratio']:>13.2f}x{span:>13}  {spread:<32}"
             f"{bare['cpu_us_per_rt']:>15.1f}{frames['cpu_us_per_rt']:>8.1f}"
+            f"{cpuSplit(bare):>14}{cpuSplit(frames):>14}"
         )
     print("  (ratio: frames rate / bare rate, per window pair; CPU us/rt: client + server")
-    print("   process CPU time per round trip, over all windows)")
+    print("   process CPU time per round trip, over all windows; c+s: the client's and the")
+    print("   server's shares: on 50 connections both processes are busy, and the busier one")
+    print("   limits the rate)")
+
+
+def cpuSplit(summary: dict[str, Any]) -> str:
+    """
+    The client's and the server's CPU time per round trip, as C{"c+s"}.
+    """
+    return f"{summary['client_cpu_us_per_rt']:.1f}+{summary['server_cpu_us_per_rt']:.1f}"
 
 
 def pingGoals(ping: dict[str, Any], counts: tuple[int, ...], label: str) -> dict[str, Any]:
