@@ -393,9 +393,10 @@ class FrameProtocol(Int32StringReceiver):
                 # small ones) is taken in one step, both prefixes read here.
                 (length,) = unpack(data, pos)
                 bodyAt = pos + 4 + length
-                if 0 < length <= self.limits.maxHeader and bodyAt + 4 <= end:
+                bodyStart = bodyAt + 4
+                if 0 < length <= self.limits.maxHeader and bodyStart <= end:
                     (bodyLength,) = unpack(data, bodyAt)
-                    if bodyAt + 4 + bodyLength <= end:
+                    if bodyStart + bodyLength <= end:
                         self._state = _BODY_PREFIX
                         header = (
                             data[pos + 4 : bodyAt]
@@ -414,10 +415,11 @@ class FrameProtocol(Int32StringReceiver):
                         pos = bodyAt
                         if self._closing or self._pauseCount or self._held:
                             continue
-                        self._startBody(bodyLength, data, bodyAt + 4, view)
-                        pos = bodyAt + 4
+                        self._startBody(bodyLength, data, bodyStart, view)
                         if self._state == _HEADER_PREFIX:
-                            pos += bodyLength
+                            pos = bodyStart + bodyLength
+                        else:
+                            pos = bodyStart
                         continue
             if state == _BODY:
                 pos = self._consumeBody(data, view, pos, end)
