@@ -26,9 +26,10 @@ measured in the same run.
    body, on 1 connection and on 50 concurrent connections.  Windows of a fixed
    length (after a short warm-up) alternate between the two systems, so that
    load from elsewhere falls on both alike; the CPU time both processes spent
-   per round trip is reported beside the rates, as it is less disturbed by
-   such load.  twisted-frames: C{FramesServerFactory} and the public client
-   library (C{connect}, C{FramesClient.ping}).  Baseline: a bare
+   per round trip is reported beside the rates (in all, and the client's and
+   the server's shares), as it is less disturbed by such load.
+   twisted-frames: C{FramesServerFactory} and the public client library
+   (C{connect}, C{FramesClient.ping}).  Baseline: a bare
    C{Int32StringReceiver} echo server, and an C{Int32StringReceiver} client
    that sends the next string from C{stringReceived}.  The windows go
    frames, bare, frames, bare, ... (5 of each by default); the ratio of each
