@@ -336,7 +336,8 @@ class ClientProtocol(FrameProtocol):
             return
         self._pending[rid] = pending
         if isinstance(body, (bytes, bytearray, memoryview)):  # noqa: UP038 (a tuple is faster)
-            body = bytes(body)
+            if type(body) is not bytes:
+                body = bytes(body)
             if not fields and len(body) <= wire.MAX_FRAME:
                 # The usual ping: its header's bytes from a prefix made once,
                 # to the sender directly (the connection is not closing).
