@@ -26,9 +26,10 @@ measured in the same run.
    body, on 1 connection and on 50 concurrent connections.  Windows of a fixed
    length (after a short warm-up) alternate between the two systems, so that
    load from elsewhere falls on both alike; the CPU time both processes spent
-   per round trip is reported beside the rates, as it is less disturbed by
-   such load.  twisted-frames: C{FramesServerFactory} and the public client
-   library (C{connect}, C{FramesClient.ping}).  Baseline: a bare
+   per round trip is reported beside the rates (in all, and the client's and
+   the server's shares), as it is less disturbed by such load.
+   twisted-frames: C{FramesServerFactory} and the public client library
+   (C{connect}, C{FramesClient.ping}).  Baseline: a bare
    C{Int32StringReceiver} echo server, and an C{Int32StringReceiver} client
    that sends the next string from C{stringReceived}.  The windows go
    frames, bare, frames, bare, ... (5 of each by default); the ratio of each
@@ -892,6 +893,7 @@ def reportPing(ping: dict[str, Any], title: str, counts: tuple[int, ...]) -> Non
     print(
         f"  {'connections':<13}{'bare echo /s':>13}{'frames /s':>11}{'median ratio':>14}"
         f"{'range':>13}  {'per-window ratios':<32}{'CPU us/rt bare':>15}{'frames':>8}"
+        f"{'bare c+s':>14}{'frames c+s':>14}"
     )
     for n in counts:
         bare, frames, pairs = ping[f"bare/{n}"], ping[f"frames/{n}"], ping[f"pairs/{n}"]
@@ -901,9 +903,19 @@ def reportPing(ping: dict[str, Any], title: str, counts: tuple[int, ...]) -> Non
             f"  {n:<13}{bare['per_s']:>13.0f}{frames['per_s']:>11.0f}"
             f"{pairs['median_ratio']:>13.2f}x{span:>13}  {spread:<32}"
             f"{bare['cpu_us_per_rt']:>15.1f}{frames['cpu_us_per_rt']:>8.1f}"
+            f"{cpuSplit(bare):>14}{cpuSplit(frames):>14}"
         )
     print("  (ratio: frames rate / bare rate, per window pair; CPU us/rt: client + server")
-    print("   process CPU time per round trip, over all windows)")
+    print("   process CPU time per round trip, over all windows; c+s: the client's and the")
+    print("   server's shares: on 50 connections both processes are busy, and the busier one")
+    print("   limits the rate)")
+
+
+def cpuSplit(summary: dict[str, Any]) -> str:
+    """
+    The client's and the server's CPU time per round trip, as C{"c+s"}.
+    """
+    return f"{summary['client_cpu_us_per_rt']:.1f}+{summary['server_cpu_us_per_rt']:.1f}"
 
 
 def pingGoals(ping: dict[str, Any], counts: tuple[int, ...], label: str) -> dict[str, Any]:

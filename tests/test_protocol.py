@@ -31,7 +31,7 @@ from twisted_frames.protocol import (
     Pipe,
 )
 from twisted_frames.sending import SendPressure
-from twisted_frames.wire import Limits
+from twisted_frames.wire import ErrorCode, Limits
 
 Message = tuple[dict[str, Any], bytes]
 
@@ -464,6 +464,68 @@ class WholeMessageStepTests(SynchronousTestCase):
         self.assertEqual(proto.messages, [])
         proto.resumeReceiving()
         self.assertEqual(proto.messages, [({"id": 1}, b"abc")])
+
+    def test_headerParsedInPlace(self) -> None:
+        """
+        The header of a whole message in one read is parsed in place, not
+        through C{stringReceived}, when the class does not override it;
+        a header split across reads still goes through it.
+        """
+        proto, _, _ = connect()
+        headers: list[bytes] = []
+
+        def stringReceived(string: bytes) -> None:
+            headers.append(string)
+            FrameProtocol.stringReceived(proto, string)
+
+        # On the instance: the class's own method stays the stock one.
+        proto.stringReceived = stringReceived  # type: ignore[method-assign]
+        proto.dataReceived(encodeAll([({"id": 1}, b"abc"), ({"id": 2}, b"")]))
+        self.assertEqual(headers, [])
+        data = wire.encodeMessage({"id": 3}, b"d")
+        proto.dataReceived(data[:6])
+        proto.dataReceived(data[6:])
+        self.assertEqual(headers, [b'{"id":3}'])
+        self.assertEqual(
+            proto.messages, [({"id": 1}, b"abc"), ({"id": 2}, b""), ({"id": 3}, b"d")]
+        )
+
+    def test_overriddenStringReceived(self) -> None:
+        """
+        A subclass that overrides C{stringReceived} gets every header frame
+        through it, whole messages in one read included, in a memoryview's
+        read as in a bytes one.
+        """
+
+        class Seeing(RecordingProtocol):
+            def stringReceived(self, string: bytes) -> None:
+                seen.append(string)
+                super().stringReceived(string)
+
+        seen: list[bytes] = []
+        proto, _, _ = connect(Seeing())
+        data = encodeAll([({"id": 1}, b"abc"), ({"id": 2}, b"")])
+        proto.dataReceived(data)
+        proto.pauseReceiving()
+        proto.dataReceived(data)
+        proto.resumeReceiving()
+        self.assertEqual(seen, [b'{"id":1}', b'{"id":2}'] * 2)
+        self.assertEqual(proto.messages, [({"id": 1}, b"abc"), ({"id": 2}, b"")] * 2)
+        self.assertTrue(FrameProtocol._parsesHeaders)
+        self.assertTrue(RecordingProtocol._parsesHeaders)
+        self.assertFalse(Seeing._parsesHeaders)
+
+    def test_badHeaderInPlace(self) -> None:
+        """
+        A header parsed in place that is not JSON is a C{bad_header}
+        violation, as through C{stringReceived}.
+        """
+        proto, transport, _ = connect()
+        bad = b"{nope"
+        proto.dataReceived(wire.PREFIX.pack(len(bad)) + bad + wire.PREFIX.pack(0))
+        self.assertEqual(proto.messages, [])
+        frames, _ = parseFrames(transport.value())
+        self.assertEqual(wire.decodeHeader(frames[0])["error"]["code"], ErrorCode.BAD_HEADER)
 
 
 class RandomSplitTests(SynchronousTestCase):

@@ -184,6 +184,98 @@ class FixedShapeEncoderTests(SynchronousTestCase):
         self.assertEqual(wire.requestHeaderEncoder(op)(rid), expected)
 
 
+class SuccessHeaderShortcutTests(SynchronousTestCase):
+    """
+    L{wire.decodeHeader} reads the id of a success reply without fields,
+    C{{"id":N,"ok":true}} as L{wire.encodeSuccessHeader} makes it, without
+    the JSON parser; every other header, however alike, is parsed.
+    """
+
+    def countParses(self) -> list[str]:
+        """
+        Count the texts handed to the JSON codec for the rest of the test.
+        """
+        texts: list[str] = []
+        decode = wire._CODEC.decode
+
+        def counting(text: str) -> Any:
+            texts.append(text)
+            return decode(text)
+
+        self.patch(wire._CODEC, "decode", counting)
+        return texts
+
+    def reference(self, data: bytes) -> Any:
+        """
+        What the JSON parser makes of C{data}, or C{None} if it refuses it.
+        """
+        try:
+            return json.loads(data.decode("utf-8"))
+        except ValueError:
+            return None
+
+    def test_shortcut(self) -> None:
+        """
+        A success reply with a plain integer id decodes to the same dict
+        as through the parser, and the parser is not called.
+        """
+        texts = self.countParses()
+        for rid in [0, 1, 9, 10, 77, 123456, 10**15, wire.MAX_ID_INT, 9999999999999999]:
+            data = wire.encodeSuccessHeader(rid)
+            decoded = wire.decodeHeader(data)
+            self.assertEqual(decoded, {"id": rid, "ok": True})
+            self.assertEqual(list(decoded), ["id", "ok"])
+            self.assertIs(type(decoded["id"]), int)
+            self.assertEqual(decoded, self.reference(data))
+        self.assertEqual(texts, [])
+
+    def test_lookalikes(self) -> None:
+        """
+        Ids that are not plain JSON integers of at most 16 digits go through
+        the parser, which accepts or refuses them as it always has.
+        """
+        texts = self.countParses()
+        accepted = [
+            b'{"id":-1,"ok":true}',
+            b'{"id":1.5,"ok":true}',
+            b'{"id":1e3,"ok":true}',
+            b'{"id":12345678901234567,"ok":true}',
+            b'{"id": 1,"ok":true}',
+            b'{"id":"1","ok":true}',
+            b'{"id":null,"ok":true}',
+            b'{"id":1,"x":2,"ok":true}',
+        ]
+        for data in accepted:
+            self.assertEqual(wire.decodeHeader(data), self.reference(data))
+        refused = [
+            b'{"id":01,"ok":true}',
+            b'{"id":00,"ok":true}',
+            b'{"id":+1,"ok":true}',
+            b'{"id":,"ok":true}',
+            b'{"id":1_0,"ok":true}',
+            '{"id":\u0661,"ok":true}'.encode(),
+            '{"id":١,"ok":true}'.encode(),
+            b'{"id":"ok":true}',
+        ]
+        for data in refused:
+            error = self.assertRaises(ProtocolViolation, wire.decodeHeader, data)
+            self.assertEqual(error.code, ErrorCode.BAD_HEADER)
+        self.assertEqual(len(texts), len(accepted) + len(refused))
+
+    @given(st.text(alphabet="0123456789-+.e_ \u0661", max_size=20))
+    def test_anyId(self, digits: str) -> None:
+        """
+        For any text where the id goes, L{wire.decodeHeader} gives what the
+        JSON parser gives, or refuses what it refuses.
+        """
+        data = b'{"id":' + digits.encode() + b',"ok":true}'
+        expected = self.reference(data)
+        if expected is None:
+            self.assertRaises(ProtocolViolation, wire.decodeHeader, data)
+        else:
+            self.assertEqual(wire.decodeHeader(data), expected)
+
+
 class DecodeErrorTests(SynchronousTestCase):
     """
     Bytes that are not a JSON object in UTF-8 are a C{bad_header} violation.

@@ -206,12 +206,14 @@ class ClientProtocol(FrameProtocol):
             if len(head) == 2 and head[0] in _TLS_CONTENT_TYPES and head[1] == 3:
                 self._noGreeting(0.0, True)
                 return
-        super().dataReceived(data)
+        # Not super(): on Python 3.11 it builds a super object on every read.
+        FrameProtocol.dataReceived(self, data)
 
     def messageStarted(self, header: dict[str, Any], bodyLength: int) -> BodySink:
         if self.greeting is None:
             return self._greetingReceived(header, bodyLength)
-        rid = header.get("id")
+        # (Any: an int wherever a pending request is found for it.)
+        rid: Any = header.get("id")
         # type(), not isinstance(): "id": true must not match request 1.
         pending = self._pending.get(rid) if type(rid) is int else None
         if pending is None:
@@ -230,7 +232,6 @@ class ClientProtocol(FrameProtocol):
         # The request stays pending until its final body is complete, so that
         # a connection lost mid-body fails it (connectionLost) instead of
         # leaving its Deferred unfired.
-        assert type(rid) is int
         if header.get("ok") is True:
             if pending.replySink is not None and bodyLength:
                 inner = pending.replySink(header, bodyLength)
@@ -335,10 +336,12 @@ class ClientProtocol(FrameProtocol):
             return
         self._pending[rid] = pending
         if isinstance(body, (bytes, bytearray, memoryview)):  # noqa: UP038 (a tuple is faster)
-            body = bytes(body)
+            if type(body) is not bytes:
+                body = bytes(body)
             if not fields and len(body) <= wire.MAX_FRAME:
-                # The usual ping: its header's bytes from a prefix made once.
-                self._sendEncodedMessage(_requestHeader(op)(rid), body)
+                # The usual ping: its header's bytes from a prefix made once,
+                # to the sender directly (the connection is not closing).
+                self._sender.sendEncodedMessage(_requestHeader(op)(rid), body)
                 return
             self.sendMessage(_requestHeaderDict(op, rid, fields), body)
         else:

@@ -57,6 +57,7 @@ __all__ = [
 
 _HEADER_PREFIX, _HEADER, _BODY_PREFIX, _BODY = range(4)
 _unpackPrefix = wire.PREFIX.unpack_from
+_decodeHeader = wire.decodeHeader
 
 
 @implementer(IPushProducer)
@@ -155,6 +156,8 @@ class FrameProtocol(Int32StringReceiver):
     clock: IReactorTime | None = None
     _log = Logger()
     _peerName: str | None = None
+    #: Whether stringReceived is this class's own (set for each subclass).
+    _parsesHeaders = True
 
     def __init__(self) -> None:
         self._state = _HEADER_PREFIX
@@ -235,6 +238,9 @@ class FrameProtocol(Int32StringReceiver):
         if isinstance(value, int):
             cls.limits = dataclasses.replace(cls.limits, maxHeader=value)
             del cls.MAX_LENGTH  # type: ignore[misc]
+        # A subclass that overrides stringReceived gets every header frame
+        # through it; the others have it parsed in place (see _consume).
+        cls._parsesHeaders = cls.stringReceived is FrameProtocol.stringReceived
 
     @property
     def recvd(self) -> bytes:  # type: ignore[override]
@@ -387,18 +393,33 @@ class FrameProtocol(Int32StringReceiver):
                 # small ones) is taken in one step, both prefixes read here.
                 (length,) = unpack(data, pos)
                 bodyAt = pos + 4 + length
-                if 0 < length <= self.limits.maxHeader and bodyAt + 4 <= end:
+                bodyStart = bodyAt + 4
+                if 0 < length <= self.limits.maxHeader and bodyStart <= end:
                     (bodyLength,) = unpack(data, bodyAt)
-                    if bodyAt + 4 + bodyLength <= end:
+                    if bodyStart + bodyLength <= end:
                         self._state = _BODY_PREFIX
-                        self.stringReceived(bytes(view[pos + 4 : bodyAt]))
+                        header = (
+                            data[pos + 4 : bodyAt]
+                            if type(data) is bytes
+                            else bytes(view[pos + 4 : bodyAt])
+                        )
+                        if self._parsesHeaders:
+                            # stringReceived, without the call: every
+                            # message of a small request or reply passes here.
+                            try:
+                                self._header = _decodeHeader(header)
+                            except ProtocolViolation as e:
+                                self.protocolViolation(e, None)
+                        else:
+                            self.stringReceived(header)
                         pos = bodyAt
                         if self._closing or self._pauseCount or self._held:
                             continue
-                        self._startBody(bodyLength, data, bodyAt + 4, view)
-                        pos = bodyAt + 4
+                        self._startBody(bodyLength, data, bodyStart, view)
                         if self._state == _HEADER_PREFIX:
-                            pos += bodyLength
+                            pos = bodyStart + bodyLength
+                        else:
+                            pos = bodyStart
                         continue
             if state == _BODY:
                 pos = self._consumeBody(data, view, pos, end)

@@ -391,10 +391,17 @@ class Request:
             # request can still be answered with an error.
             self.connection.sendMessage(self._successHeader(fields), body)
         else:
-            # No fields (a ping's reply): the header's bytes made directly.
+            # No fields (a ping's reply): the header's bytes made directly,
+            # and the request finished here (as _finish does: it is known
+            # not to be finished yet).
             if self.finished:
                 raise RuntimeError(f"request {self.id!r} already finished")
             self.connection._sendEncodedMessage(wire.encodeSuccessHeader(self.id), body)
+            self.bytesOut += len(body)
+            self.finished = True
+            self.outcome = "ok"
+            self.connection.requestFinished(self)
+            return
         self.bytesOut += len(body)
         self._finish("ok")
 
@@ -498,7 +505,8 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()  # type: ignore[no-untyped-call]
-        super().dataReceived(data)
+        # Not super(): on Python 3.11 it builds a super object on every read.
+        FrameProtocol.dataReceived(self, data)
         if self.shuttingDown:
             # The end of a body read and dropped may leave nothing to wait for.
             self._closeIfDone()
@@ -642,40 +650,47 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         return hello
 
     def messageStarted(self, header: dict[str, Any], bodyLength: int) -> BodySink:
+        # Every request passes here: the checks are in the order their
+        # errors take precedence, with the connection's and the factory's
+        # state read once.
         rid, opName = wire.checkRequest(header)
-        if rid in self.inFlight:
+        inFlight = self.inFlight
+        factory = self.factory
+        if rid in inFlight:
             raise ProtocolViolation(
                 ErrorCode.DUPLICATE_ID, f"request id {rid!r} is already in flight"
             )
-        if len(self.inFlight) >= self.factory.maxInFlight:
+        if len(inFlight) >= factory.maxInFlight:
             raise ProtocolViolation(
                 ErrorCode.BUSY,
-                f"more than {self.factory.maxInFlight} requests in flight on one connection",
+                f"more than {factory.maxInFlight} requests in flight on one connection",
             )
-        if (
-            self.user is None
-            and self.factory.authRequired
-            and bodyLength > self.factory.preAuthMaxBody
-        ):
+        loginNeeded = factory.authRequired and self.user is None
+        if loginNeeded and bodyLength > factory.preAuthMaxBody:
             raise ProtocolViolation(
                 ErrorCode.BODY_TOO_LARGE,
-                f"body of {bodyLength} bytes before login (limit {self.factory.preAuthMaxBody})",
+                f"body of {bodyLength} bytes before login (limit {factory.preAuthMaxBody})",
             )
         request = Request(self, rid, opName, header, bodyLength)
         self.requests += 1
-        self.inFlight[rid] = request
+        inFlight[rid] = request
         if self.shuttingDown:
             # Answered, not run; a body is read and dropped, so that the
             # connection stays in step until it closes.
             request.fail(shuttingDownError())
             return DiscardSink()
-        op = self.factory.operations.get(opName)
-        if op is not None and op.body == "none" and bodyLength:
-            raise ProtocolViolation(
-                ErrorCode.BODY_NOT_ALLOWED,
-                f"op {opName!r} takes no body ({bodyLength} bytes sent)",
-            )
-        if op is not None and op.body == "buffer":
+        op = factory.operations.get(opName)
+        if op is None:
+            request.fail(FramesError(ErrorCode.UNKNOWN_OP, f"unknown op {opName!r}"))
+            return DiscardSink()
+        policy = op.body
+        if policy == "none":
+            if bodyLength:
+                raise ProtocolViolation(
+                    ErrorCode.BODY_NOT_ALLOWED,
+                    f"op {opName!r} takes no body ({bodyLength} bytes sent)",
+                )
+        elif policy == "buffer":
             limit = min(
                 op.maxBody if op.maxBody is not None else self.limits.bufferThreshold,
                 self.limits.maxBody,
@@ -685,26 +700,27 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
                     ErrorCode.BODY_TOO_LARGE,
                     f"op {opName!r} takes a body of at most {limit} bytes ({bodyLength} sent)",
                 )
+        if loginNeeded and not op.public:
+            request.fail(
+                FramesError(ErrorCode.AUTH_REQUIRED, f"op {opName!r} needs a login first")
+            )
+            return DiscardSink()
+        if policy != "stream":
+            return BufferSink(lambda body: self._run(op, request, body))
         try:
-            if op is None:
-                raise FramesError(ErrorCode.UNKNOWN_OP, f"unknown op {opName!r}")
-            if not op.public and self.factory.authRequired and self.user is None:
-                raise FramesError(ErrorCode.AUTH_REQUIRED, f"op {opName!r} needs a login first")
-            if op.body == "stream":
-                if op.fields and not op.lateFields:
-                    request.fields = checkFields(op.fields, header)
-                sink = op.handler(request)
-                if not isinstance(sink, BodySink):
-                    raise TypeError(f"stream op {opName!r} returned {sink!r}, not a BodySink")
-                self._receiving = (request, sink)
-                return sink
+            if op.fields and not op.lateFields:
+                request.fields = checkFields(op.fields, header)
+            sink = op.handler(request)
+            if not isinstance(sink, BodySink):
+                raise TypeError(f"stream op {opName!r} returned {sink!r}, not a BodySink")
         except FramesError as e:
             request.fail(e)
             return DiscardSink()
         except Exception:
             self._internalError(request, Failure())
             return DiscardSink()
-        return BufferSink(lambda body: self._run(op, request, body))
+        self._receiving = (request, sink)
+        return sink
 
     def _run(self, op: Operation, request: Request, body: bytes) -> None:
         request.body = body
@@ -779,27 +795,28 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
         # Both are the client's text: escaped, so that a newline or an
         # escape sequence in them cannot forge or hide log lines.
         op = printable(request.op)
-        rid = printable(request.id) if isinstance(request.id, str) else request.id
+        rid = request.id
+        if type(rid) is str:
+            rid = printable(rid)
         seconds = time.monotonic() - request.started
+        bytesIn, bytesOut, outcome = request.bodyLength, request.bytesOut, request.outcome
         metrics = self.factory.metrics
         if metrics is not None:
-            metrics.requestFinished(
-                request.op, request.outcome, seconds, request.bodyLength, request.bytesOut
-            )
+            metrics.requestFinished(request.op, outcome, seconds, bytesIn, bytesOut)
         ms = seconds * 1000
         logInfo(
             log,
-            f"{peer} {user} op={op} id={rid} in={request.bodyLength} "
-            f"out={request.bytesOut} time={ms:.1f}ms outcome={request.outcome}",
+            f"{peer} {user} op={op} id={rid} in={bytesIn} out={bytesOut} time={ms:.1f}ms "
+            f"outcome={outcome}",
             {
                 "peer": peer,
                 "user": user,
                 "op": op,
                 "rid": rid,
-                "bytesIn": request.bodyLength,
-                "bytesOut": request.bytesOut,
+                "bytesIn": bytesIn,
+                "bytesOut": bytesOut,
                 "ms": ms,
-                "outcome": request.outcome,
+                "outcome": outcome,
             },
         )
 
