@@ -138,7 +138,7 @@ def explainTLSFailure(error: BaseException, server: str) -> TLSFailure | None:
     if (identity is not None and isinstance(error, identity.VerificationError)) or (
         stdlib is not None
         and isinstance(error, stdlib.SSLCertVerificationError)
-        and error.verify_code in _NAME_MISMATCH
+        and error.verify_code in NAME_MISMATCH
     ):
         return TLSFailure(
             f"the server's certificate is not valid for the host name in {server} "
@@ -169,7 +169,7 @@ def explainTLSFailure(error: BaseException, server: str) -> TLSFailure | None:
 
 #: OpenSSL's verification errors for a certificate that does not name the
 #: host: X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
-_NAME_MISMATCH = frozenset({62, 64})
+NAME_MISMATCH = frozenset({62, 64})
 
 
 def explainLoginFailure(error: FramesError, user: str) -> FramesError:

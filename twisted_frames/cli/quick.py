@@ -490,6 +490,10 @@ def connect(args: argparse.Namespace, signals: Signals) -> Connection:
             if secret is not None:
                 _login(connection, secret, deadline)
         except OSError as e:
+            if _nameMismatch(e):
+                # Twisted's check passes a certificate without
+                # subjectAltName, which Python's refuses: let it decide.
+                raise Fallback() from None
             explained = keys.explainTLSFailure(e, args.server)
             if explained is None:
                 raise
@@ -500,6 +504,19 @@ def connect(args: argparse.Namespace, signals: Signals) -> Connection:
         sock.close()
         raise
     return connection
+
+
+def _nameMismatch(error: OSError) -> bool:
+    """
+    Whether C{error} is the standard library's TLS refusing the server's
+    certificate for not naming the host.
+    """
+    stdlib = sys.modules.get("ssl")
+    return (
+        stdlib is not None
+        and isinstance(error, stdlib.SSLCertVerificationError)
+        and error.verify_code in keys.NAME_MISMATCH
+    )
 
 
 def _connectTCP(host: str, port: int, deadline: float) -> socket.socket:
