@@ -165,6 +165,33 @@ def test_streamed(server: ServerProcess) -> None:
     assert (cli.returncode, out, err) == (0, b"got more\n", b"")
 
 
+def test_stdoutClosed(server: ServerProcess) -> None:
+    """
+    A closed stdout (C{frames run -- yes | head -2}) stops the remote
+    command and exits 141 (128 + SIGPIPE) on both paths.
+    """
+    for force in ("0", "1"):
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "twisted_frames", "--server", server.address]
+            + ["run", "-n", "--", "sh", "-c", "exec yes"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=childEnv({quick.FORCE_TWISTED: force}),
+        )
+        try:
+            assert cli.stdout is not None and cli.stderr is not None
+            assert cli.stdout.readline() == b"y\n"
+            cli.stdout.close()
+            assert cli.wait(DEADLINE) == 128 + signal.SIGPIPE, force
+            assert cli.stderr.read() == b""
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+            assert cli.stderr is not None
+            cli.stderr.close()
+
+
 def test_refused() -> None:
     """
     Nobody listening: the same line and status 3.
