@@ -119,6 +119,8 @@ class Signals:
         self.wakeFD = self._wakeRead
         self._previous: dict[int, Any] = {}
         self._previousWake = -1
+        self._lock = threading.Lock()
+        self._closed = False
 
     def install(self) -> None:
         """
@@ -136,8 +138,10 @@ class Signals:
         signal.set_wakeup_fd(self._previousWake)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        os.close(self._wakeRead)
-        os.close(self.wakeWrite)
+        with self._lock:
+            self._closed = True
+            os.close(self._wakeRead)
+            os.close(self.wakeWrite)
 
     def _handler(self, signum: int, frame: Any) -> None:
         if signum in self.recorded:
@@ -148,12 +152,16 @@ class Signals:
 
     def wake(self) -> None:
         """
-        Wake the loop (from another thread).
+        Wake the loop (from another thread), unless L{restore} closed the
+        pipe (its descriptor may since name another file).
         """
-        try:
-            os.write(self.wakeWrite, b"\0")
-        except BlockingIOError:
-            pass
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self.wakeWrite, b"\0")
+            except BlockingIOError:
+                pass
 
     def drain(self) -> None:
         """
