@@ -31,15 +31,20 @@ from twisted_frames.commands import client as commandsClient
 DEADLINE = 30.0
 
 
-def both(*argv: str, input: bytes = b"") -> list[tuple[int, Any, str]]:
+def both(
+    *argv: str, input: bytes = b"", prepare: Callable[[], None] = lambda: None
+) -> list[tuple[int, Any, str]]:
     """
     Run C{frames ARGV} through the quick path and through Twisted.
 
+    @param prepare: called before each run (to set the server's files up
+        for it).
     @return: for each, C{(status, stdout, stderr)}, with what differs from
         one run to the next (round-trip times, elapsed seconds) taken out.
     """
     results = []
     for force in ("0", "1"):
+        prepare()
         r = frames(*argv, input=input, env={quick.FORCE_TWISTED: force}, timeout=DEADLINE)
         results.append((r.returncode, _stable(r.stdout.decode()), r.stderr.decode()))
     return results
@@ -116,6 +121,58 @@ def test_server(server: ServerProcess, argv: list[str], status: int) -> None:
     signal, timeout and output cap, bad usage: the same from both paths.
     """
     assertSame(both("--server", server.address, *argv), status)
+
+
+def _files(root: Path) -> None:
+    """
+    Make C{root} hold C{d/} with C{d/f} (5 bytes) and C{d/e/}, and nothing
+    else.
+    """
+    for child in sorted(root.rglob("*"), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"hello")
+    for path in (root / "d" / "f", root / "d" / "e", root / "d"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+
+
+FILE_CASES = [
+    (["ls"], 0),
+    (["--json", "ls", "d"], 0),
+    (["ls", "nowhere"], 1),
+    (["ls", "../up"], 1),
+    (["stat", "d/f"], 0),
+    (["--json", "stat", "./d//e/"], 0),
+    (["stat", "nowhere"], 1),
+    (["rm", "d/f", "nowhere", "d/e"], 1),
+    (["--json", "rm", "d/f"], 0),
+    (["rm", "d"], 1),
+    (["mkdir", "d", "n/m", "d/f"], 1),
+    (["--json", "mkdir", "x"], 0),
+]
+
+
+@pytest.mark.parametrize(("argv", "status"), FILE_CASES)
+def test_files(server: ServerProcess, argv: list[str], status: int) -> None:
+    """
+    C{ls}, C{stat}, C{rm} and C{mkdir}, each from the same files: the same
+    lines, objects and status from both paths, errors for some paths
+    included.
+    """
+    root = Path(server.root)
+    assertSame(both("--server", server.address, *argv, prepare=lambda: _files(root)), status)
+
+
+def test_closingErrorForEveryPath(
+    peer: Callable[[Callable[[socket.socket], None]], Peer],
+) -> None:
+    """
+    A server that closes with an error during C{rm a b}: both paths report
+    it for each path.
+    """
+    p = peer(_closesForViolation)
+    _, err = assertSame(both("--server", p.address, "rm", "a", "b"), 1)
+    assert err == "frames: rm: the server is shutting down [shutting_down]\n" * 2
 
 
 def test_stdin(server: ServerProcess) -> None:
@@ -545,7 +602,8 @@ def test_forcedAndEndpointStrings() -> None:
         assert quick.applies(parse(["--server", "[::1]:1", "run", "--", "true"]))
         assert not quick.applies(parse(["--server", "tcp:host=h:port=1", "ping"]))
         assert not quick.applies(parse(["--server", "unix:path=/s", "ping"]))
-        assert not quick.applies(parse(["--server", "h:1", "ls"]))
+        assert quick.applies(parse(["--server", "h:1", "ls"]))
+        assert not quick.applies(parse(["--server", "h:1", "put", "a"]))
         for value, applies in (("", True), ("0", True), ("1", False), ("yes", False)):
             os.environ[quick.FORCE_TWISTED] = value
             assert quick.applies(parse(["--server", "h:1", "ping"])) is applies, value

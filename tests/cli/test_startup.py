@@ -186,6 +186,7 @@ class ImportBudgetTests(SynchronousTestCase):
                 "--secret-file",
                 secret,
                 "ls",
+                twisted=True,
             )
             server.waitFor(r"login: .*user=alice")
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -216,8 +217,9 @@ class ImportBudgetTests(SynchronousTestCase):
 
 class QuickImportTests(SynchronousTestCase):
     """
-    C{frames ping} and C{frames run}, over plain TCP or mutual TLS, with a
-    login or without, take the quick path: none of L{QUICK_NOT_LOADED}.
+    C{frames ping}, C{run}, C{ls}, C{stat}, C{rm} and C{mkdir}, over plain
+    TCP or mutual TLS, with a login or without, take the quick path: none of
+    L{QUICK_NOT_LOADED}.
     """
 
     def setUp(self) -> None:
@@ -259,12 +261,17 @@ class QuickImportTests(SynchronousTestCase):
 
     def test_plain(self) -> None:
         """
-        C{ping}, C{--json ping -c 2} and C{run -- true} over plain TCP.
+        C{ping}, C{--json ping -c 2}, C{run -- true}, C{mkdir}, C{ls},
+        C{stat} and C{rm} over plain TCP.
         """
         server = self.serve()
         self.assertQuick("--server", server.address, "ping")
         self.assertQuick("--server", server.address, "--json", "ping", "-c", "2")
         self.assertQuick("--server", server.address, "run", "--", "true")
+        self.assertQuick("--server", server.address, "mkdir", "d")
+        self.assertQuick("--server", server.address, "ls")
+        self.assertQuick("--server", server.address, "stat", "d")
+        self.assertQuick("--server", server.address, "rm", "d")
 
     def test_login(self) -> None:
         """
@@ -275,6 +282,7 @@ class QuickImportTests(SynchronousTestCase):
         login = ("--server", server.address, "--secret-file", secret)
         self.assertQuick(*login, "ping")
         self.assertQuick(*login, "run", "--", "true")
+        self.assertQuick(*login, "ls")
         server.waitFor(r"login: .*user=alice")
 
     def test_tlsAndLogin(self) -> None:

@@ -12,7 +12,8 @@ line on stderr.
 
 Subcommands live in modules that each export C{register(subparsers)}; every
 subcommand sets C{run}, an C{async} function C{(reactor, args, ui) -> int}.
-C{ping} and C{run} to a C{HOST:PORT} take the quick path instead, without
+C{ping}, C{run}, C{ls}, C{stat}, C{rm} and C{mkdir} to a C{HOST:PORT} take the
+quick path instead, without
 Twisted (L{twisted_frames.cli.quick}; C{FRAMES_TWISTED=1} forces Twisted).
 """
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.cli.test_quick -*-
 """
-The quick path of the C{frames} CLI: C{ping} and C{run} over one blocking
-socket, without Twisted.
+The quick path of the C{frames} CLI: C{ping}, C{run}, C{ls}, C{stat}, C{rm}
+and C{mkdir} over one blocking socket, without Twisted.
 
 A command that makes one connection and a few requests spends most of its
 wall time importing Twisted's reactor, Deferreds and (with TLS) pyOpenSSL
@@ -34,6 +34,7 @@ signal, and C{signal.set_wakeup_fd} wakes the loop's C{select}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import select
@@ -49,7 +50,7 @@ from .. import wire
 from ..auth.client import checkServerProof, loginFields
 from ..auth.hmac import BINDING_NONE, BINDING_TLS, EXPORTER_LABEL
 from ..wire import ErrorCode, FramesError, NoGreeting, ProtocolViolation
-from . import commands, keys, ping
+from . import commands, files, keys, ping
 from .base import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, Interruption
 from .failures import CannotConnect, Lost, NoAnswer, reportFailure
 
@@ -850,8 +851,71 @@ class _HungUp(Exception):
     """
 
 
+def _ls(args: argparse.Namespace, ui: UI, signals: Signals) -> int:
+    """
+    C{frames ls}, as L{twisted_frames.cli.files} does it.
+    """
+    with connect(args, signals) as connection:
+        rid = connection.request("list", {"path": files._remote(args.path)})
+        _, body = connection.reply(rid, time.monotonic() + args.timeout)
+        signals.raising = False
+        files.reportListing(ui, json.loads(body.decode("utf-8")))
+        return EXIT_OK
+
+
+def _stat(args: argparse.Namespace, ui: UI, signals: Signals) -> int:
+    """
+    C{frames stat}, as L{twisted_frames.cli.files} does it.
+    """
+    with connect(args, signals) as connection:
+        rid = connection.request("stat", {"path": files._remote(args.path)})
+        header, _ = connection.reply(rid, time.monotonic() + args.timeout)
+        signals.raising = False
+        files.reportStat(ui, header)
+        return EXIT_OK
+
+
+def _eachPath(
+    op: str,
+    request: Callable[[str], tuple[str, dict[str, Any]]],
+    describe: Callable[[dict[str, Any]], str],
+) -> Callable[[argparse.Namespace, UI, Signals], int]:
+    """
+    C{frames rm} or C{frames mkdir}: one request per path, each result or
+    error reported as L{twisted_frames.cli.files} reports it.
+
+    @param request: the op and fields of the request for a path.
+    """
+
+    def verb(args: argparse.Namespace, ui: UI, signals: Signals) -> int:
+        code = EXIT_OK
+        with connect(args, signals) as connection:
+            for path in args.paths:
+                try:
+                    if connection.serverError is not None:
+                        # The server said why it closes: every later path
+                        # fails for that reason too, as on the Twisted path.
+                        raise connection.serverError
+                    rid = connection.request(*request(files._remote(path)))
+                    done, _ = connection.reply(rid, time.monotonic() + args.timeout)
+                except FramesError as e:
+                    files.reportPathFailed(ui, op, e)
+                    code = EXIT_REMOTE
+                    continue
+                files.reportPathDone(ui, done, describe)
+            return code
+
+    return verb
+
+
 #: The verbs the quick path runs, by name.
 VERBS: dict[str, Callable[[argparse.Namespace, UI, Signals], int]] = {
     "ping": _ping,
     "run": _run,
+    "ls": _ls,
+    "stat": _stat,
+    "rm": _eachPath("rm", lambda path: ("delete", {"path": path}), files._removed),
+    "mkdir": _eachPath(
+        "mkdir", lambda path: ("mkdir", {"path": path, "parents": True}), files.describeMkdir
+    ),
 }
