@@ -24,7 +24,9 @@ from typing import Any
 import pytest
 
 from tests.serverprocess import ServerProcess, childEnv, frames
+from twisted_frames import wire
 from twisted_frames.cli import quick
+from twisted_frames.cli.failures import NoAnswer
 from twisted_frames.cli.main import buildParser
 from twisted_frames.commands import client as commandsClient
 
@@ -622,6 +624,32 @@ def test_stdinWindow() -> None:
         commandsClient.STDIN_CHUNK,
         commandsClient.STDIN_WINDOW,
     )
+
+
+def test_readMessageBytewise() -> None:
+    """
+    L{quick.Connection.readMessage} reads messages whose bytes come one at
+    a time, and several that come in one piece, through L{wire}'s codec.
+    """
+    messages = [({"id": 1, "ok": True}, b""), ({"id": 2, "event": "stdout"}, b"x" * 70000)]
+    data = b"".join(wire.encodeMessage(h, b) for h, b in messages)
+    signals = quick.Signals()
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        connection = quick.Connection(ours, signals)
+        writer = threading.Thread(target=lambda: [theirs.send(data[i : i + 1]) for i in range(99)])
+        writer.start()
+        writer.join(DEADLINE)
+        theirs.sendall(data[99:] + data)
+        got = [connection.readMessage(quick.time.monotonic() + DEADLINE) for _ in range(4)]
+        assert got == messages + messages
+        with pytest.raises(NoAnswer):
+            connection.readMessage(quick.time.monotonic())
+    finally:
+        ours.close()
+        theirs.close()
+        signals.restore()
 
 
 def test_tlsExporterChecked(tmp_path: Path) -> None:

@@ -136,7 +136,8 @@ class Signals:
         Put back the handlers there were before L{install}, and close the
         wake-up pipe.
         """
-        signal.set_wakeup_fd(self._previousWake)
+        if self._previous:
+            signal.set_wakeup_fd(self._previousWake)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         with self._lock:
