@@ -591,6 +591,74 @@ def test_tlsFailures(secure: dict[str, str], server: ServerProcess) -> None:
         assert words in err, flags
 
 
+def _tlsPeer(
+    secure: dict[str, str], then: Callable[[socket.socket], None]
+) -> Callable[[socket.socket], None]:
+    """
+    A peer behaviour: the TLS handshake with the server certificate of
+    C{secure}, then C{then} on the TLS socket.
+    """
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    certs = secure["certs"]
+    context.load_cert_chain(os.path.join(certs, "server.pem"), os.path.join(certs, "server.key"))
+
+    def behave(c: socket.socket) -> None:
+        tls = context.wrap_socket(c, server_side=True)
+        with tls:
+            then(tls)
+
+    return behave
+
+
+def _closeNotify(tls: socket.socket) -> None:
+    tls.sendall(_message(_HELLO))
+    tls.recv(65536)
+    tls.unwrap()  # type: ignore[attr-defined]
+
+
+TLS_PEER_CASES = [
+    (_closes, "lost: Connection lost"),
+    (_greetsThenCloses, "lost: Connection lost"),
+    (_greetsThenResets, "lost: Connection lost"),
+    (_closeNotify, "lost: Connection was closed cleanly"),
+]
+
+
+@pytest.mark.parametrize(("then", "words"), TLS_PEER_CASES)
+def test_tlsPeer(
+    secure: dict[str, str],
+    peer: Callable[[Callable[[socket.socket], None]], Peer],
+    then: Callable[[socket.socket], None],
+    words: str,
+) -> None:
+    """
+    A TLS peer that closes without close_notify (during the handshake or
+    after the greeting), resets, or closes cleanly: the same line from
+    both paths.
+    """
+    p = peer(_tlsPeer(secure, then))
+    server = p.address.replace("127.0.0.1", "localhost")
+    ca = os.path.join(secure["certs"], "ca.pem")
+    _, err = assertSame(both("--server", server, "--ca", ca, "ping"), 3)
+    assert words in err
+
+
+def test_tlsHandshakeLost(
+    secure: dict[str, str], peer: Callable[[Callable[[socket.socket], None]], Peer]
+) -> None:
+    """
+    A peer that hangs up before the TLS handshake ends: the same line from
+    both paths.
+    """
+    p = peer(_closes)
+    server = p.address.replace("127.0.0.1", "localhost")
+    ca = os.path.join(secure["certs"], "ca.pem")
+    _, err = assertSame(both("--server", server, "--ca", ca, "ping"), 3)
+    assert err.endswith("lost: Connection lost\n")
+
+
 def test_forcedAndEndpointStrings() -> None:
     """
     L{quick.applies}: the quick verbs with C{HOST:PORT}, unless

@@ -73,10 +73,13 @@ STDIN_WINDOW = 4
 #: Bytes asked of the socket per read.
 READ_SIZE = 256 * 1024
 
-#: The reasons the Twisted path gives for a connection closed cleanly and
-#: for one lost otherwise (reset, ...), in its words.
+#: The reasons the Twisted path gives for a connection closed cleanly (with
+#: TLS: after a close_notify) and for one lost otherwise (reset, ...;
+#: with TLS: any end without close_notify, the handshake's included), in
+#: its words.
 _DONE = "Connection was closed cleanly"
 _LOST = "Connection to the other side was lost in a non-clean fashion"
+_TLS_LOST = "Connection lost"
 
 
 class Fallback(Exception):
@@ -310,10 +313,8 @@ class Connection:
         self._buffer += data
 
     def _lost(self, error: OSError) -> Exception:
-        stdlib = sys.modules.get("ssl")
-        if stdlib is not None and isinstance(error, stdlib.SSLError):
-            kept: Exception = error
-            return kept
+        if self._tls:
+            return _tlsLost(error)
         return Lost(_LOST)
 
     def _fill(
@@ -453,6 +454,20 @@ class Connection:
         Drop the connection at once.
         """
         self.sock.close()
+
+
+def _tlsLost(error: OSError) -> Exception:
+    """
+    What a failed read or write of a TLS connection means: a TLS error the
+    peer sent (for L{keys.explainTLSFailure}), or the connection lost.
+    """
+    stdlib = sys.modules.get("ssl")
+    if stdlib is None or not isinstance(error, stdlib.SSLError):
+        return Lost(_TLS_LOST)
+    if isinstance(error, stdlib.SSLEOFError):
+        return Lost(_TLS_LOST)
+    kept: Exception = error
+    return kept
 
 
 def _wouldBlock(error: OSError) -> bool:
@@ -600,7 +615,11 @@ def _handshake(
     """
     Wrap C{sock} in TLS and shake hands by C{deadline}.
     """
-    tls = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+    # Not suppress_ragged_eofs: an end without close_notify is a lost
+    # connection, as the Twisted path says, not a clean close.
+    tls = context.wrap_socket(
+        sock, server_hostname=host, do_handshake_on_connect=False, suppress_ragged_eofs=False
+    )
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise timedOut()
@@ -609,6 +628,8 @@ def _handshake(
         tls.do_handshake()
     except TimeoutError:
         raise timedOut() from None
+    except OSError as e:
+        raise _tlsLost(e) from None
     return tls
 
 
