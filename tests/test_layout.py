@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -50,6 +51,12 @@ SERVER_SIDE = [
     r"commands",
     r"auth",
 ]
+# The CLI's quick path (cli.quick: frames ping and run without Twisted): no
+# module that importing it imports may import, at its top, any of HEAVY.
+QUICK_PATH = [
+    r"cli\.quick",
+]
+HEAVY = ("twisted", "zope", "OpenSSL", "cryptography", "service_identity")
 
 
 def moduleFiles() -> dict[str, Path]:
@@ -72,12 +79,28 @@ def importsOf(name: str, path: Path, known: set[str]) -> set[str]:
     @return: the package's modules that C{name} imports anywhere in its
         source (top level, functions, C{TYPE_CHECKING} blocks).
     """
+    tree = ast.parse(path.read_text(), str(path))
+    found = set()
+    for target in importedNames(name, path, ast.walk(tree), known):
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            found.add(target)
+    return found
+
+
+def importedNames(name: str, path: Path, nodes: Iterable[ast.AST], known: set[str]) -> list[str]:
+    """
+    @return: the dotted names the import statements among C{nodes} (of
+        module C{name} at C{path}) import, relative ones resolved; C{from
+        pkg import mod} gives C{pkg.mod} when it is one of C{known}.
+    """
     isPackage = path.name == "__init__.py"
     base = name.split(".") if isPackage else name.split(".")[:-1]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    names: list[str] = []
+    for node in nodes:
         if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
+            names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 anchor = base[: len(base) - (node.level - 1)]
@@ -85,18 +108,65 @@ def importsOf(name: str, path: Path, known: set[str]) -> set[str]:
             else:
                 source = node.module or ""
             # "from pkg import mod" imports the module pkg.mod when it is one.
-            targets = [
+            names += [
                 f"{source}.{alias.name}" if f"{source}.{alias.name}" in known else source
                 for alias in node.names
             ]
-        else:
+    return names
+
+
+def topLevelStatements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """
+    The statements that run when a module is imported: C{body} and the
+    blocks of its C{if}, C{try} and C{with} statements, not functions, and
+    not C{if TYPE_CHECKING:} blocks.
+    """
+    for node in body:
+        yield node
+        if isinstance(node, ast.If):
+            if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                yield from topLevelStatements(node.body)
+            yield from topLevelStatements(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody):
+                yield from topLevelStatements(block)
+            for handler in node.handlers:
+                yield from topLevelStatements(handler.body)
+        elif isinstance(node, ast.With):
+            yield from topLevelStatements(node.body)
+
+
+def loadedOnImport(start: str) -> tuple[set[str], set[str]]:
+    """
+    What importing the package's module C{start} imports: the modules its
+    top level imports, theirs, and so on, and the packages that hold them.
+
+    @return: C{(modules, others)}: the package's modules, and the top-level
+        names of the other modules their top levels import.
+    """
+    modules = moduleFiles()
+    known = set(modules)
+    seen: set[str] = set()
+    others: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        if name in seen:
             continue
-        for target in targets:
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:cut]) for cut in range(1, len(parts))]
+        path = modules[name]
+        tree = ast.parse(path.read_text(), str(path))
+        for target in importedNames(name, path, topLevelStatements(tree.body), known):
+            if target.split(".")[0] != PACKAGE:
+                others.add(target.split(".")[0])
+                continue
             while target and target not in known:
                 target = target.rpartition(".")[0]
-            if target and target != name:
-                found.add(target)
-    return found
+            if target:
+                todo.append(target)
+    return seen, others
 
 
 def importGraph() -> dict[str, set[str]]:
@@ -226,3 +296,36 @@ class ImportRuleTests(SynchronousTestCase):
             if matches(target, SERVER_SIDE)
         )
         self.assertEqual(wrong, [])
+
+
+class QuickPathTests(SynchronousTestCase):
+    """
+    The modules of L{QUICK_PATH} stay free of Twisted and the TLS packages
+    it brings, read from the source (C{tests/cli/test_startup.py} checks
+    the modules a real process loads).
+    """
+
+    def test_loadedOnImport(self) -> None:
+        """
+        L{loadedOnImport} follows top-level imports through the package and
+        its parent packages, and leaves out imports in functions and
+        C{TYPE_CHECKING} blocks: C{twisted_frames.client} imports Twisted at
+        its top, C{twisted_frames.cli.base} only in functions.
+        """
+        modules, others = loadedOnImport("twisted_frames.client")
+        self.assertIn("twisted_frames.wire", modules)
+        self.assertIn("twisted_frames", modules)
+        self.assertIn("twisted", others)
+        modules, others = loadedOnImport("twisted_frames.cli.base")
+        self.assertNotIn("twisted_frames.client", modules)
+        self.assertNotIn("twisted", others)
+
+    def test_quickPathImportsNoTwisted(self) -> None:
+        """
+        Importing a module of L{QUICK_PATH} imports none of L{HEAVY}.
+        """
+        names = [name for name in moduleFiles() if matches(name, QUICK_PATH)]
+        self.assertEqual(names, ["twisted_frames.cli.quick"])
+        for name in names:
+            modules, others = loadedOnImport(name)
+            self.assertEqual(sorted(others & set(HEAVY)), [], name)

@@ -33,6 +33,10 @@ from .protocol import BodySink, BufferSink, DiscardSink, FrameProtocol, IBodySou
 from .tcpclient import TCPAddressEndpoint, TLSClientEndpoint
 from .wire import ErrorCode, FramesError, Limits, ProtocolViolation
 
+# Re-exported: they live in wire, which the CLI's quick path shares.
+from .wire import NoGreeting as NoGreeting
+from .wire import parseServer as parseServer
+
 if TYPE_CHECKING:
     from .auth.keys import ClientSecret
 
@@ -47,26 +51,6 @@ CLIENT_LIMITS = Limits(maxBody=wire.MAX_FRAME, bufferThreshold=wire.MAX_FRAME)
 
 #: Seconds to wait for the greeting once connected (see L{wire}).
 DEFAULT_GREETING_TIMEOUT = wire.DEFAULT_GREETING_TIMEOUT
-
-#: The first byte of a TLS record: change_cipher_spec, alert, handshake,
-#: application_data; the second is the major version, 3.
-_TLS_CONTENT_TYPES = frozenset(range(0x14, 0x18))
-
-
-class NoGreeting(Exception):
-    """
-    The peer did not greet within the greeting deadline, or sent a TLS
-    record instead of a greeting.
-
-    @ivar seconds: the deadline.
-    @ivar tlsRecord: whether the peer sent what looks like a TLS record.
-    """
-
-    def __init__(self, seconds: float, tlsRecord: bool = False) -> None:
-        what = "a TLS record instead" if tlsRecord else f"nothing within {seconds:g} s"
-        super().__init__(f"no greeting ({what})")
-        self.seconds = seconds
-        self.tlsRecord = tlsRecord
 
 
 @dataclass
@@ -202,8 +186,7 @@ class ClientProtocol(FrameProtocol):
             # these two bytes can only start a TLS record (the peer is a TLS
             # server; a plain client sent it nothing it could answer).
             self._firstBytes += data[: 2 - len(self._firstBytes)]
-            head = self._firstBytes
-            if len(head) == 2 and head[0] in _TLS_CONTENT_TYPES and head[1] == 3:
+            if wire.startsTLSRecord(self._firstBytes):
                 self._noGreeting(0.0, True)
                 return
         # Not super(): on Python 3.11 it builds a super object on every read.
@@ -250,25 +233,16 @@ class ClientProtocol(FrameProtocol):
             pending.result.callback(result)
 
     def _greetingReceived(self, header: dict[str, Any], bodyLength: int) -> BodySink:
-        if header.get("ok") is False and header.get("closing") is True:
+        try:
+            wire.checkGreeting(header)
+        except ProtocolViolation as error:
+            self.greeted.errback(Failure(error))
+            raise
+        except FramesError as error:
             # Refused instead of greeted (a connection limit): say why.
-            self.serverError = FramesError.fromJSON(header.get("error"))
-            self.greeted.errback(Failure(self.serverError))
+            self.serverError = error
+            self.greeted.errback(Failure(error))
             return DiscardSink()
-        if header.get("event") != "hello" or header.get("protocol") != wire.PROTOCOL_NAME:
-            error = ProtocolViolation(
-                ErrorCode.BAD_HEADER, "the server did not greet as twisted-frames"
-            )
-            self.greeted.errback(Failure(error))
-            raise error
-        version = header.get("version")
-        if version != wire.PROTOCOL_VERSION:
-            error = ProtocolViolation(
-                "version_mismatch",
-                f"server speaks protocol version {version!r}, this client {wire.PROTOCOL_VERSION}",
-            )
-            self.greeted.errback(Failure(error))
-            raise error
         self.greeting = header
         self._cancelGreetingTimer()
         self.greeted.callback(header)
@@ -426,31 +400,6 @@ class FramesClient:
         if not self.protocol.isClosed:
             self.protocol.loseConnection()
         return d
-
-
-def parseServer(server: str, default_port: int = 8007) -> tuple[str, int]:
-    """
-    Parse C{HOST:PORT}, C{HOST}, C{[V6]:PORT} or C{:PORT}.
-
-    @raise ValueError: on a malformed address or port.
-    """
-    host, port = server, str(default_port)
-    if server.startswith("["):
-        end = server.find("]")
-        if end < 0:
-            raise ValueError(f"malformed server address {server!r}")
-        host, rest = server[1:end], server[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"malformed server address {server!r}")
-            port = rest[1:]
-    elif server.count(":") == 1:
-        host, port = server.split(":")
-    if not host:
-        host = "127.0.0.1"
-    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise ValueError(f"bad port in server address {server!r}")
-    return host, int(port)
 
 
 def connect(

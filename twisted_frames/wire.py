@@ -150,6 +150,86 @@ class ProtocolViolation(FramesError):
     """
 
 
+class NoGreeting(Exception):
+    """
+    The peer did not greet within the greeting deadline, or sent a TLS
+    record instead of a greeting.
+
+    @ivar seconds: the deadline.
+    @ivar tlsRecord: whether the peer sent what looks like a TLS record.
+    """
+
+    def __init__(self, seconds: float, tlsRecord: bool = False) -> None:
+        what = "a TLS record instead" if tlsRecord else f"nothing within {seconds:g} s"
+        super().__init__(f"no greeting ({what})")
+        self.seconds = seconds
+        self.tlsRecord = tlsRecord
+
+
+#: The first byte of a TLS record: change_cipher_spec, alert, handshake,
+#: application_data; the second is the major version, 3.
+TLS_CONTENT_TYPES = frozenset(range(0x14, 0x18))
+
+
+def startsTLSRecord(head: bytes) -> bool:
+    """
+    Whether the first two bytes a server sent, C{head}, can only start a
+    TLS record: a greeting starts with a length prefix far below
+    C{0x14030000}, so the peer is a TLS server (and a client without TLS
+    sent it nothing it could answer).
+    """
+    return len(head) >= 2 and head[0] in TLS_CONTENT_TYPES and head[1] == 3
+
+
+def checkGreeting(header: dict[str, Any]) -> dict[str, Any]:
+    """
+    Check the first message a server sends.
+
+    @return: C{header}, a twisted-frames greeting of this protocol version.
+    @raise ProtocolViolation: C{bad_header} if it is not a twisted-frames
+        greeting, C{version_mismatch} for another major version.
+    @raise FramesError: the server's error, if it refused the connection
+        instead of greeting (C{"ok": false, "closing": true}: a connection
+        limit, a shutdown).
+    """
+    if header.get("ok") is False and header.get("closing") is True:
+        raise FramesError.fromJSON(header.get("error"))
+    if header.get("event") != "hello" or header.get("protocol") != PROTOCOL_NAME:
+        raise ProtocolViolation(ErrorCode.BAD_HEADER, "the server did not greet as twisted-frames")
+    version = header.get("version")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolViolation(
+            "version_mismatch",
+            f"server speaks protocol version {version!r}, this client {PROTOCOL_VERSION}",
+        )
+    return header
+
+
+def parseServer(server: str, default_port: int = 8007) -> tuple[str, int]:
+    """
+    Parse C{HOST:PORT}, C{HOST}, C{[V6]:PORT} or C{:PORT}.
+
+    @raise ValueError: on a malformed address or port.
+    """
+    host, port = server, str(default_port)
+    if server.startswith("["):
+        end = server.find("]")
+        if end < 0:
+            raise ValueError(f"malformed server address {server!r}")
+        host, rest = server[1:end], server[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"malformed server address {server!r}")
+            port = rest[1:]
+    elif server.count(":") == 1:
+        host, port = server.split(":")
+    if not host:
+        host = "127.0.0.1"
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in server address {server!r}")
+    return host, int(port)
+
+
 def encodeHeader(header: dict[str, Any]) -> bytes:
     """
     Serialise a header object as compact UTF-8 JSON.

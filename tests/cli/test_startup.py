@@ -65,10 +65,21 @@ NOT_LOADED = (
 )
 
 
-def loadedBy(tmp: str, *argv: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+#: What the quick path (L{twisted_frames.cli.quick}) never loads, with
+#: TLS and login or without: Twisted, zope.interface, pyOpenSSL and
+#: cryptography.
+QUICK_NOT_LOADED = ("twisted", "zope", "OpenSSL", "cryptography", "service_identity")
+
+
+def loadedBy(
+    tmp: str, *argv: str, twisted: bool = False
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """
     Run C{frames ARGV} as the console script and return its result and the
     modules it had loaded when it exited.
+
+    @param twisted: force the Twisted path (C{FRAMES_TWISTED=1}); else the
+        quick path runs the verbs it knows.
     """
     out = os.path.join(tmp, "modules")
     result = subprocess.run(
@@ -76,24 +87,25 @@ def loadedBy(tmp: str, *argv: str) -> tuple[subprocess.CompletedProcess[str], se
         capture_output=True,
         text=True,
         timeout=60,
-        env=childEnv({"LOADED_MODULES": out}),
+        env=childEnv({"LOADED_MODULES": out, "FRAMES_TWISTED": "1" if twisted else "0"}),
         stdin=subprocess.DEVNULL,
     )
     with open(out) as f:
         return result, set(f.read().split())
 
 
-def heavy(modules: set[str]) -> list[str]:
+def heavy(modules: set[str], listed: tuple[str, ...] = NOT_LOADED) -> list[str]:
     """
     @return: the modules of C{modules} that are, or are inside, one of
-        L{NOT_LOADED}.
+        C{listed}.
     """
-    return sorted(m for m in modules for h in NOT_LOADED if m == h or m.startswith(h + "."))
+    return sorted(m for m in modules for h in listed if m == h or m.startswith(h + "."))
 
 
 class ImportBudgetTests(SynchronousTestCase):
     """
-    C{frames ping} and C{frames run} load what they need and no more.
+    Through Twisted (forced for C{ping} and C{run}, which otherwise take
+    the quick path), C{frames} commands load what they need and no more.
     """
 
     def setUp(self) -> None:
@@ -105,13 +117,13 @@ class ImportBudgetTests(SynchronousTestCase):
 
     def assertLean(self, *argv: str) -> set[str]:
         """
-        C{frames --server SERVER ARGV} succeeds without loading any of
-        L{NOT_LOADED}, having loaded the reactor and the client (so that the
-        list it is checked against is a real one).
+        C{frames --server SERVER ARGV} through Twisted succeeds without
+        loading any of L{NOT_LOADED}, having loaded the reactor and the
+        client (so that the list it is checked against is a real one).
 
         @return: the modules it loaded.
         """
-        result, modules = loadedBy(self.tmp, "--server", self.server.address, *argv)
+        result, modules = loadedBy(self.tmp, "--server", self.server.address, *argv, twisted=True)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("twisted.internet.reactor", modules)
         self.assertIn("twisted_frames.client", modules)
@@ -174,6 +186,7 @@ class ImportBudgetTests(SynchronousTestCase):
                 "--secret-file",
                 secret,
                 "ls",
+                twisted=True,
             )
             server.waitFor(r"login: .*user=alice")
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -186,13 +199,128 @@ class ImportBudgetTests(SynchronousTestCase):
         see it), and a server without TLS is reported as before.
         """
         result, modules = loadedBy(
-            self.tmp, "--greeting-timeout", "2", "--tls", "--server", self.server.address, "ping"
+            self.tmp,
+            "--greeting-timeout",
+            "2",
+            "--tls",
+            "--server",
+            self.server.address,
+            "ping",
+            twisted=True,
         )
         self.assertEqual(result.returncode, 3, result.stderr)
         self.assertIn("OpenSSL.SSL", modules)
         self.assertIn("twisted.protocols.tls", modules)
         self.assertNotIn("twisted.internet.endpoints", modules)
         self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+
+
+class QuickImportTests(SynchronousTestCase):
+    """
+    C{frames ping}, C{run}, C{ls}, C{stat}, C{rm} and C{mkdir}, over plain
+    TCP or mutual TLS, with a login or without, take the quick path: none of
+    L{QUICK_NOT_LOADED}.
+    """
+
+    def setUp(self) -> None:
+        self.tmp = os.path.abspath(self.mktemp())
+        os.makedirs(self.tmp)
+
+    def serve(self, *options: str) -> ServerProcess:
+        """
+        A server allowing C{true}, with C{options}, stopped after the test.
+        """
+        root = os.path.join(self.tmp, f"srv{len(os.listdir(self.tmp))}")
+        os.makedirs(root)
+        server = ServerProcess(root, "--allow-command", "true", *options).__enter__()
+        self.addCleanup(server.stop)
+        return server
+
+    def assertQuick(self, *argv: str) -> set[str]:
+        """
+        C{frames ARGV} succeeds without loading any of L{QUICK_NOT_LOADED},
+        having loaded the quick path and the codec.
+
+        @return: the modules it loaded.
+        """
+        result, modules = loadedBy(self.tmp, *argv)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("twisted_frames.cli.quick", modules)
+        self.assertIn("twisted_frames.wire", modules)
+        self.assertEqual(heavy(modules, QUICK_NOT_LOADED), [])
+        return modules
+
+    def keygen(self) -> tuple[str, str]:
+        """
+        @return: a users file with alice and her secret file.
+        """
+        users, secret = os.path.join(self.tmp, "users"), os.path.join(self.tmp, "alice.secret")
+        made, _ = loadedBy(self.tmp, "keygen", "alice", "--users", users, "-o", secret)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        return users, secret
+
+    def test_plain(self) -> None:
+        """
+        C{ping}, C{--json ping -c 2}, C{run -- true}, C{mkdir}, C{ls},
+        C{stat} and C{rm} over plain TCP.
+        """
+        server = self.serve()
+        self.assertQuick("--server", server.address, "ping")
+        self.assertQuick("--server", server.address, "--json", "ping", "-c", "2")
+        self.assertQuick("--server", server.address, "run", "--", "true")
+        self.assertQuick("--server", server.address, "mkdir", "d")
+        self.assertQuick("--server", server.address, "ls")
+        self.assertQuick("--server", server.address, "stat", "d")
+        self.assertQuick("--server", server.address, "rm", "d")
+
+    def test_login(self) -> None:
+        """
+        C{ping} and C{run} with a login over plain TCP.
+        """
+        users, secret = self.keygen()
+        server = self.serve("--users", users)
+        login = ("--server", server.address, "--secret-file", secret)
+        self.assertQuick(*login, "ping")
+        self.assertQuick(*login, "run", "--", "true")
+        self.assertQuick(*login, "ls")
+        server.waitFor(r"login: .*user=alice")
+
+    def test_tlsAndLogin(self) -> None:
+        """
+        C{ping} and C{run} over mutual TLS, without and with a login (whose
+        channel binding the quick path computes without pyOpenSSL), and
+        the standard library's TLS loaded instead.
+        """
+        certs = os.path.join(self.tmp, "certs")
+        made, _ = loadedBy(self.tmp, "make-certs", certs, "--host", "localhost")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        users, secret = self.keygen()
+        server = self.serve(
+            "--users",
+            users,
+            "--tls-cert",
+            os.path.join(certs, "server.pem"),
+            "--tls-key",
+            os.path.join(certs, "server.key"),
+            "--tls-ca",
+            os.path.join(certs, "ca.pem"),
+        )
+        tls = (
+            "--server",
+            f"localhost:{server.port}",
+            "--ca",
+            os.path.join(certs, "ca.pem"),
+            "--cert",
+            os.path.join(certs, "client.pem"),
+            "--key",
+            os.path.join(certs, "client.key"),
+        )
+        anonymous = self.serve(*server.extra[4:])
+        self.assertQuick(*tls[:1], f"localhost:{anonymous.port}", *tls[2:], "ping")
+        modules = self.assertQuick(*tls, "--secret-file", secret, "ping")
+        self.assertIn("ssl", modules)
+        self.assertQuick(*tls, "--secret-file", secret, "run", "--", "true")
+        server.waitFor(r"login: .*user=alice")
 
 
 class LeanImportTests(SynchronousTestCase):

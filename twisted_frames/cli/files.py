@@ -214,14 +214,21 @@ async def _ls(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     try:
         files = FileClient(client)
         path = _remote(args.path)
-        entries = await files.list(path)
-        for e in entries:
-            mark = {"directory": "/", "symlink": "@"}.get(e["type"], "")
-            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["mtime"]))
-            ui.result(f"{e['type'][0]} {e['size']:>12} {stamp}  {printable(e['name'])}{mark}", e)
+        reportListing(ui, await files.list(path))
         return EXIT_OK
     finally:
         await client.close()
+
+
+def reportListing(ui: UI, entries: list[dict[str, Any]]) -> None:
+    """
+    Print what C{frames ls} prints: a line (or with C{--json} an object)
+    per entry of a C{list} reply.
+    """
+    for e in entries:
+        mark = {"directory": "/", "symlink": "@"}.get(e["type"], "")
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["mtime"]))
+        ui.result(f"{e['type'][0]} {e['size']:>12} {stamp}  {printable(e['name'])}{mark}", e)
 
 
 async def _stat(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
@@ -229,18 +236,24 @@ async def _stat(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
 
     client = await openClient(reactor, args)
     try:
-        info = await FileClient(client).stat(_remote(args.path))
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["mtime"]))
-        text = (
-            f"{printable(info['path']) or '/'}: {info['type']}, {info['size']} bytes, "
-            f"mode {info['mode']:o}, modified {stamp}"
-        )
-        if info.get("partial"):
-            text += f" (an interrupted upload holds {info['partial']} bytes)"
-        ui.result(text, {k: v for k, v in info.items() if k not in ("id",)})
+        reportStat(ui, await FileClient(client).stat(_remote(args.path)))
         return EXIT_OK
     finally:
         await client.close()
+
+
+def reportStat(ui: UI, info: dict[str, Any]) -> None:
+    """
+    Print what C{frames stat} prints for the header of a C{stat} reply.
+    """
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["mtime"]))
+    text = (
+        f"{printable(info['path']) or '/'}: {info['type']}, {info['size']} bytes, "
+        f"mode {info['mode']:o}, modified {stamp}"
+    )
+    if info.get("partial"):
+        text += f" (an interrupted upload holds {info['partial']} bytes)"
+    ui.result(text, {k: v for k, v in info.items() if k not in ("id",)})
 
 
 async def _eachPath(
@@ -265,15 +278,32 @@ async def _eachPath(
             try:
                 done = await action(files, _remote(path))
             except FramesError as e:
-                ui.error(f"{op}: {e.message} [{e.code}]", e.toJSON())
+                reportPathFailed(ui, op, e)
                 code = EXIT_REMOTE
                 continue
-            # The line shows the path escaped; the JSON has it exact.
-            shown = {**done, "path": printable(str(done.get("path")))}
-            ui.result(describe(shown), _clean(done))
+            reportPathDone(ui, done, describe)
         return code
     finally:
         await client.close()
+
+
+def reportPathFailed(ui: UI, op: str, error: FramesError) -> None:
+    """
+    Print the error line of one path of C{frames rm} or C{frames mkdir}.
+    """
+    ui.error(f"{op}: {error.message} [{error.code}]", error.toJSON())
+
+
+def reportPathDone(
+    ui: UI, done: dict[str, Any], describe: Callable[[dict[str, Any]], str]
+) -> None:
+    """
+    Print the result of one path of C{frames rm} or C{frames mkdir}:
+    C{describe(header)} for people, the reply's header with C{--json}.
+    """
+    # The line shows the path escaped; the JSON has it exact.
+    shown = {**done, "path": printable(str(done.get("path")))}
+    ui.result(describe(shown), _clean(done))
 
 
 async def _rm(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
@@ -315,8 +345,15 @@ async def _mkdir(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         ui,
         "mkdir",
         lambda files, path: files.mkdir(path, parents=True),
-        lambda done: f"{'created' if done['created'] else 'exists:'} {done['path']}",
+        describeMkdir,
     )
+
+
+def describeMkdir(done: dict[str, Any]) -> str:
+    """
+    The line C{mkdir} prints for one path.
+    """
+    return f"{'created' if done['created'] else 'exists:'} {done['path']}"
 
 
 def _clean(header: dict[str, Any]) -> dict[str, Any]:

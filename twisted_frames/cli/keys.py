@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..auth.hmac import AuthError
+from ..auth.secretfile import ClientSecret, UsersFileError, loadSecretFile
 from ..bounds import boundedArgument
-from ..wire import ErrorCode, FramesError
-
-if TYPE_CHECKING:
-    from ..auth.keys import ClientSecret
+from ..wire import ErrorCode, FramesError, parseServer
 
 
 class TLSFailure(Exception):
@@ -79,17 +77,14 @@ def addArguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def clientSecurity(args: argparse.Namespace) -> dict[str, Any]:
+def clientSecret(args: argparse.Namespace) -> ClientSecret | None:
     """
-    The C{tls} and C{secret} arguments of C{connect()} from the flags.
+    The secret to log in with, from C{--secret-file} (checked against
+    C{--user}), or C{None} for no login.
 
-    @raise ValueError: for inconsistent flags or unusable files (the
+    @raise ValueError: for inconsistent flags or an unusable file (the
         message says which).
     """
-    # Here, not at the top: auth.keys imports Twisted, which the CLI imports
-    # once the command line is read (see twisted_frames.cli.main.main).
-    from ..auth.keys import UsersFileError, loadSecretFile
-
     secret: ClientSecret | None = None
     if args.secret_file:
         try:
@@ -105,13 +100,23 @@ def clientSecurity(args: argparse.Namespace) -> dict[str, Any]:
             )
     elif args.user:
         raise UsersFileError("--user (or FRAMES_USER) needs --secret-file (or FRAMES_SECRET_FILE)")
+    return secret
+
+
+def clientSecurity(args: argparse.Namespace) -> dict[str, Any]:
+    """
+    The C{tls} and C{secret} arguments of C{connect()} from the flags.
+
+    @raise ValueError: for inconsistent flags or unusable files (the
+        message says which).
+    """
+    secret = clientSecret(args)
     tls = None
     if args.tls or args.ca or args.cert:
         if ":" in args.server and args.server.split(":", 1)[0] in ("tcp", "unix", "ssl", "tls"):
             raise ValueError("--tls needs --server HOST:PORT (the host name is checked)")
-        # Here, not at the top: the client and pyOpenSSL load only once the
-        # command runs (see twisted_frames.cli.main.main).
-        from ..client import parseServer
+        # Here, not at the top: pyOpenSSL loads only once the command runs
+        # (see twisted_frames.cli.main.main).
         from ..tls import clientOptions
 
         host, _ = parseServer(args.server)
@@ -124,16 +129,24 @@ def explainTLSFailure(error: BaseException, server: str) -> TLSFailure | None:
     Turn an OpenSSL or host-name verification error into one sentence, or
     C{None} if C{error} is not a TLS failure.
     """
-    # An error of pyOpenSSL or service_identity can only come from a module
-    # that is loaded: a command without TLS does not import them for this.
+    # An error of pyOpenSSL, service_identity or the standard library's ssl
+    # (the quick path's, twisted_frames.cli.quick) can only come from a
+    # module that is loaded: a command without TLS does not import them
+    # for this.
     identity = sys.modules.get("service_identity.exceptions")
-    if identity is not None and isinstance(error, identity.VerificationError):
+    stdlib = sys.modules.get("ssl")
+    if (identity is not None and isinstance(error, identity.VerificationError)) or (
+        stdlib is not None
+        and isinstance(error, stdlib.SSLCertVerificationError)
+        and error.verify_code in NAME_MISMATCH
+    ):
         return TLSFailure(
             f"the server's certificate is not valid for the host name in {server} "
             "(host name mismatch)"
         )
     SSL = sys.modules.get("OpenSSL.SSL")
-    if SSL is None or not isinstance(error, SSL.Error):
+    isOpenSSL = SSL is not None and isinstance(error, SSL.Error)
+    if not isOpenSSL and not (stdlib is not None and isinstance(error, stdlib.SSLError)):
         return None
     text = str(error)
     if "certificate verify failed" in text:
@@ -152,6 +165,11 @@ def explainTLSFailure(error: BaseException, server: str) -> TLSFailure | None:
     if "protocol version" in text or "unsupported protocol" in text:
         return TLSFailure("no TLS version in common (TLS 1.2 or newer is required)")
     return TLSFailure(f"TLS handshake failed: {text}")
+
+
+#: OpenSSL's verification errors for a certificate that does not name the
+#: host: X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
+NAME_MISMATCH = frozenset({62, 64})
 
 
 def explainLoginFailure(error: FramesError, user: str) -> FramesError:
@@ -261,6 +279,7 @@ __all__ = [
     "AuthError",
     "TLSFailure",
     "addArguments",
+    "clientSecret",
     "clientSecurity",
     "explainLoginFailure",
     "explainTLSFailure",

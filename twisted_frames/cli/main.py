@@ -12,6 +12,9 @@ line on stderr.
 
 Subcommands live in modules that each export C{register(subparsers)}; every
 subcommand sets C{run}, an C{async} function C{(reactor, args, ui) -> int}.
+C{ping}, C{run}, C{ls}, C{stat}, C{rm} and C{mkdir} to a C{HOST:PORT} take the
+quick path instead, without
+Twisted (L{twisted_frames.cli.quick}; C{FRAMES_TWISTED=1} forces Twisted).
 """
 
 from __future__ import annotations
@@ -24,15 +27,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..wire import DEFAULT_GREETING_TIMEOUT, FramesError
-from . import commands, files, keys, ping
+from ..wire import DEFAULT_GREETING_TIMEOUT
+from . import commands, failures, files, keys, ping, quick
 from .base import (
     DEFAULT_TIMEOUT,
-    EXIT_CONNECT,
     EXIT_REMOTE,
     EXIT_SIGNAL_BASE,
-    EXIT_TIMEOUT,
-    EXIT_USAGE,
     UI,
     Interruption,
     _seconds,
@@ -41,8 +41,6 @@ from .base import (
 
 if TYPE_CHECKING:
     from twisted.internet import defer
-
-    from ..client import NoGreeting
 
 #: Modules adding subcommands: each has C{register(subparsers)}.
 REGISTRARS: list[Callable[[Any], None]] = [
@@ -104,6 +102,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = buildParser()
     args = parser.parse_args(argv)
     ui = UI(args.json)
+
+    if quick.applies(args):
+        # Without Twisted: see twisted_frames.cli.quick (None: it cannot,
+        # and nothing has been printed or asked of the server yet).
+        code = quick.main(args, ui)
+        if code is not None:
+            raise SystemExit(code)
 
     # Twisted is imported here, once the command line is read, and nowhere
     # at the top of the CLI's modules: see _leanImports.
@@ -235,73 +240,21 @@ async def runCommand(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
 
 def _failed(error: Exception, args: argparse.Namespace, ui: UI) -> int:
     """
-    Map a command's failure to one line and an exit status.
+    Map a command's failure to one line and an exit status
+    (L{failures.reportFailure}, after naming Twisted's exceptions in its
+    terms).
     """
     from twisted.internet import defer
     from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
 
-    from ..client import NoGreeting
-
-    try:
-        # Re-raised so that one ladder of except clauses sorts it.
-        raise error
-    except FramesError as e:
-        hint = ""
-        if e.code == "auth_required":
-            hint = " (log in with --user and --secret-file)"
-        ui.error(f"{args.command}: {e.message}{hint} [{e.code}]", e.toJSON())
-        return EXIT_REMOTE
-    except keys.TLSFailure as e:
-        ui.error(f"TLS with {args.server} failed: {e}", {"code": "tls_failed", "message": str(e)})
-        return EXIT_CONNECT
-    except NoGreeting as e:
-        message = _noGreetingMessage(e, args)
-        ui.error(message, {"code": "no_greeting", "message": message})
-        return EXIT_CONNECT
-    except keys.AuthError as e:
-        ui.error(f"login to {args.server} failed: {e}", {"code": "auth_failed", "message": str(e)})
-        return EXIT_REMOTE
-    except FileExistsError as e:
-        ui.error(f"{args.command}: {e}", {"code": "exists", "message": str(e)})
-        return EXIT_USAGE
-    except defer.TimeoutError:
-        ui.error(
-            f"{args.command}: no answer from {args.server} within {args.timeout:g} s",
-            {"code": "timeout"},
-        )
-        return EXIT_TIMEOUT
-    except (ConnectError, DNSLookupError) as e:
-        ui.error(
-            f"cannot connect to {args.server}: {_reason(e)}",
-            {"code": "connect_failed", "message": _reason(e)},
-        )
-        return EXIT_CONNECT
-    except (ConnectionDone, ConnectionLost) as e:
-        ui.error(f"{args.command}: connection to {args.server} lost: {_reason(e)}")
-        return EXIT_CONNECT
-    except ValueError as e:
-        ui.error(f"{args.command}: {e}", {"code": "usage"})
-        return EXIT_USAGE
-    except OSError as e:
-        ui.error(f"{args.command}: {e.strerror or e}", {"code": "local_error"})
-        return EXIT_REMOTE
-
-
-def _noGreetingMessage(e: NoGreeting, args: argparse.Namespace) -> str:
-    """
-    Why the server did not greet, in words, with what to try.
-    """
-    if e.tlsRecord:
-        return (
-            f"no greeting from {args.server}: it answered with a TLS record; "
-            "it is a TLS server: try --tls"
-        )
-    if args.tls or args.ca or args.cert:
-        return (
-            f"no greeting from {args.server} within {e.seconds:g} s after the TLS handshake; "
-            "is it a twisted-frames server?"
-        )
-    return f"no greeting from {args.server} within {e.seconds:g} s; is it a TLS server? try --tls"
+    neutral: Exception = error
+    if isinstance(error, defer.TimeoutError):
+        neutral = failures.NoAnswer()
+    elif isinstance(error, (ConnectError, DNSLookupError)):
+        neutral = failures.CannotConnect(_reason(error))
+    elif isinstance(error, (ConnectionDone, ConnectionLost)):
+        neutral = failures.Lost(_reason(error))
+    return failures.reportFailure(neutral, args, ui)
 
 
 def _reason(e: BaseException) -> str:

@@ -25,31 +25,44 @@ async def _ping(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             echoed = await client.ping(payload).addTimeout(args.timeout, reactor)
             rtts.append((time.perf_counter() - started) * 1000)
             if echoed != payload:
-                ui.error("ping: the echoed body differs from what was sent")
+                ui.error(ECHO_DIFFERS)
                 return EXIT_REMOTE
-        best, worst = min(rtts), max(rtts)
-        server = printable(str(greeting.get("server")))
-        ui.result(
-            f"pong from {server} (protocol {greeting.get('protocol')} "
-            f"v{greeting.get('version')}): {len(payload)} bytes, "
-            + (
-                f"time={rtts[0]:.2f} ms"
-                if len(rtts) == 1
-                else f"{len(rtts)} round trips, min/avg/max = {best:.2f}/"
-                f"{sum(rtts) / len(rtts):.2f}/{worst:.2f} ms"
-            ),
-            {
-                "ok": True,
-                "server": greeting.get("server"),
-                "version": greeting.get("version"),
-                "bytes": len(payload),
-                "count": len(rtts),
-                "rtt_ms": rtts,
-            },
-        )
+        reportPong(ui, greeting, len(payload), rtts)
         return EXIT_OK
     finally:
         await client.close()
+
+
+def reportPong(ui: UI, greeting: dict[str, Any], size: int, rtts: list[float]) -> None:
+    """
+    Print the result of C{frames ping}: C{rtts}, the round-trip times in
+    milliseconds of echoes of C{size} bytes from the server that greeted
+    with C{greeting}.
+    """
+    best, worst = min(rtts), max(rtts)
+    server = printable(str(greeting.get("server")))
+    ui.result(
+        f"pong from {server} (protocol {greeting.get('protocol')} "
+        f"v{greeting.get('version')}): {size} bytes, "
+        + (
+            f"time={rtts[0]:.2f} ms"
+            if len(rtts) == 1
+            else f"{len(rtts)} round trips, min/avg/max = {best:.2f}/"
+            f"{sum(rtts) / len(rtts):.2f}/{worst:.2f} ms"
+        ),
+        {
+            "ok": True,
+            "server": greeting.get("server"),
+            "version": greeting.get("version"),
+            "bytes": size,
+            "count": len(rtts),
+            "rtt_ms": rtts,
+        },
+    )
+
+
+#: What C{frames ping} says when the echo is not what it sent.
+ECHO_DIFFERS = "ping: the echoed body differs from what was sent"
 
 
 async def _udpEcho(reactor: Any, args: argparse.Namespace, ui: UI) -> int:

@@ -1,0 +1,730 @@
+"""
+The quick path of the C{frames} CLI (L{twisted_frames.cli.quick}) against
+the Twisted path: the same scenarios run through both (C{FRAMES_TWISTED=0}
+and C{=1}), as real subprocesses against a real server or a misbehaving
+peer on loopback, must print the same and exit with the same status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.serverprocess import ServerProcess, childEnv, frames
+from twisted_frames import wire
+from twisted_frames.cli import quick
+from twisted_frames.cli.failures import NoAnswer
+from twisted_frames.cli.main import buildParser
+from twisted_frames.commands import client as commandsClient
+
+DEADLINE = 30.0
+
+
+def both(
+    *argv: str, input: bytes = b"", prepare: Callable[[], None] = lambda: None
+) -> list[tuple[int, Any, str]]:
+    """
+    Run C{frames ARGV} through the quick path and through Twisted.
+
+    @param prepare: called before each run (to set the server's files up
+        for it).
+    @return: for each, C{(status, stdout, stderr)}, with what differs from
+        one run to the next (round-trip times, elapsed seconds) taken out.
+    """
+    results = []
+    for force in ("0", "1"):
+        prepare()
+        r = frames(*argv, input=input, env={quick.FORCE_TWISTED: force}, timeout=DEADLINE)
+        results.append((r.returncode, _stable(r.stdout.decode()), r.stderr.decode()))
+    return results
+
+
+def _stable(out: str) -> Any:
+    """
+    C{out} without round-trip times and durations: JSON lines parsed
+    without C{rtt_ms} and C{elapsed}; numbers with a decimal point in
+    text replaced.
+    """
+    lines: list[Any] = []
+    for line in out.splitlines():
+        try:
+            data = json.loads(line)
+        except ValueError:
+            lines.append(re.sub(r"\d+\.\d+", "N", line))
+            continue
+        if isinstance(data, dict):
+            data.pop("rtt_ms", None)
+            data.pop("elapsed", None)
+        lines.append(data)
+    return lines
+
+
+def assertSame(results: list[tuple[int, Any, str]], status: int) -> tuple[Any, str]:
+    """
+    Both paths gave the same, with exit status C{status}.
+
+    @return: the output and error text.
+    """
+    quickResult, twistedResult = results
+    assert quickResult == twistedResult
+    assert quickResult[0] == status, quickResult
+    return quickResult[1], quickResult[2]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """
+    A real server allowing C{sh}, C{cat} and C{true}.
+    """
+    root = tmp_path_factory.mktemp("root")
+    with ServerProcess(
+        str(root), "--allow-command", "sh", "--allow-command", "cat", "--allow-command", "true"
+    ) as s:
+        yield s
+
+
+OK_CASES = [
+    (["ping"], 0),
+    (["--json", "ping", "-c", "3", "--size", "70000"], 0),
+    (["ping", "-c", "2"], 0),
+    (["run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"], 3),
+    (["run", "--", "sh", "-c", "kill -KILL $$"], 128 + 9),
+    (["run", "--timeout", "0.2", "--", "sh", "-c", "exec sleep 30"], 124),
+    (["--json", "run", "--", "sh", "-c", "printf 'a;b'; printf e >&2; exit 2"], 2),
+    (["run", "--json", "--", "sh", "-c", "printf '\\377'"], 0),
+    (["run", "--max-output", "1000", "--", "sh", "-c", "exec yes"], 128 + 15),
+    (["run", "--cwd", "nowhere", "--", "true"], 1),
+    (["run", "--", "ls"], 1),
+    (["--json", "run", "--", "ls"], 1),
+    (["run", "--"], 2),
+    (["run", "--timeout", "0", "--", "true"], 2),
+    (["--user", "bob", "ping"], 2),
+    (["--secret-file", "/nonexistent", "ping"], 2),
+]
+
+
+@pytest.mark.parametrize(("argv", "status"), OK_CASES)
+def test_server(server: ServerProcess, argv: list[str], status: int) -> None:
+    """
+    Against a real server: success, an error reply, a remote exit status,
+    signal, timeout and output cap, bad usage: the same from both paths.
+    """
+    assertSame(both("--server", server.address, *argv), status)
+
+
+def _files(root: Path) -> None:
+    """
+    Make C{root} hold C{d/} with C{d/f} (5 bytes) and C{d/e/}, and nothing
+    else.
+    """
+    for child in sorted(root.rglob("*"), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"hello")
+    for path in (root / "d" / "f", root / "d" / "e", root / "d"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+
+
+FILE_CASES = [
+    (["ls"], 0),
+    (["--json", "ls", "d"], 0),
+    (["ls", "nowhere"], 1),
+    (["ls", "../up"], 1),
+    (["stat", "d/f"], 0),
+    (["--json", "stat", "./d//e/"], 0),
+    (["stat", "nowhere"], 1),
+    (["rm", "d/f", "nowhere", "d/e"], 1),
+    (["--json", "rm", "d/f"], 0),
+    (["rm", "d"], 1),
+    (["mkdir", "d", "n/m", "d/f"], 1),
+    (["--json", "mkdir", "x"], 0),
+]
+
+
+@pytest.mark.parametrize(("argv", "status"), FILE_CASES)
+def test_files(server: ServerProcess, argv: list[str], status: int) -> None:
+    """
+    C{ls}, C{stat}, C{rm} and C{mkdir}, each from the same files: the same
+    lines, objects and status from both paths, errors for some paths
+    included.
+    """
+    root = Path(server.root)
+    assertSame(both("--server", server.address, *argv, prepare=lambda: _files(root)), status)
+
+
+def test_closingErrorForEveryPath(
+    peer: Callable[[Callable[[socket.socket], None]], Peer],
+) -> None:
+    """
+    A server that closes with an error during C{rm a b}: both paths report
+    it for each path.
+    """
+    p = peer(_closesForViolation)
+    _, err = assertSame(both("--server", p.address, "rm", "a", "b"), 1)
+    assert err == "frames: rm: the server is shutting down [shutting_down]\n" * 2
+
+
+def test_stdin(server: ServerProcess) -> None:
+    """
+    C{frames run -- cat} forwards stdin (several chunks and windows of it)
+    and gives back the same bytes on both paths.
+    """
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    for force in ("0", "1"):
+        r = frames(
+            "--server",
+            server.address,
+            "run",
+            "--",
+            "cat",
+            input=data,
+            env={quick.FORCE_TWISTED: force},
+            timeout=DEADLINE,
+        )
+        assert (r.returncode, r.stderr) == (0, b"")
+        assert r.stdout == data
+
+
+def test_streamed(server: ServerProcess) -> None:
+    """
+    The quick path writes the remote command's output as it arrives: the
+    first line is read while the command still waits for its stdin.
+    """
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "twisted_frames", "--server", server.address]
+        + ["run", "--", "sh", "-c", 'echo first; read x; echo "got $x"'],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=childEnv({quick.FORCE_TWISTED: "0"}),
+    )
+    try:
+        assert cli.stdin is not None and cli.stdout is not None
+        ready, _, _ = select.select([cli.stdout], [], [], DEADLINE)
+        assert ready and cli.stdout.readline() == b"first\n"
+        assert cli.poll() is None
+        out, err = cli.communicate(b"more\n", timeout=DEADLINE)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+    assert (cli.returncode, out, err) == (0, b"got more\n", b"")
+
+
+def test_stdoutClosed(server: ServerProcess) -> None:
+    """
+    A closed stdout (C{frames run -- yes | head -2}) stops the remote
+    command and exits 141 (128 + SIGPIPE) on both paths.
+    """
+    for force in ("0", "1"):
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "twisted_frames", "--server", server.address]
+            + ["run", "-n", "--", "sh", "-c", "exec yes"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=childEnv({quick.FORCE_TWISTED: force}),
+        )
+        try:
+            assert cli.stdout is not None and cli.stderr is not None
+            assert cli.stdout.readline() == b"y\n"
+            cli.stdout.close()
+            assert cli.wait(DEADLINE) == 128 + signal.SIGPIPE, force
+            assert cli.stderr.read() == b""
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+            assert cli.stderr is not None
+            cli.stderr.close()
+
+
+def test_refused() -> None:
+    """
+    Nobody listening: the same line and status 3.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for verb in (["ping"], ["--json", "run", "--", "true"]):
+        _, err = assertSame(both("--server", f"127.0.0.1:{port}", *verb), 3)
+        assert err == f"frames: cannot connect to 127.0.0.1:{port}: Connection refused\n"
+
+
+def test_unknownHost() -> None:
+    """
+    A name that does not resolve: the same line and status 3.
+    """
+    assertSame(both("--server", "nosuch.invalid:1", "ping"), 3)
+
+
+_HELLO = {"event": "hello", "protocol": "twisted-frames", "version": 1, "server": "peer"}
+
+
+def _message(header: dict[str, Any], body: bytes = b"") -> bytes:
+    data = json.dumps(header).encode()
+    return struct.pack("!I", len(data)) + data + struct.pack("!I", len(body)) + body
+
+
+def _holdUntilClosed(c: socket.socket) -> None:
+    while c.recv(65536):
+        pass
+
+
+def _silent(c: socket.socket) -> None:
+    _holdUntilClosed(c)
+
+
+def _tlsRecord(c: socket.socket) -> None:
+    c.sendall(b"\x16\x03\x01\x00\x05hello")
+    _holdUntilClosed(c)
+
+
+def _closes(c: socket.socket) -> None:
+    pass
+
+
+def _sshBanner(c: socket.socket) -> None:
+    c.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+    _holdUntilClosed(c)
+
+
+def _greetsThenCloses(c: socket.socket) -> None:
+    c.sendall(_message(_HELLO))
+    c.recv(65536)
+
+
+def _greetsThenResets(c: socket.socket) -> None:
+    c.sendall(_message(_HELLO))
+    c.recv(65536)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _greetsThenSilent(c: socket.socket) -> None:
+    c.sendall(_message(_HELLO))
+    _holdUntilClosed(c)
+
+
+def _refuses(c: socket.socket) -> None:
+    error = {"code": "busy", "message": "too many connections"}
+    c.sendall(_message({"id": None, "ok": False, "closing": True, "error": error}))
+
+
+def _otherVersion(c: socket.socket) -> None:
+    c.sendall(_message({**_HELLO, "version": 2}))
+    _holdUntilClosed(c)
+
+
+def _closesForViolation(c: socket.socket) -> None:
+    c.sendall(_message(_HELLO))
+    c.recv(65536)
+    error = {"code": "shutting_down", "message": "the server is shutting down"}
+    c.sendall(_message({"id": None, "ok": False, "closing": True, "error": error}))
+
+
+class Peer:
+    """
+    A listener on loopback whose every connection is handled by C{behave}
+    in a thread; C{accepted} is set at the first.
+    """
+
+    def __init__(self, behave: Callable[[socket.socket], None]) -> None:
+        self.behave = behave
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.accepted = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                c, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.set()
+            threading.Thread(target=self._handle, args=(c,), daemon=True).start()
+
+    def _handle(self, c: socket.socket) -> None:
+        with c:
+            try:
+                self.behave(c)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def peer() -> Iterator[Callable[[Callable[[socket.socket], None]], Peer]]:
+    """
+    Makes L{Peer}s, closed at the end of the test.
+    """
+    made: list[Peer] = []
+
+    def make(behave: Callable[[socket.socket], None]) -> Peer:
+        made.append(Peer(behave))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+PEER_CASES = [
+    (_silent, ["--greeting-timeout", "0.3"], 3, "is it a TLS server? try --tls"),
+    (_silent, ["--greeting-timeout", "0", "--timeout", "0.3"], 4, "no answer from"),
+    (_tlsRecord, [], 3, "it answered with a TLS record"),
+    (_closes, [], 3, "lost: Connection was closed cleanly"),
+    (_sshBanner, [], 1, "did not greet as twisted-frames (header frame of"),
+    (_greetsThenCloses, [], 3, "lost: Connection was closed cleanly"),
+    (_greetsThenResets, [], 3, "lost in a non-clean fashion"),
+    (_greetsThenSilent, ["--timeout", "0.3"], 4, "no answer from"),
+    (_refuses, [], 1, "too many connections [busy]"),
+    (_otherVersion, [], 1, "[version_mismatch]"),
+    (_closesForViolation, [], 1, "the server is shutting down [shutting_down]"),
+]
+
+
+@pytest.mark.parametrize(("behave", "flags", "status", "words"), PEER_CASES)
+def test_peer(
+    peer: Callable[[Callable[[socket.socket], None]], Peer],
+    behave: Callable[[socket.socket], None],
+    flags: list[str],
+    status: int,
+    words: str,
+) -> None:
+    """
+    A peer that is silent, speaks TLS or SSH, closes or resets, refuses,
+    speaks another version, or never answers a request: the same line (and
+    JSON object) and status from both paths, for C{ping} and C{run}.
+    """
+    p = peer(behave)
+    verbs = [["ping"], ["--json", "run", "--", "true"]]
+    if behave is _greetsThenSilent:
+        # A run waits for its command as long as it takes (--timeout is
+        # for connecting and each reply, not for the command's end).
+        del verbs[1:]
+    for verb in verbs:
+        _, err = assertSame(both("--server", p.address, *flags, *verb), status)
+        assert words in err
+
+
+def _started(cli: subprocess.Popen[bytes]) -> None:
+    assert cli.stdout is not None
+    ready, _, _ = select.select([cli.stdout], [], [], DEADLINE)
+    assert ready and cli.stdout.readline() == b"started\n"
+
+
+def _signalled(
+    argv: list[str], signum: int, ready: Callable[[subprocess.Popen[bytes]], None]
+) -> list[tuple[int, bytes, bytes]]:
+    """
+    Run C{frames ARGV} through each path, send it C{signum} once C{ready}
+    returns, and collect its status and outputs.
+    """
+    results = []
+    for force in ("0", "1"):
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "twisted_frames", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=childEnv({quick.FORCE_TWISTED: force}),
+        )
+        try:
+            ready(cli)
+            cli.send_signal(signum)
+            out, err = cli.communicate(timeout=DEADLINE)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.communicate()
+        results.append((cli.returncode, out, err))
+    return results
+
+
+TRAPS_INT = "trap 'echo got INT; exit 7' INT; echo started; while :; do sleep 0.05; done"
+
+
+def test_ctrlCCancelsRemotely(server: ServerProcess) -> None:
+    """
+    Ctrl-C during C{frames run} is sent to the remote command (which here
+    traps it and exits 7) on both paths.
+    """
+    argv = ["--server", server.address, "run", "-n", "--", "sh", "-c", TRAPS_INT]
+    quickResult, twistedResult = _signalled(argv, signal.SIGINT, _started)
+    assert quickResult == twistedResult == (7, b"got INT\n", b"")
+
+
+def test_sigtermHangsUp(server: ServerProcess) -> None:
+    """
+    SIGTERM during C{frames run}: 143 and the same line on both paths (the
+    connection is dropped; the server kills the command).
+    """
+    argv = ["--server", server.address, "run", "-n", "--", "sh", "-c", TRAPS_INT]
+    quickResult, twistedResult = _signalled(argv, signal.SIGTERM, _started)
+    assert quickResult == twistedResult == (143, b"", b"frames: run interrupted (SIGTERM)\n")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interruptedBeforeGreeting(
+    peer: Callable[[Callable[[socket.socket], None]], Peer], signum: int
+) -> None:
+    """
+    Interrupted while waiting for a greeting: 128+N at once and the same
+    JSON object and line on both paths.
+    """
+    p = peer(_silent)
+
+    def accepted(cli: subprocess.Popen[bytes]) -> None:
+        assert p.accepted.wait(DEADLINE)
+        p.accepted.clear()
+
+    argv = ["--server", p.address, "--json", "ping"]
+    quickResult, twistedResult = _signalled(argv, signum, accepted)
+    name = signal.Signals(signum).name
+    assert quickResult == twistedResult
+    assert quickResult[0] == 128 + signum
+    assert quickResult[2] == f"frames: ping interrupted ({name})\n".encode()
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """
+    A server with mutual TLS and a users file with alice; her secret file,
+    a wrong one, and the certificates.
+    """
+    d = tmp_path_factory.mktemp("secure")
+    certs = str(d / "certs")
+    assert frames("make-certs", certs, "--host", "localhost").returncode == 0
+    users, secret = str(d / "users"), str(d / "alice.secret")
+    assert frames("keygen", "alice", "--users", users, "-o", secret).returncode == 0
+    wrong = d / "wrong.secret"
+    wrong.write_bytes(frames("keygen", "alice").stdout)
+    wrong.chmod(0o600)
+    root = d / "srv"
+    root.mkdir()
+    with ServerProcess(
+        str(root),
+        "--users",
+        users,
+        "--allow-command",
+        "sh",
+        "--tls-cert",
+        os.path.join(certs, "server.pem"),
+        "--tls-key",
+        os.path.join(certs, "server.key"),
+        "--tls-ca",
+        os.path.join(certs, "ca.pem"),
+    ) as s:
+        yield {"port": str(s.port), "certs": certs, "secret": secret, "wrong": str(wrong)}
+
+
+def _tls(s: dict[str, str], host: str = "localhost", key: str = "client.key") -> list[str]:
+    c = s["certs"]
+    return [
+        "--server",
+        f"{host}:{s['port']}",
+        "--ca",
+        os.path.join(c, "ca.pem"),
+        "--cert",
+        os.path.join(c, "client.pem"),
+        "--key",
+        os.path.join(c, key),
+    ]
+
+
+def test_tlsLogin(secure: dict[str, str]) -> None:
+    """
+    Mutual TLS and login (its channel binding computed by the quick path
+    from the standard library's TLS connection): ping and run work the
+    same on both paths.
+    """
+    login = [*_tls(secure), "--secret-file", secure["secret"]]
+    out, _ = assertSame(both(*login, "ping"), 0)
+    assert out[0].startswith("pong from ")
+    out, err = assertSame(both(*login, "run", "--", "sh", "-c", "echo hi; exit 5"), 5)
+    assert (out, err) == (["hi"], "")
+
+
+def test_tlsFailures(secure: dict[str, str], server: ServerProcess) -> None:
+    """
+    A wrong secret, no client certificate, an untrusted server, a host
+    name the certificate does not name, C{--tls} against a plain server,
+    a missing CA file, a key that does not match: the same line and status
+    on both paths.
+    """
+    c = secure["certs"]
+    port = secure["port"]
+    plain = server.address.replace("127.0.0.1", "localhost")
+    cases = [
+        ([*_tls(secure), "--secret-file", secure["wrong"]], 1, "login as alice failed"),
+        (["--server", f"localhost:{port}", "--ca", f"{c}/ca.pem"], 3, "client certificate"),
+        (
+            ["--server", f"localhost:{port}", "--tls", "--cert", f"{c}/client.pem"]
+            + ["--key", f"{c}/client.key"],
+            3,
+            "check --ca",
+        ),
+        (_tls(secure, host="127.0.0.1"), 3, "host name mismatch"),
+        (["--server", plain, "--ca", f"{c}/ca.pem"], 3, "does not speak TLS"),
+        (["--server", f"localhost:{port}", "--ca", f"{c}/none.pem"], 2, "cannot read CA file"),
+        (_tls(secure, key="server.key"), 2, "does not match"),
+        (["--server", f"localhost:{port}"], 3, "try --tls"),
+    ]
+    for flags, status, words in cases:
+        _, err = assertSame(both("--greeting-timeout", "2", *flags, "ping"), status)
+        assert words in err, flags
+
+
+def _tlsPeer(
+    secure: dict[str, str], then: Callable[[socket.socket], None]
+) -> Callable[[socket.socket], None]:
+    """
+    A peer behaviour: the TLS handshake with the server certificate of
+    C{secure}, then C{then} on the TLS socket.
+    """
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    certs = secure["certs"]
+    context.load_cert_chain(os.path.join(certs, "server.pem"), os.path.join(certs, "server.key"))
+
+    def behave(c: socket.socket) -> None:
+        tls = context.wrap_socket(c, server_side=True)
+        with tls:
+            then(tls)
+
+    return behave
+
+
+def _closeNotify(tls: socket.socket) -> None:
+    tls.sendall(_message(_HELLO))
+    tls.recv(65536)
+    tls.unwrap()  # type: ignore[attr-defined]
+
+
+TLS_PEER_CASES = [
+    (_closes, "lost: Connection lost"),
+    (_greetsThenCloses, "lost: Connection lost"),
+    (_greetsThenResets, "lost: Connection lost"),
+    (_closeNotify, "lost: Connection was closed cleanly"),
+]
+
+
+@pytest.mark.parametrize(("then", "words"), TLS_PEER_CASES)
+def test_tlsPeer(
+    secure: dict[str, str],
+    peer: Callable[[Callable[[socket.socket], None]], Peer],
+    then: Callable[[socket.socket], None],
+    words: str,
+) -> None:
+    """
+    A TLS peer that closes without close_notify (during the handshake or
+    after the greeting), resets, or closes cleanly: the same line from
+    both paths.
+    """
+    p = peer(_tlsPeer(secure, then))
+    server = p.address.replace("127.0.0.1", "localhost")
+    ca = os.path.join(secure["certs"], "ca.pem")
+    _, err = assertSame(both("--server", server, "--ca", ca, "ping"), 3)
+    assert words in err
+
+
+def test_tlsHandshakeLost(
+    secure: dict[str, str], peer: Callable[[Callable[[socket.socket], None]], Peer]
+) -> None:
+    """
+    A peer that hangs up before the TLS handshake ends: the same line from
+    both paths.
+    """
+    p = peer(_closes)
+    server = p.address.replace("127.0.0.1", "localhost")
+    ca = os.path.join(secure["certs"], "ca.pem")
+    _, err = assertSame(both("--server", server, "--ca", ca, "ping"), 3)
+    assert err.endswith("lost: Connection lost\n")
+
+
+def test_forcedAndEndpointStrings() -> None:
+    """
+    L{quick.applies}: the quick verbs with C{HOST:PORT}, unless
+    C{FRAMES_TWISTED} is set to something but C{0}; never an endpoint
+    string or another verb.
+    """
+    parse = buildParser().parse_args
+    old = os.environ.pop(quick.FORCE_TWISTED, None)
+    try:
+        assert quick.applies(parse(["--server", "h:1", "ping"]))
+        assert quick.applies(parse(["--server", "[::1]:1", "run", "--", "true"]))
+        assert not quick.applies(parse(["--server", "tcp:host=h:port=1", "ping"]))
+        assert not quick.applies(parse(["--server", "unix:path=/s", "ping"]))
+        assert quick.applies(parse(["--server", "h:1", "ls"]))
+        assert not quick.applies(parse(["--server", "h:1", "put", "a"]))
+        for value, applies in (("", True), ("0", True), ("1", False), ("yes", False)):
+            os.environ[quick.FORCE_TWISTED] = value
+            assert quick.applies(parse(["--server", "h:1", "ping"])) is applies, value
+    finally:
+        os.environ.pop(quick.FORCE_TWISTED, None)
+        if old is not None:
+            os.environ[quick.FORCE_TWISTED] = old
+
+
+def test_stdinWindow() -> None:
+    """
+    The quick path sends stdin in the chunks and windows of the Twisted
+    path's command client.
+    """
+    assert (quick.STDIN_CHUNK, quick.STDIN_WINDOW) == (
+        commandsClient.STDIN_CHUNK,
+        commandsClient.STDIN_WINDOW,
+    )
+
+
+def test_readMessageBytewise() -> None:
+    """
+    L{quick.Connection.readMessage} reads messages whose bytes come one at
+    a time, and several that come in one piece, through L{wire}'s codec.
+    """
+    messages = [({"id": 1, "ok": True}, b""), ({"id": 2, "event": "stdout"}, b"x" * 70000)]
+    data = b"".join(wire.encodeMessage(h, b) for h, b in messages)
+    signals = quick.Signals()
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        connection = quick.Connection(ours, signals)
+        writer = threading.Thread(target=lambda: [theirs.send(data[i : i + 1]) for i in range(99)])
+        writer.start()
+        writer.join(DEADLINE)
+        theirs.sendall(data[99:] + data)
+        got = [connection.readMessage(quick.time.monotonic() + DEADLINE) for _ in range(4)]
+        assert got == messages + messages
+        with pytest.raises(NoAnswer):
+            connection.readMessage(quick.time.monotonic())
+    finally:
+        ours.close()
+        theirs.close()
+        signals.restore()
+
+
+def test_tlsExporterChecked(tmp_path: Path) -> None:
+    """
+    L{quick.tlsExporter} refuses (L{quick.Fallback}) a socket that is not
+    a TLS one of the standard library, rather than read a wrong pointer.
+    """
+    with socket.socket() as s:
+        with pytest.raises(quick.Fallback):
+            quick.tlsExporter(s)
