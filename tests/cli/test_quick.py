@@ -728,3 +728,21 @@ def test_tlsExporterChecked(tmp_path: Path) -> None:
     with socket.socket() as s:
         with pytest.raises(quick.Fallback):
             quick.tlsExporter(s)
+
+
+def test_tlsExporterUnknownLayout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    On a Python whose C{PySSLSocket} layout is not known, L{quick.tlsExporter}
+    falls back before it reads any pointer out of the C{SSLObject}, even one
+    that looks like a TLS socket's.
+    """
+
+    class Looks:
+        _sslobj = object()
+
+        def fileno(self) -> int:
+            raise AssertionError("the pointer was looked at")
+
+    monkeypatch.setattr(quick, "KNOWN_SSL_LAYOUT", ((3, 0), (3, 1)))
+    with pytest.raises(quick.Fallback):
+        quick.tlsExporter(Looks())  # type: ignore[arg-type]

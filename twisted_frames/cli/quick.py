@@ -647,6 +647,12 @@ def _login(connection: Connection, secret: ClientSecret, deadline: float) -> Non
     checkServerProof(header, expected, secret)
 
 
+#: The CPython versions (first, last) whose C{PySSLSocket} starts with the
+#: object header, the socket's weak reference, then the C{SSL *}
+#: (C{Modules/_ssl.c}); L{tlsExporter} falls back outside them.
+KNOWN_SSL_LAYOUT = ((3, 11), (3, 14))
+
+
 def tlsExporter(sock: socket.socket) -> bytes:
     """
     The RFC 9266 channel binding of a TLS connection of the standard
@@ -668,7 +674,13 @@ def tlsExporter(sock: socket.socket) -> bytes:
     import ctypes
 
     sslobj = getattr(sock, "_sslobj", None)
-    if sys.implementation.name != "cpython" or sslobj is None:
+    if (
+        sys.implementation.name != "cpython"
+        or not KNOWN_SSL_LAYOUT[0] <= sys.version_info[:2] <= KNOWN_SSL_LAYOUT[1]
+        or sslobj is None
+    ):
+        # Outside the versions whose PySSLSocket is known, even the check
+        # below would read a pointer of unknown meaning.
         raise Fallback()
     try:
         library = ctypes.CDLL(_ssl.__file__)
