@@ -403,6 +403,14 @@ class Bench:
             "frames_run_true": self.frames(False, "run", "--", "true"),
             "frames_ping_tls_login": self.frames(True, "ping"),
             "frames_run_true_tls_login": self.frames(True, "run", "--", "true"),
+            # The same commands through Twisted (what an endpoint string or a
+            # transfer verb uses), for comparison: env(1) adds about 1 ms.
+            "frames_ping_twisted": ["env", "FRAMES_TWISTED=1", *self.frames(False, "ping")],
+            "frames_ping_tls_login_twisted": [
+                "env",
+                "FRAMES_TWISTED=1",
+                *self.frames(True, "ping"),
+            ],
         }
 
 
@@ -481,6 +489,8 @@ LABELS = {
     "frames_run_true": "frames run -- true",
     "frames_ping_tls_login": "frames ping (TLS + login)",
     "frames_run_true_tls_login": "frames run -- true (TLS + login)",
+    "frames_ping_twisted": "frames ping, FRAMES_TWISTED=1",
+    "frames_ping_tls_login_twisted": "frames ping (TLS + login), FRAMES_TWISTED=1",
 }
 
 
@@ -507,10 +517,10 @@ def report(results: dict[str, Any]) -> None:
         )
     print()
     print(f"Command-line wall time, {o['cli_runs']} runs each, alternating")
-    print(f"{'':36} {'median ms':>10} {'best ms':>8} {'max ms':>8} {'client CPU ms':>14}")
+    print(f"{'':44} {'median ms':>10} {'best ms':>8} {'max ms':>8} {'client CPU ms':>14}")
     for name, s in results["cli"].items():
         print(
-            f"{LABELS[name]:36} {s['median'] * 1e3:10.0f} {s['best'] * 1e3:8.0f} "
+            f"{LABELS[name]:44} {s['median'] * 1e3:10.0f} {s['best'] * 1e3:8.0f} "
             f"{s['max'] * 1e3:8.0f} {s['client_cpu_s']['median'] * 1e3:14.0f}"
         )
     print("(client CPU: user + system time of the command's own processes, medians)")
