@@ -9,6 +9,7 @@ it sends from an L{twisted_frames.sending.IBodySource}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -35,6 +36,35 @@ class BodySink:
 
     stopsAtShutdown = False
 
+    #: Whether L{receiveDirect} may be offered now (a sink whose bytes go
+    #: to a file may say so, as a property, once it is ready for them).
+    receivesDirect = False
+
+    def receiveDirect(self, receive: DirectReceiver) -> defer.Deferred[None] | None:
+        """
+        Offer to receive the rest of the body off the reactor: the sink
+        calls C{receive(consume)} once everything it was already given by
+        L{bodyData} is written; that starts a thread which calls
+        C{consume(view)} with each piece (a C{memoryview} of a reused
+        buffer, valid only during the call; it may raise to stop the
+        receive) and returns a Deferred firing once the thread has ended,
+        or failing with what C{consume} raised.  The sink handles that
+        failure as it would a failed write (its request's error), and fires
+        the Deferred it returns here (never with a failure) once the
+        receive has ended.  Only offered while
+        L{receivesDirect} is true; the protocol then counts the bytes and
+        calls L{bodyFinished} as usual.
+
+        @return: C{None} to refuse (the body goes on through L{bodyData}).
+        """
+        return None
+
+    def bodyProgress(self, count: int) -> None:
+        """
+        C{count} more bytes of the body were received off the reactor (and
+        are given to C{consume}, not to L{bodyData}): for progress reports.
+        """
+
     def bodyStarted(self, length: int, producer: IPushProducer) -> None:
         """
         The body's length is known; its bytes follow.
@@ -54,6 +84,12 @@ class BodySink:
         """
         The connection was lost before the body was complete.
         """
+
+
+#: What L{BodySink.receiveDirect} is given: called with C{consume}, it
+#: starts a thread that reads the body's bytes and calls C{consume} with
+#: them, and returns a Deferred firing once that thread has ended.
+DirectReceiver = Callable[[Callable[[memoryview], None]], "defer.Deferred[None]"]
 
 
 class BufferSink(BodySink):

@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
+from ._speedups import recv
 from .bodies import BodySink, BufferSink, DiscardSink, Pipe
 from .sending import BodyOverrun, FrameSender, IBodySource, SendPressure
 from .wire import ErrorCode, Limits, ProtocolViolation
@@ -153,6 +154,12 @@ class FrameProtocol(Int32StringReceiver):
     #: connections full of pipelined requests cannot keep one iteration
     #: (and every other client's reply) waiting for seconds.
     messagesPerTurn: int | None = None
+    #: Body bytes still to come from which the rest of a body is received
+    #: off the reactor, by a worker thread reading the socket straight
+    #: into the sink's file (L{BodySink.receiveDirect}), or C{None}: never.
+    #: Only on a plain TCP connection (L{recv.canReceiveDirect}); below
+    #: this, the thread's start costs more than the reactor's reads.
+    receiveDirectMin: int | None = 1024 * 1024
     clock: IReactorTime | None = None
     _log = Logger()
     _peerName: str | None = None
@@ -189,6 +196,11 @@ class FrameProtocol(Int32StringReceiver):
         # Where this turn ends (see messagesPerTurn): never, unless set.
         self._turnEnd = sys.maxsize
         self.bytesReceived = 0
+        # The body being received off the reactor (see _receiveDirect), and
+        # an abandonBody waiting for it to stop.
+        self._direct: recv.DirectReceive | None = None
+        self._directOff = False
+        self._abandonAfterDirect: Failure | None = None
         # The protocol as a producer (pauseProducing and friends): a pause
         # of its own, counted with the sinks' ones.
         self._producer = _ReceiveProducer(self)
@@ -335,8 +347,89 @@ class FrameProtocol(Int32StringReceiver):
                 sender.gathered = None
         else:
             self._consume(data)
+        if self._state == _BODY and self.receiveDirectMin is not None:
+            self._receiveDirect()
         if self.frameTimeout is not None:
             self._watchFrame()
+
+    def _receiveDirect(self) -> None:
+        """
+        At the end of a read within a large body: if the sink can take it
+        and the transport is a plain TCP connection, stop the transport
+        reading and let a worker thread receive the rest of the body
+        (L{recv.DirectReceive}); L{_receivedDirect} hands back.
+        """
+        sink = self._sink
+        minimum = self.receiveDirectMin
+        if (
+            sink is None
+            or not sink.receivesDirect
+            or minimum is None
+            or self._remaining < minimum
+            or self._direct is not None
+            or self._directOff
+            or self._pauseCount
+            or self._held
+            or self._unread
+            or self._closing
+        ):
+            return
+        if not recv.canReceiveDirect(self.transport):
+            self._directOff = True
+            return
+
+        def progress(count: int) -> None:
+            self.bytesReceived += count
+            if self._sink is sink:
+                sink.bodyProgress(count)
+            self.receivedDirect(count)
+
+        receive = recv.DirectReceive(self.transport, self._remaining, self.frameTimeout, progress)
+        self._direct = receive
+        self._syncTransport()
+        d = sink.receiveDirect(receive)
+        if d is None:
+            self._direct = None
+            receive.release()
+            self._syncTransport()
+            return
+        d.addCallback(self._receivedDirect, sink, receive)
+        d.addErrback(lambda f: self._log.failure("receiving a body off the reactor", f))
+
+    def _receivedDirect(self, _: object, sink: BodySink, receive: recv.DirectReceive) -> None:
+        """
+        The worker thread of L{_receiveDirect} has returned: take up the
+        body where it left it, as if its bytes had been read here, and
+        read again.
+        """
+        receive.release()
+        self._direct = None
+        if self._sink is not sink or self._state != _BODY:
+            # The connection went (or its sink failed) meanwhile.
+            return
+        self._remaining -= receive.taken
+        if receive.outcome == recv.STALLED:
+            self._frameExpired()
+            return
+        if receive.outcome == recv.LOST:
+            # The transport finds out how, reading again.
+            self._directOff = True
+        abandon, self._abandonAfterDirect = self._abandonAfterDirect, None
+        if self._remaining == 0:
+            self._finishBody(sink, None)
+        elif abandon is not None:
+            self.abandonBody(abandon)
+        if not self._closing:
+            self._syncTransport()
+        self._drain()
+
+    def receivedDirect(self, count: int) -> None:
+        """
+        C{count} more bytes of a body were received off the reactor
+        (L{receiveDirectMin}); they are already counted in
+        C{bytesReceived}.  Called every so often while the worker thread
+        receives, for what a read would otherwise tell (an idle deadline).
+        """
 
     def _watchFrame(self) -> None:
         """
@@ -345,7 +438,15 @@ class FrameProtocol(Int32StringReceiver):
         """
         timer = self._frameTimer
         idle = self._state == _HEADER_PREFIX and not self._prefix
-        if idle or self._pauseCount or self._held or self._closing or self.frameTimeout is None:
+        if (
+            idle
+            or self._pauseCount
+            or self._held
+            or self._closing
+            or self.frameTimeout is None
+            or self._direct is not None
+        ):
+            # (A body received off the reactor has its deadline in its thread.)
             if timer is not None:
                 if timer.active():
                     timer.cancel()
@@ -577,6 +678,11 @@ class FrameProtocol(Int32StringReceiver):
         sink, producer = self._sink, self._sinkProducer
         if sink is None or self._state != _BODY:
             return
+        if self._direct is not None:
+            # Its thread stops first (it may be writing to the sink's file).
+            self._abandonAfterDirect = reason
+            self._direct.cancel()
+            return
         self._sink = DiscardSink()
         self._sinkProducer = _ReceiveProducer(self)
         sink.bodyFailed(reason)
@@ -696,7 +802,7 @@ class FrameProtocol(Int32StringReceiver):
         Pause or resume the transport's reading to match why we need it
         paused: a sink's pause, or too much held behind send pressure.
         """
-        want = self._pauseCount > 0 or self._heldTransport
+        want = self._pauseCount > 0 or self._heldTransport or self._direct is not None
         if want == self._transportPaused or self.transport is None:
             return
         self._transportPaused = want
@@ -722,6 +828,8 @@ class FrameProtocol(Int32StringReceiver):
                 self._consume(item)
         finally:
             self._draining = False
+        if self._state == _BODY and self.receiveDirectMin is not None:
+            self._receiveDirect()
         if self.frameTimeout is not None:
             self._watchFrame()
 
@@ -850,6 +958,8 @@ class FrameProtocol(Int32StringReceiver):
         self.transport.abortConnection()
 
     def _failSink(self, reason: Failure) -> None:
+        if self._direct is not None:
+            self._direct.cancel()
         sink, self._sink = self._sink, None
         producer, self._sinkProducer = self._sinkProducer, None
         if producer is not None:

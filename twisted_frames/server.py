@@ -511,6 +511,13 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
             # The end of a body read and dropped may leave nothing to wait for.
             self._closeIfDone()
 
+    def receivedDirect(self, count: int) -> None:
+        """
+        Bytes of a body received off the reactor keep the connection from
+        being idle, as bytes read here do.
+        """
+        self.resetTimeout()  # type: ignore[no-untyped-call]
+
     # -- shutdown --------------------------------------------------------------
 
     def beginShutdown(self) -> None:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from twisted.python.failure import Failure
 
+from ..bodies import DirectReceiver
 from ..client import FramesClient
 from ..protocol import BodySink
 from ..wire import ErrorCode, FramesError, ProtocolViolation
@@ -53,6 +54,9 @@ from .store import (
     tuneTransport,
 )
 from .tree import OnFile, TreeResult, getTree, putTree
+
+if TYPE_CHECKING:
+    from twisted.internet import defer
 
 __all__ = [
     "ALREADY_EXISTS_HINT",
@@ -177,6 +181,21 @@ class _DownloadSink(BodySink):
         self.download.writer.write(data)
         if self.download.progress is not None:
             self.download.progress(len(data))
+
+    @property
+    def receivesDirect(self) -> bool:  # type: ignore[override]
+        """
+        Whether the rest of the body may be received off the reactor
+        (L{BodySink.receiveDirect}): while the download's writer writes.
+        """
+        return self.download.writer.error is None
+
+    def receiveDirect(self, receive: DirectReceiver) -> defer.Deferred[None] | None:
+        return self.download.writer.receiveDirect(receive)
+
+    def bodyProgress(self, count: int) -> None:
+        if self.download.progress is not None:
+            self.download.progress(count)
 
     def bodyFinished(self) -> None:
         self.download.producer = None

@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._speedups.tcp import tuneOnce
+from ..bodies import DirectReceiver
 from ..fields import ABSENT, Count, Field, Flag, HexDigits
 from ..protocol import BodySink
 from ..server import Operation, Request, ServerProtocol, Service, operation
@@ -1057,6 +1058,20 @@ class _UploadSink(BodySink):
         # A write error is reported by the writer itself (onError), at once.
         if self.writer is not None and self.failed is None:
             self.writer.write(data)
+
+    @property
+    def receivesDirect(self) -> bool:  # type: ignore[override]
+        """
+        Whether the rest of the body may be received off the reactor
+        (L{BodySink.receiveDirect}): once the partial is ready, until the
+        upload fails.
+        """
+        return self.writer is not None and self.failed is None
+
+    def receiveDirect(self, receive: DirectReceiver) -> defer.Deferred[None] | None:
+        # The writer's afterWrite (the check for a delete) and onError (the
+        # error reply, the partial's removal) apply as to its own writes.
+        return None if self.writer is None else self.writer.receiveDirect(receive)
 
     def bodyFinished(self) -> None:
         self.received = True

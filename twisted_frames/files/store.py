@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..bodies import DirectReceiver
 from ..protocol import BodySink
 from ..wire import ErrorCode, FramesError
 
@@ -184,6 +185,8 @@ class FileWriter:
         self._busy = False
         self._paused = False
         self._drainWaiters: list[defer.Deferred[None]] = []
+        # A receive waiting for the job in progress (see receiveDirect).
+        self._direct: tuple[DirectReceiver, defer.Deferred[None]] | None = None
 
     @property
     def isPaused(self) -> bool:
@@ -214,11 +217,55 @@ class FileWriter:
         d: defer.Deferred[None] = defer.Deferred()
         if self.error is not None:
             d.errback(self.error)
-        elif not self._busy and not self._queue:
+        elif not self._busy and not self._queue and self._direct is None:
             d.callback(None)
         else:
             self._drainWaiters.append(d)
         return d
+
+    def receiveDirect(self, receive: DirectReceiver) -> defer.Deferred[None] | None:
+        """
+        Start C{receive(consume)} as this writer's next job, after what is
+        queued (L{BodySink.receiveDirect}): C{consume} hashes, writes and
+        checks (C{afterWrite}) each piece in the receive's thread, and
+        counts it in L{written}.  A failure of the receive fails the writer
+        like a write error.
+
+        @return: a Deferred firing (never failing) once C{receive} has
+            returned or, if the writer fails before it starts, without it
+            having run; C{None} if the writer has already failed.
+        """
+        if self.error is not None or self._direct is not None:
+            return None
+        done: defer.Deferred[None] = defer.Deferred()
+        self._direct = (receive, done)
+        if not self._busy:
+            self._startDirect()
+        return done
+
+    def _startDirect(self) -> None:
+        assert self._direct is not None
+        (receive, done), self._direct = self._direct, None
+        self._busy = True
+        fd, hasher, afterWrite = self.fd, self.hasher, self.afterWrite
+        consumed = [0]
+
+        def consume(view: memoryview) -> None:
+            hasher.update(view)
+            writeAll(fd, view)
+            consumed[0] += len(view)
+            if afterWrite is not None:
+                afterWrite(fd)
+
+        def finished(result: object) -> None:
+            if isinstance(result, Failure):
+                self.written += consumed[0]
+                self._batchFailed(result)
+            else:
+                self._batchDone(consumed[0])
+            done.callback(None)
+
+        receive(consume).addBoth(finished)
 
     def _kick(self) -> None:
         batch, self._queue = self._queue, []
@@ -247,6 +294,8 @@ class FileWriter:
         self._busy = False
         if self._queue:
             self._kick()
+        elif self._direct is not None:
+            self._startDirect()
         else:
             self._fire(None)
 
@@ -260,6 +309,10 @@ class FileWriter:
             self._resume()
         if self.onError is not None:
             self.onError(failure)
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            # Never run: the protocol reads the rest of the body itself.
+            direct[1].callback(None)
         self._fire(failure)
 
     def _fire(self, failure: Failure | None) -> None:
@@ -306,6 +359,20 @@ class WriterSink(BodySink):
         self.writer.write(data)
         if self.progress is not None:
             self.progress(len(data))
+
+    @property
+    def receivesDirect(self) -> bool:  # type: ignore[override]
+        """
+        Whether the writer still writes (L{BodySink.receivesDirect}).
+        """
+        return self.writer.error is None
+
+    def receiveDirect(self, receive: DirectReceiver) -> defer.Deferred[None] | None:
+        return self.writer.receiveDirect(receive)
+
+    def bodyProgress(self, count: int) -> None:
+        if self.progress is not None:
+            self.progress(count)
 
     def bodyFinished(self) -> None:
         self._producer = None
