@@ -353,9 +353,18 @@ class Run:
         os.unlink(path)
 
 
-async def transfer(reactor: Any, run: Run, kind: str, files: Any, pings: dict[str, list]) -> float:
+async def transfer(
+    reactor: Any,
+    run: Run,
+    kind: str,
+    files: Any,
+    pings: dict[str, list],
+    cpu: dict[str, list[tuple[float, float]]],
+) -> float:
     """
     One transfer of the big file (C{kind} as in L{KINDS}); return seconds.
+    A frames transfer adds to C{cpu[kind]} the CPU seconds this process
+    (the client) and the server spent on it.
     """
     from twisted.internet import threads
 
@@ -373,6 +382,7 @@ async def transfer(reactor: Any, run: Run, kind: str, files: Any, pings: dict[st
     assert server is not None
     bystander = Bystander(server.address, run.creds if tls else None)
     await threads.deferToThread(bystander.ready)
+    serverCPU, clientCPU = server.cpuSeconds(), _ownCPU()
     t = time.perf_counter()
     if kind.startswith("put"):
         await files.putFile(run.src, "put.bin", overwrite=True)
@@ -382,9 +392,18 @@ async def transfer(reactor: Any, run: Run, kind: str, files: Any, pings: dict[st
         written = os.path.join(run.work, "got.bin")
         await files.getFile("src.bin", written, overwrite=True)
         took = time.perf_counter() - t
+    cpu[kind].append((_ownCPU() - clientCPU, server.cpuSeconds() - serverCPU))
     pings[kind].extend(await threads.deferToThread(bystander.finish))
     run.check(written, kind)
     return took
+
+
+def _ownCPU() -> float:
+    """
+    This process's CPU time so far (user + system, all its threads).
+    """
+    t = os.times()
+    return t.user + t.system
 
 
 async def smallFiles(files: Any, work: str, count: int) -> dict[str, float]:
@@ -462,10 +481,11 @@ async def measure(reactor: Any, run: Run) -> dict[str, Any]:
     clients = {"tcp": FileClient(plain), "tls": FileClient(tls)}
     times: dict[str, list[float]] = {kind: [] for kind in KINDS}
     pings: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    cpu: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
     for r in range(args.rounds):
         for kind in KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)]:
             files = clients[kind.rsplit("_", 1)[1]]
-            times[kind].append(await transfer(reactor, run, kind, files, pings))
+            times[kind].append(await transfer(reactor, run, kind, files, pings, cpu))
         print(f"  round {r + 1}/{args.rounds} done", flush=True)
     results: dict[str, Any] = {"transfers": {}, "raw_ssl_cipher": run.baselineCipher}
     mb = run.size / 1e6
@@ -475,6 +495,11 @@ async def measure(reactor: Any, run: Run) -> dict[str, Any]:
         s["median_MBps"] = mb / s["median"]
         if not kind.startswith("raw"):
             s["bystander_ms"] = latencies(pings[kind])
+            gib = run.size / 2**30
+            s["cpu_s_per_GiB"] = {
+                "client": statistics.median(c for c, _ in cpu[kind]) / gib,
+                "server": statistics.median(v for _, v in cpu[kind]) / gib,
+            }
         results["transfers"][kind] = s
     if args.small:
         results.update(await smallFiles(clients["tcp"], run.work, args.small))
@@ -532,15 +557,18 @@ def report(results: dict[str, Any]) -> None:
     )
     print(
         f"{'':34} {'best MB/s':>10} {'median MB/s':>12} {'range s':>13}"
-        f" {'bystander p50/p99/max ms':>26}"
+        f" {'bystander p50/p99/max ms':>26} {'CPU s/GiB client+server':>24}"
     )
     for kind, s in results["transfers"].items():
         b = s.get("bystander_ms")
         pings = f"{b['median']:.1f} / {b['p99']:.1f} / {b['max']:.1f}" if b and b["count"] else ""
+        c = s.get("cpu_s_per_GiB")
+        used = f"{c['client']:.2f} + {c['server']:.2f}" if c else ""
         print(
             f"{LABELS[kind]:34} {s['best_MBps']:10.0f} {s['median_MBps']:12.0f} "
-            f"{s['best']:6.2f}-{s['max']:<6.2f} {pings:>26}"
+            f"{s['best']:6.2f}-{s['max']:<6.2f} {pings:>26} {used:>24}"
         )
+    print("(CPU: medians of the rounds; the client is this process, the bystander apart)")
     r = results["ratios"]
     print()
     for transport, raw in (("tcp", "raw tcp+sha"), ("tls", "raw ssl+sha")):

@@ -354,6 +354,16 @@ class FrameServer:
                     return int(line.split()[1]) * 1024
         return 0
 
+    def cpuSeconds(self) -> float:
+        """
+        The server's CPU time so far (user + system, all its threads), from
+        C{/proc/PID/stat}.
+        """
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            # The fields after the command's name, which is in parentheses.
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         """
         Stop the server (SIGTERM, then SIGKILL after 30 s) and wait for it.
