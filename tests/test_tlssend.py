@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -22,14 +23,17 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task, threads
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.inmemory import Credentials, makeCredentials
 from tests.loopback import recordConnections, until
 from twisted_frames import _speedups, wire
 from twisted_frames._speedups import tlssend
+from twisted_frames._speedups.tls import writeUnbuffered
 from twisted_frames.client import FramesClient, connect
 from twisted_frames.files.client import FileClient
 from twisted_frames.files.service import FileService
+from twisted_frames.files.store import FileSource, synchronousRunner
 from twisted_frames.server import FramesServerFactory, ServerProtocol
 from twisted_frames.tls import clientOptions, serverOptions
 
@@ -420,9 +424,12 @@ async def test_heldWhileOwned(server: _TLSServer, slices: _Slices) -> None:
     await threads.deferToThread(inFill.wait, 10)
     below = transport.transport
     transport.write(b"held")
+    # The protocol's own write below the TLS layer's buffering, too.
+    writeUnbuffered(transport, b"also held")
     transport.resumeProducing()
     transport.abortConnection()
     assert below.connected and not below._aborting
+    assert [name for name, _ in threaded._held] == ["write", "write", "abortConnection"]
     assert threaded.owned and slices.misuse == []
     go.set()
     outcome = await running
@@ -503,3 +510,107 @@ async def test_bystanderAndMemory(server: _TLSServer, slices: _Slices) -> None:
         raw.close()
         await bystander.close()
     assert slices.misuse == []
+
+
+class _FakeThreadedConsumer:
+    """
+    A consumer that offers the threaded send and runs each slice's C{fill}
+    at once, answering each slice from C{answers} (C{"send"}: take up to
+    C{limit} bytes; C{None}: paused until resumed; -1: use the TLS
+    layer); what is written the usual way goes to C{written}.
+    """
+
+    def __init__(self, answers: list[Any], limit: int) -> None:
+        self.answers = answers
+        self.limit = limit
+        self.body = bytearray()
+        self.written = bytearray()
+        self.slices = 0
+
+    def canSendThreaded(self) -> bool:
+        return True
+
+    def sendThreaded(self, count: int, fill: Any, runInThread: Any) -> defer.Deferred[int | None]:
+        self.slices += 1
+        answer = self.answers.pop(0) if self.answers else "send"
+        if answer != "send":
+            return defer.succeed(answer)
+        n = min(count, self.limit)
+        view = memoryview(bytearray(n))
+        fill(0, view)
+        self.body += view
+        return defer.succeed(n)
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+
+class FileSourceThreadedTests(SynchronousTestCase):
+    """
+    L{FileSource} over a consumer that sends from a worker thread
+    (synchronously here): slices in order, hashed as sent, a pause, and
+    the fall back to the TLS layer mid-body.
+    """
+
+    def setUp(self) -> None:
+        self.data = os.urandom(1000)
+        fd, path = tempfile.mkstemp()
+        os.write(fd, self.data)
+        self.fd = fd
+        self.addCleanup(os.unlink, path)
+        self.addCleanup(os.close, fd)
+
+    def source(self, offset: int = 0) -> tuple[FileSource, Any]:
+        hasher = blake3.blake3()
+        progress: list[int] = []
+        s = FileSource(
+            self.fd, offset, len(self.data) - offset, hasher, synchronousRunner, progress.append
+        )
+        return s, (hasher, progress)
+
+    def test_slices(self) -> None:
+        """
+        The body goes in slices, each hashed as sent, progress once per
+        slice; nothing is written the usual way.
+        """
+        s, (hasher, progress) = self.source(100)
+        consumer = _FakeThreadedConsumer([], 256)
+        d = s.startProducing(consumer)
+        self.successResultOf(d)
+        self.assertTrue(s.sendsThreaded)
+        self.assertEqual(bytes(consumer.body), self.data[100:])
+        self.assertEqual(consumer.written, b"")
+        self.assertEqual(hasher.hexdigest(), blake3.blake3(self.data[100:]).hexdigest())
+        self.assertEqual(progress, [256, 256, 256, 132])
+
+    def test_pausedUntilResumed(self) -> None:
+        """
+        A slice answered C{None} (the consumer paused the source until the
+        socket takes more) leaves the body waiting; resuming sends the
+        rest.
+        """
+        s, _ = self.source()
+        consumer = _FakeThreadedConsumer(["send", None], 400)
+        d = s.startProducing(consumer)
+        s.pauseProducing()
+        self.assertNoResult(d)
+        self.assertEqual(len(consumer.body), 400)
+        s.resumeProducing()
+        self.successResultOf(d)
+        self.assertEqual(bytes(consumer.body), self.data)
+
+    def test_fallBackToTLSLayer(self) -> None:
+        """
+        When the connection cannot be used from the thread any more (-1),
+        the rest is read and written the usual way, in order, and the hash
+        still covers the whole body.
+        """
+        s, (hasher, progress) = self.source()
+        consumer = _FakeThreadedConsumer(["send", -1], 300)
+        d = s.startProducing(consumer)
+        self.successResultOf(d)
+        self.assertFalse(s.sendsThreaded)
+        self.assertEqual(bytes(consumer.body) + bytes(consumer.written), self.data)
+        self.assertEqual(len(consumer.body), 300)
+        self.assertEqual(hasher.hexdigest(), blake3.blake3(self.data).hexdigest())
+        self.assertEqual(sum(progress), len(self.data))
