@@ -614,3 +614,28 @@ class FileSourceThreadedTests(SynchronousTestCase):
         self.assertEqual(len(consumer.body), 300)
         self.assertEqual(hasher.hexdigest(), blake3.blake3(self.data).hexdigest())
         self.assertEqual(sum(progress), len(self.data))
+
+
+@pytest_twisted.ensureDeferred
+async def test_noDescriptorsFallsBack(
+    server: _TLSServer, slices: _Slices, tmp_path: Any, monkeypatch: Any
+) -> None:
+    """
+    With no descriptor left for a slice's wake-up pipe, the body goes
+    through the TLS layer on the reactor instead, complete and verified.
+    """
+
+    def noPipe() -> tuple[int, int]:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(tlssend.os, "pipe", noPipe)
+    src = str(tmp_path / "src")
+    digest = _randomFile(src, 3 * MiB)
+    client = await server.connect()
+    try:
+        put = defer.ensureDeferred(FileClient(client).putFile(src, "f"))
+        put.addTimeout(20, _reactor())
+        assert (await put)["digest"] == digest
+        assert slices.slices == 0
+    finally:
+        await client.close()

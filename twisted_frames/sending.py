@@ -262,7 +262,11 @@ class _BodyConsumer:
                 # Stopped meanwhile: connectionLost stops the source.
                 done.callback(None)
                 return
-            acquired = threaded.acquire()
+            try:
+                acquired = threaded.acquire()
+            except Exception:
+                done.errback(Failure())
+                return
             if acquired is None:
                 threaded.waitWritable(sender.pressure.pauseProducing)
                 done.callback(None)

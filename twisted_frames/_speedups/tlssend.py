@@ -233,12 +233,17 @@ class ThreadedSend:
             return False
         if below._tempDataLen or below.offset != len(below.dataBuffer):
             return None
+        try:
+            wake = os.pipe()
+        except OSError:
+            # Out of descriptors: the TLS layer needs none.
+            return False
+        os.set_blocking(wake[1], False)
+        self._wake = wake
         self.owned = True
         _owned.add(t)
         self.slices += 1
         self._stopped = False
-        self._wake = os.pipe()
-        os.set_blocking(self._wake[1], False)
         self._reading = below in below.reactor.getReaders()
         below.stopReading()
         self._hold()
