@@ -15,6 +15,10 @@ What is written while a read is being handled (the replies to the requests
 in it, the next request a client sends from a reply's callback) is gathered
 and, at the end of the read, sent with one C{send()} straight to the socket
 when the TCP transport has nothing buffered (L{twisted_frames._speedups.tcp}).
+A file body may go around the transport: with C{os.sendfile} over plain TCP
+(L{_BodyConsumer.sendFile}), and over TLS encrypted and sent from a worker
+thread, one slice at a time (L{_BodyConsumer.sendThreaded}, see
+L{twisted_frames._speedups.tlssend}).
 
 The write deadline (C{FrameProtocol.writeTimeout}) closes a connection whose
 peer takes none of what waits for it for that long: progress is bytes leaving
