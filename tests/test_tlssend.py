@@ -335,24 +335,28 @@ async def test_writeDeadlineCutsNonReader(
     assert slices.misuse == []
 
 
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "close"])
 @pytest_twisted.ensureDeferred
-async def test_peerResetMidBody(
-    server: _TLSServer, slices: _Slices, bigFile: str, tmp_path: Any
+async def test_peerGoneMidBody(
+    server: _TLSServer, slices: _Slices, bigFile: str, tmp_path: Any, reset: bool
 ) -> None:
     """
-    A client that resets its connection in the middle of a body ends that
-    connection as over plain TCP (the server finds it lost, the request
-    ends as disconnected), the thread stops, and the server goes on
-    serving others over TLS.
+    A client that resets or closes its connection in the middle of a body
+    ends that connection as over plain TCP (the server finds it lost), the
+    thread stops, and the server goes on serving others over TLS.
     """
     port = server.port.getHost().port
     raw = await threads.deferToThread(_rawClient, server.creds, port)
     try:
         await threads.deferToThread(raw.sendall, _getRequest(bigFile))
-        # Read some of the body, then reset (no TLS close, an RST).
+        # Read some of the body, then reset (no TLS close, an RST) or
+        # close (a FIN).
         await threads.deferToThread(raw.recv, 65536)
         await until(lambda: slices.bytes > 0)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        if reset:
+            raw.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
     finally:
         raw.close()
     await until(lambda: _closed(server), timeout=15)
