@@ -109,20 +109,32 @@ class _Slices:
         """
         Note any call of the owned C{Connection} from the reactor thread.
         """
-        connection = s.transport._tlsConnection
-        if getattr(connection, "_guarded", False):
-            return
-        reactorThread = threading.current_thread()
-        for name in ("send", "recv", "bio_read", "bio_write", "shutdown", "do_handshake"):
-            original = getattr(connection, name)
+        guardConnection(s, self.misuse)
 
-            def guarded(*args: Any, _original: Any = original, _name: str = name) -> Any:
-                if s.owned and threading.current_thread() is reactorThread:
-                    self.misuse.append(_name)
-                return _original(*args)
 
-            setattr(connection, name, guarded)
-        connection._guarded = True
+def guardConnection(owner: Any, misuse: list[str]) -> None:
+    """
+    Wrap the methods of C{owner.transport}'s pyOpenSSL C{Connection} to add
+    to C{misuse} the name of any called from this (the reactor's) thread
+    while C{owner.owned} (or that of any other owner it was guarded for).
+    """
+    connection = owner.transport._tlsConnection
+    owners = getattr(connection, "_owners", None)
+    if owners is not None:
+        owners.append(owner)
+        return
+    owners = connection._owners = [owner]
+    reactorThread = threading.current_thread()
+    for name in ("send", "recv", "recv_into", "bio_read", "bio_write", "shutdown", "do_handshake"):
+        original = getattr(connection, name)
+
+        def guarded(*args: Any, _original: Any = original, _name: str = name) -> Any:
+            owned = any(o.owned for o in owners)
+            if owned and threading.current_thread() is reactorThread:
+                misuse.append(_name)
+            return _original(*args)
+
+        setattr(connection, name, guarded)
 
 
 @pytest.fixture(scope="module")
@@ -433,7 +445,7 @@ async def test_heldWhileOwned(server: _TLSServer, slices: _Slices) -> None:
     transport.resumeProducing()
     transport.abortConnection()
     assert below.connected and not below._aborting
-    assert [name for name, _ in threaded._held] == ["write", "write", "abortConnection"]
+    assert [name for name, _ in threaded._ownership._held] == ["write", "write", "abortConnection"]
     assert threaded.owned and slices.misuse == []
     go.set()
     outcome = await running

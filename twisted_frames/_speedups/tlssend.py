@@ -11,8 +11,9 @@ in C{twisted.protocols.tls}.
 
 A pyOpenSSL C{Connection} must never be used from two threads at once.
 While a slice runs (L{ThreadedSend.acquire} to L{ThreadedSend.release}),
-the thread owns it: the TCP transport's reading is stopped (a resume asked
-for meanwhile is remembered and applied at the end), and whatever the
+the thread owns it (L{twisted_frames._speedups.tlsown.TLSOwnership}, shared
+with the threaded receive): the TCP transport's reading is stopped (a resume
+asked for meanwhile is remembered and applied at the end), and whatever the
 reactor would do with the TLS layer (C{write}, C{writeSequence},
 C{loseConnection}, C{abortConnection}, C{connectionLost}) is held and
 replayed, in order, once the slice ends; an abort or a connection loss
@@ -45,12 +46,10 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
-from weakref import WeakSet
 
-from twisted.internet import tcp
-
-from . import enabled
+from . import tlsown
 from .tcp import canSendFile, waitWritable
+from .tlsown import isOwned
 
 #: Cleartext bytes read, hashed and encrypted at a time: large enough that
 #: the Python work per chunk is noise, small enough to stay in the CPU's
@@ -62,36 +61,10 @@ SLICE_BYTES = 8 * 1024 * 1024
 #: Longest a slice keeps the connection (a slow peer's slice ends on time).
 SLICE_SECONDS = 0.05
 
-#: What is read of the TLS layer (C{TLSMemoryBIOProtocol}).
-_TLS_ATTRIBUTES = (
-    "_tlsConnection",
-    "_appSendBuffer",
-    "_lostTLSConnection",
-    "_handshakeDone",
-    "_aborted",
-    "_aggregator",
-    "disconnecting",
-    "transport",
-)
 #: What the thread uses of the pyOpenSSL C{Connection}.
 _CONNECTION_ATTRIBUTES = ("send", "bio_read")
-#: What the TLS layer does that touches its C{Connection}: held during a
-#: slice and replayed after it.
-_HELD = (
-    "write",
-    "writeSequence",
-    "loseConnection",
-    "abortConnection",
-    "connectionLost",
-    "unregisterProducer",
-    "stopProducing",
-)
-#: What the reactor does with the TCP transport that the slice holds: its
-#: reading (a read of a readiness event polled before reading stopped is
-#: dropped; the socket is still readable afterwards).
-_BELOW_HELD = ("startReading", "stopReading", "doRead")
-#: Of the first, what also stops the thread.
-_STOPPING = frozenset({"abortConnection", "connectionLost", "stopProducing"})
+
+__all__ = ["ThreadedSend", "canSendThreaded", "isOwned"]
 
 #: Socket errors that mean the connection is gone: the reactor finds it
 #: lost once it has the connection back.
@@ -105,55 +78,14 @@ STOPPED = "stopped"
 FAILED = "failed"
 
 
-#: The TLS transports a slice owns now.
-_owned: WeakSet[Any] = WeakSet()
-
-
-def isOwned(transport: Any) -> bool:
-    """
-    @return: whether a slice owns C{transport} now: nothing but its
-        (held) public methods may be used.
-    """
-    return transport in _owned
-
-
-def _tlsModule() -> Any:
-    """
-    @return: C{twisted.protocols.tls} if something has imported it (see
-        L{twisted_frames._speedups.tls}), else C{None}.
-    """
-    return sys.modules.get("twisted.protocols.tls")
-
-
 def canSendThreaded(transport: Any) -> bool:
     """
-    @return: whether L{ThreadedSend} may be used on C{transport}: a
-        C{BufferingTLSTransport} with the private state this relies on,
-        over a TCP connection on which a file may be sent around the
-        transport (L{twisted_frames._speedups.tcp.canSendFile}), and the
-        speed paths enabled.
+    @return: whether L{ThreadedSend} may be used on C{transport}: a TLS
+        connection a thread may own (L{tlsown.canOwn}) over a TCP
+        connection on which a file may be sent around the transport
+        (L{twisted_frames._speedups.tcp.canSendFile}).
     """
-    tls = _tlsModule()
-    if not enabled() or tls is None or not hasattr(select, "poll"):
-        return False
-    buffering = getattr(tls, "BufferingTLSTransport", None)
-    if buffering is None or not isinstance(transport, buffering):
-        return False
-    if not all(hasattr(transport, name) for name in _TLS_ATTRIBUTES):
-        return False
-    connection = transport._tlsConnection
-    below = transport.transport
-    return (
-        connection is not None
-        and all(callable(getattr(connection, name, None)) for name in _CONNECTION_ATTRIBUTES)
-        and callable(getattr(transport._aggregator, "flush", None))
-        and all(callable(getattr(transport, name, None)) for name in _HELD)
-        and isinstance(below, tcp.Connection)
-        and canSendFile(below)
-        and hasattr(below, "socket")
-        and callable(getattr(below, "startReading", None))
-        and callable(getattr(below, "stopReading", None))
-    )
+    return tlsown.canOwn(transport, _CONNECTION_ATTRIBUTES) and canSendFile(transport.transport)
 
 
 class Outcome:
@@ -189,14 +121,18 @@ class ThreadedSend:
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self.below = transport.transport
-        self.owned = False
         self.slices = 0
         self._stopped = False
         self._wake: tuple[int, int] | None = None
-        self._held: list[tuple[str, tuple[Any, ...]]] = []
-        self._saved: dict[str, Any] = {}
-        self._reading = False
+        self._ownership = tlsown.TLSOwnership(transport, self.stop)
         self._buffer = bytearray(CHUNK)
+
+    @property
+    def owned(self) -> bool:
+        """
+        Whether a slice owns the connection now.
+        """
+        return self._ownership.owned
 
     def acquire(self) -> bool | None:
         """
@@ -211,25 +147,8 @@ class ThreadedSend:
             (it is closing, or the TLS layer is not in a state this knows),
             send through the TLS layer.
         """
-        t = self.transport
         below = self.below
-        if (
-            self.owned
-            or t._tlsConnection is None
-            or not t._handshakeDone
-            or t._lostTLSConnection
-            or t._aborted
-            or t.disconnecting
-            or t.transport is not below
-            or not below.connected
-            or below.disconnecting
-            or below._aborting
-            or below._writeDisconnecting
-            or below._writeDisconnected
-        ):
-            return False
-        t._aggregator.flush()
-        if t._appSendBuffer:
+        if not self._ownership.usable():
             return False
         if below._tempDataLen or below.offset != len(below.dataBuffer):
             return None
@@ -240,68 +159,10 @@ class ThreadedSend:
             return False
         os.set_blocking(wake[1], False)
         self._wake = wake
-        self.owned = True
-        _owned.add(t)
         self.slices += 1
         self._stopped = False
-        self._reading = below in below.reactor.getReaders()
-        below.stopReading()
-        self._hold()
+        self._ownership.take()
         return True
-
-    def _hold(self) -> None:
-        """
-        Hold what the reactor would do with the TLS layer and the TCP
-        transport's reading while the thread owns the connection.
-        """
-        t = self.transport
-        below = self.below
-        self._held = []
-        self._saved = {name: vars(t).get(name) for name in _HELD}
-        for name in _BELOW_HELD:
-            self._saved[name] = vars(below).get(name)
-
-        def holder(name: str) -> Callable[..., None]:
-            def held(*args: Any) -> None:
-                self._held.append((name, args))
-                if name in _STOPPING:
-                    self.stop()
-
-            return held
-
-        for name in _HELD:
-            setattr(t, name, holder(name))
-
-        def startReading() -> None:
-            self._reading = True
-
-        def stopReading() -> None:
-            self._reading = False
-
-        def doRead() -> None:
-            # An event the reactor polled before reading was stopped: the
-            # socket is still readable once reading resumes.
-            self._reading = self._reading
-
-        below.startReading = startReading
-        below.stopReading = stopReading
-        below.doRead = doRead
-
-    def _unhold(self) -> None:
-        """
-        Put back what L{_hold} replaced.
-        """
-        for obj, names in (
-            (self.transport, _HELD),
-            (self.below, _BELOW_HELD),
-        ):
-            for name in names:
-                saved = self._saved[name]
-                if saved is None:
-                    vars(obj).pop(name, None)
-                else:
-                    setattr(obj, name, saved)
-        self._saved = {}
 
     def stop(self) -> None:
         """
@@ -327,8 +188,6 @@ class ThreadedSend:
         """
         if not self.owned:
             return
-        self.owned = False
-        _owned.discard(self.transport)
         below = self.below
         if self._wake is not None:
             for fd in self._wake:
@@ -336,14 +195,10 @@ class ThreadedSend:
             self._wake = None
         if outcome.rest and outcome.status != LOST:
             below.write(outcome.rest)
-        self._unhold()
-        if self._reading and below.connected:
-            below.startReading()
+        self._ownership.give()
         if outcome.status == LOST and below.connected:
             below.startWriting()
-        held, self._held = self._held, []
-        for name, args in held:
-            getattr(self.transport, name)(*args)
+        self._ownership.replay()
 
     def waitWritable(self, pause: Callable[[], None]) -> None:
         """
