@@ -24,7 +24,7 @@ from typing import Any
 import blake3
 import pytest
 import pytest_twisted
-from twisted.internet import task, threads
+from twisted.internet import defer, task, threads
 
 from tests.inmemory import Credentials, makeCredentials
 from tests.loopback import openFilesOf, until
@@ -485,3 +485,24 @@ async def test_bystanderAndMemory(server: _TLSServer, monkeypatch: Any) -> None:
     # 20 ms on a quiet machine; room for a loaded one here.
     assert len(pings) >= 10 and p99 < 0.05, (len(pings), p99)
     assert peak - start < 64 * MiB, (start, peak)
+
+
+@pytest_twisted.ensureDeferred
+async def test_notReadyLeftToReactor(server: _TLSServer, monkeypatch: Any, tmp_path: Any) -> None:
+    """
+    While the connection cannot be taken (another thread owns it, it is
+    closing, the TLS layer holds writes), the reactor reads the body: the
+    put completes, through the TLS layer, with no receive taking a byte.
+    """
+    monkeypatch.setattr(tlsown.TLSOwnership, "usable", lambda self: False)
+    src = str(tmp_path / "src")
+    digest = _randomFile(src, 8 * MiB)
+    with _recording(monkeypatch) as watch:
+        client = await server.connect()
+        try:
+            put = defer.ensureDeferred(FileClient(client).putFile(src, "f"))
+            put.addTimeout(20, _reactor())
+            assert (await put)["digest"] == digest
+        finally:
+            await client.close()
+    assert sum(r.taken for r in watch.made) == 0

@@ -393,6 +393,10 @@ class FrameProtocol(Int32StringReceiver):
             self._syncTransport()
             transport.transport.reactor.callLater(0, self._receiveDirectLater)
             return
+        elif not recv.readyForTLS(transport):
+            # Owned by a threaded send, closing...: this read's turn is
+            # the reactor's (the next read may try again).
+            return
         else:
             make = recv.TLSReceive
         try:

@@ -299,6 +299,17 @@ def canReceiveTLS(transport: Any) -> bool:
     return tlsown.canOwn(transport, _TLS_METHODS) and len(_active) < MAX_ACTIVE
 
 
+def readyForTLS(transport: Any) -> bool:
+    """
+    @return: whether a L{TLSReceive} could take C{transport} now (call
+        it on the reactor's turn the receive would start on, not from
+        inside the TLS layer): no other thread owns it, it is not closing,
+        and its TLS layer holds no writes (what it buffers for its next
+        reactor iteration is flushed).
+    """
+    return tlsown.TLSOwnership(transport, lambda: None).usable()
+
+
 class TLSReceive(DirectReceive):
     """
     A L{DirectReceive} over TLS: the thread owns the TLS connection while
