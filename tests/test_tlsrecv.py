@@ -28,12 +28,12 @@ from twisted.internet import defer, task, threads
 
 from tests.inmemory import Credentials, makeCredentials
 from tests.loopback import openFilesOf, until
+from tests.test_receive_direct import _partial, _putHeader, _readMessage
 from tests.test_tlssend import _randomFile, _rss, _TLSServer, guardConnection
 from twisted_frames import _speedups, protocol, wire
 from twisted_frames._speedups import recv, tlsown, tlssend
 from twisted_frames.files import store
 from twisted_frames.files.client import FileClient
-from twisted_frames.files.paths import partialName
 from twisted_frames.wire import ErrorCode, FramesError
 
 MiB = 1024 * 1024
@@ -108,50 +108,6 @@ def _rawClient(creds: Credentials, port: int) -> ssl.SSLSocket:
     return s
 
 
-def _recvExact(s: ssl.SSLSocket, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = s.recv(min(n, MiB))
-        if not chunk:
-            raise ConnectionError("closed")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _readMessage(s: ssl.SSLSocket) -> dict[str, Any]:
-    """
-    Read one message (blocking) and return its header.
-    """
-    (length,) = struct.unpack("!I", _recvExact(s, 4))
-    header = wire.decodeHeader(_recvExact(s, length))
-    (bodyLength,) = struct.unpack("!I", _recvExact(s, 4))
-    _recvExact(s, bodyLength)
-    return header
-
-
-def _putFrames(path: str, body: bytes, rid: int = 1) -> bytes:
-    """
-    The frames of a final C{put} of C{body} up to the body itself.
-    """
-    header = wire.encodeHeader(
-        {
-            "op": "put",
-            "id": rid,
-            "path": path,
-            "offset": 0,
-            "final": True,
-            "hash": "blake3",
-            "digest": blake3.blake3(body).hexdigest(),
-        }
-    )
-    return wire.PREFIX.pack(len(header)) + header + wire.encodePrefix(len(body))
-
-
-def _partial(root: str, name: str) -> str:
-    return os.path.join(root, partialName(name))
-
-
 async def _sendPart(server: _TLSServer, body: bytes, part: int) -> ssl.SSLSocket:
     """
     Connect, send a put's frames and the first C{part} bytes of its body,
@@ -160,7 +116,7 @@ async def _sendPart(server: _TLSServer, body: bytes, part: int) -> ssl.SSLSocket
 
     def send() -> ssl.SSLSocket:
         s = _rawClient(server.creds, server.port.getHost().port)
-        s.sendall(_putFrames("up.bin", body) + body[:part])
+        s.sendall(_putHeader("up.bin", body) + body[:part])
         return s
 
     return await threads.deferToThread(send)
@@ -177,11 +133,11 @@ async def test_nextRequestInBodysLastRecord(server: _TLSServer, monkeypatch: Any
     connection while the thread owned it.
     """
     ping = wire.encodeMessage({"op": "ping", "id": 2}, b"after")
-    frames = _putFrames("up.bin", b"")
+    frames = _putHeader("up.bin", b"")
     # The body ends 100 bytes into a record: the ping fills the rest of it.
     size = BODY - (len(frames) + BODY) % RECORD + 100
     body = os.urandom(size)
-    frames = _putFrames("up.bin", body)
+    frames = _putHeader("up.bin", body)
     assert (len(frames) + size) % RECORD == 100 and len(ping) < RECORD - 100
     with _recording(monkeypatch) as watch:
         s = await threads.deferToThread(_rawClient, server.creds, server.port.getHost().port)
