@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tlssend,tests.test_tlsrecv -*-
+# -*- test-case-name: tests.test_tlssend -*-
 """
 A worker thread owning a TLS connection's pyOpenSSL C{Connection} while the
 reactor holds off it: what the threaded send (L{twisted_frames._speedups.tlssend})
