@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from twisted.internet import defer
@@ -157,7 +158,8 @@ class FrameProtocol(Int32StringReceiver):
     #: Body bytes still to come from which the rest of a body is received
     #: off the reactor, by a worker thread reading the socket straight
     #: into the sink's file (L{BodySink.receiveDirect}), or C{None}: never.
-    #: Only on a plain TCP connection (L{recv.canReceiveDirect}); below
+    #: Only on a plain TCP connection (L{recv.canReceiveDirect}) or TLS
+    #: over one (L{recv.canReceiveTLS}); below
     #: this, the thread's start costs more than the reactor's reads.
     receiveDirectMin: int | None = 1024 * 1024
     clock: IReactorTime | None = None
@@ -200,6 +202,8 @@ class FrameProtocol(Int32StringReceiver):
         # an abandonBody waiting for it to stop.
         self._direct: recv.DirectReceive | None = None
         self._directOff = False
+        # A TLS receive waiting for the next turn (see _receiveDirect).
+        self._directPending = False
         self._abandonAfterDirect: Failure | None = None
         # The protocol as a producer (pauseProducing and friends): a pause
         # of its own, counted with the sinks' ones.
@@ -352,12 +356,18 @@ class FrameProtocol(Int32StringReceiver):
         if self.frameTimeout is not None:
             self._watchFrame()
 
-    def _receiveDirect(self) -> None:
+    def _receiveDirect(self, later: bool = False) -> None:
         """
         At the end of a read within a large body: if the sink can take it
-        and the transport is a plain TCP connection, stop the transport
-        reading and let a worker thread receive the rest of the body
-        (L{recv.DirectReceive}); L{_receivedDirect} hands back.
+        and the transport is a plain TCP connection, or TLS over one, stop
+        the transport reading and let a worker thread receive the rest of
+        the body (L{recv.DirectReceive}, L{recv.TLSReceive});
+        L{_receivedDirect} hands back.
+
+        @param later: whether this is the later turn of the reactor a TLS
+            receive starts on: a read over TLS is delivered from inside the
+            TLS layer, which goes on decrypting when it returns, so the
+            thread may not take the connection then.
         """
         sink = self._sink
         minimum = self.receiveDirectMin
@@ -367,6 +377,7 @@ class FrameProtocol(Int32StringReceiver):
             or minimum is None
             or self._remaining < minimum
             or self._direct is not None
+            or self._directPending
             or self._directOff
             or self._pauseCount
             or self._held
@@ -374,17 +385,34 @@ class FrameProtocol(Int32StringReceiver):
             or self._closing
         ):
             return
-        if not recv.canReceiveDirect(self.transport):
+        transport = self.transport
+        make: type[recv.DirectReceive] = recv.DirectReceive
+        if recv.canReceiveDirect(transport):
+            pass
+        elif not recv.canReceiveTLS(transport):
             self._directOff = True
             return
-
-        def progress(count: int) -> None:
-            self.bytesReceived += count
-            if self._sink is sink:
-                sink.bodyProgress(count)
-            self.receivedDirect(count)
-
-        receive = recv.DirectReceive(self.transport, self._remaining, self.frameTimeout, progress)
+        elif not later:
+            # Reading stays off until then: what the TLS layer still
+            # decrypts from this read is delivered as usual meanwhile.
+            self._directPending = True
+            self._syncTransport()
+            transport.transport.reactor.callLater(0, self._receiveDirectLater)
+            return
+        elif not recv.readyForTLS(transport):
+            # Owned by a threaded send, closing...: this read's turn is
+            # the reactor's (the next read may try again).
+            return
+        else:
+            make = recv.TLSReceive
+        try:
+            receive = make(
+                transport, self._remaining, self.frameTimeout, self._directProgress(sink)
+            )
+        except OSError:
+            # Out of descriptors: the reactor's reading needs none.
+            self._directOff = True
+            return
         self._direct = receive
         self._syncTransport()
         d = sink.receiveDirect(receive)
@@ -396,16 +424,53 @@ class FrameProtocol(Int32StringReceiver):
         d.addCallback(self._receivedDirect, sink, receive)
         d.addErrback(lambda f: self._log.failure("receiving a body off the reactor", f))
 
+    def _receiveDirectLater(self) -> None:
+        """
+        The later turn of L{_receiveDirect} over TLS: start the receive if
+        the body still wants it, else read again.
+        """
+        self._directPending = False
+        if self.transport is None or self._closing:
+            return
+        if self._state == _BODY:
+            self._receiveDirect(later=True)
+        self._syncTransport()
+        if self.frameTimeout is not None:
+            # The thread keeps the deadline now (or reading does again).
+            self._watchFrame()
+
+    def _directProgress(self, sink: BodySink) -> Callable[[int], None]:
+        """
+        @return: what a receive off the reactor reports its bytes to.
+        """
+
+        def progress(count: int) -> None:
+            self.bytesReceived += count
+            if self._sink is sink:
+                sink.bodyProgress(count)
+            self.receivedDirect(count)
+
+        return progress
+
     def _receivedDirect(self, _: object, sink: BodySink, receive: recv.DirectReceive) -> None:
         """
         The worker thread of L{_receiveDirect} has returned: take up the
-        body where it left it, as if its bytes had been read here, and
-        read again.
+        body where it left it, as if its bytes had been read here, read
+        again, and only then let the receive hand the connection back
+        (over TLS that delivers what was decrypted past the body's end, so
+        the body must be taken up first).
         """
-        receive.release()
         self._direct = None
+        try:
+            self._takeUpDirect(sink, receive)
+        finally:
+            receive.release()
+
+    def _takeUpDirect(self, sink: BodySink, receive: recv.DirectReceive) -> None:
         if self._sink is not sink or self._state != _BODY:
             # The connection went (or its sink failed) meanwhile.
+            if not self._closing:
+                self._syncTransport()
             return
         self._remaining -= receive.taken
         if receive.outcome == recv.STALLED:
@@ -802,7 +867,12 @@ class FrameProtocol(Int32StringReceiver):
         Pause or resume the transport's reading to match why we need it
         paused: a sink's pause, or too much held behind send pressure.
         """
-        want = self._pauseCount > 0 or self._heldTransport or self._direct is not None
+        want = (
+            self._pauseCount > 0
+            or self._heldTransport
+            or self._direct is not None
+            or self._directPending
+        )
         if want == self._transportPaused or self.transport is None:
             return
         self._transportPaused = want

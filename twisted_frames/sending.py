@@ -15,6 +15,10 @@ What is written while a read is being handled (the replies to the requests
 in it, the next request a client sends from a reply's callback) is gathered
 and, at the end of the read, sent with one C{send()} straight to the socket
 when the TCP transport has nothing buffered (L{twisted_frames._speedups.tcp}).
+A file body may go around the transport: with C{os.sendfile} over plain TCP
+(L{_BodyConsumer.sendFile}), and over TLS encrypted and sent from a worker
+thread, one slice at a time (L{_BodyConsumer.sendThreaded}, see
+L{twisted_frames._speedups.tlssend}).
 
 The write deadline (C{FrameProtocol.writeTimeout}) closes a connection whose
 peer takes none of what waits for it for that long: progress is bytes leaving
@@ -26,6 +30,7 @@ steadily is never cut.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -38,6 +43,7 @@ from . import wire
 from ._speedups import tcp as _tcp
 from ._speedups.tcp import canSendDirect, sendBeforeStartTLS, sendDirect, unsent
 from ._speedups.tls import canWriteUnbuffered, sendRecordsDirect, writeUnbuffered
+from ._speedups.tlssend import BLOCKED, FAILED, MORE, Outcome, ThreadedSend, canSendThreaded
 
 #: Bytes gathered while handling one read before they are sent anyway (a
 #: read full of pipelined requests must not gather all their replies).
@@ -151,6 +157,7 @@ class _BodyConsumer:
     def __init__(self, sender: FrameSender, length: int) -> None:
         self._sender = sender
         self.remaining = length
+        self._threaded: ThreadedSend | None = None
 
     def write(self, data: bytes) -> None:
         if len(data) > self.remaining:
@@ -204,6 +211,101 @@ class _BodyConsumer:
             sender.waitWritable()
         return sent
 
+    def canSendThreaded(self) -> bool:
+        """
+        @return: whether L{sendThreaded} may be used: the connection is TLS
+            over TCP, with the private state the threaded send relies on
+            (L{twisted_frames._speedups.tlssend}).
+        """
+        t = self._sender.protocol.transport
+        return self._sender.threadedSend and t is not None and canSendThreaded(t)
+
+    def sendThreaded(
+        self,
+        count: int,
+        fill: Callable[[int, memoryview], None],
+        runInThread: Callable[..., defer.Deferred[Any]],
+    ) -> defer.Deferred[int | None]:
+        """
+        Send up to C{count} bytes of the body over TLS from a worker thread
+        (only where L{canSendThreaded}): one slice of
+        L{twisted_frames._speedups.tlssend.ThreadedSend}, with C{fill}
+        giving the bytes (in that thread) and C{runInThread} running it.
+        When something is buffered before the body, or the socket stays
+        full, the connection's producer is paused and resumed once the
+        socket takes more, which resumes the source, as for L{sendFile}.
+
+        The slice starts on a later turn of the reactor, never inside a
+        call of the TLS layer (which goes on using its connection when it
+        returns).
+
+        @return: a Deferred firing, on a later turn of the reactor (so that
+            what the peer sent meanwhile is read first), with the bytes
+            sent, C{None} when the source has been paused until more can
+            be sent (or the connection is going: C{connectionLost} stops
+            the source), or -1 when the body must go through the TLS layer
+            instead; failing with what reading the file raised.
+        """
+        if count > self.remaining:
+            raise BodyOverrun(f"body source sent {count - self.remaining} bytes too many")
+        sender = self._sender
+        t = sender.protocol.transport
+        if t is None:
+            return defer.succeed(None)
+        if sender.gathered:
+            sender.sendGathered()
+        threaded = self._threaded
+        if threaded is None or threaded.transport is not t:
+            threaded = self._threaded = ThreadedSend(t)
+        reactor = threaded.below.reactor
+        done: defer.Deferred[int | None] = defer.Deferred()
+
+        def start() -> None:
+            active = sender.active
+            if active is None or active[1] is not self or sender.protocol.transport is not t:
+                # Stopped meanwhile: connectionLost stops the source.
+                done.callback(None)
+                return
+            try:
+                acquired = threaded.acquire()
+            except Exception:
+                done.errback(Failure())
+                return
+            if acquired is None:
+                threaded.waitWritable(sender.pressure.pauseProducing)
+                done.callback(None)
+            elif not acquired:
+                done.callback(-1)
+            else:
+                runInThread(threaded.run, fill, count).addBoth(finished)
+
+        def finished(result: Outcome | Failure) -> None:
+            if isinstance(result, Failure):
+                outcome = Outcome()
+                outcome.status = FAILED
+                outcome.error = result.value
+            else:
+                outcome = result
+            threaded.release(outcome)
+            self.remaining -= outcome.sent
+            sender.handed += outcome.sent
+            if outcome.status == FAILED:
+                assert outcome.error is not None
+                done.errback(Failure(outcome.error))
+                return
+            if outcome.status == BLOCKED:
+                threaded.waitWritable(sender.pressure.pauseProducing)
+            sent = outcome.sent if outcome.status in (MORE, BLOCKED) else None
+            # From the reactor thread, callFromThread runs after the next
+            # poll for I/O: the peer's data is read before the next slice.
+            reactor.callFromThread(done.callback, sent)
+
+        # Never from inside the TLS layer (a reply read from the peer
+        # starting the body): it would go on using the connection on
+        # return, while the thread owns it.
+        reactor.callLater(0, start)
+        return done
+
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         """
         Sources are registered with the transport by the protocol itself.
@@ -239,6 +341,7 @@ class FrameSender:
         self.directSend = False
         self.fileSend = False
         self.tlsUnbuffered = False
+        self.threadedSend = False
         self.gathering = True
         self.pressure = SendPressure(self)
         self.pressureRegistered = False
@@ -269,6 +372,7 @@ class FrameSender:
         if not self.directSend:
             self.tlsUnbuffered = canWriteUnbuffered(transport)
             sendRecordsDirect(transport)
+            self.threadedSend = canSendThreaded(transport)
         self.gathering = sendBeforeStartTLS(transport, self.sendGathered)
 
     def unregister(self, transport: Any) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from typing import Any
 from twisted.internet import defer, tcp
 from twisted.python.failure import Failure
 
-from . import enabled
+from . import enabled, tlsown
 
 #: The buffer each receive reads into, reused for the whole body: large
 #: enough that a hash update and a file write per fill cost nothing per
@@ -115,6 +116,10 @@ class DirectReceive:
         progress: Callable[[int], None],
         bufferSize: int = BUFFER_SIZE,
     ) -> None:
+        """
+        @raise OSError: no descriptor is left for the receive's duplicate
+            of the socket or its wake-up pipe (nothing is held then).
+        """
         global _shutdownHooked
         self.length = length
         self.timeout = timeout
@@ -127,7 +132,11 @@ class DirectReceive:
         self._callFromThread = transport.reactor.callFromThread
         self._cancelled = False
         self._fd = os.dup(transport.socket.fileno())
-        self._wakeRead, self._wakeWrite = os.pipe()
+        try:
+            self._wakeRead, self._wakeWrite = os.pipe()
+        except OSError:
+            os.close(self._fd)
+            raise
         os.set_blocking(self._wakeWrite, False)
         self._released = False
         _active.add(self)
@@ -214,7 +223,7 @@ class DirectReceive:
                 self.outcome = CANCELLED
                 return
             try:
-                n = sock.recv_into(view[filled:], min(len(view) - filled, remaining))
+                n = self._read(sock, view[filled:], min(len(view) - filled, remaining))
             except (BlockingIOError, InterruptedError):
                 if filled:
                     # Nothing more yet: hand on what is here meanwhile.
@@ -251,6 +260,16 @@ class DirectReceive:
                 self._report()
         self.outcome = COMPLETE
 
+    def _read(self, sock: socket.socket, view: memoryview, count: int) -> int:
+        """
+        Read up to C{count} body bytes into C{view} (in the thread).
+
+        @return: how many (0: the peer has closed the connection).
+        @raise BlockingIOError: nothing to read now.
+        @raise OSError: the connection is lost.
+        """
+        return sock.recv_into(view, count)
+
     def _consume(self, consume: Callable[[memoryview], None], view: memoryview) -> None:
         consume(view)
         self.consumed += len(view)
@@ -259,3 +278,148 @@ class DirectReceive:
         n = self.taken - self.reported
         self.reported = self.taken
         self._callFromThread(self._progress, n)
+
+
+#: Ciphertext read from the socket at a time over TLS, into one reused
+#: buffer: a few records per read.
+TLS_READ = 256 * 1024
+#: Cleartext asked of OpenSSL at a time: more than a record (16 KiB), small
+#: enough that pyOpenSSL's temporary buffer for it comes from the heap.
+TLS_DECRYPT = 64 * 1024
+#: What the thread uses of the pyOpenSSL C{Connection}.
+_TLS_METHODS = ("recv_into", "bio_write", "bio_read")
+
+
+def canReceiveTLS(transport: Any) -> bool:
+    """
+    @return: whether a body may be received from C{transport} off the
+        reactor over TLS (L{TLSReceive}): a TLS connection a thread may own
+        (L{tlsown.canOwn}), with the speed paths enabled.
+    """
+    return tlsown.canOwn(transport, _TLS_METHODS) and len(_active) < MAX_ACTIVE
+
+
+def readyForTLS(transport: Any) -> bool:
+    """
+    @return: whether a L{TLSReceive} could take C{transport} now (call
+        it on the reactor's turn the receive would start on, not from
+        inside the TLS layer): no other thread owns it, it is not closing,
+        and its TLS layer holds no writes (what it buffers for its next
+        reactor iteration is flushed).
+    """
+    return tlsown.TLSOwnership(transport, lambda: None).usable()
+
+
+class TLSReceive(DirectReceive):
+    """
+    A L{DirectReceive} over TLS: the thread owns the TLS connection while
+    it receives (from L{__call__} to L{release}), decrypting what it reads
+    off the socket itself.  Made and called on the reactor thread, never
+    inside a call of the TLS layer (which goes on decrypting when it
+    returns): the protocol starts it on a later turn of the reactor.
+
+    @ivar transport: the TLS layer.
+    @ivar below: its TCP transport.
+    @ivar error: what OpenSSL raised in the thread (the connection is then
+        failed with it on L{release}), if anything.
+    """
+
+    def __init__(
+        self,
+        transport: Any,
+        length: int,
+        timeout: float | None,
+        progress: Callable[[int], None],
+        bufferSize: int = BUFFER_SIZE,
+    ) -> None:
+        super().__init__(transport.transport, length, timeout, progress, bufferSize)
+        self.transport = transport
+        self.below = transport.transport
+        self.error: BaseException | None = None
+        self._ownership = tlsown.TLSOwnership(transport, self.cancel)
+        self._connection = transport._tlsConnection
+        self._ssl = sys.modules["OpenSSL.SSL"]
+        self._cipher = memoryview(bytearray(TLS_READ))
+
+    @property
+    def owned(self) -> bool:
+        """
+        Whether the thread owns the connection now.
+        """
+        return self._ownership.owned
+
+    def __call__(self, consume: Callable[[memoryview], None]) -> defer.Deferred[None]:
+        """
+        Take the connection and start the thread (L{DirectReceive.__call__});
+        if the connection cannot be taken now (it is closing, a write is
+        buffered in the TLS layer), or the receive was cancelled first,
+        take nothing: the Deferred fires at once, with L{taken} 0.
+        """
+        if (
+            self._cancelled
+            or self._connection is not self.transport._tlsConnection
+            or not self._ownership.usable()
+        ):
+            self.outcome = CANCELLED
+            return defer.succeed(None)
+        self._ownership.take()
+        return super().__call__(consume)
+
+    def release(self) -> None:
+        """
+        On the reactor thread, once the thread has ended and the protocol
+        has taken up what it received: give the connection back, send the
+        records OpenSSL made meanwhile, replay what was held, then let the
+        TLS layer decrypt and deliver what is left in the connection
+        (beyond the body's end, or the body's rest if it stopped early),
+        or fail it with the thread's TLS error.
+        """
+        owned = self._ownership.owned
+        super().release()
+        if not owned:
+            return
+        t = self.transport
+        self._ownership.give()
+        live = t._tlsConnection is self._connection and not t._lostTLSConnection
+        if live:
+            records = self._records()
+            if records and self.below.connected:
+                self.below.write(records)
+        self._ownership.replay()
+        if not live or t._tlsConnection is not self._connection or t._lostTLSConnection:
+            return
+        if self.error is not None:
+            t._tlsShutdownFinished(Failure(self.error))
+        else:
+            t._flushReceiveBIO()
+
+    def _records(self) -> bytes:
+        """
+        @return: all the records in the connection's send BIO.
+        """
+        parts = []
+        while True:
+            try:
+                parts.append(self._connection.bio_read(TLS_READ))
+            except self._ssl.WantReadError:
+                return b"".join(parts)
+
+    def _read(self, sock: socket.socket, view: memoryview, count: int) -> int:
+        connection = self._connection
+        ssl = self._ssl
+        count = min(count, TLS_DECRYPT)
+        while True:
+            try:
+                return int(connection.recv_into(view, count))
+            except ssl.WantReadError:
+                pass
+            except ssl.ZeroReturnError:
+                # The peer's close: the TLS layer reads it again on release.
+                return 0
+            except ssl.Error as e:
+                self.error = e
+                return 0
+            got = sock.recv_into(self._cipher)
+            if not got:
+                return 0
+            connection.bio_write(self._cipher[:got])

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import enabled
 from .tcp import canSendDirect, sendDirect
+from .tlssend import isOwned
 
 #: How much C{_flushSendBIO} reads from the send BIO at a time, as Twisted does.
 _BIO_READ = 2**15
@@ -74,7 +75,9 @@ def writeUnbuffered(transport: Any, data: bytes) -> None:
     """
     tls = _tlsModule()
     aggregator = transport._aggregator
-    if not isinstance(aggregator, tls._AggregateSmallWrites):
+    if not isinstance(aggregator, tls._AggregateSmallWrites) or isOwned(transport):
+        # Lost, or a body is being sent from a worker thread (see
+        # twisted_frames._speedups.tlssend): its write holds this.
         transport.write(data)
         return
     aggregator.flush()

@@ -487,6 +487,12 @@ class FileSource:
     for the disk).  The hash is of what was read, the bytes sent are what
     the file holds when they are sent: a file changed meanwhile fails the
     receiver's check instead of arriving torn but "verified".
+
+    Where the consumer can send over TLS from a worker thread
+    (C{canSendThreaded()}: see L{twisted_frames._speedups.tlssend}), each
+    job is one slice of the body: the worker thread reads, hashes,
+    encrypts and sends it, and the reactor only starts the next slice.
+    What is hashed is exactly what is sent.
     """
 
     def __init__(
@@ -524,6 +530,14 @@ class FileSource:
         self._done: defer.Deferred[None] = defer.Deferred()
         self._idleWaiters: list[defer.Deferred[None]] = []
         self._detached = False
+        self._threaded = False
+
+    @property
+    def sendsThreaded(self) -> bool:
+        """
+        Whether the body goes over TLS from a worker thread.
+        """
+        return self._threaded
 
     @property
     def sendsFile(self) -> bool:
@@ -557,6 +571,11 @@ class FileSource:
             self._buffer = bytearray(max(1, min(HASH_BUFFER, self.length)))
             self._chunk = self._sendfileChunk
             self._ahead = SENDFILE_AHEAD
+        else:
+            canSendThreaded = getattr(consumer, "canSendThreaded", None)
+            self._threaded = bool(
+                canSendThreaded is not None and canSendThreaded() and not self._detached
+            )
         if self.length == 0:
             self._done.callback(None)
         else:
@@ -588,6 +607,9 @@ class FileSource:
         self._ready = deque(bytes(item) if type(item) is int else item for item in self._ready)
 
     def _fill(self) -> None:
+        if self._threaded and not self._detached:
+            self._sendSlice()
+            return
         if self._reading or self._stopped or self._requested >= self.length:
             return
         if len(self._ready) >= self._ahead:
@@ -606,6 +628,45 @@ class FileSource:
         self._reading = True
         read = self._read if self._buffer is None else self._hashRange
         self._run(read, pos, n).addCallbacks(self._gotChunk, self._failed)
+
+    def _sendSlice(self) -> None:
+        """
+        Have the consumer send the next slice of the body from a worker
+        thread (one at a time, while not paused).
+        """
+        if self._reading or self._stopped or self._paused or self._sent >= self.length:
+            return
+        start = self.offset + self._sent
+        fd = self.fd
+        hasher = self.hasher
+
+        def fill(done: int, view: memoryview) -> None:
+            # In the worker thread: the body's bytes, hashed as they go.
+            readInto(fd, start + done, view)
+            hasher.update(view)
+
+        self._reading = True
+        self._consumer.sendThreaded(self.length - self._sent, fill, self._run).addCallbacks(
+            self._sliceDone, self._failed
+        )
+
+    def _sliceDone(self, sent: int | None) -> None:
+        self._idle()
+        if self._stopped:
+            return
+        if sent == -1:
+            # The connection cannot be used so any more: the rest goes
+            # through the TLS layer, read in chunks as usual.
+            self._threaded = False
+        elif sent is not None:
+            self._advance(sent)
+        self._requested = self._sent
+        if self._sent == self.length:
+            if not self._done.called:
+                self._done.callback(None)
+            return
+        if sent is not None:
+            self._fill()
 
     def _read(self, pos: int, n: int) -> bytes:
         data = readExact(self.fd, pos, n)
