@@ -18,6 +18,7 @@ import pytest_twisted
 from twisted.internet import defer, main, task
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.loopback import recordConnections, until
@@ -147,26 +148,28 @@ async def test_partialSend(pair: tuple[ServerProtocol, FramesClient]) -> None:
 
 @directSendOnly
 @pytest_twisted.ensureDeferred
-async def test_sendErrorLeftToTransport(pair: tuple[ServerProtocol, FramesClient]) -> None:
+async def test_sendErrorLosesTheConnection(pair: tuple[ServerProtocol, FramesClient]) -> None:
     """
-    When the direct send fails, the data goes through the transport, whose
-    own write then finds out (here the socket is in fact fine, so the reply
-    arrives).
+    When the direct send meets a socket error, the connection ends as lost,
+    as the transport's own write would end it: the socket reports an error
+    such as a reset only once, so leaving it to the transport's next read
+    would end the connection as closed cleanly.
     """
     server, client = pair
     transport = server.transport
-    original = transport.writeSomeData
-    failures = [1]
+    transport.writeSomeData = lambda data: main.CONNECTION_LOST
+    reasons: list[Failure] = []
+    connectionLost = server.connectionLost
 
-    def failOnce(data: Any) -> Any:
-        if failures[0]:
-            failures[0] -= 1
-            return main.CONNECTION_LOST
-        return original(data)
+    def recordLost(reason: Failure) -> None:
+        reasons.append(reason)
+        connectionLost(reason)
 
-    transport.writeSomeData = failOnce
-    assert await client.ping(b"still here") == b"still here"
-    assert failures == [0]
+    server.connectionLost = recordLost  # type: ignore[method-assign]
+    with pytest.raises(Exception):  # noqa: B017 (however the client hears of it)
+        await client.ping(b"gone")
+    await until(lambda: bool(reasons))
+    assert reasons[0].check(ConnectionLost), reasons[0]
 
 
 @pytest_twisted.ensureDeferred

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
+import tempfile
 import unittest
 from collections.abc import Iterator
 from typing import Any, cast
 
 from twisted.internet import tcp
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock
@@ -197,6 +199,33 @@ class TCPTests(SynchronousTestCase):
         )
         self.assertEqual(fasttcp.unsent(self.conn), len(wire.encodeMessage({"id": 1})))
         self.assertEqual(fasttcp.unsent(object()), 0)
+
+    def test_resetSeenByDirectSendIsLost(self) -> None:
+        """
+        A reset that a send around the transport meets is reported once by
+        the socket: the transport's next read then reports the connection
+        lost (as its own send or read would have), not a clean end of the
+        stream.
+        """
+        force(self, True)
+        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.peer.close()
+        self.assertEqual(fasttcp.sendDirect(self.conn, b"x" * 10), b"x" * 10)
+        self.assertIsInstance(self.conn.doRead(), ConnectionLost)
+        self.assertIsInstance(self.conn.doWrite(), ConnectionLost)
+
+    def test_resetSeenBySendFileIsLost(self) -> None:
+        """
+        The same for a file sent with C{os.sendfile} (L{fasttcp.sendFile}).
+        """
+        force(self, True)
+        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.peer.close()
+        with tempfile.TemporaryFile() as f:
+            f.write(b"x" * 10)
+            f.flush()
+            self.assertIsNone(fasttcp.sendFile(self.conn, f.fileno(), 0, 10))
+        self.assertIsInstance(self.conn.doRead(), ConnectionLost)
 
     def test_startTLSSendsGatheredFirst(self) -> None:
         """

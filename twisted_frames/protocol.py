@@ -477,7 +477,10 @@ class FrameProtocol(Int32StringReceiver):
             self._frameExpired()
             return
         if receive.outcome == recv.LOST:
-            # The transport finds out how, reading again.
+            # The transport finds out how, reading again (told of a reset
+            # the thread saw, which the socket reports only once).
+            if receive.reset:
+                receive.markLost()
             self._directOff = True
         abandon, self._abandonAfterDirect = self._abandonAfterDirect, None
         if self._remaining == 0:

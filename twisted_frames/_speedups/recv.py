@@ -41,6 +41,7 @@ from twisted.internet import defer, tcp
 from twisted.python.failure import Failure
 
 from . import enabled, tlsown
+from .tcp import lostHere
 
 #: The buffer each receive reads into, reused for the whole body: large
 #: enough that a hash update and a file write per fill cost nothing per
@@ -106,6 +107,8 @@ class DirectReceive:
     @ivar outcome: L{COMPLETE}, L{CANCELLED}, L{STALLED} (nothing arrived
         for C{timeout} seconds) or L{LOST} (the peer closed or reset the
         connection: the transport, reading again, finds it out itself).
+    @ivar reset: whether the socket reported an error (a reset) rather
+        than the end of the stream; L{markLost} then.
     """
 
     def __init__(
@@ -127,6 +130,8 @@ class DirectReceive:
         self.consumed = 0
         self.reported = 0
         self.outcome = CANCELLED
+        self.reset = False
+        self._socketOf = transport
         self._progress = progress
         self._bufferSize = max(1, min(bufferSize, length))
         self._callFromThread = transport.reactor.callFromThread
@@ -240,8 +245,9 @@ class DirectReceive:
                 poller.poll(wait * 1000)
                 continue
             except OSError:
-                # Reset or similar: the transport reads the error again
-                # (or the end) once it has the socket back.
+                # Reset or similar, which the socket reports only once: see
+                # markLost.
+                self.reset = True
                 n = 0
             if not n:
                 if filled:
@@ -259,6 +265,15 @@ class DirectReceive:
                 lastReport = now
                 self._report()
         self.outcome = COMPLETE
+
+    def markLost(self) -> None:
+        """
+        On the reactor thread, once the thread has ended with L{reset}:
+        the socket's error was read here, so the transport's next read or
+        write reports the connection lost, not closed cleanly
+        (L{twisted_frames._speedups.tcp.lostHere}).
+        """
+        lostHere(self._socketOf)
 
     def _read(self, sock: socket.socket, view: memoryview, count: int) -> int:
         """

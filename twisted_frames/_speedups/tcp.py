@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 from weakref import WeakSet
 
-from twisted.internet import abstract, tcp
+from twisted.internet import abstract, main, tcp
 
 from . import enabled
 
@@ -90,7 +90,26 @@ def sendDirect(t: Any, data: bytes) -> bytes:
         sent = t.writeSomeData(data)
         if type(sent) is int:
             return data[sent:] if sent else data
+        # The socket's error (a reset) is gone with this send: see lostHere.
+        lostHere(t)
     return data
+
+
+def lostHere(t: Any) -> None:
+    """
+    The socket of TCP connection C{t} reported the connection reset (or
+    its writing side gone) to a send or receive made around the transport.
+    The kernel reports such an error once: the transport's next read would
+    find a clean end of the stream, and the connection would end as
+    "closed cleanly".  Its next read or write (whichever the reactor calls
+    first) reports it lost instead, as it would had it met the error
+    itself.
+    """
+
+    def lost() -> Exception:
+        return main.CONNECTION_LOST
+
+    t.doRead = t.doWrite = lost
 
 
 def unsent(transport: Any) -> int:
@@ -199,6 +218,7 @@ def sendFile(t: Any, fd: int, offset: int, count: int) -> int | None:
         return None
     except OSError as e:
         if e.errno in _LOST:
+            lostHere(t)
             return None
         raise
 

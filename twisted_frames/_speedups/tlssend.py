@@ -48,7 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import tlsown
-from .tcp import canSendFile, waitWritable
+from .tcp import canSendFile, lostHere, waitWritable
 from .tlsown import isOwned
 
 #: Cleartext bytes read, hashed and encrypted at a time: large enough that
@@ -197,6 +197,8 @@ class ThreadedSend:
             below.write(outcome.rest)
         self._ownership.give()
         if outcome.status == LOST and below.connected:
+            # The socket's reset was read by the thread: see lostHere.
+            lostHere(below)
             below.startWriting()
         self._ownership.replay()
 
