@@ -28,7 +28,6 @@ from twisted_frames import wire
 from twisted_frames.cli import quick
 from twisted_frames.cli.failures import NoAnswer
 from twisted_frames.cli.main import buildParser
-from twisted_frames.commands import client as commandsClient
 
 DEADLINE = 30.0
 
@@ -681,17 +680,6 @@ def test_forcedAndEndpointStrings() -> None:
         os.environ.pop(quick.FORCE_TWISTED, None)
         if old is not None:
             os.environ[quick.FORCE_TWISTED] = old
-
-
-def test_stdinWindow() -> None:
-    """
-    The quick path sends stdin in the chunks and windows of the Twisted
-    path's command client.
-    """
-    assert (quick.STDIN_CHUNK, quick.STDIN_WINDOW) == (
-        commandsClient.STDIN_CHUNK,
-        commandsClient.STDIN_WINDOW,
-    )
 
 
 def test_readMessageBytewise() -> None:

@@ -17,9 +17,9 @@ import base64
 import os
 import signal
 import sys
-from dataclasses import dataclass
 from typing import Any
 
+from ..commands.result import CommandResult
 from .base import EXIT_USAGE, UI, openClient
 
 #: The exit status when the server's timeout killed the command, as GNU
@@ -182,54 +182,11 @@ async def runRemote(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
         await client.close()
-    return report(ui, argv, RunOutcome.fromHeader(result.header), out, err, control.brokenPipe)
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """
-    How a remote command ended, as C{frames run} reports it, read from the
-    final reply of its C{run} request (the fields of
-    L{twisted_frames.commands.client.CommandResult}, without the outputs,
-    and without Twisted, for the quick path of L{twisted_frames.cli.quick}).
-    """
-
-    exit: int | None
-    signal: str | None
-    signum: int | None
-    elapsed: float
-    timedOut: bool
-    cancelled: bool
-    truncated: bool
-
-    @classmethod
-    def fromHeader(cls, header: dict[str, Any]) -> RunOutcome:
-        """
-        @param header: the header of the C{run} request's final reply.
-        """
-        return cls(
-            exit=header.get("exit"),
-            signal=header.get("signal"),
-            signum=header.get("signum"),
-            elapsed=float(header.get("elapsed", 0.0)),
-            timedOut=bool(header.get("timedOut")),
-            cancelled=bool(header.get("cancelled")),
-            truncated=bool(header.get("truncated")),
-        )
-
-    @property
-    def status(self) -> int:
-        """
-        The status as a shell reports it: the exit code, or 128 + the
-        signal number.
-        """
-        if self.exit is not None:
-            return self.exit
-        return 128 + (self.signum or 0)
+    return report(ui, argv, result, out, err, control.brokenPipe)
 
 
 def report(
-    ui: UI, argv: list[str], result: RunOutcome, out: _Output, err: _Output, broken: bool
+    ui: UI, argv: list[str], result: CommandResult, out: _Output, err: _Output, broken: bool
 ) -> int:
     """
     Print how the remote command C{argv} ended (its outputs too with

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from .. import wire
 from ..auth.client import checkServerProof, loginFields
 from ..auth.hmac import BINDING_NONE, BINDING_TLS, EXPORTER_LABEL
+from ..commands.result import STDIN_CHUNK, STDIN_WINDOW, CommandResult
 from ..wire import ErrorCode, FramesError, NoGreeting, ProtocolViolation
 from . import commands, files, keys, ping
 from .base import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, Interruption
@@ -64,11 +65,6 @@ if TYPE_CHECKING:
 #: two paths.
 FORCE_TWISTED = "FRAMES_TWISTED"
 
-#: Bytes per C{stdin} message and C{stdin} messages in flight before an
-#: acknowledgement: L{twisted_frames.commands.client}'s C{STDIN_CHUNK} and
-#: C{STDIN_WINDOW} (which imports Twisted; a test checks they are equal).
-STDIN_CHUNK = 256 * 1024
-STDIN_WINDOW = 4
 
 #: Bytes asked of the socket per read.
 READ_SIZE = 256 * 1024
@@ -876,7 +872,7 @@ def _runOn(
         if reader is not None:
             reader.stop()
     signals.raising = False
-    return commands.report(ui, argv, commands.RunOutcome.fromHeader(header), out, err, brokenPipe)
+    return commands.report(ui, argv, CommandResult.fromHeader(header), out, err, brokenPipe)
 
 
 class _HungUp(Exception):

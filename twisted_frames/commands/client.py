@@ -23,64 +23,25 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from ..client import FramesClient, Reply
+from .result import STDIN_CHUNK, STDIN_WINDOW, CommandResult
 
-#: Bytes per C{stdin} message.
-STDIN_CHUNK = 256 * 1024
-#: C{stdin} messages in flight before waiting for an acknowledgement: the
-#: server buffers at most this much for a process that is not reading, and
-#: never has to stop reading the connection (so a cancel gets through).
-STDIN_WINDOW = 4
+__all__ = [
+    "STDIN_CHUNK",
+    "STDIN_WINDOW",
+    "CommandResult",
+    "CommandRun",
+    "run",
+    "startCommand",
+]
 
 OutputHandler = Callable[[bytes], None]
 StdinInput = bytes | IO[bytes] | int | None
-
-
-@dataclass
-class CommandResult:
-    """
-    How a remote command ended.
-
-    @ivar exit: its exit code, or C{None} if a signal killed it.
-    @ivar signal: the name of the signal that killed it (C{"SIGTERM"}), or
-        C{None}.
-    @ivar signum: that signal's number, or C{None}.
-    @ivar elapsed: seconds from start to end, measured by the server.
-    @ivar timedOut: the server's wall-clock timeout killed it.
-    @ivar cancelled: a C{cancel} request signalled it.
-    @ivar truncated: its output went over the cap, was cut there, and the
-        command was killed.
-    @ivar stdout: its stdout, unless an C{onStdout} handler took it.
-    @ivar stderr: its stderr, unless an C{onStderr} handler took it.
-    @ivar header: the final reply's whole header.
-    """
-
-    exit: int | None
-    signal: str | None
-    signum: int | None
-    elapsed: float
-    timedOut: bool
-    cancelled: bool
-    truncated: bool
-    stdout: bytes = b""
-    stderr: bytes = b""
-    header: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def status(self) -> int:
-        """
-        The status as a shell reports it: the exit code, or 128 + the
-        signal number.
-        """
-        if self.exit is not None:
-            return self.exit
-        return 128 + (self.signum or 0)
 
 
 class CommandRun:
@@ -140,18 +101,8 @@ class CommandRun:
     def _finished(self, reply: Reply) -> CommandResult:
         if self._pump is not None:
             self._pump.stop()
-        h = reply.header
-        return CommandResult(
-            exit=h.get("exit"),
-            signal=h.get("signal"),
-            signum=h.get("signum"),
-            elapsed=float(h.get("elapsed", 0.0)),
-            timedOut=bool(h.get("timedOut")),
-            cancelled=bool(h.get("cancelled")),
-            truncated=bool(h.get("truncated")),
-            stdout=b"".join(self._stdout),
-            stderr=b"".join(self._stderr),
-            header=h,
+        return CommandResult.fromHeader(
+            reply.header, stdout=b"".join(self._stdout), stderr=b"".join(self._stderr)
         )
 
     def _failed(self, failure: Failure) -> Failure:

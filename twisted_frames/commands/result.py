@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.commands.test_commands -*-
+"""
+What both clients of the command service share, without Twisted (the
+C{frames} CLI's quick path, L{twisted_frames.cli.quick}, imports it too):
+how a remote command ended (L{CommandResult}) and how C{stdin} is sent
+(L{STDIN_CHUNK}, L{STDIN_WINDOW}).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Bytes per C{stdin} message.
+STDIN_CHUNK = 256 * 1024
+#: C{stdin} messages in flight before waiting for an acknowledgement: the
+#: server buffers at most this much for a process that is not reading, and
+#: never has to stop reading the connection (so a cancel gets through).
+STDIN_WINDOW = 4
+
+
+@dataclass
+class CommandResult:
+    """
+    How a remote command ended.
+
+    @ivar exit: its exit code, or C{None} if a signal killed it.
+    @ivar signal: the name of the signal that killed it (C{"SIGTERM"}), or
+        C{None}.
+    @ivar signum: that signal's number, or C{None}.
+    @ivar elapsed: seconds from start to end, measured by the server.
+    @ivar timedOut: the server's wall-clock timeout killed it.
+    @ivar cancelled: a C{cancel} request signalled it.
+    @ivar truncated: its output went over the cap, was cut there, and the
+        command was killed.
+    @ivar stdout: its stdout, unless an C{onStdout} handler took it.
+    @ivar stderr: its stderr, unless an C{onStderr} handler took it.
+    @ivar header: the final reply's whole header.
+    """
+
+    exit: int | None
+    signal: str | None
+    signum: int | None
+    elapsed: float
+    timedOut: bool
+    cancelled: bool
+    truncated: bool
+    stdout: bytes = b""
+    stderr: bytes = b""
+    header: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fromHeader(
+        cls, header: dict[str, Any], stdout: bytes = b"", stderr: bytes = b""
+    ) -> CommandResult:
+        """
+        @param header: the header of the C{run} request's final reply.
+        @param stdout: the outputs kept, if any.
+        """
+        return cls(
+            exit=header.get("exit"),
+            signal=header.get("signal"),
+            signum=header.get("signum"),
+            elapsed=float(header.get("elapsed", 0.0)),
+            timedOut=bool(header.get("timedOut")),
+            cancelled=bool(header.get("cancelled")),
+            truncated=bool(header.get("truncated")),
+            stdout=stdout,
+            stderr=stderr,
+            header=header,
+        )
+
+    @property
+    def status(self) -> int:
+        """
+        The status as a shell reports it: the exit code, or 128 + the
+        signal number.
+        """
+        if self.exit is not None:
+            return self.exit
+        return 128 + (self.signum or 0)
