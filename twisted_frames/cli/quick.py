@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from .. import wire
 from ..auth.client import checkServerProof, loginFields
 from ..auth.hmac import BINDING_NONE, BINDING_TLS, EXPORTER_LABEL
-from ..commands.result import STDIN_CHUNK, STDIN_WINDOW, CommandResult
+from ..commands.result import CommandResult, StdinWindow
 from ..wire import ErrorCode, FramesError, NoGreeting, ProtocolViolation
 from . import commands, files, keys, ping
 from .base import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, Interruption
@@ -731,50 +731,21 @@ def _ping(args: argparse.Namespace, ui: UI, signals: Signals) -> int:
         return EXIT_OK
 
 
-class _StdinReader:
+class _StdinReader(StdinWindow):
     """
-    Reads local stdin in a daemon thread (a read that blocks must not hold
-    up the loop, nor the process's exit), keeping at most L{STDIN_WINDOW}
-    chunks not yet acknowledged, as the Twisted path's stdin pump does.
+    Stdin for C{frames run} on the quick path: each chunk the reading
+    thread gets (L{StdinWindow}) waits in L{chunks} for the command's
+    loop, which it wakes.
     """
 
     def __init__(self, fd: int, signals: Signals) -> None:
-        self._fd = fd
+        super().__init__(lambda n: os.read(fd, n))
         self._signals = signals
-        self._permits = threading.Semaphore(STDIN_WINDOW)
-        self._stopped = False
         self.chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
 
-    def start(self) -> None:
-        threading.Thread(target=self._loop, name="frames-stdin", daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            self._permits.acquire()
-            if self._stopped:
-                return
-            try:
-                data = os.read(self._fd, STDIN_CHUNK)
-            except (OSError, ValueError):
-                data = b""
-            self.chunks.put(data)
-            self._signals.wake()
-            if not data:
-                return
-
-    def acknowledged(self, header: dict[str, Any]) -> None:
-        if header.get("closed") or header.get("ok") is not True:
-            self.stop()
-        else:
-            self._permits.release()
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._permits.release()
-
-    @property
-    def stopped(self) -> bool:
-        return self._stopped
+    def deliver(self, data: bytes) -> None:
+        self.chunks.put(data)
+        self._signals.wake()
 
 
 def _run(args: argparse.Namespace, ui: UI, signals: Signals) -> int:
@@ -851,7 +822,7 @@ def _runOn(
             if type(got) is int and got in stdinIds:
                 stdinIds.discard(got)
                 assert reader is not None
-                reader.acknowledged(header)
+                reader.acknowledged(bool(header.get("closed")) or header.get("ok") is not True)
                 continue
             if got == rid and "event" in header:
                 event = header.get("event")

@@ -21,7 +21,6 @@ yet acknowledged by the server.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
@@ -29,7 +28,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from ..client import FramesClient, Reply
-from .result import STDIN_CHUNK, STDIN_WINDOW, CommandResult
+from .result import STDIN_CHUNK, STDIN_WINDOW, CommandResult, StdinWindow
 
 __all__ = [
     "STDIN_CHUNK",
@@ -193,55 +192,28 @@ def _reader(source: IO[bytes] | int) -> Callable[[int], bytes]:
     return source.read
 
 
-class _StdinPump:
+class _StdinPump(StdinWindow):
     """
-    Reads local stdin in a daemon thread and sends it as C{stdin} messages,
-    keeping at most L{STDIN_WINDOW} unacknowledged.
+    Sends local stdin as C{stdin} messages of the run C{runId}, from the
+    reactor thread.
     """
 
     def __init__(
         self, reactor: Any, client: FramesClient, runId: int, read: Callable[[int], bytes]
     ) -> None:
+        super().__init__(read)
         self._reactor = reactor
         self._client = client
         self._runId = runId
-        self._read = read
-        self._permits = threading.Semaphore(STDIN_WINDOW)
-        self._stopped = False
-        self.error: BaseException | None = None
 
-    def start(self) -> None:
-        threading.Thread(target=self._loop, name="frames-stdin", daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            self._permits.acquire()
-            if self._stopped:
-                return
-            try:
-                data = self._read(STDIN_CHUNK)
-            except (OSError, ValueError) as e:
-                self.error = e
-                data = b""
-            self._reactor.callFromThread(self._send, data)
-            if not data:
-                return
+    def deliver(self, data: bytes) -> None:
+        self._reactor.callFromThread(self._send, data)
 
     def _send(self, data: bytes) -> None:
-        if self._stopped:
+        if self.stopped:
             return
         d = self._client.request("stdin", {"run": self._runId, "eof": not data}, data)
         d.addCallbacks(self._acknowledged, lambda _: self.stop())
 
     def _acknowledged(self, reply: Reply) -> None:
-        if reply.header.get("closed"):
-            self.stop()
-        else:
-            self._permits.release()
-
-    def stop(self) -> None:
-        """
-        Send no more (the command ended, or closed its stdin).
-        """
-        self._stopped = True
-        self._permits.release()
+        self.acknowledged(bool(reply.header.get("closed")))

@@ -3,11 +3,13 @@
 What both clients of the command service share, without Twisted (the
 C{frames} CLI's quick path, L{twisted_frames.cli.quick}, imports it too):
 how a remote command ended (L{CommandResult}) and how C{stdin} is sent
-(L{STDIN_CHUNK}, L{STDIN_WINDOW}).
+(L{STDIN_CHUNK}, L{STDIN_WINDOW}, L{StdinWindow}).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,3 +81,70 @@ class CommandResult:
         if self.exit is not None:
             return self.exit
         return 128 + (self.signum or 0)
+
+
+class StdinWindow:
+    """
+    Reads local stdin in a daemon thread (a read that blocks must hold up
+    neither the caller nor the process's exit), keeping at most
+    L{STDIN_WINDOW} chunks not yet acknowledged.  Each chunk read, then
+    C{b""} at the end (or after a read error), goes to L{deliver} in that
+    thread.
+    """
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        """
+        @param read: reads up to N bytes of stdin; C{b""} at its end.
+        """
+        self._read = read
+        self._permits = threading.Semaphore(STDIN_WINDOW)
+        self._stopped = False
+
+    def deliver(self, data: bytes) -> None:
+        """
+        Called in the reading thread with each chunk, C{b""} last: send it.
+        """
+        raise NotImplementedError()
+
+    def start(self) -> None:
+        """
+        Start the reading thread.
+        """
+        threading.Thread(target=self._loop, name="frames-stdin", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            self._permits.acquire()
+            if self._stopped:
+                return
+            try:
+                data = self._read(STDIN_CHUNK)
+            except (OSError, ValueError):
+                data = b""
+            self.deliver(data)
+            if not data:
+                return
+
+    def acknowledged(self, closed: bool) -> None:
+        """
+        The server took a chunk; C{closed}: the command closed its stdin,
+        so send no more.
+        """
+        if closed:
+            self.stop()
+        else:
+            self._permits.release()
+
+    def stop(self) -> None:
+        """
+        Send no more (the command ended, or closed its stdin).
+        """
+        self._stopped = True
+        self._permits.release()
+
+    @property
+    def stopped(self) -> bool:
+        """
+        Whether L{stop} was called.
+        """
+        return self._stopped
