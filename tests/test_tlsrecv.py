@@ -162,12 +162,19 @@ async def test_nextRequestInBodysLastRecord(server: _TLSServer, monkeypatch: Any
 
 
 @pytest_twisted.ensureDeferred
-async def test_roundTripBothSides(server: _TLSServer, monkeypatch: Any, tmp_path: Any) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["record-reader", "recv_into"])
+async def test_roundTripBothSides(
+    server: _TLSServer, monkeypatch: Any, tmp_path: Any, direct: bool
+) -> None:
     """
     Our client's put is received off the reactor by the server, and its
     get by the client, byte-exact with the right digest; the client's
     progress callback sees every byte; the connection goes on afterwards.
+    The same with the records decrypted by the direct record reader
+    (L{twisted_frames._speedups.decrypt}) and by pyOpenSSL's C{recv_into}.
     """
+    if not direct:
+        monkeypatch.setattr(recv, "recordReader", lambda connection: None)
     src = str(tmp_path / "src")
     digest = _randomFile(src, BODY + 777)
     with _recording(monkeypatch) as watch:
@@ -182,6 +189,7 @@ async def test_roundTripBothSides(server: _TLSServer, monkeypatch: Any, tmp_path
             assert got["digest"] == digest
             assert sum(seen) == BODY + 777
             assert [r.outcome for r in watch.made] == [recv.COMPLETE] * 2
+            assert [r._reader is not None for r in watch.made] == [direct] * 2
             assert await client.ping(b"after") == b"after"
         finally:
             await client.close()

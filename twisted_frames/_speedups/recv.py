@@ -41,6 +41,7 @@ from twisted.internet import defer, tcp
 from twisted.python.failure import Failure
 
 from . import enabled, tlsown
+from .decrypt import recordReader
 from .tcp import lostHere
 
 #: The buffer each receive reads into, reused for the whole body: large
@@ -298,8 +299,10 @@ class DirectReceive:
 #: Ciphertext read from the socket at a time over TLS, into one reused
 #: buffer: a few records per read.
 TLS_READ = 256 * 1024
-#: Cleartext asked of OpenSSL at a time: more than a record (16 KiB), small
-#: enough that pyOpenSSL's temporary buffer for it comes from the heap.
+#: Cleartext asked of pyOpenSSL's C{recv_into} at a time (where the direct
+#: record reader of L{twisted_frames._speedups.decrypt} cannot be used):
+#: more than a record (16 KiB), small enough that its temporary buffer for
+#: it comes from the heap.
 TLS_DECRYPT = 64 * 1024
 #: What the thread uses of the pyOpenSSL C{Connection}.
 _TLS_METHODS = ("recv_into", "bio_write", "bio_read")
@@ -354,6 +357,10 @@ class TLSReceive(DirectReceive):
         self._ownership = tlsown.TLSOwnership(transport, self.cancel)
         self._connection = transport._tlsConnection
         self._ssl = sys.modules["OpenSSL.SSL"]
+        #: Decrypts every whole record ready into the buffer in one call,
+        #: where pyOpenSSL's binding allows (else C{recv_into}, a record a
+        #: call).
+        self._reader = recordReader(self._connection)
         self._cipher = memoryview(bytearray(TLS_READ))
 
     @property
@@ -421,19 +428,24 @@ class TLSReceive(DirectReceive):
 
     def _read(self, sock: socket.socket, view: memoryview, count: int) -> int:
         connection = self._connection
-        ssl = self._ssl
-        count = min(count, TLS_DECRYPT)
+        reader = self._reader
         while True:
-            try:
-                return int(connection.recv_into(view, count))
-            except ssl.WantReadError:
-                pass
-            except ssl.ZeroReturnError:
-                # The peer's close: the TLS layer reads it again on release.
-                return 0
-            except ssl.Error as e:
-                self.error = e
-                return 0
+            n = -1 if reader is None else reader(view, count)
+            if n > 0:
+                return n
+            if n < 0:
+                # No direct reader, or something other than data or "needs
+                # more": pyOpenSSL reads the same state and says what.
+                try:
+                    return int(connection.recv_into(view, min(count, TLS_DECRYPT)))
+                except self._ssl.WantReadError:
+                    pass
+                except self._ssl.ZeroReturnError:
+                    # The peer's close: the TLS layer reads it again on release.
+                    return 0
+                except self._ssl.Error as e:
+                    self.error = e
+                    return 0
             got = sock.recv_into(self._cipher)
             if not got:
                 return 0
