@@ -24,6 +24,16 @@ alternating round by round:
     against the source's SHA-256 afterwards, outside the timing;
   - during each of those transfers, a bystander process pings the same
     server every 10 ms on its own connection; its round trips are reported.
+    A bystander pings the idle server of the same transport during each
+    baseline transfer too: what the machine's load alone does to a ping.
+    For every transfer it also reads the kernel's steal time (what the
+    hypervisor took from this machine's CPUs) and TCP retransmission
+    timeouts, which tell a stall of the machine's from one of the code's.
+
+Among the machine facts: how fast the work directory takes a new file
+(every page newly allocated) and a rewrite in place; on a VM that returns
+freed memory to its host, new pages can cost several times more, and
+every receiver here writes new pages.
 
 Then the server's RSS above idle during a put and a get of
 C{--rss-size-mib} (sampled every 20 ms), and a small-file rate: C{--small}
@@ -360,28 +370,36 @@ async def transfer(
     files: Any,
     pings: dict[str, list],
     cpu: dict[str, list[tuple[float, float]]],
+    kernel: dict[str, list[dict[str, float]]],
 ) -> float:
     """
     One transfer of the big file (C{kind} as in L{KINDS}); return seconds.
-    A frames transfer adds to C{cpu[kind]} the CPU seconds this process
-    (the client) and the server spent on it.
+    A bystander pings the server of the same transport meanwhile, into
+    C{pings[kind]} (during a baseline transfer too, which does not go
+    through that server: what the machine's load alone does to it); the
+    kernel's counters (steal time, TCP retransmissions) go to
+    C{kernel[kind]}.  A frames transfer adds to C{cpu[kind]} the CPU
+    seconds this process (the client) and the server spent on it.
     """
     from twisted.internet import threads
 
     tls = kind.endswith("tls")
+    server = run.tls if tls else run.plain
+    assert server is not None
+    bystander = Bystander(server.address, run.creds if tls else None)
+    await threads.deferToThread(bystander.ready)
+    counters = harness.kernelCounters()
     if kind.startswith("raw"):
         out = os.path.join(run.work, "raw.out")
         took, cipher = await threads.deferToThread(
             baseline, run.src, out, run.creds if tls else None
         )
+        kernel[kind].append(harness.counterDelta(counters, harness.kernelCounters()))
+        pings[kind].extend(await threads.deferToThread(bystander.finish))
         if cipher:
             run.baselineCipher = cipher
         run.check(out, kind)
         return took
-    server = run.tls if tls else run.plain
-    assert server is not None
-    bystander = Bystander(server.address, run.creds if tls else None)
-    await threads.deferToThread(bystander.ready)
     serverCPU, clientCPU = server.cpuSeconds(), _ownCPU()
     t = time.perf_counter()
     if kind.startswith("put"):
@@ -393,6 +411,7 @@ async def transfer(
         await files.getFile("src.bin", written, overwrite=True)
         took = time.perf_counter() - t
     cpu[kind].append((_ownCPU() - clientCPU, server.cpuSeconds() - serverCPU))
+    kernel[kind].append(harness.counterDelta(counters, harness.kernelCounters()))
     pings[kind].extend(await threads.deferToThread(bystander.finish))
     run.check(written, kind)
     return took
@@ -482,10 +501,11 @@ async def measure(reactor: Any, run: Run) -> dict[str, Any]:
     times: dict[str, list[float]] = {kind: [] for kind in KINDS}
     pings: dict[str, list[float]] = {kind: [] for kind in KINDS}
     cpu: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
+    kernel: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     for r in range(args.rounds):
         for kind in KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)]:
             files = clients[kind.rsplit("_", 1)[1]]
-            times[kind].append(await transfer(reactor, run, kind, files, pings, cpu))
+            times[kind].append(await transfer(reactor, run, kind, files, pings, cpu, kernel))
         print(f"  round {r + 1}/{args.rounds} done", flush=True)
     results: dict[str, Any] = {"transfers": {}, "raw_ssl_cipher": run.baselineCipher}
     mb = run.size / 1e6
@@ -493,8 +513,10 @@ async def measure(reactor: Any, run: Run) -> dict[str, Any]:
         s = harness.summary(times[kind])
         s["best_MBps"] = mb / s["best"]
         s["median_MBps"] = mb / s["median"]
+        s["bystander_ms"] = latencies(pings[kind])
+        s["kernel_per_round"] = kernel[kind]
+        s["kernel"] = {key: sum(k.get(key, 0) for k in kernel[kind]) for key in kernel[kind][0]}
         if not kind.startswith("raw"):
-            s["bystander_ms"] = latencies(pings[kind])
             gib = run.size / 2**30
             s["cpu_s_per_GiB"] = {
                 "client": statistics.median(c for c, _ in cpu[kind]) / gib,
@@ -524,9 +546,14 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
             mine = t[f"{op}_{transport}"]
             out[f"{op}_vs_raw_{transport}"] = mine["best_MBps"] / raw["best_MBps"]
             out[f"{op}_vs_raw_{transport}_median"] = mine["median_MBps"] / raw["median_MBps"]
-    p99s = [s["bystander_ms"]["p99"] for s in t.values() if s.get("bystander_ms", {}).get("p99")]
-    if p99s:
-        out["bystander_p99_ms"] = max(p99s)
+    for raw in (False, True):
+        p99s = [
+            s["bystander_ms"]["p99"]
+            for kind, s in t.items()
+            if kind.startswith("raw") == raw and s.get("bystander_ms", {}).get("p99")
+        ]
+        if p99s:
+            out["bystander_p99_raw_ms" if raw else "bystander_p99_ms"] = max(p99s)
     for op in ("put", "get"):
         if f"rss_{op}_above_idle_mib" in results:
             out[f"rss_{op}_above_idle_mib"] = results[f"rss_{op}_above_idle_mib"]
@@ -555,20 +582,35 @@ def report(results: dict[str, Any]) -> None:
         f"{o['size_mib']} MiB, files on {o['workdir']}, loopback, page cache warm; "
         f"{o['rounds']} rounds, alternating; bystander pings every 10 ms"
     )
+    m = results["machine"]
+    if "new_pages_GBps" in m:
+        print(
+            f"writing {o['workdir']}: a new file {m['new_pages_GBps']:.2f} GB/s, "
+            f"rewriting it in place {m['rewrite_GBps']:.2f} GB/s (every receiver writes new pages)"
+        )
     print(
         f"{'':34} {'best MB/s':>10} {'median MB/s':>12} {'range s':>13}"
         f" {'bystander p50/p99/max ms':>26} {'CPU s/GiB client+server':>24}"
+        f" {'steal s':>8} {'RTOs':>5}"
     )
     for kind, s in results["transfers"].items():
         b = s.get("bystander_ms")
         pings = f"{b['median']:.1f} / {b['p99']:.1f} / {b['max']:.1f}" if b and b["count"] else ""
         c = s.get("cpu_s_per_GiB")
         used = f"{c['client']:.2f} + {c['server']:.2f}" if c else ""
+        k = s.get("kernel", {})
+        steal = f"{k['steal_s']:.2f}" if "steal_s" in k else ""
+        rtos = f"{k['tcp_timeouts']:.0f}" if "tcp_timeouts" in k else ""
         print(
             f"{LABELS[kind]:34} {s['best_MBps']:10.0f} {s['median_MBps']:12.0f} "
-            f"{s['best']:6.2f}-{s['max']:<6.2f} {pings:>26} {used:>24}"
+            f"{s['best']:6.2f}-{s['max']:<6.2f} {pings:>26} {used:>24} {steal:>8} {rtos:>5}"
         )
-    print("(CPU: medians of the rounds; the client is this process, the bystander apart)")
+    print(
+        "(CPU: medians of the rounds; the client is this process, the bystander apart; "
+        "during a raw transfer the bystander pings the idle frames server of the same "
+        "transport; steal s: time the hypervisor took from this machine's CPUs, RTOs: TCP "
+        "retransmission timeouts on the machine, both summed over the rounds)"
+    )
     r = results["ratios"]
     print()
     for transport, raw in (("tcp", "raw tcp+sha"), ("tls", "raw ssl+sha")):
@@ -579,6 +621,11 @@ def report(results: dict[str, Any]) -> None:
             f"(medians {r[f'put_vs_raw_{transport}_median']:.2f}x), "
             f"get {r[f'get_vs_raw_{transport}']:.2f}x "
             f"(medians {r[f'get_vs_raw_{transport}_median']:.2f}x)"
+        )
+    if "bystander_p99_raw_ms" in r:
+        print(
+            f"bystander p99, worst transfer: {r['bystander_p99_ms']:.1f} ms during frames "
+            f"transfers, {r['bystander_p99_raw_ms']:.1f} ms during the baselines'"
         )
     if "small_put_files_per_s" in results:
         print(
@@ -636,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.internet import defer, task
 
     facts = harness.machine()
+    if args.workdir:
+        facts.update(harness.pageCost(args.workdir))
     results: dict[str, Any] = {
         "machine": facts,
         "options": {

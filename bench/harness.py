@@ -270,6 +270,88 @@ def printMachine(title: str, facts: dict[str, Any]) -> None:
     print("one core: " + ", ".join(speeds))
 
 
+#: Counters of the kernel's that tell a stall of the machine's from one of
+#: the code's: (file, table, field, key in the results).
+_TCP_COUNTERS = [
+    ("/proc/net/snmp", "Tcp", "RetransSegs", "tcp_retransmits"),
+    ("/proc/net/netstat", "TcpExt", "TCPTimeouts", "tcp_timeouts"),
+    ("/proc/net/netstat", "TcpExt", "TCPLossProbes", "tcp_loss_probes"),
+]
+
+
+def _tables(path: str) -> dict[str, dict[str, int]]:
+    """
+    A C{/proc/net/snmp}-style file: its header/value line pairs by table.
+    """
+    tables: dict[str, dict[str, int]] = {}
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        table, _, header = names.partition(":")
+        fields = dict(zip(header.split(), values.partition(":")[2].split(), strict=False))
+        tables[table] = {k: int(v) for k, v in fields.items() if v.lstrip("-").isdigit()}
+    return tables
+
+
+def kernelCounters() -> dict[str, float]:
+    """
+    The machine's steal time so far (seconds the hypervisor ran something
+    else while this machine's CPUs had work: C{/proc/stat}) and the
+    loopback-relevant TCP counters (retransmitted segments, retransmission
+    timeouts, tail-loss probes); empty where C{/proc} lacks them.
+    Subtract two readings (L{counterDelta}) for what happened in between.
+    """
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/stat") as f:
+            cpu = f.readline().split()
+        if cpu[0] == "cpu" and len(cpu) > 8:
+            out["steal_s"] = int(cpu[8]) / os.sysconf("SC_CLK_TCK")
+        files = {path: _tables(path) for path in {c[0] for c in _TCP_COUNTERS}}
+    except (OSError, ValueError, IndexError):
+        return out
+    for path, table, field, key in _TCP_COUNTERS:
+        value = files[path].get(table, {}).get(field)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def counterDelta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """
+    What L{kernelCounters} counted between two readings.
+    """
+    return {k: after[k] - before[k] for k in after if k in before}
+
+
+def pageCost(directory: str, size: int = 256 * 1024 * 1024) -> dict[str, float]:
+    """
+    How fast this machine writes a new file in C{directory} (every page
+    newly allocated) and rewrites it in place (the same pages), in GB/s:
+    on a VM whose freed memory goes back to the host, a new page can cost
+    many times a rewritten one, and every receiver here writes new pages.
+    """
+    path = os.path.join(directory, ".page-cost")
+    chunk = os.urandom(CHUNK)
+    rates = {}
+    try:
+        for key, flags in (
+            ("new_pages_GBps", os.O_CREAT | os.O_TRUNC),
+            ("rewrite_GBps", 0),
+        ):
+            fd = os.open(path, os.O_WRONLY | flags, 0o600)
+            try:
+                t = time.perf_counter()
+                for _ in range(size // CHUNK):
+                    os.write(fd, chunk)
+                rates[key] = size / (time.perf_counter() - t) / 1e9
+            finally:
+                os.close(fd)
+    finally:
+        removeIfThere(path)
+    return rates
+
+
 def summary(samples: Sequence[float]) -> dict[str, Any]:
     """
     Best (smallest), median and largest of some timings, and all of them.
