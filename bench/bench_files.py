@@ -22,6 +22,9 @@ alternating round by round:
     (verified by the protocol, written to a temp file, fsynced, renamed),
     over plain TCP and over mutual TLS with login; every copy is checked
     against the source's SHA-256 afterwards, outside the timing;
+  - the same get into C{/dev/null} (C{FileClient.getStream}, still
+    verified): the protocol, the network and the hashes without the
+    receiving file system;
   - during each of those transfers, a bystander process pings the same
     server every 10 ms on its own connection; its round trips are reported.
     A bystander pings the idle server of the same transport during each
@@ -76,7 +79,16 @@ GOALS: list[tuple[str, str, float, bool]] = [
     ("bystander_p99_ms", "bystander ping p99 during a transfer < 20 ms", 20, False),
 ]
 #: The transfers of one round, rotated from round to round.
-KINDS = ["raw_tcp", "put_tcp", "get_tcp", "raw_tls", "put_tls", "get_tls"]
+KINDS = [
+    "raw_tcp",
+    "put_tcp",
+    "get_tcp",
+    "null_tcp",
+    "raw_tls",
+    "put_tls",
+    "get_tls",
+    "null_tls",
+]
 
 
 # -- the baseline: raw blocking sockets ---------------------------------------
@@ -369,7 +381,7 @@ async def transfer(
     kind: str,
     files: Any,
     pings: dict[str, list],
-    cpu: dict[str, list[tuple[float, float]]],
+    cpu: dict[str, list[tuple[float, float, float, float]]],
     kernel: dict[str, list[dict[str, float]]],
 ) -> float:
     """
@@ -379,7 +391,8 @@ async def transfer(
     through that server: what the machine's load alone does to it); the
     kernel's counters (steal time, TCP retransmissions) go to
     C{kernel[kind]}.  A frames transfer adds to C{cpu[kind]} the CPU
-    seconds this process (the client) and the server spent on it.
+    seconds this process (the client) and the server spent on it: client
+    user, client system, server user, server system.
     """
     from twisted.internet import threads
 
@@ -400,29 +413,49 @@ async def transfer(
             run.baselineCipher = cipher
         run.check(out, kind)
         return took
-    serverCPU, clientCPU = server.cpuSeconds(), _ownCPU()
+    serverCPU, clientCPU = server.cpuTimes(), _ownCPU()
     t = time.perf_counter()
+    written: str | None
     if kind.startswith("put"):
         await files.putFile(run.src, "put.bin", overwrite=True)
         took = time.perf_counter() - t
         written = os.path.join(run.root, "put.bin")
+    elif kind.startswith("null"):
+        # The same download into /dev/null: the protocol, the network and
+        # the hash without the receiving file system (verified all the same).
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            await files.getStream("src.bin", fd)
+        finally:
+            os.close(fd)
+        took = time.perf_counter() - t
+        written = None
     else:
         written = os.path.join(run.work, "got.bin")
         await files.getFile("src.bin", written, overwrite=True)
         took = time.perf_counter() - t
-    cpu[kind].append((_ownCPU() - clientCPU, server.cpuSeconds() - serverCPU))
+    clientNow, serverNow = _ownCPU(), server.cpuTimes()
+    cpu[kind].append(
+        (
+            clientNow[0] - clientCPU[0],
+            clientNow[1] - clientCPU[1],
+            serverNow[0] - serverCPU[0],
+            serverNow[1] - serverCPU[1],
+        )
+    )
     kernel[kind].append(harness.counterDelta(counters, harness.kernelCounters()))
     pings[kind].extend(await threads.deferToThread(bystander.finish))
-    run.check(written, kind)
+    if written is not None:
+        run.check(written, kind)
     return took
 
 
-def _ownCPU() -> float:
+def _ownCPU() -> tuple[float, float]:
     """
-    This process's CPU time so far (user + system, all its threads).
+    This process's CPU time so far (all its threads): user, system.
     """
     t = os.times()
-    return t.user + t.system
+    return t.user, t.system
 
 
 async def smallFiles(files: Any, work: str, count: int) -> dict[str, float]:
@@ -500,7 +533,7 @@ async def measure(reactor: Any, run: Run) -> dict[str, Any]:
     clients = {"tcp": FileClient(plain), "tls": FileClient(tls)}
     times: dict[str, list[float]] = {kind: [] for kind in KINDS}
     pings: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    cpu: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
+    cpu: dict[str, list[tuple[float, float, float, float]]] = {kind: [] for kind in KINDS}
     kernel: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     for r in range(args.rounds):
         for kind in KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)]:
@@ -519,8 +552,10 @@ async def measure(reactor: Any, run: Run) -> dict[str, Any]:
         if not kind.startswith("raw"):
             gib = run.size / 2**30
             s["cpu_s_per_GiB"] = {
-                "client": statistics.median(c for c, _ in cpu[kind]) / gib,
-                "server": statistics.median(v for _, v in cpu[kind]) / gib,
+                "client": statistics.median(c[0] + c[1] for c in cpu[kind]) / gib,
+                "server": statistics.median(c[2] + c[3] for c in cpu[kind]) / gib,
+                "client_kernel": statistics.median(c[1] for c in cpu[kind]) / gib,
+                "server_kernel": statistics.median(c[3] for c in cpu[kind]) / gib,
             }
         results["transfers"][kind] = s
     if args.small:
@@ -564,9 +599,11 @@ LABELS = {
     "raw_tcp": "raw tcp+sha (blocking sockets)",
     "put_tcp": "frames put, plain TCP",
     "get_tcp": "frames get, plain TCP",
+    "null_tcp": "  the same get into /dev/null",
     "raw_tls": "raw ssl+sha (Python ssl)",
     "put_tls": "frames put, mutual TLS + login",
     "get_tls": "frames get, mutual TLS + login",
+    "null_tls": "  the same get into /dev/null",
 }
 
 
@@ -591,22 +628,25 @@ def report(results: dict[str, Any]) -> None:
     print(
         f"{'':34} {'best MB/s':>10} {'median MB/s':>12} {'range s':>13}"
         f" {'bystander p50/p99/max ms':>26} {'CPU s/GiB client+server':>24}"
-        f" {'steal s':>8} {'RTOs':>5}"
+        f" {'(kernel)':>12} {'steal s':>8} {'RTOs':>5}"
     )
     for kind, s in results["transfers"].items():
         b = s.get("bystander_ms")
         pings = f"{b['median']:.1f} / {b['p99']:.1f} / {b['max']:.1f}" if b and b["count"] else ""
         c = s.get("cpu_s_per_GiB")
         used = f"{c['client']:.2f} + {c['server']:.2f}" if c else ""
+        inKernel = f"({c['client_kernel']:.2f} + {c['server_kernel']:.2f})" if c else ""
         k = s.get("kernel", {})
         steal = f"{k['steal_s']:.2f}" if "steal_s" in k else ""
         rtos = f"{k['tcp_timeouts']:.0f}" if "tcp_timeouts" in k else ""
         print(
             f"{LABELS[kind]:34} {s['best_MBps']:10.0f} {s['median_MBps']:12.0f} "
-            f"{s['best']:6.2f}-{s['max']:<6.2f} {pings:>26} {used:>24} {steal:>8} {rtos:>5}"
+            f"{s['best']:6.2f}-{s['max']:<6.2f} {pings:>26} {used:>24} {inKernel:>12}"
+            f" {steal:>8} {rtos:>5}"
         )
     print(
-        "(CPU: medians of the rounds; the client is this process, the bystander apart; "
+        "(CPU: medians of the rounds, in brackets the part spent in the kernel; the client "
+        "is this process, the bystander apart; "
         "during a raw transfer the bystander pings the idle frames server of the same "
         "transport; steal s: time the hypervisor took from this machine's CPUs, RTOs: TCP "
         "retransmission timeouts on the machine, both summed over the rounds)"

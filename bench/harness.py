@@ -441,10 +441,17 @@ class FrameServer:
         The server's CPU time so far (user + system, all its threads), from
         C{/proc/PID/stat}.
         """
+        return sum(self.cpuTimes())
+
+    def cpuTimes(self) -> tuple[float, float]:
+        """
+        The server's CPU time so far, all its threads: user, system.
+        """
         with open(f"/proc/{self.proc.pid}/stat") as f:
             # The fields after the command's name, which is in parentheses.
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def stop(self) -> None:
         """
