@@ -79,7 +79,7 @@ def register(sub: Any) -> None:
 
 
 #: The transfer hashes C{--hash} takes: the keys of
-#: L{twisted_frames.files.store.HASHES}, written out so that building the
+#: L{twisted_frames.files.blocking.HASHES}, written out so that building the
 #: parser imports no hashing (a test keeps the two the same).
 HASH_NAMES = ("blake3", "sha256")
 

@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.files.test_local_partial -*-
 """
 The local side of the file client: its errors, the hidden partial file a
-download is written to and its commit into place, and the checks on names
-that come from the server before they become local file names.
+download is written to, its check against the server's digest and its
+commit into place, and the checks on names that come from the server
+before they become local file names.  Without Twisted: the CLI's quick
+path (L{twisted_frames.cli.quick}) downloads with it too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import stat
 from typing import Any
 
 from ..wire import ErrorCode
-from .store import PARTIAL_PREFIX
+from .blocking import DEFAULT_HASH, HASH_TITLES, PARTIAL_PREFIX
 
 #: What an existing target's error says, for C{put} and C{get} alike.
 ALREADY_EXISTS_HINT = "already exists (use -f/--force to overwrite)"
@@ -156,6 +158,27 @@ def commitLocal(fd: int, part: str, local: str, overwrite: bool) -> None:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def verifyDownload(remote: str, name: str, hasher: Any, header: dict[str, Any]) -> str:
+    """
+    Compare what a download hashed to with the server's final reply.
+
+    @return: C{hasher}'s digest.
+    @raise LocalError: C{integrity_error} if the reply's digest (of the hash
+        asked for) differs.
+    """
+    got: str = hasher.hexdigest()
+    if name == DEFAULT_HASH:
+        says = header.get("sha256")
+    else:
+        says = header.get("digest") if header.get("hash") == name else None
+    if got != says:
+        raise LocalError(
+            ErrorCode.INTEGRITY_ERROR,
+            f"{remote}: {HASH_TITLES[name]} mismatch (got {got}, server says {says})",
+        )
+    return got
 
 
 def unlinkQuietly(path: str) -> None:
