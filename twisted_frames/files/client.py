@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from ..bodies import DirectReceiver
 from ..client import FramesClient
 from ..protocol import BodySink
-from ..wire import ErrorCode, FramesError, ProtocolViolation
+from ..wire import ErrorCode, FramesError
 from .blocking import (
     checkKnown,
     chooseHash,
@@ -41,11 +41,17 @@ from .blocking import (
 from .local import (
     ALREADY_EXISTS_HINT,
     LocalError,
+    checkDataEvent,
+    checkReceived,
     checkRemoteName,
     commitLocal,
+    downloadResult,
     localPartialName,
+    mismatchDiscarded,
     openPartial,
     openRegular,
+    partialTooLong,
+    refuseExisting,
     unlinkQuietly,
     verifyDownload,
 )
@@ -150,12 +156,7 @@ class _Download:
                 self.producer.resumeProducing()
 
     def sinkFor(self, header: dict[str, Any], length: int) -> BodySink:
-        if header.get("event") != "data" or header.get("offset") != self.position:
-            raise ProtocolViolation(
-                ErrorCode.BAD_REQUEST,
-                f"unexpected event {header.get('event')!r} at offset {header.get('offset')!r}"
-                f" (expected data at {self.position})",
-            )
+        checkDataEvent(header, self.position)
         self.position += length
         return _DownloadSink(self, length)
 
@@ -420,8 +421,7 @@ class FileClient:
             partial is then deleted).
         """
         name = self.transferHash()
-        if not overwrite and os.path.lexists(local):
-            raise LocalError(ErrorCode.ALREADY_EXISTS, f"{local}: {ALREADY_EXISTS_HINT}")
+        refuseExisting(local, overwrite)
         part = localPartialName(local)
         fd, offset = await self.run(openPartial, part, resume)
         try:
@@ -433,7 +433,7 @@ class FileClient:
             try:
                 reply = await self._download(remote, fd, offset, hasher, progress, name)
             except FramesError as e:
-                if not offset or e.code != ErrorCode.INVALID_ARGUMENT or "size" not in e.details:
+                if not partialTooLong(e, offset):
                     raise
                 # The partial is longer than the remote file: start over.
                 await self.run(os.ftruncate, fd, 0)
@@ -448,7 +448,7 @@ class FileClient:
                 digest = verifyDownload(remote, name, hasher, header)
             except LocalError as e:
                 await self.run(unlinkQuietly, part)
-                raise LocalError(e.code, f"{e.message}; nothing was stored") from None
+                raise mismatchDiscarded(e) from None
             await self.run(commitLocal, fd, part, local, overwrite)
             fd = -1
         except FramesError:
@@ -460,10 +460,7 @@ class FileClient:
         finally:
             if fd >= 0:
                 closeQuietly(fd)
-        result = withDigest(header, name, digest)
-        result["local"] = local
-        result["resumed_from"] = offset
-        return result
+        return downloadResult(header, name, digest, local, offset)
 
     async def getStream(
         self, remote: str, fd: int, progress: Progress | None = None
@@ -500,12 +497,7 @@ class FileClient:
                 pass
         if download.writer.error is not None:
             download.writer.error.raiseException()
-        if download.position != reply.header.get("size"):
-            raise FramesError(
-                ErrorCode.INTEGRITY_ERROR,
-                f"{remote}: received {download.position} bytes, server says "
-                f"{reply.header.get('size')}",
-            )
+        checkReceived(remote, download.position, reply.header)
         return reply.header
 
     # -- trees ------------------------------------------------------------------
