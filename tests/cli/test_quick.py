@@ -976,18 +976,27 @@ def test_getTLSLogin(secure: dict[str, str], tmp_path: Path) -> None:
 
 class _FakeFiles:
     """
-    A peer that serves one file C{d/f} of C{data} (SHA-256 only): its
+    A peer that serves one file C{d/f} of C{data} (SHA-256 only, or no
+    C{hashes} in its greeting at all, as before they existed): its
     greeting, C{stat} and C{get}, the last answered by C{answer(c, id)}.
-    C{asked} is set once a C{get} came.
+    C{asked} is set once a C{get} came, kept in C{gets}.
     """
 
-    def __init__(self, data: bytes, answer: Callable[[socket.socket, int], None]) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        answer: Callable[[socket.socket, int], None],
+        hashes: tuple[str, ...] | None = ("sha256",),
+    ) -> None:
         self.data = data
         self.answer = answer
+        self.hashes = hashes
         self.asked = threading.Event()
+        self.gets: list[dict[str, Any]] = []
 
     def __call__(self, c: socket.socket) -> None:
-        c.sendall(_message({**_HELLO, "hashes": ["sha256"]}))
+        hashes = {} if self.hashes is None else {"hashes": list(self.hashes)}
+        c.sendall(_message({**_HELLO, **hashes}))
         while True:
             header, _ = _readMessage(c)
             if header.get("op") == "stat":
@@ -995,6 +1004,7 @@ class _FakeFiles:
                 info.update({"mtime": 1_700_000_000.0, "mode": 0o644})
                 c.sendall(_message({"id": header["id"], "ok": True, **info}))
             elif header.get("op") == "get":
+                self.gets.append(header)
                 self.asked.set()
                 self.answer(c, header["id"])
                 return
@@ -1030,6 +1040,40 @@ def _wrongDigest(c: socket.socket, rid: int) -> None:
     final = {"id": rid, "ok": True, "path": "d/f", "size": len(BIG), "offset": 0}
     c.sendall(_message({**final, "sha256": "0" * 64, "mtime": 1_700_000_000.0, "mode": 0o644}))
     _holdUntilClosed(c)
+
+
+def _rightDigest(c: socket.socket, rid: int) -> None:
+    import hashlib
+
+    c.sendall(_dataEvent(rid, 0, len(BIG)) + BIG)
+    final = {"id": rid, "ok": True, "path": "d/f", "size": len(BIG), "offset": 0}
+    digest = hashlib.sha256(BIG).hexdigest()
+    c.sendall(_message({**final, "sha256": digest, "mtime": 1_700_000_000.0, "mode": 0o644}))
+    _holdUntilClosed(c)
+
+
+def test_getFromOldServer(
+    peer: Callable[[Callable[[socket.socket], None]], Peer], tmp_path: Path
+) -> None:
+    """
+    A server whose greeting has no C{hashes}: both paths ask for SHA-256
+    the first way (no C{hash} field), verify it and print the same line.
+    """
+    fake = _FakeFiles(BIG, _rightDigest, hashes=None)
+    p = peer(fake)
+    local = tmp_path / "copy"
+    results = []
+    for force in ("0", "1"):
+        if local.exists():
+            local.unlink()
+        r = frames(
+            "--server", p.address, "get", "d/f", str(local), env={quick.FORCE_TWISTED: force}
+        )
+        results.append((r.returncode, _getStable([(0, _stable(r.stdout.decode()), "")])[0][1]))
+        assert local.read_bytes() == BIG, force
+    assert results[0] == results[1]
+    assert results[0][1][0].endswith(" verified") and " sha256 " in results[0][1][0]
+    assert [sorted(g) for g in fake.gets] == [["id", "offset", "op", "path"]] * 2
 
 
 def _cutMidBody(c: socket.socket, rid: int) -> None:

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.cli.test_quick -*-
 """
-The quick path of the C{frames} CLI: C{ping}, C{run}, C{ls}, C{stat}, C{rm}
-and C{mkdir} over one blocking socket, without Twisted.
+The quick path of the C{frames} CLI: C{ping}, C{run}, C{ls}, C{stat}, C{rm},
+C{mkdir} and C{get} of one file over one blocking socket, without Twisted.
 
 A command that makes one connection and a few requests spends most of its
 wall time importing Twisted's reactor, Deferreds and (with TLS) pyOpenSSL
@@ -12,19 +12,32 @@ halves of L{twisted_frames.auth.client}, the frame and header codec, limits
 and greeting checks of L{twisted_frames.wire}, and the output and failure
 wording of the Twisted path's own modules (L{twisted_frames.cli.ping},
 L{twisted_frames.cli.commands}, L{twisted_frames.cli.failures},
-L{twisted_frames.cli.base.Interruption}), so that the two paths print the
-same things and exit with the same statuses.
+L{twisted_frames.cli.base.Interruption}, the report functions of
+L{twisted_frames.cli.files}), so that the two paths print the same things
+and exit with the same statuses.
+
+C{frames get} of one file to a local path downloads as
+L{twisted_frames.files.client.FileClient.getFile} does, with the same
+pieces (L{twisted_frames.files.local}, L{twisted_frames.files.blocking}):
+C{stat} first, the hidden partial file, the hash the greeting offers (or
+C{--hash}), C{--resume} from the partial, the digest checked against the
+final reply, fsync and rename.  Each C{data} event's body is received with
+C{recv_into} into one reused buffer (L{BODY_BUFFER}), each fill hashed and
+written in one go.  C{get -r} and C{get REMOTE -} (stdout) raise
+L{Fallback}.
 
 L{applies} says when it is used: a verb of L{VERBS}, a C{--server} of the
 form C{HOST:PORT} (an endpoint string such as C{tcp:...}, C{unix:...} or
 C{ssl:...} goes to Twisted), and C{FRAMES_TWISTED} unset (or C{0}).  Where
 it meets something it cannot do the same way before it has printed or
 asked for anything (a TLS file the standard library cannot read, no way to
-compute the channel binding), it raises L{Fallback} and
+compute the channel binding, a C{get} of a tree or to stdout), it raises
+L{Fallback} and
 L{twisted_frames.cli.main.main} runs the command through Twisted instead.
 
 Signals: SIGINT and SIGTERM raise L{Interrupted} in the main thread, which
-aborts the connection and reports as L{Interruption} does (130 or 143).
+aborts the connection and reports as L{Interruption} does (130 or 143;
+for a download, with the partial kept and the command that resumes it).
 While C{frames run} has a command running, SIGINT instead asks the server
 to signal it (C{SIGINT}, then C{SIGKILL}; a third hangs up), as
 L{twisted_frames.cli.commands.runRemote} does: the handler only records the
