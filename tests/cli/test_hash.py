@@ -22,7 +22,7 @@ from tests.serverprocess import ServerProcess
 from tests.serverprocess import frames as runFrames
 from twisted_frames import wire
 from twisted_frames.cli.files import HASH_NAMES
-from twisted_frames.files.store import HASHES
+from twisted_frames.files.blocking import HASHES
 
 TIMEOUT = 60
 #: The greeting of a server of before the negotiation.

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -530,7 +531,13 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         "--tls-ca",
         os.path.join(certs, "ca.pem"),
     ) as s:
-        yield {"port": str(s.port), "certs": certs, "secret": secret, "wrong": str(wrong)}
+        yield {
+            "port": str(s.port),
+            "certs": certs,
+            "secret": secret,
+            "wrong": str(wrong),
+            "root": str(root),
+        }
 
 
 def _tls(s: dict[str, str], host: str = "localhost", key: str = "client.key") -> list[str]:
@@ -673,6 +680,7 @@ def test_forcedAndEndpointStrings() -> None:
         assert not quick.applies(parse(["--server", "unix:path=/s", "ping"]))
         assert quick.applies(parse(["--server", "h:1", "ls"]))
         assert not quick.applies(parse(["--server", "h:1", "put", "a"]))
+        assert quick.applies(parse(["--server", "h:1", "get", "a", "b"]))
         for value, applies in (("", True), ("0", True), ("1", False), ("yes", False)):
             os.environ[quick.FORCE_TWISTED] = value
             assert quick.applies(parse(["--server", "h:1", "ping"])) is applies, value
@@ -734,3 +742,440 @@ def test_tlsExporterUnknownLayout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(quick, "KNOWN_SSL_LAYOUT", ((3, 0), (3, 1)))
     with pytest.raises(quick.Fallback):
         quick.tlsExporter(Looks())  # type: ignore[arg-type]
+
+
+# -- frames get ---------------------------------------------------------------------
+
+#: A file of a few segments of the quick path's body buffer, the same in
+#: every run.
+BIG = bytes(range(256)) * (5 * 1024 * 1024 // 256 + 3)
+
+
+def _getStable(results: list[tuple[int, Any, str]]) -> list[tuple[int, Any, str]]:
+    """
+    C{results} of L{both} without what differs from one run of C{frames
+    get} to the next: JSON's C{seconds}, and the rate.
+    """
+    stable = []
+    for status, out, err in results:
+        lines = []
+        for line in out:
+            if isinstance(line, dict):
+                line = {k: v for k, v in line.items() if k != "seconds"}
+            else:
+                line = re.sub(r"\([^()]*/s\)", "(RATE)", line)
+            lines.append(line)
+        stable.append((status, lines, err))
+    return stable
+
+
+def _getFiles(root: Path, local: Path) -> None:
+    """
+    L{_files}, with C{d/big} (L{BIG}) too, and nothing at C{local} or its
+    partial.
+    """
+    _files(root)
+    (root / "d" / "big").write_bytes(BIG)
+    os.utime(root / "d" / "big", (1_700_000_000, 1_700_000_000))
+    for path in (local, _partial(local)):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _partial(local: Path) -> Path:
+    from twisted_frames.files.local import localPartialName
+
+    return Path(localPartialName(str(local)))
+
+
+def bothGet(
+    address: str, root: Path, local: Path, *argv: str, prepare: Callable[[], None] = lambda: None
+) -> list[tuple[int, Any, str]]:
+    """
+    C{frames --server ADDRESS ARGV} through both paths (L{both}), from the
+    files of L{_getFiles} and then C{prepare}, for each.
+    """
+
+    def setUp() -> None:
+        _getFiles(root, local)
+        prepare()
+
+    return _getStable(both("--server", address, *argv, prepare=setUp))
+
+
+GET_CASES: list[tuple[list[str], int, bytes | None, str]] = [
+    (["get", "d/big", "{local}"], 0, BIG, "blake3 "),
+    (["get", "-q", "d/f", "{local}"], 0, b"hello", "get d/f -> "),
+    (["--json", "get", "./d//f", "{local}"], 0, b"hello", '"hash": "blake3"'),
+    (["get", "--hash", "sha256", "d/big", "{local}"], 0, BIG, "sha256 "),
+    (["get", "nowhere", "{local}"], 1, None, "[not_found]"),
+    (["--json", "get", "nowhere", "{local}"], 1, None, "not_found"),
+    (["get", "d", "{local}"], 2, None, "d is a directory (use -r)"),
+    (["get", "../up", "{local}"], 1, None, "[forbidden_path]"),
+]
+
+
+@pytest.mark.parametrize(("argv", "status", "data", "words"), GET_CASES)
+def test_get(
+    server: ServerProcess,
+    tmp_path: Path,
+    argv: list[str],
+    status: int,
+    data: bytes | None,
+    words: str,
+) -> None:
+    """
+    C{frames get} of one file, quiet or not, with C{--json}, with SHA-256
+    forced, of a path not there, of a directory, of a forbidden path: the
+    same lines and status from both paths, the file byte for byte (or
+    nothing, not even an empty partial, on a refusal).
+    """
+    root, local = Path(server.root), tmp_path / "copy"
+    argv = [a.replace("{local}", str(local)) for a in argv]
+    for force in ("0", "1"):
+        _getFiles(root, local)
+        r = frames("--server", server.address, *argv, env={quick.FORCE_TWISTED: force})
+        assert r.returncode == status, (force, r.stderr)
+        if data is None:
+            assert not local.exists() and not _partial(local).exists(), force
+        else:
+            assert local.read_bytes() == data, force
+            assert not _partial(local).exists(), force
+    out, err = assertSame(bothGet(server.address, root, local, *argv), status)
+    assert words in json.dumps(out) + err
+
+
+def test_getExisting(server: ServerProcess, tmp_path: Path) -> None:
+    """
+    An existing target is refused without C{-f} (and left alone), and
+    replaced with it, alike on both paths; a local directory receives the
+    file under its remote name.
+    """
+    root, local = Path(server.root), tmp_path / "copy"
+
+    def existing() -> None:
+        local.write_bytes(b"old")
+
+    _, err = assertSame(
+        bothGet(server.address, root, local, "get", "d/f", str(local), prepare=existing), 1
+    )
+    assert (
+        err
+        == f"frames: get: {local}: already exists (use -f/--force to overwrite) [already_exists]\n"
+    )
+    assert local.read_bytes() == b"old"
+    out, _ = assertSame(
+        bothGet(server.address, root, local, "get", "-f", "d/f", str(local), prepare=existing), 0
+    )
+    assert local.read_bytes() == b"hello"
+    out, _ = assertSame(
+        bothGet(server.address, root, tmp_path / "f", "get", "d/f", str(tmp_path)), 0
+    )
+    assert out == [
+        f"get d/f -> {tmp_path / 'f'}: 5 B in N s (RATE), blake3 {_blake3(b'hello')} verified"
+    ]
+
+
+def _blake3(data: bytes) -> str:
+    import blake3
+
+    return blake3.blake3(data).hexdigest()
+
+
+@pytest.mark.parametrize("have", [1024 * 1024 + 7, len(BIG) + 10])
+def test_getResume(server: ServerProcess, tmp_path: Path, have: int) -> None:
+    """
+    C{get --resume} continues from the partial a download left (its prefix
+    hashed, the rest asked for from its end), or starts over when the
+    partial is longer than the remote file: the same line on both paths,
+    the file byte for byte.
+    """
+    root, local = Path(server.root), tmp_path / "copy"
+
+    def partial() -> None:
+        _partial(local).write_bytes((BIG + b"x" * 10)[:have])
+
+    results = bothGet(
+        server.address, root, local, "get", "--resume", "d/big", str(local), prepare=partial
+    )
+    out, err = assertSame(results, 0)
+    assert local.read_bytes() == BIG and not _partial(local).exists()
+    if have < len(BIG):
+        assert out[0].endswith(f", resumed from byte {have}")
+    else:
+        assert "resumed" not in out[0]
+
+
+def test_getFallsBack(server: ServerProcess, tmp_path: Path) -> None:
+    """
+    C{get -r} and C{get REMOTE -} go through Twisted from the quick path
+    too: the same outputs.
+    """
+    root, local = Path(server.root), tmp_path / "tree"
+    out, _ = assertSame(bothGet(server.address, root, local, "get", "-r", "d", str(local)), 0)
+    assert out[-1].startswith("get: 2 files, ")
+    results = []
+    for force in ("0", "1"):
+        r = frames("--server", server.address, "get", "d/f", "-", env={quick.FORCE_TWISTED: force})
+        results.append((r.returncode, r.stdout, r.stderr))
+    assert results[0] == results[1]
+    assert results[0][:2] == (0, b"hello")
+
+
+def test_getDiskError(server: ServerProcess, tmp_path: Path) -> None:
+    """
+    A write that fails (here C{EFBIG} past a file size limit) stops the
+    download with the same line on both paths, the target not there and
+    the partial holding what could be written.
+    """
+    import resource
+
+    root, local = Path(server.root), tmp_path / "copy"
+    limit = 1024 * 1024
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    results = []
+    for force in ("0", "1"):
+        _getFiles(root, local)
+        r = subprocess.run(
+            [sys.executable, "-m", "twisted_frames", "--server", server.address]
+            + ["get", "d/big", str(local)],
+            capture_output=True,
+            timeout=DEADLINE,
+            env=childEnv({quick.FORCE_TWISTED: force}),
+            preexec_fn=limited,
+        )
+        results.append((r.returncode, r.stdout, r.stderr))
+        assert not local.exists()
+        assert _partial(local).read_bytes() == BIG[:limit]
+    assert results[0] == results[1] == (1, b"", b"frames: get: File too large\n")
+
+
+def test_getTLSLogin(secure: dict[str, str], tmp_path: Path) -> None:
+    """
+    C{get} over mutual TLS with a login: the same on both paths, and the
+    file byte for byte.
+    """
+    root, local = Path(secure["root"]), tmp_path / "copy"
+    login = [*_tls(secure), "--secret-file", secure["secret"]]
+    results = []
+    for force in ("0", "1"):
+        _getFiles(root, local)
+        r = frames(*login, "get", "d/big", str(local), env={quick.FORCE_TWISTED: force})
+        results.append(
+            (r.returncode, _getStable([(0, _stable(r.stdout.decode()), "")])[0][1], r.stderr)
+        )
+        assert local.read_bytes() == BIG, force
+    assert results[0] == results[1]
+    assert results[0][0] == 0 and results[0][2] == b""
+
+
+class _FakeFiles:
+    """
+    A peer that serves one file C{d/f} of C{data} (SHA-256 only, or no
+    C{hashes} in its greeting at all, as before they existed): its
+    greeting, C{stat} and C{get}, the last answered by C{answer(c, id)}.
+    C{asked} is set once a C{get} came, kept in C{gets}.
+    """
+
+    def __init__(
+        self,
+        data: bytes,
+        answer: Callable[[socket.socket, int], None],
+        hashes: tuple[str, ...] | None = ("sha256",),
+    ) -> None:
+        self.data = data
+        self.answer = answer
+        self.hashes = hashes
+        self.asked = threading.Event()
+        self.gets: list[dict[str, Any]] = []
+
+    def __call__(self, c: socket.socket) -> None:
+        hashes = {} if self.hashes is None else {"hashes": list(self.hashes)}
+        c.sendall(_message({**_HELLO, **hashes}))
+        while True:
+            header, _ = _readMessage(c)
+            if header.get("op") == "stat":
+                info = {"path": "d/f", "name": "f", "type": "file", "size": len(self.data)}
+                info.update({"mtime": 1_700_000_000.0, "mode": 0o644})
+                c.sendall(_message({"id": header["id"], "ok": True, **info}))
+            elif header.get("op") == "get":
+                self.gets.append(header)
+                self.asked.set()
+                self.answer(c, header["id"])
+                return
+
+
+def _readExactly(c: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = c.recv(n - len(data))
+        if not more:
+            raise OSError("closed")
+        data += more
+    return data
+
+
+def _readMessage(c: socket.socket) -> tuple[dict[str, Any], bytes]:
+    (n,) = struct.unpack("!I", _readExactly(c, 4))
+    header = json.loads(_readExactly(c, n))
+    (m,) = struct.unpack("!I", _readExactly(c, 4))
+    return header, _readExactly(c, m)
+
+
+HALF = len(BIG) // 2
+
+
+def _dataEvent(rid: int, offset: int, length: int) -> bytes:
+    header = json.dumps({"id": rid, "event": "data", "offset": offset, "length": length}).encode()
+    return struct.pack("!I", len(header)) + header + struct.pack("!I", length)
+
+
+def _wrongDigest(c: socket.socket, rid: int) -> None:
+    c.sendall(_dataEvent(rid, 0, len(BIG)) + BIG)
+    final = {"id": rid, "ok": True, "path": "d/f", "size": len(BIG), "offset": 0}
+    c.sendall(_message({**final, "sha256": "0" * 64, "mtime": 1_700_000_000.0, "mode": 0o644}))
+    _holdUntilClosed(c)
+
+
+def _rightDigest(c: socket.socket, rid: int) -> None:
+    import hashlib
+
+    c.sendall(_dataEvent(rid, 0, len(BIG)) + BIG)
+    final = {"id": rid, "ok": True, "path": "d/f", "size": len(BIG), "offset": 0}
+    digest = hashlib.sha256(BIG).hexdigest()
+    c.sendall(_message({**final, "sha256": digest, "mtime": 1_700_000_000.0, "mode": 0o644}))
+    _holdUntilClosed(c)
+
+
+def test_getFromOldServer(
+    peer: Callable[[Callable[[socket.socket], None]], Peer], tmp_path: Path
+) -> None:
+    """
+    A server whose greeting has no C{hashes}: both paths ask for SHA-256
+    the first way (no C{hash} field), verify it and print the same line.
+    """
+    fake = _FakeFiles(BIG, _rightDigest, hashes=None)
+    p = peer(fake)
+    local = tmp_path / "copy"
+    results = []
+    for force in ("0", "1"):
+        if local.exists():
+            local.unlink()
+        r = frames(
+            "--server", p.address, "get", "d/f", str(local), env={quick.FORCE_TWISTED: force}
+        )
+        results.append((r.returncode, _getStable([(0, _stable(r.stdout.decode()), "")])[0][1]))
+        assert local.read_bytes() == BIG, force
+    assert results[0] == results[1]
+    assert results[0][1][0].endswith(" verified") and " sha256 " in results[0][1][0]
+    assert [sorted(g) for g in fake.gets] == [["id", "offset", "op", "path"]] * 2
+
+
+def _cutMidBody(c: socket.socket, rid: int) -> None:
+    c.sendall(_dataEvent(rid, 0, len(BIG)) + BIG[:HALF])
+
+
+def _shutsDownMidFile(c: socket.socket, rid: int) -> None:
+    c.sendall(_dataEvent(rid, 0, HALF) + BIG[:HALF])
+    error = {"code": "shutting_down", "message": "the server is shutting down"}
+    c.sendall(_message({"id": rid, "ok": False, "error": error}))
+    _holdUntilClosed(c)
+
+
+def _stallsMidBody(c: socket.socket, rid: int) -> None:
+    c.sendall(_dataEvent(rid, 0, len(BIG)) + BIG[:HALF])
+    _holdUntilClosed(c)
+
+
+GET_PEER_CASES = [
+    (
+        _wrongDigest,
+        1,
+        "frames: get: d/f: SHA-256 mismatch (got {digest}, server says {zeros}); nothing was"
+        " stored [integrity_error]\n",
+        None,
+    ),
+    (
+        _cutMidBody,
+        3,
+        "frames: get: connection to {address} lost: Connection was closed cleanly\n",
+        HALF,
+    ),
+    (
+        _shutsDownMidFile,
+        1,
+        "frames: get: the server is shutting down [shutting_down]; resume with: frames --server"
+        " {address} get --resume d/f {local}\n",
+        HALF,
+    ),
+]
+
+
+@pytest.mark.parametrize(("answer", "status", "line", "kept"), GET_PEER_CASES)
+def test_getPeer(
+    peer: Callable[[Callable[[socket.socket], None]], Peer],
+    tmp_path: Path,
+    answer: Callable[[socket.socket, int], None],
+    status: int,
+    line: str,
+    kept: int | None,
+) -> None:
+    """
+    A server whose digest is wrong (the partial is removed), that hangs up
+    in the middle of a body, or that shuts down during a download (the
+    command that resumes it): the same line and status from both paths,
+    the partial kept with what came, or removed.
+    """
+    import hashlib
+
+    p = peer(_FakeFiles(BIG, answer))
+    local = tmp_path / "copy"
+    results = []
+    for force in ("0", "1"):
+        r = frames(
+            "--server", p.address, "get", "d/f", str(local), env={quick.FORCE_TWISTED: force}
+        )
+        results.append((r.returncode, r.stdout, r.stderr.decode()))
+        assert not local.exists()
+        if kept is None:
+            assert not _partial(local).exists()
+        else:
+            assert _partial(local).read_bytes() == BIG[:kept]
+            _partial(local).unlink()
+    digest = hashlib.sha256(BIG).hexdigest()
+    expected = line.format(digest=digest, zeros="0" * 64, address=p.address, local=local)
+    assert results[0] == results[1] == (status, b"", expected)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_getInterrupted(
+    peer: Callable[[Callable[[socket.socket], None]], Peer], tmp_path: Path, signum: int
+) -> None:
+    """
+    Interrupted in the middle of a body: 128+N, the partial kept with
+    (at most) what came, and the same line with the command that resumes
+    the download on both paths.
+    """
+    fake = _FakeFiles(BIG, _stallsMidBody)
+    p = peer(fake)
+    local = tmp_path / "copy"
+
+    def asked(cli: subprocess.Popen[bytes]) -> None:
+        assert fake.asked.wait(DEADLINE)
+        fake.asked.clear()
+
+    argv = ["--server", p.address, "get", "-q", "d/f", str(local)]
+    quickResult, twistedResult = _signalled(argv, signum, asked)
+    name = signal.Signals(signum).name
+    expected = (
+        f"frames: get d/f interrupted ({name}); partial {_partial(local)} kept; resume with:"
+        f" frames --server {p.address} get --resume -q d/f {local}\n"
+    )
+    assert quickResult == twistedResult == (128 + signum, b"", expected.encode())
+    assert BIG.startswith(_partial(local).read_bytes())
+    assert not local.exists()

@@ -217,8 +217,9 @@ class ImportBudgetTests(SynchronousTestCase):
 
 class QuickImportTests(SynchronousTestCase):
     """
-    C{frames ping}, C{run}, C{ls}, C{stat}, C{rm} and C{mkdir}, over plain
-    TCP or mutual TLS, with a login or without, take the quick path: none of
+    C{frames ping}, C{run}, C{ls}, C{stat}, C{rm}, C{mkdir} and C{get} of
+    one file, over plain TCP or mutual TLS, with a login or without, take
+    the quick path: none of
     L{QUICK_NOT_LOADED}.
     """
 
@@ -262,7 +263,7 @@ class QuickImportTests(SynchronousTestCase):
     def test_plain(self) -> None:
         """
         C{ping}, C{--json ping -c 2}, C{run -- true}, C{mkdir}, C{ls},
-        C{stat} and C{rm} over plain TCP.
+        C{stat}, C{rm} and C{get} over plain TCP.
         """
         server = self.serve()
         self.assertQuick("--server", server.address, "ping")
@@ -272,6 +273,12 @@ class QuickImportTests(SynchronousTestCase):
         self.assertQuick("--server", server.address, "ls")
         self.assertQuick("--server", server.address, "stat", "d")
         self.assertQuick("--server", server.address, "rm", "d")
+        with open(os.path.join(server.root, "f"), "wb") as f:
+            f.write(b"x" * 3000)
+        back = os.path.join(self.tmp, "back")
+        self.assertQuick("--server", server.address, "get", "f", back)
+        with open(back, "rb") as f:
+            self.assertEqual(f.read(), b"x" * 3000)
 
     def test_login(self) -> None:
         """
@@ -287,7 +294,7 @@ class QuickImportTests(SynchronousTestCase):
 
     def test_tlsAndLogin(self) -> None:
         """
-        C{ping} and C{run} over mutual TLS, without and with a login (whose
+        C{ping}, C{run} and C{get} over mutual TLS, without and with a login (whose
         channel binding the quick path computes without pyOpenSSL), and
         the standard library's TLS loaded instead.
         """
@@ -320,6 +327,12 @@ class QuickImportTests(SynchronousTestCase):
         modules = self.assertQuick(*tls, "--secret-file", secret, "ping")
         self.assertIn("ssl", modules)
         self.assertQuick(*tls, "--secret-file", secret, "run", "--", "true")
+        with open(os.path.join(server.root, "f"), "wb") as f:
+            f.write(b"y" * 3000)
+        back = os.path.join(self.tmp, "back")
+        self.assertQuick(*tls, "--secret-file", secret, "get", "-q", "f", back)
+        with open(back, "rb") as f:
+            self.assertEqual(f.read(), b"y" * 3000)
         server.waitFor(r"login: .*user=alice")
 
 

@@ -28,11 +28,11 @@ from twisted_frames import wire
 from twisted_frames.client import FramesClient
 from twisted_frames.files import service as files
 from twisted_frames.files import store as filestore
+from twisted_frames.files.blocking import PARTIAL_PREFIX
 from twisted_frames.files.client import FileClient, LocalError, checkRemoteName, localPartialName
 from twisted_frames.files.paths import checkPath, partialName
 from twisted_frames.files.service import FileService
 from twisted_frames.files.store import (
-    PARTIAL_PREFIX,
     FileSource,
     FileWriter,
     errorFromOSError,

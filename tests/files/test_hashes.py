@@ -22,9 +22,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_frames import wire
 from twisted_frames.fields import ABSENT, Field
+from twisted_frames.files.blocking import HASHES, newHash
 from twisted_frames.files.client import FileClient, chooseHash
 from twisted_frames.files.service import FileService
-from twisted_frames.files.store import HASHES, newHash, synchronousRunner
+from twisted_frames.files.store import synchronousRunner
 from twisted_frames.server import FramesServerFactory, Operation, Request, operation
 from twisted_frames.wire import ErrorCode, FramesError
 

@@ -23,10 +23,10 @@ from zope.interface import implementer
 from tests.serverprocess import ServerProcess
 from tests.serverprocess import frames as runFrames
 from twisted_frames.client import connect
+from twisted_frames.files.blocking import PARTIAL_PREFIX
 from twisted_frames.files.client import FileClient
 from twisted_frames.files.paths import partialName
 from twisted_frames.files.service import FileService
-from twisted_frames.files.store import PARTIAL_PREFIX
 from twisted_frames.server import FramesServerFactory
 from twisted_frames.wire import ErrorCode, FramesError
 

@@ -38,6 +38,7 @@ from .progress import TransferBar, humanSize, transferRate
 # down every start of frames.
 if TYPE_CHECKING:
     from ..files.client import FileClient
+    from ..files.local import LocalError
     from ..files.tree import TreeResult
 
 
@@ -79,7 +80,7 @@ def register(sub: Any) -> None:
 
 
 #: The transfer hashes C{--hash} takes: the keys of
-#: L{twisted_frames.files.store.HASHES}, written out so that building the
+#: L{twisted_frames.files.blocking.HASHES}, written out so that building the
 #: parser imports no hashing (a test keeps the two the same).
 HASH_NAMES = ("blake3", "sha256")
 
@@ -494,8 +495,7 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         bar.close()
         return _reportFile(ui, "put", local, result["path"], result, started, {"local": local})
     except LocalError as e:
-        ui.error(f"put: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
-        return EXIT_REMOTE
+        return reportLocalError(ui, "put", e)
     except FramesError as e:
         if resumable is not None and e.code == ErrorCode.SHUTTING_DOWN:
             return _shuttingDown(ui, args, e, resumable)
@@ -568,14 +568,10 @@ async def _intoRemoteDir(files: FileClient, given: str, remote: str, base: str) 
 async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     from ..files.client import FileClient, LocalError
 
-    remote = _remote(args.remote)
-    base = remote.rsplit("/", 1)[-1]
-    local = args.local if args.local is not None else (base or ".")
+    remote, base, local = getTarget(args)
     if local == "-" and (args.recursive or args.resume):
         ui.error(f"get: {_stdioFlags(args)} to stdout", {"code": "usage"})
         return EXIT_USAGE
-    if local != "-" and not args.recursive and os.path.isdir(local):
-        local = os.path.join(local, base)
     if local == "-":
         _during(args, f"get {remote}")
     elif args.recursive:
@@ -612,19 +608,14 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
             return _reportTree(ui, "get", tree, started)
         info = await files.stat(remote)
         if info.get("type") == "directory":
-            ui.error(
-                f"get: {remote or '/'} is a directory (use -r)",
-                {"code": ErrorCode.IS_A_DIRECTORY, "path": remote},
-            )
-            return EXIT_USAGE
+            return reportIsADirectory(ui, remote)
         resumable = ["get", remote, local]
         bar = TransferBar(args, int(info.get("size", 0)), base)
         result = await files.getFile(remote, local, args.force, args.resume, bar)
         bar.close()
         return _reportFile(ui, "get", remote, local, result, started, {})
     except LocalError as e:
-        ui.error(f"get: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
-        return EXIT_REMOTE
+        return reportLocalError(ui, "get", e)
     except FramesError as e:
         if resumable is not None and e.code == ErrorCode.SHUTTING_DOWN:
             return _shuttingDown(ui, args, e, resumable)
@@ -633,3 +624,36 @@ async def _get(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         if bar is not None:
             bar.close()
         await client.close()
+
+
+def getTarget(args: argparse.Namespace) -> tuple[str, str, str]:
+    """
+    What C{frames get} downloads where: the remote path (normalised), its
+    last segment, and the local target (C{-} for stdout; into a local
+    directory under the remote name, unless C{-r}).
+    """
+    remote = _remote(args.remote)
+    base = remote.rsplit("/", 1)[-1]
+    local = args.local if args.local is not None else (base or ".")
+    if local != "-" and not args.recursive and os.path.isdir(local):
+        local = os.path.join(local, base)
+    return remote, base, local
+
+
+def reportIsADirectory(ui: UI, remote: str) -> int:
+    """
+    Refuse C{frames get} of a remote directory without C{-r}.
+    """
+    ui.error(
+        f"get: {remote or '/'} is a directory (use -r)",
+        {"code": ErrorCode.IS_A_DIRECTORY, "path": remote},
+    )
+    return EXIT_USAGE
+
+
+def reportLocalError(ui: UI, op: str, e: LocalError) -> int:
+    """
+    Report a transfer's local failure (L{LocalError}) of C{op}.
+    """
+    ui.error(f"{op}: {e.message} [{e.code}]", {"code": e.code, "message": e.message})
+    return EXIT_REMOTE

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.cli.test_quick -*-
 """
-The quick path of the C{frames} CLI: C{ping}, C{run}, C{ls}, C{stat}, C{rm}
-and C{mkdir} over one blocking socket, without Twisted.
+The quick path of the C{frames} CLI: C{ping}, C{run}, C{ls}, C{stat}, C{rm},
+C{mkdir} and C{get} of one file over one blocking socket, without Twisted.
 
 A command that makes one connection and a few requests spends most of its
 wall time importing Twisted's reactor, Deferreds and (with TLS) pyOpenSSL
@@ -12,19 +12,32 @@ halves of L{twisted_frames.auth.client}, the frame and header codec, limits
 and greeting checks of L{twisted_frames.wire}, and the output and failure
 wording of the Twisted path's own modules (L{twisted_frames.cli.ping},
 L{twisted_frames.cli.commands}, L{twisted_frames.cli.failures},
-L{twisted_frames.cli.base.Interruption}), so that the two paths print the
-same things and exit with the same statuses.
+L{twisted_frames.cli.base.Interruption}, the report functions of
+L{twisted_frames.cli.files}), so that the two paths print the same things
+and exit with the same statuses.
+
+C{frames get} of one file to a local path downloads as
+L{twisted_frames.files.client.FileClient.getFile} does, with the same
+pieces (L{twisted_frames.files.local}, L{twisted_frames.files.blocking}):
+C{stat} first, the hidden partial file, the hash the greeting offers (or
+C{--hash}), C{--resume} from the partial, the digest checked against the
+final reply, fsync and rename.  Each C{data} event's body is received with
+C{recv_into} into one reused buffer (L{BODY_BUFFER}), each fill hashed and
+written in one go.  C{get -r} and C{get REMOTE -} (stdout) raise
+L{Fallback}.
 
 L{applies} says when it is used: a verb of L{VERBS}, a C{--server} of the
 form C{HOST:PORT} (an endpoint string such as C{tcp:...}, C{unix:...} or
 C{ssl:...} goes to Twisted), and C{FRAMES_TWISTED} unset (or C{0}).  Where
 it meets something it cannot do the same way before it has printed or
 asked for anything (a TLS file the standard library cannot read, no way to
-compute the channel binding), it raises L{Fallback} and
+compute the channel binding, a C{get} of a tree or to stdout), it raises
+L{Fallback} and
 L{twisted_frames.cli.main.main} runs the command through Twisted instead.
 
 Signals: SIGINT and SIGTERM raise L{Interrupted} in the main thread, which
-aborts the connection and reports as L{Interruption} does (130 or 143).
+aborts the connection and reports as L{Interruption} does (130 or 143;
+for a download, with the partial kept and the command that resumes it).
 While C{frames run} has a command running, SIGINT instead asks the server
 to signal it (C{SIGINT}, then C{SIGKILL}; a third hangs up), as
 L{twisted_frames.cli.commands.runRemote} does: the handler only records the
@@ -50,10 +63,33 @@ from .. import wire
 from ..auth.client import checkServerProof, loginFields
 from ..auth.hmac import BINDING_NONE, BINDING_TLS, EXPORTER_LABEL
 from ..commands.result import CommandResult, StdinWindow
+from ..files.blocking import (
+    chooseHash,
+    closeQuietly,
+    hashFields,
+    hashPrefix,
+    newHash,
+    writeAll,
+)
+from ..files.local import (
+    LocalError,
+    checkDataEvent,
+    checkReceived,
+    commitLocal,
+    downloadResult,
+    localPartialName,
+    mismatchDiscarded,
+    openPartial,
+    partialTooLong,
+    refuseExisting,
+    unlinkQuietly,
+    verifyDownload,
+)
 from ..wire import ErrorCode, FramesError, NoGreeting, ProtocolViolation
 from . import commands, files, keys, ping
-from .base import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, Interruption
+from .base import EXIT_OK, EXIT_REMOTE, EXIT_USAGE, UI, Interruption, interruptionOf
 from .failures import CannotConnect, Lost, NoAnswer, reportFailure
+from .progress import TransferBar
 
 if TYPE_CHECKING:
     import ssl
@@ -199,6 +235,10 @@ def main(args: argparse.Namespace, ui: UI) -> int | None:
     @return: its exit status, or C{None} if it must run through Twisted
         instead (L{Fallback}).
     """
+    # What the command does, for the line an interruption prints (a
+    # download says what it keeps with files._during, as on the Twisted
+    # path).
+    args.interruption = Interruption(None, args, ui)
     signals = Signals()
     signals.install()
     try:
@@ -222,7 +262,7 @@ def _reportInterruption(args: argparse.Namespace, ui: UI, signum: int) -> int:
     """
     Say what was interrupted, as L{Interruption} does, and return 128 + N.
     """
-    interruption = Interruption(None, args, ui)
+    interruption = interruptionOf(args) or Interruption(None, args, ui)
     interruption.signal = signum
     return interruption.report()
 
@@ -346,16 +386,18 @@ class Connection:
         del self._buffer[:n]
         return data
 
-    def readMessage(
+    def readHeader(
         self,
         deadline: float | None,
         onTimeout: Callable[[], Exception] = NoAnswer,
         greeting: bool = False,
-    ) -> tuple[dict[str, Any], bytes]:
+    ) -> tuple[dict[str, Any], int]:
         """
-        Read one message (a header frame and a body frame), with the
-        limits of the Twisted client (L{twisted_frames.client.CLIENT_LIMITS}).
+        Read the header frame of a message, with the limits of the Twisted
+        client (L{twisted_frames.client.CLIENT_LIMITS}), and its body's
+        length prefix.
 
+        @return: the header and the length of the body that follows.
         @param greeting: it is the first one: two bytes that start a TLS
             record mean a TLS server (L{NoGreeting}), and a frame that
             cannot start a greeting means the peer is no twisted-frames
@@ -386,8 +428,82 @@ class Connection:
             raise
         self._fill(wire.PREFIX_LENGTH, deadline, onTimeout)
         (bodyLength,) = wire.PREFIX.unpack(self._take(wire.PREFIX_LENGTH))
+        return header, bodyLength
+
+    def readMessage(
+        self,
+        deadline: float | None,
+        onTimeout: Callable[[], Exception] = NoAnswer,
+        greeting: bool = False,
+    ) -> tuple[dict[str, Any], bytes]:
+        """
+        Read one message (a header frame and a body frame), with the
+        limits of the Twisted client (L{twisted_frames.client.CLIENT_LIMITS}).
+
+        @param greeting: see L{readHeader}.
+        """
+        header, bodyLength = self.readHeader(deadline, onTimeout, greeting)
         self._fill(bodyLength, deadline, onTimeout)
         return header, self._take(bodyLength)
+
+    def receiveBody(
+        self, length: int, buffer: bytearray, consume: Callable[[memoryview], None]
+    ) -> None:
+        """
+        Receive a body of C{length} bytes (after L{readHeader}) into
+        C{buffer}, reused for every piece: C{consume} gets each piece as the
+        buffer fills (what was read along with the header first), with no
+        copy of what comes after.  No deadline, as on the Twisted path.
+
+        @raise Exception: as L{_fill} does at the end of the stream.
+        """
+        if self._buffer:
+            head = self._take(min(len(self._buffer), length))
+            length -= len(head)
+            consume(memoryview(head))
+        view = memoryview(buffer)
+        while length:
+            want = min(len(view), length)
+            filled = 0
+            try:
+                while filled < want:
+                    filled += self._receiveInto(view[filled:want])
+            except BaseException:
+                # Lost, closed or interrupted: keep what came.
+                if filled:
+                    consume(view[:filled])
+                raise
+            consume(view[:want])
+            length -= want
+
+    def _receiveInto(self, view: memoryview) -> int:
+        """
+        Read what the socket has into C{view}, or wait until it has some.
+
+        @return: how many bytes were read (0 after a wait).
+        @raise Exception: as L{_fill} does at the end of the stream.
+        """
+        try:
+            got = self.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            got = -1
+        except OSError as e:
+            if not _wouldBlock(e):
+                raise self._lost(e) from None
+            got = -1
+        if got > 0:
+            return got
+        if got == 0:
+            self._eof = True
+            if self.serverError is not None:
+                raise self.serverError
+            raise Lost(_DONE)
+        waitFor: list[Any] = [self.sock, self.signals.wakeFD]
+        readable, _, _ = select.select(waitFor, [], [])
+        if self.signals.wakeFD in readable:
+            self.signals.drain()
+            self.onWake()
+        return 0
 
     def reply(self, rid: int, deadline: float | None) -> tuple[dict[str, Any], bytes]:
         """
@@ -909,12 +1025,149 @@ def _eachPath(
     return verb
 
 
+#: The buffer a download's body is received into, reused for every piece:
+#: each fill is hashed and written in one go.
+BODY_BUFFER = 2 * 1024 * 1024
+
+
+def _get(args: argparse.Namespace, ui: UI, signals: Signals) -> int:
+    """
+    C{frames get} of one remote file to a local path, as
+    L{twisted_frames.cli.files} does it; C{-r} and C{-} (stdout) run
+    through Twisted.
+    """
+    if args.recursive:
+        raise Fallback()
+    remote, base, local = files.getTarget(args)
+    if local == "-":
+        raise Fallback()
+    files._during(args, f"get {remote}", ["get", remote, local], localPartialName(local))
+    with connect(args, signals) as connection:
+        # The put/get arguments that resume the transfer under way, for the
+        # server's shutdown (as in the Twisted path's).
+        resumable: list[str] | None = None
+        bar: TransferBar | None = None
+        started = time.monotonic()
+        try:
+            rid = connection.request("stat", {"path": remote})
+            info, _ = connection.reply(rid, time.monotonic() + args.timeout)
+            if info.get("type") == "directory":
+                signals.raising = False
+                return files.reportIsADirectory(ui, remote)
+            resumable = ["get", remote, local]
+            bar = TransferBar(args, int(info.get("size", 0)), base)
+            result = _getFile(connection, remote, local, args, bar)
+            bar.close()
+            signals.raising = False
+            return files._reportFile(ui, "get", remote, local, result, started, {})
+        except LocalError as e:
+            signals.raising = False
+            return files.reportLocalError(ui, "get", e)
+        except FramesError as e:
+            if resumable is not None and e.code == ErrorCode.SHUTTING_DOWN:
+                signals.raising = False
+                return files._shuttingDown(ui, args, e, resumable)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _getFile(
+    connection: Connection,
+    remote: str,
+    local: str,
+    args: argparse.Namespace,
+    progress: Callable[[int], None],
+) -> dict[str, Any]:
+    """
+    Download C{remote} to C{local} through its hidden partial file, verified
+    and renamed into place, as L{twisted_frames.files.client.FileClient.getFile}
+    does (the same pieces of L{twisted_frames.files.local}).
+    """
+    name = chooseHash(connection.greeting, args.hash)
+    refuseExisting(local, args.force)
+    part = localPartialName(local)
+    fd, offset = openPartial(part, args.resume)
+    try:
+        hasher = newHash(name)
+        if offset:
+            hashPrefix(fd, offset, hasher)
+            progress(offset)
+        try:
+            header = _download(connection, remote, fd, offset, hasher, progress, name)
+        except FramesError as e:
+            if not partialTooLong(e, offset):
+                raise
+            # The partial is longer than the remote file: start over.
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            hasher = newHash(name)
+            progress(-offset)
+            offset = 0
+            header = _download(connection, remote, fd, 0, hasher, progress, name)
+        try:
+            digest = verifyDownload(remote, name, hasher, header)
+        except LocalError as e:
+            unlinkQuietly(part)
+            raise mismatchDiscarded(e) from None
+        commitLocal(fd, part, local, args.force)
+        fd = -1
+    except FramesError:
+        # As on the Twisted path: no empty partial left after a refusal.
+        if fd >= 0 and os.fstat(fd).st_size == 0:
+            unlinkQuietly(part)
+        raise
+    finally:
+        if fd >= 0:
+            closeQuietly(fd)
+    return downloadResult(header, name, digest, local, offset)
+
+
+def _download(
+    connection: Connection,
+    remote: str,
+    fd: int,
+    offset: int,
+    hasher: Any,
+    progress: Callable[[int], None],
+    name: str,
+) -> dict[str, Any]:
+    """
+    Ask for C{remote} from C{offset} and write its C{data} events to C{fd}
+    at its position, hashing them.
+
+    @return: the final reply's header.
+    """
+    rid = connection.request("get", {"path": remote, "offset": offset, **hashFields(name)})
+    buffer = bytearray(BODY_BUFFER)
+    position = offset
+
+    def consume(view: memoryview) -> None:
+        hasher.update(view)
+        writeAll(fd, view)
+        progress(len(view))
+
+    while True:
+        header, length = connection.readHeader(None)
+        if header.get("id") == rid and "event" in header:
+            checkDataEvent(header, position)
+            position += length
+            connection.receiveBody(length, buffer, consume)
+            continue
+        connection.receiveBody(length, buffer, lambda view: None)
+        if connection._isFinal(header, rid):
+            checkReceived(remote, position, header)
+            return header
+
+
 #: The verbs the quick path runs, by name.
 VERBS: dict[str, Callable[[argparse.Namespace, UI, Signals], int]] = {
     "ping": _ping,
     "run": _run,
     "ls": _ls,
     "stat": _stat,
+    "get": _get,
     "rm": _eachPath("rm", lambda path: ("delete", {"path": path}), files._removed),
     "mkdir": _eachPath(
         "mkdir", lambda path: ("mkdir", {"path": path, "parents": True}), files.describeMkdir

@@ -27,30 +27,40 @@ from twisted.python.failure import Failure
 from ..bodies import DirectReceiver
 from ..client import FramesClient
 from ..protocol import BodySink
-from ..wire import ErrorCode, FramesError, ProtocolViolation
-from .local import (
-    ALREADY_EXISTS_HINT,
-    LocalError,
-    checkRemoteName,
-    commitLocal,
-    localPartialName,
-    openPartial,
-    openRegular,
-    unlinkQuietly,
-)
-from .store import (
-    DEFAULT_HASH,
-    DEFAULT_SEGMENT,
-    HASH_TITLES,
-    HASHES,
-    FileSource,
-    FileWriter,
-    ThreadRunner,
+from ..wire import ErrorCode, FramesError
+from .blocking import (
+    checkKnown,
+    chooseHash,
     closeQuietly,
-    defaultRunner,
+    hashFields,
     hashPrefix,
     newHash,
     readExact,
+    withDigest,
+)
+from .local import (
+    ALREADY_EXISTS_HINT,
+    LocalError,
+    checkDataEvent,
+    checkReceived,
+    checkRemoteName,
+    commitLocal,
+    downloadResult,
+    localPartialName,
+    mismatchDiscarded,
+    openPartial,
+    openRegular,
+    partialTooLong,
+    refuseExisting,
+    unlinkQuietly,
+    verifyDownload,
+)
+from .store import (
+    DEFAULT_SEGMENT,
+    FileSource,
+    FileWriter,
+    ThreadRunner,
+    defaultRunner,
     tuneTransport,
 )
 from .tree import OnFile, TreeResult, getTree, putTree
@@ -75,90 +85,6 @@ SMALL_FILE = 1024 * 1024
 STREAM_CHUNK = 8 * 1024 * 1024
 
 Progress = Callable[[int], None]
-
-
-def chooseHash(greeting: dict[str, Any], forced: str | None = None) -> str:
-    """
-    The transfer hash to use with a server: C{forced} if given, else the
-    first of L{HASHES} (fastest first) that the greeting's C{hashes} lists.
-    A greeting without C{hashes} (a server of before the negotiation)
-    offers SHA-256 only.
-
-    @raise ValueError: if C{forced} is not a hash this client has.
-    @raise FramesError: C{unsupported_hash} if the server does not offer
-        C{forced}.
-    """
-    offered = greeting.get("hashes")
-    if not isinstance(offered, list):
-        offered = [DEFAULT_HASH]
-    if forced is not None:
-        _checkKnown(forced)
-        if forced not in offered:
-            names = ", ".join(str(n) for n in offered)
-            raise FramesError(
-                ErrorCode.UNSUPPORTED_HASH,
-                f"the server does not offer hash {forced} (it has {names})",
-                hash=forced,
-                hashes=offered,
-            )
-        return forced
-    for name in HASHES:
-        if name in offered:
-            return name
-    # A server offering only hashes this client does not know still
-    # verifies SHA-256, the protocol's first hash, without being asked.
-    return DEFAULT_HASH
-
-
-def _checkKnown(name: str) -> None:
-    """
-    @raise ValueError: if C{name} is not a hash this client has.
-    """
-    if name not in HASHES:
-        raise ValueError(f"unknown hash {name!r} (this client has {', '.join(HASHES)})")
-
-
-def _hashFields(name: str, digest: str | None = None) -> dict[str, str]:
-    """
-    The request fields naming a transfer's hash (and carrying its digest):
-    SHA-256 in the first protocol's way (C{sha256} only), so that servers
-    of before the negotiation understand it; any other by C{hash} and
-    C{digest}.
-    """
-    if name == DEFAULT_HASH:
-        return {} if digest is None else {"sha256": digest}
-    if digest is None:
-        return {"hash": name}
-    return {"hash": name, "digest": digest}
-
-
-def _verifyDownload(remote: str, name: str, hasher: Any, header: dict[str, Any]) -> str:
-    """
-    Compare what a download hashed to with the server's final reply.
-
-    @return: C{hasher}'s digest.
-    @raise LocalError: C{integrity_error} if the reply's digest (of the hash
-        asked for) differs.
-    """
-    got: str = hasher.hexdigest()
-    if name == DEFAULT_HASH:
-        says = header.get("sha256")
-    else:
-        says = header.get("digest") if header.get("hash") == name else None
-    if got != says:
-        raise LocalError(
-            ErrorCode.INTEGRITY_ERROR,
-            f"{remote}: {HASH_TITLES[name]} mismatch (got {got}, server says {says})",
-        )
-    return got
-
-
-def _withDigest(header: dict[str, Any], name: str, digest: str) -> dict[str, Any]:
-    """
-    A transfer's result: the server's final reply, with C{hash} and
-    C{digest} whichever way the server sent them.
-    """
-    return {**header, "hash": name, "digest": digest}
 
 
 class _DownloadSink(BodySink):
@@ -230,12 +156,7 @@ class _Download:
                 self.producer.resumeProducing()
 
     def sinkFor(self, header: dict[str, Any], length: int) -> BodySink:
-        if header.get("event") != "data" or header.get("offset") != self.position:
-            raise ProtocolViolation(
-                ErrorCode.BAD_REQUEST,
-                f"unexpected event {header.get('event')!r} at offset {header.get('offset')!r}"
-                f" (expected data at {self.position})",
-            )
+        checkDataEvent(header, self.position)
         self.position += length
         return _DownloadSink(self, length)
 
@@ -248,7 +169,7 @@ class FileClient:
     @param runInThread: runs local disk work and hashing off the reactor.
     @param segmentSize: the largest body of one upload message.
     @param hash: the transfer hash to verify with (a key of
-        L{HASHES<twisted_frames.files.store.HASHES>}); by default the fastest
+        L{HASHES<twisted_frames.files.blocking.HASHES>}); by default the fastest
         the server offers too (L{chooseHash}).
     @raise ValueError: for a C{hash} this client does not have.
     """
@@ -261,7 +182,7 @@ class FileClient:
         hash: str | None = None,
     ) -> None:
         if hash is not None:
-            _checkKnown(hash)
+            checkKnown(hash)
         self.client = client
         self.forcedHash = hash
         tuneTransport(client.protocol.transport)
@@ -380,12 +301,12 @@ class FileClient:
         if offset:
             await self.run(hashPrefix, fd, offset, hasher)
         fields: dict[str, Any] = {"path": remote, "size": size, "overwrite": overwrite}
-        fields.update(_hashFields(name))
+        fields.update(hashFields(name))
         if offset == 0 and size <= SMALL_FILE:
             data = await self.run(_readAndHash, fd, size, hasher)
             reply = await self.client.request(
                 "put",
-                {**fields, "offset": 0, "final": True, **_hashFields(name, hasher.hexdigest())},
+                {**fields, "offset": 0, "final": True, **hashFields(name, hasher.hexdigest())},
                 data,
             )
             if progress is not None:
@@ -409,9 +330,9 @@ class FileClient:
                 pos += n
             reply = await self.client.request(
                 "put",
-                {**fields, "offset": size, "final": True, **_hashFields(name, hasher.hexdigest())},
+                {**fields, "offset": size, "final": True, **hashFields(name, hasher.hexdigest())},
             )
-        result = _withDigest(reply.header, name, hasher.hexdigest())
+        result = withDigest(reply.header, name, hasher.hexdigest())
         result["resumed_from"] = offset
         return result
 
@@ -435,7 +356,7 @@ class FileClient:
         """
         name = self.transferHash()
         hasher = newHash(name)
-        fields: dict[str, Any] = {"path": remote, "overwrite": overwrite, **_hashFields(name)}
+        fields: dict[str, Any] = {"path": remote, "overwrite": overwrite, **hashFields(name)}
         pos = 0
         while True:
             # Hashed where it is read, in the worker thread: never on the
@@ -451,7 +372,7 @@ class FileClient:
                         "offset": 0,
                         "final": True,
                         "size": len(chunk),
-                        **_hashFields(name, hasher.hexdigest()),
+                        **hashFields(name, hasher.hexdigest()),
                     },
                     chunk,
                 )
@@ -467,7 +388,7 @@ class FileClient:
                         "offset": pos,
                         "final": True,
                         "size": pos,
-                        **_hashFields(name, hasher.hexdigest()),
+                        **hashFields(name, hasher.hexdigest()),
                     },
                 )
                 break
@@ -475,7 +396,7 @@ class FileClient:
             pos += len(chunk)
             if progress is not None:
                 progress(len(chunk))
-        result = _withDigest(reply.header, name, hasher.hexdigest())
+        result = withDigest(reply.header, name, hasher.hexdigest())
         result["resumed_from"] = 0
         return result
 
@@ -500,8 +421,7 @@ class FileClient:
             partial is then deleted).
         """
         name = self.transferHash()
-        if not overwrite and os.path.lexists(local):
-            raise LocalError(ErrorCode.ALREADY_EXISTS, f"{local}: {ALREADY_EXISTS_HINT}")
+        refuseExisting(local, overwrite)
         part = localPartialName(local)
         fd, offset = await self.run(openPartial, part, resume)
         try:
@@ -513,7 +433,7 @@ class FileClient:
             try:
                 reply = await self._download(remote, fd, offset, hasher, progress, name)
             except FramesError as e:
-                if not offset or e.code != ErrorCode.INVALID_ARGUMENT or "size" not in e.details:
+                if not partialTooLong(e, offset):
                     raise
                 # The partial is longer than the remote file: start over.
                 await self.run(os.ftruncate, fd, 0)
@@ -525,10 +445,10 @@ class FileClient:
                 reply = await self._download(remote, fd, 0, hasher, progress, name)
             header = reply
             try:
-                digest = _verifyDownload(remote, name, hasher, header)
+                digest = verifyDownload(remote, name, hasher, header)
             except LocalError as e:
                 await self.run(unlinkQuietly, part)
-                raise LocalError(e.code, f"{e.message}; nothing was stored") from None
+                raise mismatchDiscarded(e) from None
             await self.run(commitLocal, fd, part, local, overwrite)
             fd = -1
         except FramesError:
@@ -540,10 +460,7 @@ class FileClient:
         finally:
             if fd >= 0:
                 closeQuietly(fd)
-        result = _withDigest(header, name, digest)
-        result["local"] = local
-        result["resumed_from"] = offset
-        return result
+        return downloadResult(header, name, digest, local, offset)
 
     async def getStream(
         self, remote: str, fd: int, progress: Progress | None = None
@@ -555,7 +472,7 @@ class FileClient:
         name = self.transferHash()
         hasher = newHash(name)
         header = await self._download(remote, fd, 0, hasher, progress, name)
-        return _withDigest(header, name, _verifyDownload(remote, name, hasher, header))
+        return withDigest(header, name, verifyDownload(remote, name, hasher, header))
 
     async def _download(
         self,
@@ -570,7 +487,7 @@ class FileClient:
         try:
             reply = await self.client.request(
                 "get",
-                {"path": remote, "offset": offset, **_hashFields(name)},
+                {"path": remote, "offset": offset, **hashFields(name)},
                 eventSink=download.sinkFor,
             )
         finally:
@@ -580,12 +497,7 @@ class FileClient:
                 pass
         if download.writer.error is not None:
             download.writer.error.raiseException()
-        if download.position != reply.header.get("size"):
-            raise FramesError(
-                ErrorCode.INTEGRITY_ERROR,
-                f"{remote}: received {download.position} bytes, server says "
-                f"{reply.header.get('size')}",
-            )
+        checkReceived(remote, download.position, reply.header)
         return reply.header
 
     # -- trees ------------------------------------------------------------------

@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.files.test_local_partial -*-
 """
 The local side of the file client: its errors, the hidden partial file a
-download is written to and its commit into place, and the checks on names
-that come from the server before they become local file names.
+download is written to, its check against the server's digest and its
+commit into place, and the checks on names that come from the server
+before they become local file names.  Without Twisted: the CLI's quick
+path (L{twisted_frames.cli.quick}) downloads with it too.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import os
 import stat
 from typing import Any
 
-from ..wire import ErrorCode
-from .store import PARTIAL_PREFIX
+from ..wire import ErrorCode, FramesError, ProtocolViolation
+from .blocking import DEFAULT_HASH, HASH_TITLES, PARTIAL_PREFIX, withDigest
 
 #: What an existing target's error says, for C{put} and C{get} alike.
 ALREADY_EXISTS_HINT = "already exists (use -f/--force to overwrite)"
@@ -156,6 +158,95 @@ def commitLocal(fd: int, part: str, local: str, overwrite: bool) -> None:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def verifyDownload(remote: str, name: str, hasher: Any, header: dict[str, Any]) -> str:
+    """
+    Compare what a download hashed to with the server's final reply.
+
+    @return: C{hasher}'s digest.
+    @raise LocalError: C{integrity_error} if the reply's digest (of the hash
+        asked for) differs.
+    """
+    got: str = hasher.hexdigest()
+    if name == DEFAULT_HASH:
+        says = header.get("sha256")
+    else:
+        says = header.get("digest") if header.get("hash") == name else None
+    if got != says:
+        raise LocalError(
+            ErrorCode.INTEGRITY_ERROR,
+            f"{remote}: {HASH_TITLES[name]} mismatch (got {got}, server says {says})",
+        )
+    return got
+
+
+def refuseExisting(local: str, overwrite: bool) -> None:
+    """
+    Refuse to download over an existing C{local} unless C{overwrite}.
+
+    @raise LocalError: C{already_exists}.
+    """
+    if not overwrite and os.path.lexists(local):
+        raise LocalError(ErrorCode.ALREADY_EXISTS, f"{local}: {ALREADY_EXISTS_HINT}")
+
+
+def partialTooLong(error: FramesError, offset: int) -> bool:
+    """
+    Whether C{error}, the answer to a C{get} resumed at C{offset}, says the
+    local partial is longer than the remote file (start over from 0).
+    """
+    return bool(offset) and error.code == ErrorCode.INVALID_ARGUMENT and "size" in error.details
+
+
+def checkDataEvent(header: dict[str, Any], position: int) -> None:
+    """
+    Check that an event of a download is its next C{data} event, the one
+    at C{position}.
+
+    @raise ProtocolViolation: C{bad_request} if it is not.
+    """
+    if header.get("event") != "data" or header.get("offset") != position:
+        raise ProtocolViolation(
+            ErrorCode.BAD_REQUEST,
+            f"unexpected event {header.get('event')!r} at offset {header.get('offset')!r}"
+            f" (expected data at {position})",
+        )
+
+
+def checkReceived(remote: str, position: int, header: dict[str, Any]) -> None:
+    """
+    Check that a download ends where the final reply says the file does.
+
+    @param position: where the last data event ended.
+    @raise FramesError: C{integrity_error} if it does not.
+    """
+    if position != header.get("size"):
+        raise FramesError(
+            ErrorCode.INTEGRITY_ERROR,
+            f"{remote}: received {position} bytes, server says {header.get('size')}",
+        )
+
+
+def mismatchDiscarded(error: LocalError) -> LocalError:
+    """
+    The error of a download whose digest did not match (L{verifyDownload}),
+    once its partial is removed.
+    """
+    return LocalError(error.code, f"{error.message}; nothing was stored")
+
+
+def downloadResult(
+    header: dict[str, Any], name: str, digest: str, local: str, offset: int
+) -> dict[str, Any]:
+    """
+    A verified download's result: the server's final reply with C{hash},
+    C{digest}, C{local} and C{resumed_from}.
+    """
+    result = withDigest(header, name, digest)
+    result["local"] = local
+    result["resumed_from"] = offset
+    return result
 
 
 def unlinkQuietly(path: str) -> None:

@@ -18,10 +18,8 @@ from typing import Any, NamedTuple, NoReturn
 
 from ..fields import Field
 from ..wire import ErrorCode, FramesError
-from .store import (
-    PARTIAL_PREFIX,
-    errorFromOSError,
-)
+from .blocking import PARTIAL_PREFIX
+from .store import errorFromOSError
 
 #: Longest path segment, in UTF-8 bytes (Linux's NAME_MAX).
 MAX_NAME = 255

@@ -55,6 +55,15 @@ from ..fields import ABSENT, Count, Field, Flag, HexDigits
 from ..protocol import BodySink
 from ..server import Operation, Request, ServerProtocol, Service, operation
 from ..wire import ErrorCode, FramesError
+from .blocking import (
+    DEFAULT_HASH,
+    HASH_TITLES,
+    HASHES,
+    PARTIAL_PREFIX,
+    closeQuietly,
+    hashPrefix,
+    newHash,
+)
 from .paths import (
     _DIR_FLAGS,
     PathField,
@@ -67,19 +76,12 @@ from .paths import (
     removeUnlockedPartial,
 )
 from .store import (
-    DEFAULT_HASH,
     DEFAULT_SEGMENT,
-    HASH_TITLES,
-    HASHES,
-    PARTIAL_PREFIX,
     FileSource,
     FileWriter,
     ThreadRunner,
-    closeQuietly,
     defaultRunner,
     errorFromOSError,
-    hashPrefix,
-    newHash,
     tuneTransport,
 )
 

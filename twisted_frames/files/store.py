@@ -13,13 +13,11 @@ C{runInThread} callable) so that tests can run everything synchronously.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import blake3
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
@@ -28,13 +26,16 @@ from zope.interface import implementer
 from ..bodies import DirectReceiver
 from ..protocol import BodySink
 from ..wire import ErrorCode, FramesError
+from .blocking import (
+    READ_CHUNK,
+    ShortRead,
+    readExact,
+    writeAll,
+)
 
 #: C{runInThread(f, *args) -> Deferred}: runs C{f} away from the reactor.
 ThreadRunner = Callable[..., "defer.Deferred[Any]"]
 
-#: Bytes read from disk per worker-thread job when sending: big enough that
-#: the per-job overhead is noise, small enough to keep memory flat.
-READ_CHUNK = 1024 * 1024
 #: Chunks read ahead of the network.
 READ_AHEAD = 2
 #: Bytes hashed per worker-thread job when the body goes out with
@@ -59,9 +60,6 @@ TRANSPORT_IO_SIZE = 1024 * 1024
 #: Bytes a writer may hold queued before it pauses its feeder.
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 
-#: Names starting with this are the server's own partial uploads: never
-#: listed, never addressable by a client.
-PARTIAL_PREFIX = ".frames-partial-"
 #: Largest body of one C{get} data event: files beyond it (and beyond the
 #: 4 GiB - 1 a frame can carry) are sent as several events.
 DEFAULT_SEGMENT = 1 << 30
@@ -112,16 +110,6 @@ def errorFromOSError(e: OSError, path: str) -> FramesError:
     if e.errno == errno.ELOOP:
         reason = "a symbolic link is in the way (links are not followed)"
     return FramesError(code, f"{path or '/'}: {reason}", path=path)
-
-
-def writeAll(fd: int, data: bytes | memoryview) -> None:
-    """
-    Write all of C{data} to C{fd}, looping over short writes.
-    """
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def writeVectors(fd: int, chunks: list[bytes]) -> None:
@@ -387,32 +375,6 @@ class WriterSink(BodySink):
         self.writer.drain().addBoth(failed).chainDeferred(self.done)
 
 
-class ShortRead(FramesError):
-    """
-    The file shrank while it was being sent.
-    """
-
-
-def readExact(fd: int, offset: int, n: int) -> bytes:
-    """
-    Read exactly C{n} bytes at C{offset}.
-
-    @raise ShortRead: if the file ends first.
-    """
-    data = os.pread(fd, n, offset)
-    if len(data) < n:
-        parts = [data]
-        got = len(data)
-        while got < n:
-            more = os.pread(fd, n - got, offset + got)
-            if not more:
-                raise ShortRead(ErrorCode.IO_ERROR, "the file shrank while being read")
-            parts.append(more)
-            got += len(more)
-        data = b"".join(parts)
-    return data
-
-
 def readInto(fd: int, offset: int, view: memoryview) -> None:
     """
     Fill C{view} from C{fd} at C{offset} (no new buffer per read).
@@ -426,45 +388,6 @@ def readInto(fd: int, offset: int, view: memoryview) -> None:
         if not k:
             raise ShortRead(ErrorCode.IO_ERROR, "the file shrank while being read")
         got += k
-
-
-def hashPrefix(fd: int, length: int, hasher: Any, chunk: int = 4 * READ_CHUNK) -> None:
-    """
-    Feed the first C{length} bytes of C{fd} to C{hasher} (blocking: run it
-    in a worker thread).
-    """
-    pos = 0
-    while pos < length:
-        n = min(chunk, length - pos)
-        hasher.update(readExact(fd, pos, n))
-        pos += n
-
-
-#: The hashes a transfer may be verified with, by their name on the wire,
-#: fastest first: the order a client prefers them in, and the greeting's
-#: C{hashes}.  BLAKE3 runs about three times as fast as SHA-256 on one core
-#: here; its own threads (C{max_threads}) buy nothing on 1 MiB chunks with
-#: both ends of a transfer sharing two cores, so it hashes on the calling
-#: (worker) thread only.  Every digest is the hash's standard 32-byte output.
-HASHES: dict[str, Callable[[], Any]] = {
-    "blake3": blake3.blake3,
-    "sha256": hashlib.sha256,
-}
-#: The hash of a request (or a server) that names none: the only one of the
-#: protocol as first published, carried in the C{sha256} field.
-DEFAULT_HASH = "sha256"
-#: How messages for people name each hash.
-HASH_TITLES = {"blake3": "BLAKE3", "sha256": "SHA-256"}
-
-
-def newHash(name: str = DEFAULT_HASH) -> Any:
-    """
-    @param name: a key of L{HASHES}.
-    @return: a fresh hash object of that kind (C{update}, C{hexdigest},
-        and C{name}, its name on the wire).
-    @raise KeyError: for a name not in L{HASHES}.
-    """
-    return HASHES[name]()
 
 
 @implementer(IPushProducer)
@@ -747,17 +670,6 @@ class FileSource:
         self._sent += n
         if self.progress is not None:
             self.progress(n)
-
-
-def closeQuietly(fd: int | None) -> None:
-    """
-    Close C{fd}, ignoring errors (used on error paths only).
-    """
-    if fd is not None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 def tuneTransport(transport: Any) -> None:
