@@ -7,6 +7,7 @@ peer on loopback, must print the same and exit with the same status.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -14,16 +15,19 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.inmemory import makeCredentials
 from tests.serverprocess import ServerProcess, childEnv, frames
 from twisted_frames import wire
 from twisted_frames.cli import quick
@@ -1179,3 +1183,97 @@ def test_getInterrupted(
     assert quickResult == twistedResult == (128 + signum, b"", expected.encode())
     assert BIG.startswith(_partial(local).read_bytes())
     assert not local.exists()
+
+
+@contextmanager
+def _tlsPair(tmp_path: Path) -> Iterator[tuple[ssl.SSLSocket, ssl.SSLSocket]]:
+    """
+    A client and a server TLS socket of the standard library's C{ssl},
+    connected over a socket pair and past the handshake (TLS 1.3 tickets
+    read and dropped); the client is non-blocking, as the quick path's.
+    """
+    creds = makeCredentials(str(tmp_path))
+    serverContext = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    serverContext.load_cert_chain(creds.server, creds.serverKey)
+    clientContext = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    clientContext.load_verify_locations(creds.ca)
+    a, b = socket.socketpair()
+    server = serverContext.wrap_socket(b, server_side=True, do_handshake_on_connect=False)
+    client = clientContext.wrap_socket(
+        a, server_hostname="localhost", do_handshake_on_connect=False
+    )
+    shaker = threading.Thread(target=server.do_handshake)
+    shaker.start()
+    client.do_handshake()
+    shaker.join(DEADLINE)
+    server.sendall(b"!")
+    assert client.recv(1) == b"!"
+    client.setblocking(False)
+    try:
+        yield client, server
+    finally:
+        client.close()
+        server.close()
+
+
+def _until(read: Callable[[], int]) -> int:
+    """
+    Call C{read} until it gives anything but 0 (OpenSSL waits for bytes a
+    socket pair delivers at once: a few tries at most).
+    """
+    for _ in range(1000):
+        n = read()
+        if n:
+            return n
+        select.select([], [], [], 0.001)
+    raise AssertionError("nothing to read")
+
+
+def test_bulkReaderManyRecords(tmp_path: Path) -> None:
+    """
+    L{quick.bulkReader} decrypts every record the socket has into the
+    buffer in one call, byte-exact; with none, it says 0 (wait); after the
+    peer's close it leaves the end to C{recv_into}, which gives 0.
+    """
+    data = os.urandom(5 * 16384 + 123)
+    with _tlsPair(tmp_path) as (client, server):
+        reader = quick.bulkReader(client)
+        assert reader is not None
+        buf = bytearray(len(data) + 1000)
+        assert reader(memoryview(buf)) == 0
+        server.sendall(data)
+        view = memoryview(buf)
+        got = 0
+        while got < len(data):
+            got += _until(functools.partial(reader, view[got:]))
+        assert bytes(buf[:got]) == data
+        # The server's close_notify, without waiting for the client's.
+        server.setblocking(False)
+        with pytest.raises(ssl.SSLWantReadError):
+            server.unwrap()
+        assert _until(lambda: reader(view)) == -1
+        assert client.recv_into(buf) == 0
+
+
+def test_messagesReadAheadNotWaitedFor(tmp_path: Path) -> None:
+    """
+    Messages whose records OpenSSL has read ahead (L{quick.bulkReader})
+    are read by L{quick.Connection.readMessage} without waiting on the
+    socket, which has nothing more: C{pending()} does not count them.
+    """
+    messages = [({"id": n, "ok": True}, b"x" * n) for n in (1, 2, 3)]
+    signals = quick.Signals()
+    try:
+        with _tlsPair(tmp_path) as (client, server):
+            connection = quick.Connection(client, signals)
+            connection.bulk = quick.bulkReader(client)
+            for header, body in messages:
+                # A record each.
+                server.sendall(wire.encodeMessage(header, body))
+            got = [connection.readMessage(quick.time.monotonic() + DEADLINE)]
+            # The rest were read ahead with the first: the socket is empty.
+            assert select.select([client], [], [], 0)[0] == []
+            got += [connection.readMessage(quick.time.monotonic() + 0.5) for _ in range(2)]
+            assert got == messages
+    finally:
+        signals.restore()

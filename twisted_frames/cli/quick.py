@@ -286,6 +286,9 @@ class Connection:
         self._nextId = 1
         self._eof = False
         self._tls = hasattr(sock, "pending")
+        #: Decrypts many records at once into a body's buffer, when set up
+        #: for a download over TLS (L{bulkReader}).
+        self.bulk: Callable[[memoryview], int] | None = None
         self.onWake: Callable[[], None] = lambda: None
 
     # -- sending --------------------------------------------------------------------
@@ -367,9 +370,14 @@ class Connection:
                 if self.serverError is not None:
                     raise self.serverError
                 raise Lost(_DONE)
-            if self._tls and self.sock.pending():  # type: ignore[attr-defined]
+            if self._tls:
+                # OpenSSL may hold whole records already read (with read
+                # ahead, see L{bulkReader}, more than C{pending()} says):
+                # ask it before waiting on the socket.
+                before = len(self._buffer)
                 self._receive()
-                continue
+                if self._eof or len(self._buffer) > before:
+                    continue
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 raise onTimeout()
@@ -446,23 +454,23 @@ class Connection:
         self._fill(bodyLength, deadline, onTimeout)
         return header, self._take(bodyLength)
 
-    def receiveBody(
-        self, length: int, buffer: bytearray, consume: Callable[[memoryview], None]
-    ) -> None:
+    def receiveBody(self, length: int, sink: BodyPieces) -> None:
         """
-        Receive a body of C{length} bytes (after L{readHeader}) into
-        C{buffer}, reused for every piece: C{consume} gets each piece as the
-        buffer fills (what was read along with the header first), with no
-        copy of what comes after.  No deadline, as on the Twisted path.
+        Receive a body of C{length} bytes (after L{readHeader}) into the
+        buffers C{sink} lends: it gets each piece as a buffer fills (what was
+        read along with the header first), with no copy of what comes
+        after.  No deadline, as on the Twisted path.
 
-        @raise Exception: as L{_fill} does at the end of the stream.
+        @raise Exception: as L{_fill} does at the end of the stream, or
+            what C{sink} raises.
         """
         if self._buffer:
             head = self._take(min(len(self._buffer), length))
             length -= len(head)
-            consume(memoryview(head))
-        view = memoryview(buffer)
+            sink.piece(memoryview(head), None)
         while length:
+            buffer = sink.buffer()
+            view = memoryview(buffer)
             want = min(len(view), length)
             filled = 0
             try:
@@ -470,10 +478,9 @@ class Connection:
                     filled += self._receiveInto(view[filled:want])
             except BaseException:
                 # Lost, closed or interrupted: keep what came.
-                if filled:
-                    consume(view[:filled])
+                sink.piece(view[:filled], buffer)
                 raise
-            consume(view[:want])
+            sink.piece(view[:want], buffer)
             length -= want
 
     def _receiveInto(self, view: memoryview) -> int:
@@ -483,16 +490,23 @@ class Connection:
         @return: how many bytes were read (0 after a wait).
         @raise Exception: as L{_fill} does at the end of the stream.
         """
-        try:
-            got = self.sock.recv_into(view)
-        except (BlockingIOError, InterruptedError):
-            got = -1
-        except OSError as e:
-            if not _wouldBlock(e):
-                raise self._lost(e) from None
-            got = -1
+        # The bulk reader: > 0 decrypted, 0 must wait, -1 left to recv_into.
+        got = -1 if self.bulk is None else self.bulk(view)
         if got > 0:
             return got
+        if got < 0:
+            try:
+                got = self.sock.recv_into(view)
+            except (BlockingIOError, InterruptedError):
+                got = -1
+            except OSError as e:
+                if not _wouldBlock(e):
+                    raise self._lost(e) from None
+                got = -1
+            if got > 0:
+                return got
+        else:
+            got = -1
         if got == 0:
             self._eof = True
             if self.serverError is not None:
@@ -765,22 +779,17 @@ def _login(connection: Connection, secret: ClientSecret, deadline: float) -> Non
 KNOWN_SSL_LAYOUT = ((3, 11), (3, 14))
 
 
-def tlsExporter(sock: socket.socket) -> bytes:
+def _sslPointer(sock: socket.socket) -> tuple[Any, int]:
     """
-    The RFC 9266 channel binding of a TLS connection of the standard
-    library's C{ssl}: 32 bytes of its keying material exporter under
-    L{EXPORTER_LABEL}, as pyOpenSSL's C{export_keying_material} gives the
-    Twisted path and the server.
+    OpenSSL's C{SSL *} of a TLS socket of the standard library's C{ssl},
+    and OpenSSL itself as C{ctypes} finds it through the C{_ssl} module that
+    is linked against it: the field after the object header and one
+    pointer in CPython's C{PySSLSocket}, checked (C{SSL_get_fd} must give
+    the socket's descriptor) before it is given out.
 
-    Python 3.11's C{ssl} has no call for it, so it is OpenSSL's own
-    C{SSL_export_keying_material}, found through the C{_ssl} module that is
-    linked against it, on the connection's C{SSL *}: the field after the
-    object header and one pointer in CPython's C{PySSLSocket}.  That
-    pointer is checked (C{SSL_get_fd} must give the socket's descriptor)
-    before it is used.
-
-    @raise Fallback: if the pointer cannot be found or checked, or the
-        exporter fails: the Twisted path logs in instead.
+    @raise Fallback: outside the CPython versions whose C{PySSLSocket} is
+        known (L{KNOWN_SSL_LAYOUT}), or if the pointer cannot be found or
+        checked.
     """
     import _ssl
     import ctypes
@@ -797,11 +806,38 @@ def tlsExporter(sock: socket.socket) -> bytes:
     try:
         library = ctypes.CDLL(_ssl.__file__)
         getFD = library.SSL_get_fd
-        export = library.SSL_export_keying_material
     except (OSError, AttributeError):
         raise Fallback() from None
     getFD.argtypes = [ctypes.c_void_p]
     getFD.restype = ctypes.c_int
+    offset = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
+    pointer = ctypes.c_void_p.from_address(id(sslobj) + offset).value
+    if not pointer or getFD(pointer) != sock.fileno():
+        raise Fallback()
+    return library, pointer
+
+
+def tlsExporter(sock: socket.socket) -> bytes:
+    """
+    The RFC 9266 channel binding of a TLS connection of the standard
+    library's C{ssl}: 32 bytes of its keying material exporter under
+    L{EXPORTER_LABEL}, as pyOpenSSL's C{export_keying_material} gives the
+    Twisted path and the server.
+
+    Python 3.11's C{ssl} has no call for it, so it is OpenSSL's own
+    C{SSL_export_keying_material} on the connection's C{SSL *}
+    (L{_sslPointer}).
+
+    @raise Fallback: if the pointer cannot be found or checked, or the
+        exporter fails: the Twisted path logs in instead.
+    """
+    import ctypes
+
+    library, pointer = _sslPointer(sock)
+    try:
+        export = library.SSL_export_keying_material
+    except AttributeError:
+        raise Fallback() from None
     export.argtypes = [
         ctypes.c_void_p,
         ctypes.c_char_p,
@@ -813,14 +849,88 @@ def tlsExporter(sock: socket.socket) -> bytes:
         ctypes.c_int,
     ]
     export.restype = ctypes.c_int
-    offset = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
-    pointer = ctypes.c_void_p.from_address(id(sslobj) + offset).value
-    if not pointer or getFD(pointer) != sock.fileno():
-        raise Fallback()
     out = ctypes.create_string_buffer(32)
     if export(pointer, out, 32, EXPORTER_LABEL, len(EXPORTER_LABEL), None, 0, 0) != 1:
         raise Fallback()
     return out.raw
+
+
+#: The ciphertext OpenSSL reads from the socket at a time during a
+#: download's body, with read ahead on (L{bulkReader}): many records.
+READ_AHEAD = 256 * 1024
+
+
+#: OpenSSL's C{SSL_ERROR_WANT_READ}.
+_SSL_ERROR_WANT_READ = 2
+
+
+def bulkReader(sock: socket.socket) -> Callable[[memoryview], int] | None:
+    """
+    Set a TLS socket of the standard library's C{ssl} up for a download's
+    body, and return a reader that decrypts into a buffer every whole
+    record OpenSSL can get without waiting, in one call.
+
+    Without this, OpenSSL reads each record's 5-byte header and then its
+    body, two system calls per 16 KiB, and C{recv_into} gives one record
+    per call through several Python frames.  Here OpenSSL reads ahead (as
+    much ciphertext as the socket has, up to L{READ_AHEAD}, per C{read()}),
+    and the reader calls C{SSL_read} on the connection's C{SSL *}
+    (L{_sslPointer}) into the caller's buffer until it is full or OpenSSL
+    would wait, with the GIL released around each call (so the download's
+    writer thread runs meanwhile).  Records read ahead wait in OpenSSL,
+    which L{Connection._fill} asks before waiting on the socket.
+
+    The reader returns how many bytes it decrypted (> 0), 0 if OpenSSL
+    needs more from the socket first, or -1 for anything else, for which
+    the caller asks C{recv_into}, which reads the same state and raises (or
+    returns 0 for the peer's close) as the standard library does.
+
+    @return: the reader, or C{None} where L{_sslPointer} cannot find the
+        connection or this OpenSSL lacks the calls (the body is then read
+        with C{recv_into}).
+    """
+    import ctypes
+
+    try:
+        library, pointer = _sslPointer(sock)
+        setReadAhead = library.SSL_set_read_ahead
+        setBufferLength = library.SSL_set_default_read_buffer_len
+        read = library.SSL_read
+        getError = library.SSL_get_error
+    except (Fallback, AttributeError):
+        return None
+    setReadAhead.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    setReadAhead.restype = None
+    setBufferLength.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    setBufferLength.restype = None
+    read.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    read.restype = ctypes.c_int
+    getError.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    getError.restype = ctypes.c_int
+    setBufferLength(pointer, READ_AHEAD)
+    setReadAhead(pointer, 1)
+    char = ctypes.c_char
+    addressOf = ctypes.addressof
+
+    def reader(view: memoryview) -> int:
+        size = len(view)
+        target = (char * size).from_buffer(view)
+        base = addressOf(target)
+        done = 0
+        result = 0
+        try:
+            while done < size:
+                result = read(pointer, base + done, size - done)
+                if result <= 0:
+                    break
+                done += result
+        finally:
+            del target
+        if done:
+            return done
+        return 0 if getError(pointer, result) == _SSL_ERROR_WANT_READ else -1
+
+    return reader
 
 
 # -- the verbs ------------------------------------------------------------------------
@@ -1030,6 +1140,98 @@ def _eachPath(
 BODY_BUFFER = 2 * 1024 * 1024
 
 
+class BodyPieces:
+    """
+    Where L{Connection.receiveBody} puts a body: the buffers it lends, and
+    what it does with each filled piece.  This one drops them, into one
+    reused buffer.
+    """
+
+    def __init__(self) -> None:
+        self._scratch = bytearray(BODY_BUFFER)
+
+    def buffer(self) -> bytearray:
+        """
+        @return: a buffer to receive the next piece into.
+        """
+        return self._scratch
+
+    def piece(self, view: memoryview, buffer: bytearray | None) -> None:
+        """
+        A piece received into C{buffer} (C{None}: bytes read with the
+        header); the buffer may not be written to until L{buffer} gives it
+        again.
+        """
+
+
+class FileWriter(BodyPieces):
+    """
+    The pieces of a download hashed and written to its file by a thread of
+    their own, while the next piece is received into another buffer: two
+    buffers of L{BODY_BUFFER} go back and forth.  A hash or write error
+    stops the writing (the file holds what was written before it) and is
+    raised on the main thread by the next L{buffer} or L{finish}.
+    Progress is reported on the main thread, as pieces arrive.
+    """
+
+    def __init__(self, fd: int, hasher: Any, progress: Callable[[int], None]) -> None:
+        self._fd = fd
+        self._hasher = hasher
+        self._progress = progress
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(2):
+            self._free.put(bytearray(BODY_BUFFER))
+        self._pieces: queue.SimpleQueue[tuple[memoryview, bytearray | None] | None] = (
+            queue.SimpleQueue()
+        )
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._write, name="frames get writer", daemon=True
+        )
+        self._thread.start()
+
+    def buffer(self) -> bytearray:
+        buffer = self._free.get()
+        if self.error is not None:
+            self._free.put(buffer)
+            raise self.error
+        return buffer
+
+    def piece(self, view: memoryview, buffer: bytearray | None) -> None:
+        if len(view):
+            self._progress(len(view))
+        self._pieces.put((view, buffer))
+
+    def _write(self) -> None:
+        while True:
+            item = self._pieces.get()
+            if item is None:
+                return
+            view, buffer = item
+            try:
+                if self.error is None and len(view):
+                    self._hasher.update(view)
+                    writeAll(self._fd, view)
+            except BaseException as e:
+                self.error = e
+            finally:
+                del view
+                if buffer is not None:
+                    self._free.put(buffer)
+
+    def finish(self, raising: bool = True) -> None:
+        """
+        Wait until every piece is written (at once if already done); raise
+        the write error, if any and C{raising}.
+        """
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._pieces.put(None)
+            thread.join()
+        if raising and self.error is not None:
+            raise self.error
+
+
 def _get(args: argparse.Namespace, ui: UI, signals: Signals) -> int:
     """
     C{frames get} of one remote file to a local path, as
@@ -1139,26 +1341,30 @@ def _download(
 
     @return: the final reply's header.
     """
+    if connection._tls and connection.bulk is None:
+        connection.bulk = bulkReader(connection.sock)
     rid = connection.request("get", {"path": remote, "offset": offset, **hashFields(name)})
-    buffer = bytearray(BODY_BUFFER)
     position = offset
-
-    def consume(view: memoryview) -> None:
-        hasher.update(view)
-        writeAll(fd, view)
-        progress(len(view))
-
-    while True:
-        header, length = connection.readHeader(None)
-        if header.get("id") == rid and "event" in header:
-            checkDataEvent(header, position)
-            position += length
-            connection.receiveBody(length, buffer, consume)
-            continue
-        connection.receiveBody(length, buffer, lambda view: None)
-        if connection._isFinal(header, rid):
-            checkReceived(remote, position, header)
-            return header
+    writer = FileWriter(fd, hasher, progress)
+    discard = BodyPieces()
+    try:
+        while True:
+            header, length = connection.readHeader(None)
+            if header.get("id") == rid and "event" in header:
+                checkDataEvent(header, position)
+                position += length
+                connection.receiveBody(length, writer)
+                continue
+            connection.receiveBody(length, discard)
+            if connection._isFinal(header, rid):
+                writer.finish()
+                checkReceived(remote, position, header)
+                return header
+    finally:
+        # What was received is in the file before anything is said of it
+        # (a partial kept for resume holds all of it); a write error is
+        # raised unless something else already is.
+        writer.finish(raising=sys.exc_info()[0] is None)
 
 
 #: The verbs the quick path runs, by name.
