@@ -9,13 +9,14 @@ which owns the reactor; L{GatheringTests} runs under Trial too.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, main, task
+from twisted.internet import defer, task
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -123,6 +124,20 @@ async def test_noWriteWatch(pair: tuple[ServerProtocol, FramesClient]) -> None:
     assert clientWatch.calls == 1
 
 
+class _Socket:
+    """
+    A connection's socket with its C{send} replaced (the direct send and
+    the transport's own writes both send through it).
+    """
+
+    def __init__(self, real: Any, send: Any) -> None:
+        self._real = real
+        self.send = send
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
 @pytest_twisted.ensureDeferred
 async def test_partialSend(pair: tuple[ServerProtocol, FramesClient]) -> None:
     """
@@ -131,7 +146,7 @@ async def test_partialSend(pair: tuple[ServerProtocol, FramesClient]) -> None:
     """
     server, client = pair
     transport = server.transport
-    original = transport.writeSomeData
+    original = transport.socket.send
     short = [True]
 
     def fewBytes(data: Any) -> Any:
@@ -140,7 +155,7 @@ async def test_partialSend(pair: tuple[ServerProtocol, FramesClient]) -> None:
             return original(data[:3])
         return original(data)
 
-    transport.writeSomeData = fewBytes
+    transport.socket = _Socket(transport.socket, fewBytes)
     bodies = [b"first", b"second", b"x" * 100_000]
     assert await _pingChain(client, bodies) == bodies
     assert not short[0]
@@ -157,7 +172,11 @@ async def test_sendErrorLosesTheConnection(pair: tuple[ServerProtocol, FramesCli
     """
     server, client = pair
     transport = server.transport
-    transport.writeSomeData = lambda data: main.CONNECTION_LOST
+
+    def reset(data: Any) -> int:
+        raise ConnectionResetError(errno.ECONNRESET, "reset")
+
+    transport.socket = _Socket(transport.socket, reset)
     reasons: list[Failure] = []
     connectionLost = server.connectionLost
 

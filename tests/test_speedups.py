@@ -200,6 +200,68 @@ class TCPTests(SynchronousTestCase):
         self.assertEqual(fasttcp.unsent(self.conn), len(wire.encodeMessage({"id": 1})))
         self.assertEqual(fasttcp.unsent(object()), 0)
 
+    def test_directSendsOnTheSocket(self) -> None:
+        """
+        On a plain TCP connection the direct send is one C{socket.send}, not
+        a call of the transport's C{writeSomeData}.
+        """
+        force(self, True)
+        calls: list[bytes] = []
+        self.conn.writeSomeData = calls.append  # type: ignore[assignment,method-assign]
+        self.assertEqual(fasttcp.sendDirect(self.conn, b"x" * 10), b"")
+        self.assertEqual(calls, [])
+        self.assertEqual(self.peer.recv(100), b"x" * 10)
+
+    def test_directSocketFull(self) -> None:
+        """
+        A socket that takes nothing now leaves all of the data for the
+        transport, and the connection as it was.
+        """
+        force(self, True)
+        self.conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        while True:
+            try:
+                self.conn.socket.send(b"x" * 65536)
+            except BlockingIOError:
+                break
+        doRead = self.conn.doRead
+        self.assertEqual(fasttcp.sendDirect(self.conn, b"y" * 10), b"y" * 10)
+        self.assertEqual(self.conn.doRead, doRead)
+
+    def test_directOverSendLimit(self) -> None:
+        """
+        More than the transport's C{SEND_LIMIT} goes through its own
+        C{writeSomeData}, which sends at most that much.
+        """
+        force(self, True)
+        self.conn.SEND_LIMIT = 4
+        self.assertEqual(fasttcp.sendDirect(self.conn, b"abcdefgh"), b"efgh")
+        self.assertEqual(self.peer.recv(100), b"abcd")
+
+    def test_directOwnWriteSomeData(self) -> None:
+        """
+        A connection whose class has a C{writeSomeData} of its own (as a
+        UNIX socket's does) sends through it.
+        """
+        force(self, True)
+        calls: list[bytes] = []
+
+        class Own(tcp.Connection):
+            def writeSomeData(self, data: bytes) -> int:
+                calls.append(bytes(data))
+                return super().writeSomeData(data)  # type: ignore[return-value]
+
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        ours.setblocking(False)
+        conn = Own(ours, FrameProtocol(), cast(Any, MemoryReactor()))
+        conn.connected = 1
+        self.assertTrue(fasttcp.canSendDirect(conn))
+        self.assertEqual(fasttcp.sendDirect(conn, b"x" * 10), b"")
+        self.assertEqual(calls, [b"x" * 10])
+        self.assertEqual(theirs.recv(100), b"x" * 10)
+
     def test_resetSeenByDirectSendIsLost(self) -> None:
         """
         A reset that a send around the transport meets is reported once by

@@ -545,8 +545,10 @@ class FrameProtocol(Int32StringReceiver):
         """
         Hand C{data} on, frame by frame: each state's step takes what it
         needs from C{pos} and says where the next one starts (C{-1}: stop).
+        The steps slice C{data} itself (bytes, or a view kept unread): a
+        slice of bytes is its one copy, with no view made for a read of
+        small messages.
         """
-        view = memoryview(data)
         end = len(data)
         pos = 0
         unpack = _unpackPrefix
@@ -554,7 +556,7 @@ class FrameProtocol(Int32StringReceiver):
             if self._closing:
                 return
             if self._pauseCount or self._held or self._messagesStarted >= self._turnEnd:
-                self._keepUnread(view, pos, end)
+                self._keepUnread(data, pos, end)
                 return
             state = self._state
             if state == _HEADER_PREFIX and end - pos >= 8 and not self._prefix:
@@ -570,7 +572,7 @@ class FrameProtocol(Int32StringReceiver):
                         header = (
                             data[pos + 4 : bodyAt]
                             if type(data) is bytes
-                            else bytes(view[pos + 4 : bodyAt])
+                            else bytes(data[pos + 4 : bodyAt])
                         )
                         if self._parsesHeaders:
                             # stringReceived, without the call: every
@@ -584,22 +586,22 @@ class FrameProtocol(Int32StringReceiver):
                         pos = bodyAt
                         if self._closing or self._pauseCount or self._held:
                             continue
-                        self._startBody(bodyLength, data, bodyStart, view)
+                        self._startBody(bodyLength, data, bodyStart)
                         if self._state == _HEADER_PREFIX:
                             pos = bodyStart + bodyLength
                         else:
                             pos = bodyStart
                         continue
             if state == _BODY:
-                pos = self._consumeBody(data, view, pos, end)
+                pos = self._consumeBody(data, pos, end)
             elif state == _HEADER:
-                pos = self._consumeHeader(view, pos, end)
+                pos = self._consumeHeader(data, pos, end)
             else:
-                pos = self._consumePrefix(state, data, view, pos, end)
+                pos = self._consumePrefix(state, data, pos, end)
                 if pos < 0:
                     return
 
-    def _keepUnread(self, view: memoryview, pos: int, end: int) -> None:
+    def _keepUnread(self, data: bytes | memoryview, pos: int, end: int) -> None:
         """
         Reading is paused, held, or this turn is over: keep the rest of
         the read for later.
@@ -609,10 +611,10 @@ class FrameProtocol(Int32StringReceiver):
         # A view, not a copy: a sink pausing at every message of one large
         # read must not make the rest of the read be re-copied each time
         # (quadratic, like ticket #6358).
-        self._unread.appendleft(view[pos:])
+        self._unread.appendleft(memoryview(data)[pos:])
         self._unreadBytes += end - pos
 
-    def _consumeBody(self, data: bytes | memoryview, view: memoryview, pos: int, end: int) -> int:
+    def _consumeBody(self, data: bytes | memoryview, pos: int, end: int) -> int:
         """
         Body bytes, to the body's sink.
         """
@@ -620,7 +622,7 @@ class FrameProtocol(Int32StringReceiver):
         if take == end and type(data) is bytes:
             chunk = data
         else:
-            chunk = bytes(view[pos : pos + take])
+            chunk = bytes(data[pos : pos + take])
         self._remaining -= take
         sink = self._sink
         assert sink is not None
@@ -630,12 +632,12 @@ class FrameProtocol(Int32StringReceiver):
             sink.bodyData(chunk)
         return pos + take
 
-    def _consumeHeader(self, view: memoryview, pos: int, end: int) -> int:
+    def _consumeHeader(self, data: bytes | memoryview, pos: int, end: int) -> int:
         """
         Part of a header frame split across reads, into the header buffer.
         """
         take = min(self._remaining, end - pos)
-        self._headerBuf += view[pos : pos + take]
+        self._headerBuf += data[pos : pos + take]
         self._remaining -= take
         if self._remaining == 0:
             header = bytes(self._headerBuf)
@@ -644,9 +646,7 @@ class FrameProtocol(Int32StringReceiver):
             self.stringReceived(header)
         return pos + take
 
-    def _consumePrefix(
-        self, state: int, data: bytes | memoryview, view: memoryview, pos: int, end: int
-    ) -> int:
+    def _consumePrefix(self, state: int, data: bytes | memoryview, pos: int, end: int) -> int:
         """
         A header's or a body's length prefix (perhaps split across reads),
         and what it starts.
@@ -657,7 +657,7 @@ class FrameProtocol(Int32StringReceiver):
             pos += 4
         else:
             take = min(4 - len(self._prefix), end - pos)
-            self._prefix += view[pos : pos + take]
+            self._prefix += data[pos : pos + take]
             if len(self._prefix) < 4:
                 return -1
             pos += take
@@ -666,7 +666,7 @@ class FrameProtocol(Int32StringReceiver):
         if state != _HEADER_PREFIX:
             # Fast path: a small body entirely in this read is handed over
             # without a sink's bookkeeping.
-            self._startBody(length, data, pos, view)
+            self._startBody(length, data, pos)
             return pos + length if self._state == _HEADER_PREFIX else pos
         if length > self.limits.maxHeader:
             self._refuseLength(length)
@@ -676,7 +676,7 @@ class FrameProtocol(Int32StringReceiver):
             # case for small messages), so it is parsed straight from it,
             # without the header buffer.
             self._state = _BODY_PREFIX
-            self.stringReceived(bytes(view[pos : pos + length]))
+            self.stringReceived(bytes(data[pos : pos + length]))
             return pos + length
         self._state = _HEADER
         self._remaining = length
@@ -685,9 +685,7 @@ class FrameProtocol(Int32StringReceiver):
             self.stringReceived(b"")
         return pos
 
-    def _startBody(
-        self, length: int, data: bytes | memoryview, pos: int, view: memoryview
-    ) -> None:
+    def _startBody(self, length: int, data: bytes | memoryview, pos: int) -> None:
         self._messagesStarted += 1
         header = self._header
         self._header = {}
@@ -709,7 +707,7 @@ class FrameProtocol(Int32StringReceiver):
             return
         if type(sink) is BufferSink and len(data) - pos >= length:
             self._state = _HEADER_PREFIX
-            sink._done(bytes(view[pos : pos + length]))
+            sink._done(bytes(data[pos : pos + length]))
             return
         producer = _ReceiveProducer(self)
         self._sink = sink

@@ -368,7 +368,7 @@ class Request:
         @return: a Deferred firing when a streamed body has been sent.
         """
         if isinstance(body, (bytes, bytearray, memoryview)):  # noqa: UP038 (a tuple is faster)
-            self._replyNow(fields, bytes(body))
+            self._replyNow(bytes(body), fields)
             return defer.succeed(None)
         if self.cancelled:
             body.stopProducing()
@@ -378,10 +378,11 @@ class Request:
         self._finish("ok")
         return sent
 
-    def _replyNow(self, fields: dict[str, Any] | None, body: bytes) -> None:
+    def _replyNow(self, body: bytes, fields: dict[str, Any] | None = None) -> None:
         """
         L{reply} with a bytes body, without the Deferred: for the server's
-        own replies, where nobody waits for it.
+        own replies, where nobody waits for it.  (The body first: without
+        fields this is what a L{BufferSink} of the echo calls.)
         """
         if self.cancelled:
             return
@@ -760,7 +761,7 @@ class ServerProtocol(FrameProtocol, TimeoutMixin):
                 # (FrameProtocol._sourceDone); nobody else waits for it.
                 request.reply(result.fields, result.body).addErrback(lambda _: None)
             elif isinstance(result, dict):
-                request._replyNow(result, b"")
+                request._replyNow(b"", result)
             else:
                 raise TypeError(f"handler returned {result!r}")
         except Exception:
@@ -881,7 +882,7 @@ class PingService(Service):
         threshold = request.connection.limits.bufferThreshold
         if request.bodyLength <= threshold:
             # (Request.reply without its Deferred, which nobody here waits for.)
-            return BufferSink(lambda body: request._replyNow(None, body))
+            return BufferSink(request._replyNow)
         pipe = Pipe(request.bodyLength)
         # A failure here (connection lost mid-echo) is already handled by the
         # connection; nobody else waits for this Deferred.
