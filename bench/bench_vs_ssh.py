@@ -25,7 +25,9 @@ It then measures, alternating the tools round by round:
     exchange or TLS handshake and login are in every figure, as a user sees it;
   - whole-process wall time of C{ssh host true} (a full key exchange and
     login), C{frames ping} and C{frames run -- true} over plain TCP, and both
-    with mutual TLS and login; C{python -c pass} as the floor.
+    with mutual TLS and login; C{python -c pass} as the floor; and the
+    copy of a 4 KiB file, C{frames get} (mutual TLS and login; also through
+    Twisted) against C{scp}.
 
 It prints the machine facts, the figures and the ratios against the goals of
 issue 12, and with C{--json} writes them all.  Where C{sshd} is not installed
@@ -54,6 +56,8 @@ from harness import FRAMES, MiB, checkoutEnv
 
 SSHD = "/usr/sbin/sshd"
 CIPHER = "aes128-gcm@openssh.com"
+#: The small file whose copy is timed with the command lines.
+SMALL_FILE = 4096
 INSTALL_HINT = "apt-get install openssh-server openssh-client"
 #: The privilege-separation directory Debian's sshd chroots into.
 PRIVSEP_DIR = "/run/sshd"
@@ -291,6 +295,10 @@ class Bench:
         os.makedirs(self.root)
         # The file the gets read: the same bytes, inside the frames root.
         shutil.copyfile(self.src, os.path.join(self.root, "src.bin"))
+        # A small file, for the wall time of copying one (start-up bound).
+        self.small = os.path.join(work, "small.bin")
+        harness.makeFile(self.small, SMALL_FILE)
+        shutil.copyfile(self.small, os.path.join(self.root, "small.bin"))
         self.creds = harness.Credentials(os.path.join(work, "creds"))
         self.sshd: ThrowawaySSHD | None = None
         self.tls: harness.FrameServer | None = None
@@ -411,6 +419,21 @@ class Bench:
                 "FRAMES_TWISTED=1",
                 *self.frames(True, "ping"),
             ],
+            # Copying a small file: frames over mutual TLS with login (the
+            # quick path, and through Twisted) against scp.
+            "frames_get_small_tls_login": self.frames(
+                True, "get", "-f", "-q", "small.bin", os.path.join(self.work, "small-got.bin")
+            ),
+            "frames_get_small_tls_login_twisted": [
+                "env",
+                "FRAMES_TWISTED=1",
+                *self.frames(
+                    True, "get", "-f", "-q", "small.bin", os.path.join(self.work, "small-tw.bin")
+                ),
+            ],
+            "scp_get_small": self.sshd.scp(
+                ":" + self.small, os.path.join(self.work, "small-scp.bin")
+            ),
         }
 
 
@@ -491,6 +514,9 @@ LABELS = {
     "frames_run_true_tls_login": "frames run -- true (TLS + login)",
     "frames_ping_twisted": "frames ping, FRAMES_TWISTED=1",
     "frames_ping_tls_login_twisted": "frames ping (TLS + login), FRAMES_TWISTED=1",
+    "frames_get_small_tls_login": "frames get 4 KiB (TLS + login)",
+    "frames_get_small_tls_login_twisted": "frames get 4 KiB (TLS + login), FRAMES_TWISTED=1",
+    "scp_get_small": "scp get 4 KiB",
 }
 
 
@@ -517,10 +543,10 @@ def report(results: dict[str, Any]) -> None:
         )
     print()
     print(f"Command-line wall time, {o['cli_runs']} runs each, alternating")
-    print(f"{'':44} {'median ms':>10} {'best ms':>8} {'max ms':>8} {'client CPU ms':>14}")
+    print(f"{'':50} {'median ms':>10} {'best ms':>8} {'max ms':>8} {'client CPU ms':>14}")
     for name, s in results["cli"].items():
         print(
-            f"{LABELS[name]:44} {s['median'] * 1e3:10.0f} {s['best'] * 1e3:8.0f} "
+            f"{LABELS[name]:50} {s['median'] * 1e3:10.0f} {s['best'] * 1e3:8.0f} "
             f"{s['max'] * 1e3:8.0f} {s['client_cpu_s']['median'] * 1e3:14.0f}"
         )
     print("(client CPU: user + system time of the command's own processes, medians)")
