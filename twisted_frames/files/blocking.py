@@ -23,6 +23,10 @@ from ..wire import ErrorCode, FramesError
 #: the per-job overhead is noise, small enough to keep memory flat.
 READ_CHUNK = 1024 * 1024
 
+#: Files up to this size are read whole and sent in one message (one round
+#: trip); larger ones are streamed in segments followed by a commit message.
+SMALL_FILE = 1024 * 1024
+
 #: Names starting with this are the server's own partial uploads: never
 #: listed, never addressable by a client.
 PARTIAL_PREFIX = ".frames-partial-"
