@@ -600,7 +600,7 @@ def intoRemoteDir(given: str, remote: str, base: str, info: dict[str, Any] | Non
     (C{base}) and the header of C{remote}'s C{stat} (C{None} if refused or
     not asked, see L{needsRemoteStat}): under C{base} in a directory.
     """
-    from ..files.tree import joinRemote
+    from ..files.blocking import joinRemote
 
     if not needsRemoteStat(given, remote):
         return joinRemote(remote, base)
