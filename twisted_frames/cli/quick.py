@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.cli.test_quick -*-
 """
 The quick path of the C{frames} CLI: C{ping}, C{run}, C{ls}, C{stat}, C{rm},
-C{mkdir} and C{get} of one file over one blocking socket, without Twisted.
+C{mkdir}, C{get} of one file and C{put} of one small file over one blocking
+socket, without Twisted.
 
 A command that makes one connection and a few requests spends most of its
 wall time importing Twisted's reactor, Deferreds and (with TLS) pyOpenSSL
@@ -26,18 +27,30 @@ C{recv_into} into one reused buffer (L{BODY_BUFFER}), each fill hashed and
 written in one go.  C{get -r} and C{get REMOTE -} (stdout) raise
 L{Fallback}.
 
+C{frames put} of one local regular file of at most L{QUICK_PUT_MAX} bytes
+(C{SMALL_FILE}, 1 MiB: the files L{twisted_frames.files.client.FileClient.putFile}
+sends in one message) uploads as C{putFile} does: REMOTE resolved by
+L{twisted_frames.cli.files.intoRemoteDir} (with the C{stat} it needs), the
+hash the greeting offers (or C{--hash}), one C{put} with the whole body,
+C{final} and the digest, the same report.  A larger file (decided from an
+C{os.stat} before connecting), C{put -r}, C{put -} (stdin) and
+C{put --resume} raise L{Fallback}: larger uploads stream segments, over TLS
+from a thread of their own on the Twisted side.
+
 L{applies} says when it is used: a verb of L{VERBS}, a C{--server} of the
 form C{HOST:PORT} (an endpoint string such as C{tcp:...}, C{unix:...} or
 C{ssl:...} goes to Twisted), and C{FRAMES_TWISTED} unset (or C{0}).  Where
 it meets something it cannot do the same way before it has printed or
 asked for anything (a TLS file the standard library cannot read, no way to
-compute the channel binding, a C{get} of a tree or to stdout), it raises
+compute the channel binding, a C{get} of a tree or to stdout, a C{put} of
+a tree, of stdin or of a larger file), it raises
 L{Fallback} and
 L{twisted_frames.cli.main.main} runs the command through Twisted instead.
 
 Signals: SIGINT and SIGTERM raise L{Interrupted} in the main thread, which
 aborts the connection and reports as L{Interruption} does (130 or 143;
-for a download, with the partial kept and the command that resumes it).
+for a download, with the partial kept and the command that resumes it;
+for an upload, with the command that resumes it).
 While C{frames run} has a command running, SIGINT instead asks the server
 to signal it (C{SIGINT}, then C{SIGKILL}; a third hangs up), as
 L{twisted_frames.cli.commands.runRemote} does: the handler only records the
