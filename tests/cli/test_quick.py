@@ -683,7 +683,8 @@ def test_forcedAndEndpointStrings() -> None:
         assert not quick.applies(parse(["--server", "tcp:host=h:port=1", "ping"]))
         assert not quick.applies(parse(["--server", "unix:path=/s", "ping"]))
         assert quick.applies(parse(["--server", "h:1", "ls"]))
-        assert not quick.applies(parse(["--server", "h:1", "put", "a"]))
+        assert quick.applies(parse(["--server", "h:1", "put", "a"]))
+        assert not quick.applies(parse(["--server", "h:1", "udp-echo", "a"]))
         assert quick.applies(parse(["--server", "h:1", "get", "a", "b"]))
         for value, applies in (("", True), ("0", True), ("1", False), ("yes", False)):
             os.environ[quick.FORCE_TWISTED] = value
@@ -1277,3 +1278,369 @@ def test_messagesReadAheadNotWaitedFor(tmp_path: Path) -> None:
             assert got == messages
     finally:
         signals.restore()
+
+
+# -- frames put ---------------------------------------------------------------------
+
+#: A file sent whole in one message by both paths (the quick path's
+#: largest, L{quick.QUICK_PUT_MAX}), the same in every run.
+SMALL = bytes(range(251)) * (quick.QUICK_PUT_MAX // 251) + b"e" * (quick.QUICK_PUT_MAX % 251)
+
+
+def _putFiles(root: Path, local: Path) -> None:
+    """
+    The server's files of L{_files} and nothing where the cases of
+    L{PUT_CASES} upload to; the local files C{local/small} (L{SMALL}),
+    C{local/hello} and the directory C{local/dir}.
+    """
+    _files(root)
+    for name in ("small", "hello", "new"):
+        for where in (root, root / "d"):
+            if (where / name).exists():
+                (where / name).unlink()
+    if local.exists():
+        shutil.rmtree(local)
+    (local / "dir").mkdir(parents=True)
+    (local / "small").write_bytes(SMALL)
+    (local / "hello").write_bytes(b"hello")
+
+
+def bothPut(
+    address: str, root: Path, local: Path, *argv: str, prepare: Callable[[], None] = lambda: None
+) -> list[tuple[int, Any, str]]:
+    """
+    C{frames --server ADDRESS ARGV} through both paths (L{both}), from the
+    files of L{_putFiles} and then C{prepare}, for each.
+    """
+
+    def setUp() -> None:
+        _putFiles(root, local)
+        prepare()
+
+    return _getStable(both("--server", address, *argv, prepare=setUp))
+
+
+PUT_CASES: list[tuple[list[str], int, str | None, bytes | None, str]] = [
+    (["put", "{local}/small", "d"], 0, "d/small", SMALL, "blake3 "),
+    (["put", "-q", "{local}/hello"], 0, "hello", b"hello", "put {local}/hello -> hello: 5 B"),
+    (["put", "{local}/hello", "d/"], 0, "d/hello", b"hello", " -> d/hello: "),
+    (["put", "{local}/hello", "./d//new"], 0, "d/new", b"hello", " -> d/new: "),
+    (["--json", "put", "{local}/small", "new"], 0, "new", SMALL, '"hash": "blake3"'),
+    (["put", "--hash", "sha256", "{local}/hello", "d"], 0, "d/hello", b"hello", "sha256 "),
+    (["put", "{local}/nothing", "d"], 1, None, None, "put: {local}/nothing: no such file"),
+    (["--json", "put", "{local}/nothing"], 1, None, None, '"code": "not_found"'),
+    (["put", "{local}/dir", "d"], 2, None, None, "put: {local}/dir is a directory (use -r)"),
+    (["put", "{local}/hello", "../up"], 1, None, None, "[forbidden_path]"),
+    (["put", "{local}/hello", "d/f/x"], 1, None, None, "[not_a_directory]"),
+]
+
+
+@pytest.mark.parametrize(("argv", "status", "remote", "data", "words"), PUT_CASES)
+def test_put(
+    server: ServerProcess,
+    tmp_path: Path,
+    argv: list[str],
+    status: int,
+    remote: str | None,
+    data: bytes | None,
+    words: str,
+) -> None:
+    """
+    C{frames put} of one file of at most L{quick.QUICK_PUT_MAX} bytes: into a
+    remote directory (named, or with a trailing slash), under its own name,
+    under a new name, quiet, with C{--json}, with SHA-256 forced; of a local
+    path not there, of a local directory, to a forbidden path or under a
+    file: the same lines and status from both paths, the server's file byte
+    for byte.
+    """
+    root, local = Path(server.root), tmp_path / "local"
+    argv = [a.replace("{local}", str(local)) for a in argv]
+    for force in ("0", "1"):
+        _putFiles(root, local)
+        r = frames("--server", server.address, *argv, env={quick.FORCE_TWISTED: force})
+        assert r.returncode == status, (force, r.stderr)
+        if remote is not None:
+            assert (root / remote).read_bytes() == data, force
+    out, err = assertSame(bothPut(server.address, root, local, *argv), status)
+    assert words.replace("{local}", str(local)) in json.dumps(out) + err
+
+
+def test_putExisting(server: ServerProcess, tmp_path: Path) -> None:
+    """
+    An existing remote file is refused without C{-f} (the server's refusal,
+    the flag named) and left alone, and replaced with it, alike on both
+    paths.
+    """
+    root, local = Path(server.root), tmp_path / "local"
+    argv = ["put", str(local / "small"), "d/f"]
+    _, err = assertSame(bothPut(server.address, root, local, *argv), 1)
+    assert err == (
+        "frames: put: d/f: already exists (use -f/--force to overwrite) [already_exists]\n"
+    )
+    assert (root / "d" / "f").read_bytes() == b"hello"
+    out, _ = assertSame(bothPut(server.address, root, local, "put", "-f", *argv[1:]), 0)
+    assert (root / "d" / "f").read_bytes() == SMALL
+    assert out == [
+        f"put {local / 'small'} -> d/f: N MiB in N s (RATE), blake3 {_blake3(SMALL)} verified"
+    ]
+
+
+def test_putTLSLogin(secure: dict[str, str], tmp_path: Path) -> None:
+    """
+    C{put} over mutual TLS with a login: the same on both paths, and the
+    server's file byte for byte.
+    """
+    root, local = Path(secure["root"]), tmp_path / "local"
+    login = [*_tls(secure), "--secret-file", secure["secret"]]
+    results = []
+    for force in ("0", "1"):
+        _putFiles(root, local)
+        r = frames(*login, "put", str(local / "small"), env={quick.FORCE_TWISTED: force})
+        results.append(
+            (r.returncode, _getStable([(0, _stable(r.stdout.decode()), "")])[0][1], r.stderr)
+        )
+        assert (root / "small").read_bytes() == SMALL, force
+    assert results[0] == results[1]
+    assert results[0][0] == 0 and results[0][2] == b""
+
+
+def _quickPut(argv: list[str]) -> Any:
+    """
+    What L{quick.main} does with C{frames ARGV}, in this process: C{None}
+    for L{quick.Fallback}.
+    """
+    from twisted_frames.cli.base import UI
+
+    args = buildParser().parse_args(argv)
+    assert quick.applies(args)
+    return quick.main(args, UI(args.json))
+
+
+@pytest.mark.parametrize(
+    "size", [quick.QUICK_PUT_MAX + 1, 8 * 1024 * 1024 + 1], ids=["over-small", "over-8MiB"]
+)
+def test_putFallsBack(server: ServerProcess, tmp_path: Path, size: int) -> None:
+    """
+    A file larger than L{quick.QUICK_PUT_MAX}, C{put -r}, C{put -} and
+    C{put --resume} raise L{quick.Fallback} before anything is printed or
+    sent, and go through Twisted from the quick path too: the same outputs,
+    the server's file byte for byte.
+    """
+    root, local = Path(server.root), tmp_path / "local"
+    _putFiles(root, local)
+    data = (BIG * (size // len(BIG) + 1))[:size]
+    (local / "big").write_bytes(data)
+    for argv in (
+        ["put", str(local / "big"), "big"],
+        ["put", "-r", str(local), "tree"],
+        ["put", "--resume", str(local / "hello"), "x"],
+        ["put", "-", "x"],
+    ):
+        assert _quickPut(["--server", "127.0.0.1:1", *argv]) is None, argv
+
+    def bigFile() -> None:
+        (local / "big").write_bytes(data)
+        if (root / "big").exists():
+            (root / "big").unlink()
+
+    out, _ = assertSame(
+        bothPut(server.address, root, local, "put", str(local / "big"), prepare=bigFile), 0
+    )
+    assert (root / "big").read_bytes() == data
+    assert out[0].startswith(f"put {local / 'big'} -> big: ")
+
+
+def test_putBusy(server: ServerProcess, tmp_path: Path) -> None:
+    """
+    Another upload to the same name in progress (here held open between two
+    of its messages by another connection): the server's C{busy}, the same line on both paths,
+    nothing stored.
+    """
+    root, local = Path(server.root), tmp_path / "local"
+    host, port = server.address.rsplit(":", 1)
+    holding: list[socket.socket] = []
+
+    def held() -> None:
+        # After the files are set up afresh: on the partial file they leave.
+        other = socket.create_connection((host, int(port)), timeout=DEADLINE)
+        holding.append(other)
+        _readMessage(other)
+        other.sendall(_message({"op": "put", "id": 1, "path": "d/held", "final": False}, b"abc"))
+        reply, _ = _readMessage(other)
+        assert reply["have"] == 3, reply
+
+    try:
+        _, err = assertSame(
+            bothPut(
+                server.address, root, local, "put", str(local / "hello"), "d/held", prepare=held
+            ),
+            1,
+        )
+    finally:
+        for other in holding:
+            other.close()
+    assert err == "frames: put: upload of d/held already in progress [busy]\n"
+    assert not (root / "d" / "held").exists()
+
+
+class _FakeUploads:
+    """
+    A peer that greets (offering C{hashes}, or none at all, as before they
+    existed), says every C{stat} is not found, and answers a C{put} by
+    C{answer(c, header, body)}.  C{puts} keeps each C{put}'s header (without
+    its id) and body length; C{asked} is set once one came.
+    """
+
+    def __init__(
+        self,
+        answer: Callable[[socket.socket, dict[str, Any], bytes], None],
+        hashes: tuple[str, ...] | None = ("blake3", "sha256"),
+    ) -> None:
+        self.answer = answer
+        self.hashes = hashes
+        self.asked = threading.Event()
+        self.puts: list[tuple[dict[str, Any], int]] = []
+
+    def __call__(self, c: socket.socket) -> None:
+        hashes = {} if self.hashes is None else {"hashes": list(self.hashes)}
+        c.sendall(_message({**_HELLO, **hashes}))
+        while True:
+            header, body = _readMessage(c)
+            if header.get("op") == "stat":
+                error = {"code": "not_found", "message": f"{header['path']}: not found"}
+                c.sendall(_message({"id": header["id"], "ok": False, "error": error}))
+            elif header.get("op") == "put":
+                self.puts.append(({k: v for k, v in header.items() if k != "id"}, len(body)))
+                self.asked.set()
+                self.answer(c, header, body)
+                return
+
+
+def _stored(c: socket.socket, header: dict[str, Any], body: bytes) -> None:
+    reply = {"id": header["id"], "ok": True, "path": header["path"], "size": len(body)}
+    for key in ("sha256", "hash", "digest"):
+        if key in header:
+            reply[key] = header[key]
+    c.sendall(_message(reply))
+    _holdUntilClosed(c)
+
+
+def _failsWith(code: str, message: str) -> Callable[[socket.socket, dict[str, Any], bytes], None]:
+    def answer(c: socket.socket, header: dict[str, Any], body: bytes) -> None:
+        error = {"code": code, "message": message}
+        c.sendall(_message({"id": header["id"], "ok": False, "error": error}))
+        _holdUntilClosed(c)
+
+    return answer
+
+
+def _hangsUp(c: socket.socket, header: dict[str, Any], body: bytes) -> None:
+    pass
+
+
+def _holds(c: socket.socket, header: dict[str, Any], body: bytes) -> None:
+    _holdUntilClosed(c)
+
+
+PUT_PEER_CASES = [
+    (_stored, ("blake3", "sha256"), [], 0, "put {local} -> x: 5 B in N s (RATE), blake3 "),
+    (_stored, None, [], 0, "put {local} -> x: 5 B in N s (RATE), sha256 "),
+    (
+        _failsWith("integrity_error", "x: SHA-256 mismatch; nothing was stored"),
+        ("sha256",),
+        [],
+        1,
+        "frames: put: x: SHA-256 mismatch; nothing was stored [integrity_error]\n",
+    ),
+    (
+        _failsWith("no_space", "x: no space left on the server"),
+        ("blake3",),
+        [],
+        1,
+        "frames: put: x: no space left on the server [no_space]\n",
+    ),
+    (
+        _failsWith("shutting_down", "the server is shutting down"),
+        ("blake3",),
+        ["-q"],
+        1,
+        "frames: put: the server is shutting down [shutting_down]; resume with: frames --server"
+        " {address} put --resume -q {local} x\n",
+    ),
+    (_hangsUp, ("blake3",), [], 3, "frames: put: connection to {address} lost: Connection was"),
+    (
+        _stored,
+        ("sha256",),
+        ["--hash", "blake3"],
+        1,
+        "frames: put: the server does not offer hash blake3 (it has sha256) [unsupported_hash]\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(("answer", "hashes", "flags", "status", "words"), PUT_PEER_CASES)
+def test_putPeer(
+    peer: Callable[[Callable[[socket.socket], None]], Peer],
+    tmp_path: Path,
+    answer: Callable[[socket.socket, dict[str, Any], bytes], None],
+    hashes: tuple[str, ...] | None,
+    flags: list[str],
+    status: int,
+    words: str,
+) -> None:
+    """
+    A server that stores the file (offering BLAKE3, or no C{hashes} at all:
+    SHA-256 the first way), refuses it as a mismatch, for want of space or
+    at its shutdown (the command that resumes it), hangs up, or does not
+    offer the hash forced: the same request on the wire, the same lines
+    and status from both paths.
+    """
+    fake = _FakeUploads(answer, hashes)
+    p = peer(fake)
+    local = tmp_path / "hello"
+    local.write_bytes(b"hello")
+    results = _getStable(both("--server", p.address, "put", *flags, str(local), "x"))
+    out, err = assertSame(results, status)
+    assert words.format(address=p.address, local=local) in "\n".join(map(str, out)) + err
+    if "--hash" in flags:
+        assert fake.puts == []
+        return
+    assert len(fake.puts) == 2 and fake.puts[0] == fake.puts[1]
+    header, length = fake.puts[0]
+    assert length == 5
+    expected: dict[str, Any] = {"op": "put", "path": "x", "size": 5, "overwrite": False}
+    if hashes is None or hashes == ("sha256",):
+        expected.update({"offset": 0, "final": True, "sha256": header.get("sha256")})
+    else:
+        expected.update(
+            {"hash": "blake3", "offset": 0, "final": True, "digest": _blake3(b"hello")}
+        )
+    assert list(header.items()) == list(expected.items())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_putInterrupted(
+    peer: Callable[[Callable[[socket.socket], None]], Peer], tmp_path: Path, signum: int
+) -> None:
+    """
+    Interrupted while waiting for the server's answer: 128+N and the same
+    line, with the command that resumes the upload (the server keeps what
+    arrived), on both paths.
+    """
+    fake = _FakeUploads(_holds)
+    p = peer(fake)
+    local = tmp_path / "hello"
+    local.write_bytes(b"hello")
+
+    def asked(cli: subprocess.Popen[bytes]) -> None:
+        assert fake.asked.wait(DEADLINE)
+        fake.asked.clear()
+
+    argv = ["--server", p.address, "put", str(local), "x"]
+    quickResult, twistedResult = _signalled(argv, signum, asked)
+    name = signal.Signals(signum).name
+    expected = (
+        f"frames: put {local} interrupted ({name}); resume with:"
+        f" frames --server {p.address} put --resume {local} x\n"
+    )
+    assert quickResult == twistedResult == (128 + signum, b"", expected.encode())

@@ -217,9 +217,9 @@ class ImportBudgetTests(SynchronousTestCase):
 
 class QuickImportTests(SynchronousTestCase):
     """
-    C{frames ping}, C{run}, C{ls}, C{stat}, C{rm}, C{mkdir} and C{get} of
-    one file, over plain TCP or mutual TLS, with a login or without, take
-    the quick path: none of
+    C{frames ping}, C{run}, C{ls}, C{stat}, C{rm}, C{mkdir}, C{get} of
+    one file and C{put} of one small file, over plain TCP or mutual TLS,
+    with a login or without, take the quick path: none of
     L{QUICK_NOT_LOADED}.
     """
 
@@ -263,7 +263,7 @@ class QuickImportTests(SynchronousTestCase):
     def test_plain(self) -> None:
         """
         C{ping}, C{--json ping -c 2}, C{run -- true}, C{mkdir}, C{ls},
-        C{stat}, C{rm} and C{get} over plain TCP.
+        C{stat}, C{rm}, C{get} and C{put} over plain TCP.
         """
         server = self.serve()
         self.assertQuick("--server", server.address, "ping")
@@ -278,6 +278,11 @@ class QuickImportTests(SynchronousTestCase):
         back = os.path.join(self.tmp, "back")
         self.assertQuick("--server", server.address, "get", "f", back)
         with open(back, "rb") as f:
+            self.assertEqual(f.read(), b"x" * 3000)
+        self.assertQuick("--server", server.address, "mkdir", "p")
+        # Into a remote directory, found by its stat.
+        self.assertQuick("--server", server.address, "put", back, "p")
+        with open(os.path.join(server.root, "p", "back"), "rb") as f:
             self.assertEqual(f.read(), b"x" * 3000)
 
     def test_login(self) -> None:
@@ -294,7 +299,7 @@ class QuickImportTests(SynchronousTestCase):
 
     def test_tlsAndLogin(self) -> None:
         """
-        C{ping}, C{run} and C{get} over mutual TLS, without and with a login (whose
+        C{ping}, C{run}, C{get} and C{put} over mutual TLS, without and with a login (whose
         channel binding the quick path computes without pyOpenSSL), and
         the standard library's TLS loaded instead.
         """
@@ -332,6 +337,9 @@ class QuickImportTests(SynchronousTestCase):
         back = os.path.join(self.tmp, "back")
         self.assertQuick(*tls, "--secret-file", secret, "get", "-q", "f", back)
         with open(back, "rb") as f:
+            self.assertEqual(f.read(), b"y" * 3000)
+        self.assertQuick(*tls, "--secret-file", secret, "put", "-q", back, "g")
+        with open(os.path.join(server.root, "g"), "rb") as f:
             self.assertEqual(f.read(), b"y" * 3000)
         server.waitFor(r"login: .*user=alice")
 

@@ -441,19 +441,9 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     from ..files.client import FileClient, LocalError
 
     local = args.local
-    if local == "-":
-        if args.remote is None:
-            ui.error("put: REMOTE is required when reading stdin", {"code": "usage"})
-            return EXIT_USAGE
-        if args.recursive or args.resume:
-            ui.error(f"put: {_stdioFlags(args)} to stdin", {"code": "usage"})
-            return EXIT_USAGE
-    elif not os.path.lexists(local):
-        ui.error(f"put: {local}: no such file or directory", {"code": "not_found"})
-        return EXIT_REMOTE
-    elif os.path.isdir(local) and not args.recursive:
-        ui.error(f"put: {local} is a directory (use -r)", {"code": "is_a_directory"})
-        return EXIT_USAGE
+    refused = checkPutSource(ui, args)
+    if refused is not None:
+        return refused
     if local == "-" or args.recursive:
         # From a pipe nothing can be resumed (what the server keeps is said
         # once bytes are sent); a tree's resume command needs its remote
@@ -470,8 +460,7 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
     resumable: list[str] | None = None
     started = time.monotonic()
     try:
-        base = os.path.basename(os.path.normpath(local))
-        remote = _remote(args.remote) if args.remote is not None else base
+        base, remote = putTarget(args)
         if args.remote is not None and local != "-" and not (args.recursive and args.resume):
             # A resumed tree continues in REMOTE itself: the first run
             # resolved it, and its resume command names the result.
@@ -506,6 +495,41 @@ async def _put(reactor: Any, args: argparse.Namespace, ui: UI) -> int:
         await client.close()
 
 
+def checkPutSource(ui: UI, args: argparse.Namespace) -> int | None:
+    """
+    The checks of C{frames put}'s LOCAL made before connecting: REMOTE and
+    no C{-r}/C{--resume} with stdin, a local path that exists, a directory
+    only with C{-r}.
+
+    @return: the exit status of a refusal (reported), or C{None}.
+    """
+    local = args.local
+    if local == "-":
+        if args.remote is None:
+            ui.error("put: REMOTE is required when reading stdin", {"code": "usage"})
+            return EXIT_USAGE
+        if args.recursive or args.resume:
+            ui.error(f"put: {_stdioFlags(args)} to stdin", {"code": "usage"})
+            return EXIT_USAGE
+    elif not os.path.lexists(local):
+        ui.error(f"put: {local}: no such file or directory", {"code": "not_found"})
+        return EXIT_REMOTE
+    elif os.path.isdir(local) and not args.recursive:
+        ui.error(f"put: {local} is a directory (use -r)", {"code": "is_a_directory"})
+        return EXIT_USAGE
+    return None
+
+
+def putTarget(args: argparse.Namespace) -> tuple[str, str]:
+    """
+    The last segment of C{frames put}'s LOCAL, and the remote path before
+    L{intoRemoteDir}: REMOTE normalised, or that segment if none is given.
+    """
+    base = os.path.basename(os.path.normpath(args.local))
+    remote = _remote(args.remote) if args.remote is not None else base
+    return base, remote
+
+
 async def _putStdin(
     files: FileClient,
     args: argparse.Namespace,
@@ -537,7 +561,7 @@ def _flagHint(e: FramesError) -> FramesError:
     The server's C{already_exists} asks the client to ask to overwrite:
     name the flag that does, in the words C{get} uses.
     """
-    from ..files.client import ALREADY_EXISTS_HINT
+    from ..files.local import ALREADY_EXISTS_HINT
 
     path = e.details.get("path")
     if e.code != ErrorCode.ALREADY_EXISTS or not isinstance(path, str):
@@ -552,15 +576,35 @@ async def _intoRemoteDir(files: FileClient, given: str, remote: str, base: str) 
     Like C{cp}: a REMOTE that is an existing directory (or ends in C{/})
     receives the file under its own name.
     """
-    from ..files.tree import joinRemote
+    info: dict[str, Any] | None = None
+    if needsRemoteStat(given, remote):
+        try:
+            info = await files.stat(remote)
+        except FramesError:
+            info = None
+    return intoRemoteDir(given, remote, base, info)
 
-    if given.endswith("/") or remote == "":
+
+def needsRemoteStat(given: str, remote: str) -> bool:
+    """
+    Whether L{intoRemoteDir} needs the remote path's C{stat} to decide: not
+    for a REMOTE ending in C{/} or naming the root.
+    """
+    return not (given.endswith("/") or remote == "")
+
+
+def intoRemoteDir(given: str, remote: str, base: str, info: dict[str, Any] | None) -> str:
+    """
+    The remote path C{frames put} of one file or a tree writes to, given
+    REMOTE as typed (C{given}), normalised (C{remote}), LOCAL's last segment
+    (C{base}) and the header of C{remote}'s C{stat} (C{None} if refused or
+    not asked, see L{needsRemoteStat}): under C{base} in a directory.
+    """
+    from ..files.blocking import joinRemote
+
+    if not needsRemoteStat(given, remote):
         return joinRemote(remote, base)
-    try:
-        info = await files.stat(remote)
-    except FramesError:
-        return remote
-    if info.get("type") == "directory":
+    if info is not None and info.get("type") == "directory":
         return joinRemote(remote, base)
     return remote
 

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.cli.test_quick -*-
 """
 The quick path of the C{frames} CLI: C{ping}, C{run}, C{ls}, C{stat}, C{rm},
-C{mkdir} and C{get} of one file over one blocking socket, without Twisted.
+C{mkdir}, C{get} of one file and C{put} of one small file over one blocking
+socket, without Twisted.
 
 A command that makes one connection and a few requests spends most of its
 wall time importing Twisted's reactor, Deferreds and (with TLS) pyOpenSSL
@@ -26,18 +27,30 @@ C{recv_into} into one reused buffer (L{BODY_BUFFER}), each fill hashed and
 written in one go.  C{get -r} and C{get REMOTE -} (stdout) raise
 L{Fallback}.
 
+C{frames put} of one local regular file of at most L{QUICK_PUT_MAX} bytes
+(C{SMALL_FILE}, 1 MiB: the files L{twisted_frames.files.client.FileClient.putFile}
+sends in one message) uploads as C{putFile} does: REMOTE resolved by
+L{twisted_frames.cli.files.intoRemoteDir} (with the C{stat} it needs), the
+hash the greeting offers (or C{--hash}), one C{put} with the whole body,
+C{final} and the digest, the same report.  A larger file (decided from an
+C{os.stat} before connecting), C{put -r}, C{put -} (stdin) and
+C{put --resume} raise L{Fallback}: larger uploads stream segments, over TLS
+from a thread of their own on the Twisted side.
+
 L{applies} says when it is used: a verb of L{VERBS}, a C{--server} of the
 form C{HOST:PORT} (an endpoint string such as C{tcp:...}, C{unix:...} or
 C{ssl:...} goes to Twisted), and C{FRAMES_TWISTED} unset (or C{0}).  Where
 it meets something it cannot do the same way before it has printed or
 asked for anything (a TLS file the standard library cannot read, no way to
-compute the channel binding, a C{get} of a tree or to stdout), it raises
+compute the channel binding, a C{get} of a tree or to stdout, a C{put} of
+a tree, of stdin or of a larger file), it raises
 L{Fallback} and
 L{twisted_frames.cli.main.main} runs the command through Twisted instead.
 
 Signals: SIGINT and SIGTERM raise L{Interrupted} in the main thread, which
 aborts the connection and reports as L{Interruption} does (130 or 143;
-for a download, with the partial kept and the command that resumes it).
+for a download, with the partial kept and the command that resumes it;
+for an upload, with the command that resumes it).
 While C{frames run} has a command running, SIGINT instead asks the server
 to signal it (C{SIGINT}, then C{SIGKILL}; a third hangs up), as
 L{twisted_frames.cli.commands.runRemote} does: the handler only records the
@@ -53,6 +66,7 @@ import queue
 import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -64,11 +78,14 @@ from ..auth.client import checkServerProof, loginFields
 from ..auth.hmac import BINDING_NONE, BINDING_TLS, EXPORTER_LABEL
 from ..commands.result import CommandResult, StdinWindow
 from ..files.blocking import (
+    SMALL_FILE,
     chooseHash,
     closeQuietly,
     hashFields,
     hashPrefix,
     newHash,
+    readExact,
+    withDigest,
     writeAll,
 )
 from ..files.local import (
@@ -80,6 +97,7 @@ from ..files.local import (
     localPartialName,
     mismatchDiscarded,
     openPartial,
+    openRegular,
     partialTooLong,
     refuseExisting,
     unlinkQuietly,
@@ -1367,6 +1385,123 @@ def _download(
         writer.finish(raising=sys.exc_info()[0] is None)
 
 
+#: The largest file C{frames put} sends on the quick path: one message
+#: with the whole body (as L{twisted_frames.files.client.FileClient.putFile}
+#: sends files up to C{SMALL_FILE}); larger files go through Twisted,
+#: whose uploads stream segments (with TLS, from a thread of their own).
+QUICK_PUT_MAX = SMALL_FILE
+
+
+def _put(args: argparse.Namespace, ui: UI, signals: Signals) -> int:
+    """
+    C{frames put} of one local regular file of at most L{QUICK_PUT_MAX}
+    bytes, as L{twisted_frames.cli.files} does it; C{-r}, C{-} (stdin),
+    C{--resume} and larger files run through Twisted.
+    """
+    local = args.local
+    if local == "-" or args.recursive or args.resume:
+        raise Fallback()
+    refused = files.checkPutSource(ui, args)
+    if refused is not None:
+        return refused
+    try:
+        info = os.stat(local)
+    except OSError:
+        raise Fallback() from None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > QUICK_PUT_MAX:
+        raise Fallback()
+    given = [] if args.remote is None else [args.remote]
+    files._during(args, f"put {local}", ["put", local, *given])
+    with connect(args, signals) as connection:
+        # As in _get.
+        resumable: list[str] | None = None
+        bar: TransferBar | None = None
+        started = time.monotonic()
+        try:
+            base, remote = files.putTarget(args)
+            if args.remote is not None:
+                remote = _intoRemoteDir(connection, args, remote, base)
+            resumable = ["put", local, remote]
+            files._during(args, f"put {local}", resumable)
+            bar = TransferBar(args, os.path.getsize(local), remote)
+            result = _putFile(connection, local, remote, args, bar)
+            bar.close()
+            signals.raising = False
+            return files._reportFile(
+                ui, "put", local, result["path"], result, started, {"local": local}
+            )
+        except LocalError as e:
+            signals.raising = False
+            return files.reportLocalError(ui, "put", e)
+        except FramesError as e:
+            if resumable is not None and e.code == ErrorCode.SHUTTING_DOWN:
+                signals.raising = False
+                return files._shuttingDown(ui, args, e, resumable)
+            raise files._flagHint(e) from None
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _intoRemoteDir(
+    connection: Connection, args: argparse.Namespace, remote: str, base: str
+) -> str:
+    """
+    The remote path of C{put LOCAL REMOTE}, as
+    L{twisted_frames.cli.files.intoRemoteDir} resolves it (with the
+    C{stat} it needs).
+    """
+    info: dict[str, Any] | None = None
+    if files.needsRemoteStat(args.remote, remote):
+        rid = connection.request("stat", {"path": remote})
+        try:
+            info, _ = connection.reply(rid, time.monotonic() + args.timeout)
+        except FramesError:
+            info = None
+    return files.intoRemoteDir(args.remote, remote, base, info)
+
+
+def _putFile(
+    connection: Connection,
+    local: str,
+    remote: str,
+    args: argparse.Namespace,
+    progress: Callable[[int], None],
+) -> dict[str, Any]:
+    """
+    Upload C{local} to C{remote} in one message, its whole body with
+    C{final} and the digest, as
+    L{twisted_frames.files.client.FileClient.putFile} uploads a file of at
+    most C{SMALL_FILE} bytes.
+
+    @raise Fallback: if the file grew past L{QUICK_PUT_MAX} since it was
+        looked at (only the C{stat} of REMOTE may have been sent).
+    """
+    name = chooseHash(connection.greeting, args.hash)
+    fd = openRegular(local)
+    try:
+        size = os.fstat(fd).st_size
+        if size > QUICK_PUT_MAX:
+            raise Fallback()
+        hasher = newHash(name)
+        data = readExact(fd, 0, size)
+        hasher.update(data)
+    finally:
+        os.close(fd)
+    fields: dict[str, Any] = {"path": remote, "size": size, "overwrite": args.force}
+    fields.update(hashFields(name))
+    rid = connection.request(
+        "put",
+        {**fields, "offset": 0, "final": True, **hashFields(name, hasher.hexdigest())},
+        data,
+    )
+    header, _ = connection.reply(rid, None)
+    progress(size)
+    result = withDigest(header, name, hasher.hexdigest())
+    result["resumed_from"] = 0
+    return result
+
+
 #: The verbs the quick path runs, by name.
 VERBS: dict[str, Callable[[argparse.Namespace, UI, Signals], int]] = {
     "ping": _ping,
@@ -1374,6 +1509,7 @@ VERBS: dict[str, Callable[[argparse.Namespace, UI, Signals], int]] = {
     "ls": _ls,
     "stat": _stat,
     "get": _get,
+    "put": _put,
     "rm": _eachPath("rm", lambda path: ("delete", {"path": path}), files._removed),
     "mkdir": _eachPath(
         "mkdir", lambda path: ("mkdir", {"path": path, "parents": True}), files.describeMkdir

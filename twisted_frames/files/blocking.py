@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.files.test_hashes -*-
 """
 The blocking pieces of file transfers, without Twisted: the transfer
-hashes and their negotiation, exact reads and writes of a descriptor, and
-the names of the server's partial uploads.  The store (server and Twisted
+hashes and their negotiation, exact reads and writes of a descriptor, the
+names of the server's partial uploads, and remote paths joined.  The store (server and Twisted
 client, L{twisted_frames.files.store}), the file client
 (L{twisted_frames.files.client}) and the CLI's quick path
 (L{twisted_frames.cli.quick}) share them from here.
@@ -22,6 +22,10 @@ from ..wire import ErrorCode, FramesError
 #: Bytes read from disk per worker-thread job when sending: big enough that
 #: the per-job overhead is noise, small enough to keep memory flat.
 READ_CHUNK = 1024 * 1024
+
+#: Files up to this size are read whole and sent in one message (one round
+#: trip); larger ones are streamed in segments followed by a commit message.
+SMALL_FILE = 1024 * 1024
 
 #: Names starting with this are the server's own partial uploads: never
 #: listed, never addressable by a client.
@@ -164,6 +168,13 @@ def withDigest(header: dict[str, Any], name: str, digest: str) -> dict[str, Any]
     C{digest} whichever way the server sent them.
     """
     return {**header, "hash": name, "digest": digest}
+
+
+def joinRemote(*parts: str) -> str:
+    """
+    Join remote path parts with C{/}, ignoring empty ones.
+    """
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
 def closeQuietly(fd: int | None) -> None:

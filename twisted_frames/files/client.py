@@ -29,6 +29,7 @@ from ..client import FramesClient
 from ..protocol import BodySink
 from ..wire import ErrorCode, FramesError
 from .blocking import (
+    SMALL_FILE,
     checkKnown,
     chooseHash,
     closeQuietly,
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALREADY_EXISTS_HINT",
+    "SMALL_FILE",
     "FileClient",
     "LocalError",
     "TreeResult",
@@ -78,9 +80,6 @@ __all__ = [
     "localPartialName",
 ]
 
-#: Files up to this size are read whole and sent in one message (one round
-#: trip); larger ones are streamed in segments followed by a commit message.
-SMALL_FILE = 1024 * 1024
 #: Chunk size for uploads from a pipe (size unknown in advance).
 STREAM_CHUNK = 8 * 1024 * 1024
 

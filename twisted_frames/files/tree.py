@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..wire import ErrorCode, FramesError
+from .blocking import joinRemote
 from .local import LocalError, checkRemoteName, makeLocalDir
 from .store import ThreadRunner
 
@@ -57,13 +58,6 @@ class FileTransfers(Protocol):
         resume: bool = False,
         progress: Progress | None = None,
     ) -> dict[str, Any]: ...
-
-
-def joinRemote(*parts: str) -> str:
-    """
-    Join remote path parts with C{/}, ignoring empty ones.
-    """
-    return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
 @dataclass
