@@ -27,7 +27,7 @@ It then measures, alternating the tools round by round:
     login), C{frames ping} and C{frames run -- true} over plain TCP, and both
     with mutual TLS and login; C{python -c pass} as the floor; and the
     copy of a 4 KiB file, C{frames get} (mutual TLS and login; also through
-    Twisted) against C{scp}.
+    Twisted) and C{frames put} against C{scp} both ways.
 
 It prints the machine facts, the figures and the ratios against the goals of
 issue 12, and with C{--json} writes them all.  Where C{sshd} is not installed
@@ -434,6 +434,12 @@ class Bench:
             "scp_get_small": self.sshd.scp(
                 ":" + self.small, os.path.join(self.work, "small-scp.bin")
             ),
+            "frames_put_small_tls_login": self.frames(
+                True, "put", "-f", "-q", self.small, "small-put.bin"
+            ),
+            "scp_put_small": self.sshd.scp(
+                self.small, ":" + os.path.join(self.work, "small-scp-put.bin")
+            ),
         }
 
 
@@ -517,6 +523,8 @@ LABELS = {
     "frames_get_small_tls_login": "frames get 4 KiB (TLS + login)",
     "frames_get_small_tls_login_twisted": "frames get 4 KiB (TLS + login), FRAMES_TWISTED=1",
     "scp_get_small": "scp get 4 KiB",
+    "frames_put_small_tls_login": "frames put 4 KiB (TLS + login)",
+    "scp_put_small": "scp put 4 KiB",
 }
 
 
