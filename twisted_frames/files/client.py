@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALREADY_EXISTS_HINT",
-    "SMALL_FILE",
     "FileClient",
     "LocalError",
     "TreeResult",
