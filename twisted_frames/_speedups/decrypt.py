@@ -18,6 +18,10 @@ It relies on pyOpenSSL's private C{_lib}, C{_ffi} and C{Connection._ssl};
 where any is missing (or the speed paths are off) L{recordReader} gives
 C{None} and the receive uses C{recv_into} as before.  cffi releases the GIL
 around each C{SSL_read}.
+
+The loop itself (L{decryptReady}) imports nothing of Twisted or
+pyOpenSSL: the CLI's quick path runs it too, on the standard library's
+C{ssl} through C{ctypes}.
 """
 
 from __future__ import annotations
@@ -61,16 +65,39 @@ def recordReader(connection: Any) -> RecordReader | None:
     fromBuffer = ffi.from_buffer
 
     def reader(view: memoryview, count: int) -> int:
-        done = 0
-        result = 0
         with fromBuffer(view, require_writable=True) as out:
-            while done < count:
-                result = read(ssl, out + done, count - done)
-                if result <= 0:
-                    break
-                done += result
-        if done:
-            return done
-        return 0 if getError(ssl, result) == wantRead else -1
+            return decryptReady(read, getError, wantRead, ssl, out, count)
 
     return reader
+
+
+def decryptReady(
+    read: Callable[[Any, Any, int], int],
+    getError: Callable[[Any, int], int],
+    wantRead: int,
+    ssl: Any,
+    start: Any,
+    count: int,
+) -> int:
+    """
+    Call OpenSSL's C{SSL_read} on C{ssl} into the buffer at C{start} until
+    C{count} bytes are there or it gives nothing more: the loop of
+    L{recordReader} (cffi) and of the CLI's quick path
+    (L{twisted_frames.cli.quick.bulkReader}, ctypes), which differ only in
+    how they reach OpenSSL.
+
+    @param start: the buffer's address, as the binding takes it (a cffi
+        C{char *}, or a C{ctypes} address): C{start + n} is C{n} bytes on.
+    @return: bytes decrypted (> 0), 0 if OpenSSL needs more ciphertext
+        first (C{SSL_get_error} says C{wantRead}), -1 for anything else.
+    """
+    done = 0
+    result = 0
+    while done < count:
+        result = read(ssl, start + done, count - done)
+        if result <= 0:
+            break
+        done += result
+    if done:
+        return done
+    return 0 if getError(ssl, result) == wantRead else -1

@@ -22,10 +22,11 @@ L{twisted_frames.files.client.FileClient.getFile} does, with the same
 pieces (L{twisted_frames.files.local}, L{twisted_frames.files.blocking}):
 C{stat} first, the hidden partial file, the hash the greeting offers (or
 C{--hash}), C{--resume} from the partial, the digest checked against the
-final reply, fsync and rename.  Each C{data} event's body is received with
-C{recv_into} into one reused buffer (L{BODY_BUFFER}), each fill hashed and
-written in one go.  C{get -r} and C{get REMOTE -} (stdout) raise
-L{Fallback}.
+final reply, fsync and rename.  Each C{data} event's body is received into
+one of two buffers of L{BODY_BUFFER} while a writer thread hashes and writes
+the other (L{FileWriter}); over TLS, OpenSSL reads ahead and every ready
+record is decrypted into the buffer in one call (L{bulkReader}).  C{get -r}
+and C{get REMOTE -} (stdout) raise L{Fallback}.
 
 C{frames put} of one local regular file of at most L{QUICK_PUT_MAX} bytes
 (C{SMALL_FILE}, 1 MiB: the files L{twisted_frames.files.client.FileClient.putFile}
@@ -74,6 +75,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import wire
+from .._speedups.decrypt import decryptReady
 from ..auth.client import checkServerProof, loginFields
 from ..auth.hmac import BINDING_NONE, BINDING_TLS, EXPORTER_LABEL
 from ..commands.result import CommandResult, StdinWindow
@@ -933,20 +935,12 @@ def bulkReader(sock: socket.socket) -> Callable[[memoryview], int] | None:
     def reader(view: memoryview) -> int:
         size = len(view)
         target = (char * size).from_buffer(view)
-        base = addressOf(target)
-        done = 0
-        result = 0
         try:
-            while done < size:
-                result = read(pointer, base + done, size - done)
-                if result <= 0:
-                    break
-                done += result
+            return decryptReady(
+                read, getError, _SSL_ERROR_WANT_READ, pointer, addressOf(target), size
+            )
         finally:
             del target
-        if done:
-            return done
-        return 0 if getError(pointer, result) == _SSL_ERROR_WANT_READ else -1
 
     return reader
 
