@@ -390,10 +390,11 @@ class Connection:
                 if self.serverError is not None:
                     raise self.serverError
                 raise Lost(_DONE)
-            if self._tls:
-                # OpenSSL may hold whole records already read (with read
-                # ahead, see L{bulkReader}, more than C{pending()} says):
-                # ask it before waiting on the socket.
+            if self._tls and (self.bulk is not None or self.sock.pending()):  # type: ignore[attr-defined]
+                # OpenSSL holds decrypted bytes, or may hold whole records
+                # already read (with read ahead, see L{bulkReader}, which
+                # C{pending()} does not count): ask it before waiting on
+                # the socket.
                 before = len(self._buffer)
                 self._receive()
                 if self._eof or len(self._buffer) > before:
@@ -1417,7 +1418,7 @@ def _put(args: argparse.Namespace, ui: UI, signals: Signals) -> int:
                 remote = _intoRemoteDir(connection, args, remote, base)
             resumable = ["put", local, remote]
             files._during(args, f"put {local}", resumable)
-            bar = TransferBar(args, os.path.getsize(local), remote)
+            bar = TransferBar(args, info.st_size, remote)
             result = _putFile(connection, local, remote, args, bar)
             bar.close()
             signals.raising = False
